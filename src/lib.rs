@@ -1,0 +1,3 @@
+//! keywarden: a Redis-protocol proxy.
+pub mod request;
+pub mod config;
