@@ -1,3 +1,34 @@
-//! keywarden: a Redis-protocol proxy.
-pub mod request;
+//! keywarden: a Redis-protocol proxy that decides, per keyspace, what happens when its upstream
+//! is unavailable.
+//!
+//! # Layout
+//! The data path, in order:
+//! - [`server`]: the listener; accepts clients, enforces `max_clients`, runs graceful shutdown.
+//! - [`session`]: one task per client; reads requests, dispatches them, writes replies in order.
+//! - [`parser`]: the resumable, zero-copy request parser (RESP multibulk and inline).
+//! - [`request`]: a parsed request: raw bytes plus argument spans.
+//! - [`command`]: the command table: which commands need connection state.
+//! - [`upstream`]: the multiplexer: shared upstream connections carrying many clients' requests.
+//! - [`dedicated`]: a client's own upstream connection once it uses connection state.
+//! - [`reply`]: the iterative, depth-capped reply scanner that frames upstream replies.
+//! - [`inbox`]: where upstream connections drop a session's replies.
+//!
+//! Around it:
+//! - [`config`]: the TOML file, command-line overrides, validation, typed settings.
+//! - [`cli`]: the command line.
+//! - [`error`]: every error the proxy answers with, and its wire form.
+//! - [`socket`]: socket options (TCP_NODELAY, keepalive) and connecting with a timeout.
+
+pub mod cli;
+pub mod command;
 pub mod config;
+pub mod dedicated;
+pub mod error;
+pub mod inbox;
+pub mod parser;
+pub mod reply;
+pub mod request;
+pub mod server;
+pub mod session;
+pub mod socket;
+pub mod upstream;

@@ -1,1 +1,86 @@
-fn main() {}
+//! The `keywarden` binary: parse the command line, then either check a config file or run the
+//! proxy until SIGINT/SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use keywarden::cli::{check_config, Cli, CliCommand};
+use keywarden::config::{LogFormat, Settings};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    match Cli::parse().into_command() {
+        Ok(CliCommand::CheckConfig { path }) => {
+            let (text, code) = check_config(&path);
+            if code == 0 {
+                println!("{text}");
+            } else {
+                eprintln!("{text}");
+            }
+            ExitCode::from(code as u8)
+        }
+        Ok(CliCommand::Run { settings }) => run(settings),
+        Err((text, code)) => {
+            eprintln!("{text}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn run(settings: Settings) -> ExitCode {
+    init_logging(&settings);
+    let mut runtime = if settings.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if settings.threads > 1 {
+            b.worker_threads(settings.threads);
+        }
+        b
+    };
+    let runtime = match runtime.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        keywarden::server::run(settings, listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "keywarden failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "shutdown requested"),
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+    }
+}
+
+/// Logs go to stdout, JSON or text as configured; `RUST_LOG` overrides the configured level.
+fn init_logging(settings: &Settings) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match settings.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -32,13 +32,17 @@ impl Request {
 
     /// Encodes `args` as a multibulk request (used for inline commands and by tests).
     pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
-        let mut raw = Vec::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
+        let mut raw =
+            Vec::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
         let mut spans = SmallVec::new();
         raw.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
         for a in args {
             let a = a.as_ref();
             raw.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            spans.push(ArgSpan { start: raw.len() as u32, len: a.len() as u32 });
+            spans.push(ArgSpan {
+                start: raw.len() as u32,
+                len: a.len() as u32,
+            });
             raw.extend_from_slice(a);
             raw.extend_from_slice(b"\r\n");
         }

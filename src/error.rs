@@ -1,0 +1,126 @@
+//! Every error the proxy itself answers a client with, and the one place that turns it into
+//! wire bytes.
+//!
+//! Codes are stable and documented in the README: `ERR` for what Redis itself would say
+//! (protocol errors, client limits), `UPSTREAM` for an upstream that could not answer.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Why the upstream could not answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection to the upstream could be made (refused, unreachable, connect timeout).
+    Unavailable,
+    /// The connection closed or failed with the request in flight.
+    ConnectionLost,
+    /// No reply within the command timeout; the connection was dropped.
+    Timeout(Duration),
+    /// The upstream sent bytes that are not RESP; the connection was dropped.
+    BadReply,
+}
+
+/// An error reply the proxy generates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProxyError {
+    /// Malformed client input; the connection is closed after this reply, as Redis does.
+    Protocol(String),
+    /// `max_clients` reached at accept time.
+    MaxClients,
+    /// The upstream could not answer.
+    Upstream(UpstreamFailure),
+}
+
+impl fmt::Display for UpstreamFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamFailure::Unavailable => f.write_str("upstream unavailable"),
+            UpstreamFailure::ConnectionLost => {
+                f.write_str("connection to upstream lost before the reply")
+            }
+            UpstreamFailure::Timeout(after) => {
+                write!(f, "no reply from upstream within {}ms", after.as_millis())
+            }
+            UpstreamFailure::BadReply => f.write_str("upstream sent a malformed reply"),
+        }
+    }
+}
+
+impl fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProxyError::Protocol(msg) => write!(f, "ERR {msg}"),
+            ProxyError::MaxClients => f.write_str("ERR max number of clients reached"),
+            ProxyError::Upstream(why) => write!(f, "UPSTREAM {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ProxyError {}
+
+impl ProxyError {
+    /// The RESP error reply for this error: `-<CODE> <message>\r\n`.
+    pub fn to_reply(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(64);
+        self.write_reply(&mut out);
+        out.freeze()
+    }
+
+    /// Appends the RESP error reply to `out`.
+    pub fn write_reply(&self, out: &mut BytesMut) {
+        use std::fmt::Write;
+        out.put_u8(b'-');
+        // Messages are built from our own texts and numbers only; CR/LF cannot appear, but a
+        // protocol error quotes one client byte, so strip line breaks defensively.
+        let start = out.len();
+        let _ = write!(out, "{self}");
+        for b in &mut out[start..] {
+            if *b == b'\r' || *b == b'\n' {
+                *b = b' ';
+            }
+        }
+        out.put_slice(b"\r\n");
+    }
+}
+
+impl From<UpstreamFailure> for ProxyError {
+    fn from(why: UpstreamFailure) -> ProxyError {
+        ProxyError::Upstream(why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_forms() {
+        let cases: &[(ProxyError, &[u8])] = &[
+            (
+                ProxyError::Protocol("Protocol error: invalid bulk length".into()),
+                b"-ERR Protocol error: invalid bulk length\r\n",
+            ),
+            (
+                ProxyError::MaxClients,
+                b"-ERR max number of clients reached\r\n",
+            ),
+            (
+                UpstreamFailure::Timeout(Duration::from_millis(1500)).into(),
+                b"-UPSTREAM no reply from upstream within 1500ms\r\n",
+            ),
+            (
+                UpstreamFailure::Unavailable.into(),
+                b"-UPSTREAM upstream unavailable\r\n",
+            ),
+            (
+                ProxyError::Protocol("Protocol error: expected '$', got '\r'".into()),
+                b"-ERR Protocol error: expected '$', got ' '\r\n",
+            ),
+        ];
+        for (err, wire) in cases {
+            assert_eq!(&err.to_reply()[..], *wire, "{err:?}");
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! The upstream multiplexer: a few shared connections to the upstream Redis, each carrying the
+//! requests of many clients.
+//!
+//! A session appends the raw bytes of a run of requests to a connection's write buffer and, in
+//! the same lock hold, a [`Waiter`] saying how many replies it expects and where to deliver them.
+//! Bytes and waiters therefore leave in the same order, and since Redis answers a connection in
+//! order, replies come back as contiguous runs: the connection task frames them with the
+//! [`ReplyScanner`] and hands each run, as raw bytes, to the waiting session's [`Inbox`].
+//!
+//! Each connection is one task that owns its socket:
+//!
+//! ```text
+//!   connecting ──ok──▶ up ──read/write error, EOF, timeout, bad reply──▶ down
+//!       ▲                                                                  │
+//!       └──────────── backoff (or sooner when a request arrives) ◀────────┘
+//! ```
+//!
+//! While a connection is down, `send` fails at once, so no request waits on a connect timeout.
+//! When a connection fails, every request queued or in flight on it gets an error reply; none is
+//! retried, because the proxy cannot know whether a write was applied.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::config::{Limits, UpstreamSettings};
+use crate::error::{ProxyError, UpstreamFailure};
+use crate::inbox::{Chunk, Inbox};
+use crate::reply::ReplyScanner;
+use crate::request::Request;
+use crate::socket;
+
+/// Read buffer growth step for upstream replies.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The pool of shared connections to one upstream.
+pub struct Upstream {
+    conns: Box<[Arc<SharedConn>]>,
+    next: AtomicUsize,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Upstream {
+    /// Starts the connection tasks on the current runtime.
+    pub fn start(
+        settings: &UpstreamSettings,
+        limits: &Limits,
+        keepalive: Option<Duration>,
+    ) -> Arc<Upstream> {
+        let mut tasks = Vec::with_capacity(settings.connections);
+        let conns: Box<[_]> = (0..settings.connections)
+            .map(|id| {
+                let conn = Arc::new(SharedConn {
+                    queue: Mutex::new(Queue {
+                        link: Link::Connecting,
+                        wbuf: BytesMut::new(),
+                        waiters: Vec::new(),
+                    }),
+                    wake: Notify::new(),
+                });
+                let task = ConnTask {
+                    id,
+                    conn: conn.clone(),
+                    settings: settings.clone(),
+                    max_reply_depth: limits.max_reply_depth,
+                    keepalive,
+                };
+                tasks.push(tokio::spawn(task.run()));
+                conn
+            })
+            .collect();
+        Arc::new(Upstream {
+            conns,
+            next: AtomicUsize::new(0),
+            tasks,
+        })
+    }
+
+    /// Stops the connection tasks (at shutdown, once clients are gone).
+    pub fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
+    /// The connection a new client session uses for all its shared requests. A client stays on
+    /// one connection so that its own requests are applied in the order it sent them.
+    pub fn pick(&self) -> Arc<SharedConn> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+}
+
+/// One shared upstream connection, as sessions see it.
+pub struct SharedConn {
+    queue: Mutex<Queue>,
+    /// Wakes the connection task: work queued, or a request arrived while down.
+    wake: Notify,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Never connected yet: requests queue and go out once connected.
+    Connecting,
+    Up,
+    Down(UpstreamFailure),
+}
+
+/// Work handed from sessions to the connection task.
+struct Queue {
+    link: Link,
+    wbuf: BytesMut,
+    waiters: Vec<Waiter>,
+}
+
+/// A run of requests from one session, waiting for its replies.
+struct Waiter {
+    inbox: Arc<Inbox>,
+    remaining: u32,
+}
+
+impl SharedConn {
+    /// Queues `reqs` (all from one session, in order) for the upstream; their replies will be
+    /// delivered to `inbox`, in order, as chunks summing to `reqs.len()` frames. Fails at once,
+    /// queueing nothing, when the connection is down.
+    pub fn send(&self, reqs: &[Request], inbox: &Arc<Inbox>) -> Result<(), UpstreamFailure> {
+        debug_assert!(!reqs.is_empty());
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Link::Down(why) = q.link {
+            drop(q);
+            // Ask for a reconnect attempt now rather than at the end of the backoff.
+            self.wake.notify_one();
+            return Err(why);
+        }
+        for r in reqs {
+            q.wbuf.put_slice(r.raw());
+        }
+        q.waiters.push(Waiter {
+            inbox: inbox.clone(),
+            remaining: reqs.len() as u32,
+        });
+        drop(q);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn set_link(&self, link: Link) -> (BytesMut, Vec<Waiter>) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.link = link;
+        if matches!(link, Link::Down(_)) {
+            (std::mem::take(&mut q.wbuf), std::mem::take(&mut q.waiters))
+        } else {
+            (BytesMut::new(), Vec::new())
+        }
+    }
+
+    /// Moves queued work into the task's own buffers (swapping write buffers keeps both
+    /// allocations alive, so a busy connection does not reallocate).
+    fn take(&self, wbuf: &mut BytesMut, into: &mut VecDeque<InFlight>, now: Instant) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if wbuf.is_empty() {
+            std::mem::swap(wbuf, &mut q.wbuf);
+        } else {
+            wbuf.put_slice(&q.wbuf);
+            q.wbuf.clear();
+        }
+        into.extend(
+            q.waiters
+                .drain(..)
+                .map(|waiter| InFlight { waiter, since: now }),
+        );
+    }
+}
+
+/// Replies every waiter with `why`, in order.
+fn fail_all(waiters: impl IntoIterator<Item = Waiter>, why: UpstreamFailure) {
+    let err = ProxyError::from(why).to_reply();
+    for w in waiters {
+        w.inbox.deliver(Chunk {
+            data: repeat(&err, w.remaining as usize),
+            frames: w.remaining,
+        });
+    }
+}
+
+fn repeat(reply: &Bytes, n: usize) -> Bytes {
+    if n == 1 {
+        return reply.clone();
+    }
+    let mut out = BytesMut::with_capacity(reply.len() * n);
+    for _ in 0..n {
+        out.put_slice(reply);
+    }
+    out.freeze()
+}
+
+/// A waiter whose requests have been taken by the connection task.
+struct InFlight {
+    waiter: Waiter,
+    /// When its requests were taken for writing, for the command timeout.
+    since: Instant,
+}
+
+struct ConnTask {
+    id: usize,
+    conn: Arc<SharedConn>,
+    settings: UpstreamSettings,
+    max_reply_depth: usize,
+    keepalive: Option<Duration>,
+}
+
+impl ConnTask {
+    async fn run(self) {
+        let addr = self.settings.address.as_str();
+        let mut backoff = self.settings.reconnect_backoff_min;
+        let mut was_up = true;
+        loop {
+            let attempt = Instant::now();
+            match socket::connect(addr, self.settings.connect_timeout, self.keepalive).await {
+                Ok(stream) => {
+                    backoff = self.settings.reconnect_backoff_min;
+                    self.conn.set_link(Link::Up);
+                    tracing::info!(conn = self.id, upstream = addr, "upstream connected");
+                    was_up = true;
+                    let mut link = Connection::new(stream, self.max_reply_depth);
+                    let why = link.serve(&self.conn, self.settings.command_timeout).await;
+                    tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
+                    // In-flight work first: it was queued before anything still in the queue.
+                    fail_all(link.in_flight.into_iter().map(|f| f.waiter), why);
+                    let (_, queued) = self.conn.set_link(Link::Down(why));
+                    fail_all(queued, why);
+                }
+                Err(e) => {
+                    let (_, queued) = self.conn.set_link(Link::Down(UpstreamFailure::Unavailable));
+                    fail_all(queued, UpstreamFailure::Unavailable);
+                    if was_up {
+                        tracing::warn!(conn = self.id, upstream = addr, error = %e, "upstream connect failed");
+                        was_up = false;
+                    }
+                    // Wait out the backoff, or less if a client is waiting: then only the
+                    // minimum spacing between attempts applies.
+                    let min = attempt + self.settings.reconnect_backoff_min;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = async {
+                            self.conn.wake.notified().await;
+                            tokio::time::sleep_until(min).await;
+                        } => {}
+                    }
+                    backoff = (backoff * 2).min(self.settings.reconnect_backoff_max);
+                }
+            }
+        }
+    }
+}
+
+/// The task's side of one live upstream socket.
+struct Connection {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    written: usize,
+    in_flight: VecDeque<InFlight>,
+    scanner: ReplyScanner,
+    /// Bytes of `rbuf` already framed for the head waiter but not yet delivered.
+    framed: usize,
+    last_read: Instant,
+}
+
+enum Event {
+    Readable,
+    Writable,
+    Work,
+    Tick,
+}
+
+impl Connection {
+    fn new(stream: TcpStream, max_reply_depth: usize) -> Connection {
+        Connection {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            written: 0,
+            in_flight: VecDeque::new(),
+            scanner: ReplyScanner::new(max_reply_depth),
+            framed: 0,
+            last_read: Instant::now(),
+        }
+    }
+
+    /// Carries requests and replies until the connection fails, and says why.
+    async fn serve(&mut self, conn: &SharedConn, timeout: Duration) -> UpstreamFailure {
+        // Timeouts are checked on a tick rather than with a timer per request: arming a timer
+        // for every batch would cost more than the requests themselves.
+        let mut tick = tokio::time::interval(
+            (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(100)),
+        );
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let pending_write = self.written < self.wbuf.len();
+            let event = tokio::select! {
+                biased;
+                r = self.stream.readable() => match r {
+                    Ok(()) => Event::Readable,
+                    Err(_) => return UpstreamFailure::ConnectionLost,
+                },
+                r = self.stream.writable(), if pending_write => match r {
+                    Ok(()) => Event::Writable,
+                    Err(_) => return UpstreamFailure::ConnectionLost,
+                },
+                _ = conn.wake.notified(), if !pending_write => Event::Work,
+                _ = tick.tick(), if !self.in_flight.is_empty() => Event::Tick,
+            };
+            let result = match event {
+                Event::Readable => self.read(),
+                Event::Writable => self.write(),
+                Event::Work => {
+                    conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
+                    self.write()
+                }
+                Event::Tick => self.check_timeout(timeout),
+            };
+            if let Err(why) = result {
+                return why;
+            }
+        }
+    }
+
+    fn write(&mut self) -> Result<(), UpstreamFailure> {
+        while self.written < self.wbuf.len() {
+            match self.stream.try_write(&self.wbuf[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(UpstreamFailure::ConnectionLost),
+            }
+        }
+        self.wbuf.clear();
+        self.written = 0;
+        Ok(())
+    }
+
+    fn read(&mut self) -> Result<(), UpstreamFailure> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
+        }
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => Err(UpstreamFailure::ConnectionLost),
+            Ok(_) => {
+                self.last_read = Instant::now();
+                self.deliver()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(_) => Err(UpstreamFailure::ConnectionLost),
+        }
+    }
+
+    /// Frames the replies read so far and hands each waiter the ones that are its own.
+    fn deliver(&mut self) -> Result<(), UpstreamFailure> {
+        while let Some(head) = self.in_flight.front_mut() {
+            let mut frames = 0;
+            while frames < head.waiter.remaining {
+                match self.scanner.scan(&self.rbuf[self.framed..]) {
+                    Ok(Some(frame)) => {
+                        self.framed += frame.len;
+                        frames += 1;
+                    }
+                    Ok(None) => break,
+                    Err(_) => return Err(UpstreamFailure::BadReply),
+                }
+            }
+            if frames > 0 {
+                let data = self.rbuf.split_to(self.framed).freeze();
+                self.framed = 0;
+                head.waiter.inbox.deliver(Chunk { data, frames });
+                head.waiter.remaining -= frames;
+            }
+            if head.waiter.remaining > 0 {
+                return Ok(());
+            }
+            self.in_flight.pop_front();
+        }
+        if self.rbuf.is_empty() {
+            Ok(())
+        } else {
+            // Bytes nobody asked for: the pairing of requests and replies can no longer be
+            // trusted, so the connection must go.
+            Err(UpstreamFailure::BadReply)
+        }
+    }
+
+    /// Fails the connection when its oldest request has waited `timeout` with no reply bytes
+    /// arriving meanwhile (a long reply that keeps streaming is progress, not a hang).
+    fn check_timeout(&mut self, timeout: Duration) -> Result<(), UpstreamFailure> {
+        let Some(head) = self.in_flight.front() else {
+            return Ok(());
+        };
+        let waiting_since = head.since.max(self.last_read);
+        if waiting_since.elapsed() >= timeout {
+            Err(UpstreamFailure::Timeout(timeout))
+        } else {
+            Ok(())
+        }
+    }
+}

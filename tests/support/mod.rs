@@ -1,0 +1,325 @@
+//! Shared fixtures for the end-to-end tests: real `redis-server` processes on free ports (that
+//! a test can kill, hang with SIGSTOP, resume and restart), an in-process keywarden, and a
+//! small RESP client over a raw socket.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use keywarden::config::Settings;
+use redis_protocol::resp2::types::OwnedFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use redis_protocol::resp2::types::OwnedFrame as Frame;
+
+/// How long any single wait in a test may take before the test fails instead of hanging.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn redis_server_binary() -> &'static str {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "redis-server is not on PATH: install it with `apt-get install -y redis-server redis-tools` \
+         (the tests run real Redis processes and never skip)"
+    );
+    "redis-server"
+}
+
+/// A real redis-server, owned by one test and killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    /// Starts a server on a given port (one a proxy was already pointed at).
+    pub fn start_on(port: u16) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(redis_server_binary())
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .args(["--loglevel", "warning"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Polls until the server answers PING.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if ping_sync(self.port) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().expect("server running").id() as i32
+    }
+
+    /// SIGKILL: the upstream vanishes, connections are reset.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// SIGSTOP: the upstream hangs; the kernel still accepts connections and buffers bytes.
+    pub fn hang(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGSTOP) };
+    }
+
+    /// SIGCONT: resumes a hung server.
+    pub fn resume(&self) {
+        unsafe { libc::kill(self.pid(), libc::SIGCONT) };
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        }
+        self.kill();
+    }
+}
+
+fn ping_sync(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// Settings for a proxy in front of `upstream`, with short timeouts for tests.
+pub fn settings(upstream: &str) -> Settings {
+    let mut s = Settings::default();
+    s.upstream.address = upstream.to_string();
+    s.upstream.command_timeout = Duration::from_millis(500);
+    s.upstream.connect_timeout = Duration::from_millis(300);
+    s.shutdown_timeout = Duration::from_secs(2);
+    s
+}
+
+/// keywarden running in this test's runtime, on a free port.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Proxy {
+    pub async fn start(settings: Settings) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(keywarden::server::run(settings, listener, async move {
+            let _ = stopped.await;
+        }));
+        Proxy {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Starts a proxy in front of `upstream` with test settings.
+    pub async fn for_upstream(upstream: &RedisServer) -> Proxy {
+        Proxy::start(settings(&upstream.addr())).await
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// Begins graceful shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("proxy shut down in time")
+                .expect("proxy task")
+                .expect("proxy run");
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A RESP2 client over a raw socket: sends exactly the bytes a test gives it and decodes
+/// replies with an independent decoder (the `redis-protocol` crate).
+pub struct Client {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+impl Client {
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Client {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    pub async fn send(&mut self, args: &[&str]) {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.send_raw(&encode(&args)).await;
+    }
+
+    /// The next reply; panics after `WAIT` or if the connection closes first.
+    pub async fn reply(&mut self) -> Frame {
+        self.try_reply(WAIT)
+            .await
+            .expect("a reply before the connection closed")
+    }
+
+    /// The next reply, or None if the connection closed; panics on timeout.
+    pub async fn try_reply(&mut self, wait: Duration) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some((frame, used)) =
+                redis_protocol::resp2::decode::decode(&self.buf).expect("valid RESP from proxy")
+            {
+                let _ = self.buf.split_to(used);
+                return Some(frame);
+            }
+            self.buf.reserve(64 * 1024);
+            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("reply within the wait")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Sends a command and returns its reply.
+    pub async fn cmd(&mut self, args: &[&str]) -> Frame {
+        self.send(args).await;
+        self.reply().await
+    }
+
+    /// True once the server closed the connection (reads EOF within `WAIT`).
+    pub async fn closed(&mut self) -> bool {
+        let mut scratch = [0u8; 1024];
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.read(&mut scratch)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+pub fn bulk(s: &str) -> Frame {
+    OwnedFrame::BulkString(s.as_bytes().to_vec())
+}
+
+pub fn simple(s: &str) -> Frame {
+    OwnedFrame::SimpleString(s.as_bytes().to_vec())
+}
+
+pub fn int(i: i64) -> Frame {
+    OwnedFrame::Integer(i)
+}
+
+pub fn is_error(f: &Frame, prefix: &str) -> bool {
+    matches!(f, OwnedFrame::Error(e) if e.starts_with(prefix))
+}

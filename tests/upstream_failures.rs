@@ -1,0 +1,244 @@
+//! Real failures of the upstream: killed mid-pipeline, hung with SIGSTOP, down at startup,
+//! restarted. Every request gets a reply, none hangs, and the proxy serves again once the
+//! upstream is back, without a restart.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Polls through the proxy until PING succeeds; returns how long it took.
+async fn wait_until_served(proxy: &Proxy) -> Duration {
+    let start = Instant::now();
+    let mut c = proxy.client().await;
+    loop {
+        match c.try_reply_to(&["PING"]).await {
+            Some(f) if f == simple("PONG") => return start.elapsed(),
+            Some(_) => {}
+            None => c = proxy.client().await,
+        }
+        assert!(start.elapsed() < WAIT, "proxy never served again");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+trait TryReply {
+    async fn try_reply_to(&mut self, args: &[&str]) -> Option<Frame>;
+}
+
+impl TryReply for Client {
+    async fn try_reply_to(&mut self, args: &[&str]) -> Option<Frame> {
+        self.send(args).await;
+        self.try_reply(WAIT).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_killed_mid_pipeline_every_request_answered_then_recovers() {
+    let mut redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    const CLIENTS: usize = 10;
+    const COMMANDS: usize = 20_000;
+    let mut tasks = Vec::new();
+    for id in 0..CLIENTS {
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            let c = Client::connect(addr).await;
+            let (mut rd, mut wr) = c.stream.into_split();
+            let writer = tokio::spawn(async move {
+                for chunk in 0..COMMANDS / 100 {
+                    let mut batch = Vec::new();
+                    for j in 0..100 {
+                        let n = (chunk * 100 + j).to_string();
+                        batch.extend(encode(&[b"ECHO", format!("{id}:{n}").as_bytes()]));
+                    }
+                    if wr.write_all(&batch).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            });
+            let (mut echoed, mut errors) = (0usize, 0usize);
+            let mut buf = bytes::BytesMut::new();
+            while echoed + errors < COMMANDS {
+                while let Some((frame, used)) =
+                    redis_protocol::resp2::decode::decode(&buf).expect("valid RESP")
+                {
+                    let _ = buf.split_to(used);
+                    let n = echoed + errors;
+                    match frame {
+                        Frame::BulkString(b) => {
+                            assert_eq!(b, format!("{id}:{n}").into_bytes(), "order kept");
+                            echoed += 1;
+                        }
+                        Frame::Error(e) => {
+                            assert!(e.starts_with("UPSTREAM "), "{e}");
+                            errors += 1;
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                if echoed + errors == COMMANDS {
+                    break;
+                }
+                let n = tokio::time::timeout(WAIT, rd.read_buf(&mut buf))
+                    .await
+                    .expect("no request hangs")
+                    .expect("read");
+                assert!(
+                    n > 0,
+                    "client {id} closed after {} replies",
+                    echoed + errors
+                );
+            }
+            writer.await.unwrap();
+            (echoed, errors)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.restart();
+    let mut totals = (0, 0);
+    for t in tasks {
+        let (e, r) = t.await.unwrap();
+        totals.0 += e;
+        totals.1 += r;
+    }
+    assert!(totals.1 > 0, "the outage was seen as errors: {totals:?}");
+    assert!(
+        totals.0 > 0,
+        "requests were served around the outage: {totals:?}"
+    );
+    let took = wait_until_served(&proxy).await;
+    assert!(took < Duration::from_secs(1), "served again after {took:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_upstream_fails_pending_requests_within_the_command_timeout() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await; // command timeout 500 ms
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut c = proxy.client().await;
+        assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
+        clients.push(c);
+    }
+    redis.hang();
+    let start = Instant::now();
+    for c in clients.iter_mut() {
+        c.send_raw(b"PING\r\nGET x\r\nSET y 1\r\n").await;
+    }
+    for c in clients.iter_mut() {
+        for _ in 0..3 {
+            let reply = c.reply().await;
+            assert!(is_error(&reply, "UPSTREAM"), "{reply:?}");
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(500 + 300),
+        "errors after {took:?}, timeout is 500ms"
+    );
+    assert!(
+        took >= Duration::from_millis(450),
+        "not before the timeout: {took:?}"
+    );
+    redis.resume();
+    wait_until_served(&proxy).await;
+    // The old connection was not reused: replies are not shifted.
+    let mut c = proxy.client().await;
+    assert_eq!(c.cmd(&["ECHO", "fresh"]).await, bulk("fresh"));
+    assert_eq!(c.cmd(&["ECHO", "again"]).await, bulk("again"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_at_startup_fails_fast_then_serves_once_up() {
+    let port = free_port();
+    let proxy = Proxy::start(settings(&format!("127.0.0.1:{port}"))).await;
+    let mut c = proxy.client().await;
+    // The first request may race the first connect attempt; later ones fail at once.
+    let _ = c.cmd(&["PING"]).await;
+    let start = Instant::now();
+    for _ in 0..10 {
+        let reply = c.cmd(&["GET", "k"]).await;
+        assert!(
+            is_error(&reply, "UPSTREAM upstream unavailable"),
+            "{reply:?}"
+        );
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(200),
+        "fail closed at once, not per-request connect waits: {:?}",
+        start.elapsed()
+    );
+    let redis = RedisServer::start_on(port);
+    let took = wait_until_served(&proxy).await;
+    assert!(
+        took < Duration::from_millis(500),
+        "recovered after {took:?}"
+    );
+    assert_eq!(c.cmd(&["SET", "k", "v"]).await, simple("OK"));
+    drop(redis);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_upstream_on_a_dedicated_connection_errors_and_closes() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut c = proxy.client().await;
+    assert_eq!(c.cmd(&["MULTI"]).await, simple("OK"));
+    redis.hang();
+    let start = Instant::now();
+    c.send(&["INCR", "x"]).await;
+    let reply = c.reply().await;
+    assert!(is_error(&reply, "UPSTREAM no reply"), "{reply:?}");
+    assert!(start.elapsed() < Duration::from_millis(800));
+    assert!(
+        c.closed().await,
+        "transaction state is gone: the client must reconnect"
+    );
+    redis.resume();
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_upstream_wakes_a_blocked_client_with_an_error() {
+    let mut redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut c = proxy.client().await;
+    c.send(&["BLPOP", "never", "0"]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.kill();
+    let reply = c.reply().await;
+    assert!(
+        is_error(&reply, "UPSTREAM connection to upstream lost"),
+        "{reply:?}"
+    );
+    assert!(c.closed().await);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_upstream_closes_subscribers_so_they_resubscribe() {
+    let mut redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut sub = proxy.client().await;
+    sub.cmd(&["SUBSCRIBE", "ch"]).await;
+    redis.kill();
+    assert!(sub.closed().await);
+    redis.restart();
+    wait_until_served(&proxy).await;
+    let mut sub = proxy.client().await;
+    assert_eq!(
+        sub.cmd(&["SUBSCRIBE", "ch"]).await,
+        Frame::Array(vec![bulk("subscribe"), bulk("ch"), int(1)])
+    );
+    proxy.shutdown().await;
+}
