@@ -68,7 +68,7 @@ pub async fn run(
             continue;
         }
         let guard = ClientGuard::new(&clients);
-        let session = Session::new(stream, settings.clone(), &upstream);
+        let session = Session::new(stream, settings.clone(), upstream.clone());
         let phase = phase_rx.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {

@@ -56,6 +56,7 @@ pub struct Session {
     /// Reply slots not yet ready; the front, if any, is always `Slot::Upstream`.
     pending: VecDeque<Slot>,
     inbox: Arc<Inbox>,
+    upstream: Arc<Upstream>,
     shared: Arc<SharedConn>,
     dedicated: Option<Box<Dedicated>>,
     /// A stateful request waiting for the shared replies before it to arrive.
@@ -78,7 +79,7 @@ enum Event {
 }
 
 impl Session {
-    pub fn new(stream: TcpStream, settings: Arc<Settings>, upstream: &Upstream) -> Session {
+    pub fn new(stream: TcpStream, settings: Arc<Settings>, upstream: Arc<Upstream>) -> Session {
         let limits = ParserLimits {
             max_bulk_len: settings.limits.max_bulk_len,
             max_multibulk_len: settings.limits.max_multibulk_len,
@@ -94,6 +95,7 @@ impl Session {
             pending: VecDeque::new(),
             inbox: Arc::new(Inbox::default()),
             shared: upstream.pick(),
+            upstream,
             dedicated: None,
             stalled: None,
             closing: false,
@@ -105,6 +107,8 @@ impl Session {
     pub async fn run(mut self, mut phase: watch::Receiver<Phase>) {
         if let Err(e) = self.serve(&mut phase).await {
             tracing::debug!(error = %e, "client connection ended");
+        } else {
+            tracing::debug!("client connection closed");
         }
     }
 
@@ -280,7 +284,16 @@ impl Session {
             return;
         }
         let n = run.len() as u32;
-        match self.shared.send(run, &self.inbox) {
+        let mut sent = self.shared.send(run, &self.inbox);
+        if sent.is_err() && self.pending.is_empty() {
+            // Nothing is owed on the old connection, so moving to one that is up cannot
+            // reorder replies: after an outage, the first connection back serves everyone.
+            if let Some(conn) = self.upstream.pick_up() {
+                self.shared = conn;
+                sent = self.shared.send(run, &self.inbox);
+            }
+        }
+        match sent {
             Ok(()) => self.pending.push_back(Slot::Upstream(n)),
             Err(why) => {
                 let err = ProxyError::from(why).to_reply();

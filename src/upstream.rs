@@ -54,6 +54,7 @@ impl Upstream {
         keepalive: Option<Duration>,
     ) -> Arc<Upstream> {
         let mut tasks = Vec::with_capacity(settings.connections);
+        let reached = Arc::new(Notify::new());
         let conns: Box<[_]> = (0..settings.connections)
             .map(|id| {
                 let conn = Arc::new(SharedConn {
@@ -70,6 +71,7 @@ impl Upstream {
                     settings: settings.clone(),
                     max_reply_depth: limits.max_reply_depth,
                     keepalive,
+                    reached: reached.clone(),
                 };
                 tasks.push(tokio::spawn(task.run()));
                 conn
@@ -94,6 +96,16 @@ impl Upstream {
     pub fn pick(&self) -> Arc<SharedConn> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         self.conns[i].clone()
+    }
+
+    /// A connection that is up, for a session whose own connection is down and that has no
+    /// reply outstanding (so moving cannot reorder anything). None if every one is down.
+    pub fn pick_up(&self) -> Option<Arc<SharedConn>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..self.conns.len())
+            .map(|k| &self.conns[(start + k) % self.conns.len()])
+            .find(|c| c.is_up())
+            .cloned()
     }
 }
 
@@ -148,6 +160,10 @@ impl SharedConn {
         drop(q);
         self.wake.notify_one();
         Ok(())
+    }
+
+    fn is_up(&self) -> bool {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).link == Link::Up
     }
 
     fn set_link(&self, link: Link) -> (BytesMut, Vec<Waiter>) {
@@ -213,6 +229,9 @@ struct ConnTask {
     settings: UpstreamSettings,
     max_reply_depth: usize,
     keepalive: Option<Duration>,
+    /// Signalled by any connection of the pool that reaches the upstream, so that the others
+    /// retry at once instead of waiting out their backoff.
+    reached: Arc<Notify>,
 }
 
 impl ConnTask {
@@ -226,6 +245,7 @@ impl ConnTask {
                 Ok(stream) => {
                     backoff = self.settings.reconnect_backoff_min;
                     self.conn.set_link(Link::Up);
+                    self.reached.notify_waiters();
                     tracing::info!(conn = self.id, upstream = addr, "upstream connected");
                     was_up = true;
                     let mut link = Connection::new(stream, self.max_reply_depth);
@@ -249,7 +269,10 @@ impl ConnTask {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = async {
-                            self.conn.wake.notified().await;
+                            tokio::select! {
+                                _ = self.conn.wake.notified() => {}
+                                _ = self.reached.notified() => {}
+                            }
                             tokio::time::sleep_until(min).await;
                         } => {}
                     }

@@ -57,7 +57,8 @@ async fn idle_clients_are_closed_but_blocked_ones_are_not() {
     assert!(idle.closed().await, "idle client closed");
     // The blocked client waited 1 s, past the idle timeout, and still got its reply.
     assert_eq!(blocked.reply().await, Frame::Null);
-    assert_eq!(busy.cmd(&["PING"]).await, simple("PONG"));
+    // Once quiet for the timeout, the formerly busy client goes too.
+    assert!(busy.closed().await);
     proxy.shutdown().await;
 }
 

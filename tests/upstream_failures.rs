@@ -55,11 +55,11 @@ async fn upstream_killed_mid_pipeline_every_request_answered_then_recovers() {
                         let n = (chunk * 100 + j).to_string();
                         batch.extend(encode(&[b"ECHO", format!("{id}:{n}").as_bytes()]));
                     }
-                    if wr.write_all(&batch).await.is_err() {
-                        return;
-                    }
+                    wr.write_all(&batch).await.expect("the proxy keeps reading");
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
+                // Keep the write half open: a client that half-closes is gone, as in Redis.
+                wr
             });
             let (mut echoed, mut errors) = (0usize, 0usize);
             let mut buf = bytes::BytesMut::new();

@@ -177,6 +177,11 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(settings: Settings) -> Proxy {
+        // Logs from the proxy under test, when RUST_LOG asks for them.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
