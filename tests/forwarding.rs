@@ -122,7 +122,7 @@ async fn many_pipelining_clients_get_their_own_replies_in_order() {
                 {
                     let _ = buf.split_to(used);
                     let j = next / 2;
-                    let want = if next % 2 == 0 {
+                    let want = if next.is_multiple_of(2) {
                         simple("OK")
                     } else {
                         bulk(&format!("c{id}:v{j}"))
