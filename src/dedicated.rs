@@ -11,11 +11,12 @@
 //! resubscribes.
 
 use std::collections::VecDeque;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::command::Stateful;
 use crate::error::UpstreamFailure;
@@ -38,6 +39,8 @@ pub struct Dedicated {
     /// Requests without a reply yet (only tracked while paired).
     outstanding: VecDeque<Outstanding>,
     last_read: Instant,
+    /// Paces command-timeout checks (a timer per request would cost more than it saves).
+    tick: Interval,
 }
 
 struct Outstanding {
@@ -49,6 +52,7 @@ impl Dedicated {
     pub async fn open(
         addr: &str,
         connect_timeout: Duration,
+        command_timeout: Duration,
         keepalive: Option<Duration>,
         max_reply_depth: usize,
     ) -> Result<Dedicated, UpstreamFailure> {
@@ -65,6 +69,7 @@ impl Dedicated {
             paired: true,
             outstanding: VecDeque::new(),
             last_read: Instant::now(),
+            tick: timeout_tick(command_timeout),
         })
     }
 
@@ -103,12 +108,20 @@ impl Dedicated {
         !self.paired || self.outstanding.iter().any(|o| o.blocking)
     }
 
-    pub async fn readable(&self) -> std::io::Result<()> {
-        self.stream.readable().await
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream.poll_read_ready(cx)
     }
 
-    pub async fn writable(&self) -> std::io::Result<()> {
-        self.stream.writable().await
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream.poll_write_ready(cx)
+    }
+
+    /// Ready when a command-timeout check is due (never while no timed request is waiting).
+    pub fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.timing() {
+            return Poll::Pending;
+        }
+        self.tick.poll_tick(cx).map(|_| ())
     }
 
     pub fn write(&mut self) -> Result<(), UpstreamFailure> {
@@ -131,7 +144,7 @@ impl Dedicated {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
         }
-        match self.stream.try_read_buf(&mut self.rbuf) {
+        match socket::read_available(&self.stream, &mut self.rbuf) {
             Ok(0) => return Err(UpstreamFailure::ConnectionLost),
             Ok(_) => self.last_read = Instant::now(),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
@@ -174,7 +187,15 @@ impl Dedicated {
     }
 
     /// Whether a timeout check is worth scheduling.
-    pub fn timing(&self) -> bool {
+    fn timing(&self) -> bool {
         self.outstanding.front().is_some_and(|o| !o.blocking)
     }
+}
+
+/// An interval for checking a command timeout: a tenth of it, between 1 ms and 100 ms.
+pub fn timeout_tick(timeout: Duration) -> Interval {
+    let period = (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(100));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
 }

@@ -1,17 +1,20 @@
-//! A client session's inbox: where upstream connections drop the reply bytes meant for it.
+//! A client session's inbox: where upstream connections drop the reply bytes meant for it, and
+//! how anything outside the session (an upstream connection, shutdown) wakes it.
 //!
 //! Upstream connections never wait on a client: they append chunks here and wake the session,
 //! which writes them out in order. A chunk is a run of complete reply frames, contiguous in
 //! the upstream stream, for requests that this session sent on that connection.
 //!
-//! Deliberately small (an empty `VecDeque` and a `Notify` allocate nothing), since every idle
-//! client holds one.
+//! Deliberately small and allocation-free while empty (an `AtomicWaker` instead of a waiter
+//! list, an empty `VecDeque`), since every idle client holds one.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 /// Complete reply frames for one session, in request order.
 #[derive(Debug)]
@@ -24,7 +27,9 @@ pub struct Chunk {
 #[derive(Debug, Default)]
 pub struct Inbox {
     chunks: Mutex<VecDeque<Chunk>>,
-    notify: Notify,
+    /// Set by every delivery or poke, cleared when the session notices.
+    woken: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Inbox {
@@ -34,7 +39,13 @@ impl Inbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(chunk);
-        self.notify.notify_one();
+        self.poke();
+    }
+
+    /// Wakes the session without a chunk (it then looks at whatever changed, e.g. the phase).
+    pub fn poke(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Moves every waiting chunk into `into`, in order.
@@ -47,9 +58,14 @@ impl Inbox {
         }
     }
 
-    /// Resolves once a chunk has been delivered since the last wake-up (a delivery made before
-    /// this is awaited is not lost: `Notify` keeps one permit).
-    pub async fn wait(&self) {
-        self.notify.notified().await
+    /// Ready once a delivery or poke happened since the last time this returned ready.
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Register first, then check: a wake between the two is seen by the check.
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }

@@ -11,15 +11,17 @@
 //! - [`upstream`]: the multiplexer: shared upstream connections carrying many clients' requests.
 //! - [`dedicated`]: a client's own upstream connection once it uses connection state.
 //! - [`reply`]: the iterative, depth-capped reply scanner that frames upstream replies.
-//! - [`inbox`]: where upstream connections drop a session's replies.
+//! - [`inbox`]: where upstream connections drop a session's replies, and how it is woken.
 //!
 //! Around it:
 //! - [`config`]: the TOML file, command-line overrides, validation, typed settings.
 //! - [`cli`]: the command line.
+//! - [`clients`]: the connected clients, the proxy's phase (run, drain, stop), waking them all.
 //! - [`error`]: every error the proxy answers with, and its wire form.
 //! - [`socket`]: socket options (TCP_NODELAY, keepalive) and connecting with a timeout.
 
 pub mod cli;
+pub mod clients;
 pub mod command;
 pub mod config;
 pub mod dedicated;

@@ -5,28 +5,24 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
 
+use crate::clients::{Clients, Phase};
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::session::Session;
 use crate::socket;
 use crate::upstream::Upstream;
 
-/// Where the proxy is in its life, as sessions see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Run,
-    /// Shutdown began: answer what was asked, read nothing new.
-    Drain,
-    /// The drain deadline passed: close now.
-    Stop,
+/// What every session of one server shares.
+pub struct Server {
+    pub settings: Arc<Settings>,
+    pub upstream: Arc<Upstream>,
+    pub clients: Clients,
 }
 
 /// Serves clients from `listener` until `shutdown` resolves, then drains: stops accepting,
@@ -38,10 +34,11 @@ pub async fn run(
 ) -> io::Result<()> {
     let settings = Arc::new(settings);
     let upstream = Upstream::start(&settings.upstream, &settings.limits, settings.tcp_keepalive);
-    let (phase_tx, phase_rx) = watch::channel(Phase::Run);
-    // Every session holds a clone of `done_tx`; when all are gone, `done_rx` yields None.
-    let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let clients = Arc::new(AtomicUsize::new(0));
+    let server = Arc::new(Server {
+        settings: settings.clone(),
+        upstream: upstream.clone(),
+        clients: Clients::default(),
+    });
     tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
 
     tokio::pin!(shutdown);
@@ -59,7 +56,7 @@ pub async fn run(
                 continue;
             }
         };
-        if clients.load(Ordering::Relaxed) >= settings.max_clients {
+        if server.clients.count() >= settings.max_clients {
             tokio::spawn(refuse(stream));
             continue;
         }
@@ -67,34 +64,23 @@ pub async fn run(
             tracing::debug!(error = %e, "client socket setup failed");
             continue;
         }
-        let guard = ClientGuard::new(&clients);
-        let session = Session::new(stream, settings.clone(), upstream.clone());
-        let phase = phase_rx.clone();
-        let done = done_tx.clone();
-        tokio::spawn(async move {
-            session.run(phase).await;
-            drop(guard);
-            drop(done);
-        });
+        tokio::spawn(Session::new(stream, server.clone()).run());
     }
 
     drop(listener);
-    tracing::info!(
-        clients = clients.load(Ordering::Relaxed),
-        "shutting down: draining clients"
-    );
-    let _ = phase_tx.send(Phase::Drain);
-    drop(done_tx);
-    if tokio::time::timeout(settings.shutdown_timeout, done_rx.recv())
+    let clients = &server.clients;
+    tracing::info!(clients = clients.count(), "shutting down: draining clients");
+    clients.set_phase(Phase::Drain);
+    if tokio::time::timeout(settings.shutdown_timeout, clients.all_gone())
         .await
         .is_err()
     {
         tracing::warn!(
-            clients = clients.load(Ordering::Relaxed),
+            clients = clients.count(),
             "shutdown deadline passed: closing remaining clients"
         );
-        let _ = phase_tx.send(Phase::Stop);
-        let _ = tokio::time::timeout(Duration::from_secs(1), done_rx.recv()).await;
+        clients.set_phase(Phase::Stop);
+        let _ = tokio::time::timeout(Duration::from_secs(1), clients.all_gone()).await;
     }
     upstream.stop();
     tracing::info!("keywarden stopped");
@@ -105,20 +91,4 @@ pub async fn run(
 async fn refuse(mut stream: TcpStream) {
     let reply = ProxyError::MaxClients.to_reply();
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await;
-}
-
-/// Counts a connected client for as long as it lives.
-struct ClientGuard(Arc<AtomicUsize>);
-
-impl ClientGuard {
-    fn new(count: &Arc<AtomicUsize>) -> ClientGuard {
-        count.fetch_add(1, Ordering::Relaxed);
-        ClientGuard(count.clone())
-    }
-}
-
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::config::{Limits, UpstreamSettings};
 use crate::error::{ProxyError, UpstreamFailure};
@@ -321,10 +321,7 @@ impl Connection {
     async fn serve(&mut self, conn: &SharedConn, timeout: Duration) -> UpstreamFailure {
         // Timeouts are checked on a tick rather than with a timer per request: arming a timer
         // for every batch would cost more than the requests themselves.
-        let mut tick = tokio::time::interval(
-            (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(100)),
-        );
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut tick = crate::dedicated::timeout_tick(timeout);
         loop {
             let pending_write = self.written < self.wbuf.len();
             let event = tokio::select! {
@@ -372,7 +369,7 @@ impl Connection {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
         }
-        match self.stream.try_read_buf(&mut self.rbuf) {
+        match socket::read_available(&self.stream, &mut self.rbuf) {
             Ok(0) => Err(UpstreamFailure::ConnectionLost),
             Ok(_) => {
                 self.last_read = Instant::now();
