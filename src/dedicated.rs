@@ -50,13 +50,13 @@ struct Outstanding {
 
 impl Dedicated {
     pub async fn open(
-        addr: &str,
+        addr: String,
         connect_timeout: Duration,
         command_timeout: Duration,
         keepalive: Option<Duration>,
         max_reply_depth: usize,
     ) -> Result<Dedicated, UpstreamFailure> {
-        let stream = socket::connect(addr, connect_timeout, keepalive)
+        let stream = socket::connect(&addr, connect_timeout, keepalive)
             .await
             .map_err(|_| UpstreamFailure::Unavailable)?;
         Ok(Dedicated {

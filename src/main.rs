@@ -8,6 +8,13 @@ use keywarden::cli::{check_config, Cli, CliCommand};
 use keywarden::config::{LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc instead of the system allocator: tokio's task cells and socket registrations are
+/// 128-byte aligned, which glibc serves with padding on top of each. Measured with
+/// `scripts/bench` (10,000 idle clients): 0.77 KB per idle client with glibc, 0.63 with
+/// jemalloc (mimalloc: 1.02).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     match Cli::parse().into_command() {
         Ok(CliCommand::CheckConfig { path }) => {

@@ -64,7 +64,7 @@ pub async fn run(
             tracing::debug!(error = %e, "client socket setup failed");
             continue;
         }
-        tokio::spawn(Session::new(stream, server.clone()).run());
+        tokio::spawn(Session::new(stream, server.clone()));
     }
 
     drop(listener);

@@ -16,11 +16,11 @@
 //! an inbox.
 
 use std::collections::VecDeque;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -29,7 +29,6 @@ use tokio::time::{Instant, Sleep};
 
 use crate::clients::Phase;
 use crate::command::{self, Disposition, Stateful};
-use crate::config::Settings;
 use crate::dedicated::Dedicated;
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::inbox::{Chunk, Inbox};
@@ -60,8 +59,34 @@ pub struct Session {
     inbox: Arc<Inbox>,
     shared: Arc<SharedConn>,
     busy: Option<Box<Busy>>,
+    /// A dedicated connection being opened.
+    opening: Option<Opening>,
     /// Present only when `client_idle_timeout` is set.
     idle: Option<Box<IdleTimer>>,
+}
+
+/// Opening a dedicated connection: boxed, since the connect future is large and rare and must
+/// not size every session.
+type Opening = Pin<Box<dyn Future<Output = Result<Dedicated, UpstreamFailure>> + Send>>;
+
+/// The session is its task's future: no `async fn` state machine around it, so an idle
+/// client's task holds the session's few fields and nothing else.
+impl Future for Session {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match ready!(self.get_mut().drive(cx)) {
+            Ok(()) => tracing::debug!("client connection closed"),
+            Err(e) => tracing::debug!(error = %e, "client connection ended"),
+        }
+        Poll::Ready(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ctx.clients.leave(self.key);
+    }
 }
 
 /// A session's state while anything is in flight.
@@ -117,27 +142,32 @@ impl Session {
             key,
             inbox,
             busy: None,
+            opening: None,
             idle,
         }
     }
 
     /// Serves the client until it leaves, the proxy shuts down, or the connection must close.
-    pub async fn run(mut self) {
-        match self.serve().await {
-            Ok(()) => tracing::debug!("client connection closed"),
-            Err(e) => tracing::debug!(error = %e, "client connection ended"),
-        }
-        self.ctx.clients.leave(self.key);
-    }
-
-    async fn serve(&mut self) -> io::Result<()> {
+    /// Runs one step after another until the next one has to wait; the session is its task's
+    /// future (see the module notes on memory).
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
+            if let Some(opening) = self.opening.as_mut() {
+                let opened = ready!(opening.as_mut().poll(cx));
+                self.opening = None;
+                self.busy_mut().opened(opened);
+            }
             if let Some(b) = self.busy.as_deref_mut() {
                 b.process_input(&self.ctx, &mut self.shared, &self.inbox);
                 if b.stalled.is_some() && b.pending.is_empty() {
-                    // Boxed: the connect future is large and rare; it must not size every
-                    // session's task.
-                    Box::pin(b.open_dedicated(&self.ctx.settings)).await;
+                    let up = &self.ctx.settings.upstream;
+                    self.opening = Some(Box::pin(Dedicated::open(
+                        up.address.clone(),
+                        up.connect_timeout,
+                        up.command_timeout,
+                        self.ctx.settings.tcp_keepalive,
+                        self.ctx.settings.limits.max_reply_depth,
+                    )));
                     continue;
                 }
                 b.flush(&self.stream)?;
@@ -147,7 +177,7 @@ impl Session {
                         continue;
                     }
                     if b.out.is_empty() {
-                        return Ok(());
+                        return Poll::Ready(Ok(()));
                     }
                 }
                 if b.is_quiet() {
@@ -155,7 +185,7 @@ impl Session {
                     self.busy = None;
                 }
             }
-            let event = poll_fn(|cx| self.poll_event(cx)).await?;
+            let event = ready!(self.poll_event(cx))?;
             match event {
                 Event::Inbox => match self.ctx.clients.phase() {
                     Phase::Run => {
@@ -170,13 +200,13 @@ impl Session {
                             b.take_inbox(&self.inbox);
                             b.closing = true;
                         }
-                        None => return Ok(()),
+                        None => return Poll::Ready(Ok(())),
                     },
-                    Phase::Stop => return Ok(()),
+                    Phase::Stop => return Poll::Ready(Ok(())),
                 },
                 Event::ClientReadable => {
                     if !self.read_client()? {
-                        return Ok(());
+                        return Poll::Ready(Ok(()));
                     }
                     if let Some(idle) = self.idle.as_deref_mut() {
                         idle.last_activity = Instant::now();
@@ -197,7 +227,7 @@ impl Session {
                     };
                     if !busy && idle.last_activity.elapsed() >= idle.limit {
                         tracing::debug!("closing idle client");
-                        return Ok(());
+                        return Poll::Ready(Ok(()));
                     }
                     let since = if busy {
                         Instant::now()
@@ -409,21 +439,12 @@ impl Busy {
         run.clear();
     }
 
-    /// Opens the dedicated connection for the stalled request and sends it.
-    async fn open_dedicated(&mut self, settings: &Settings) {
+    /// The dedicated connection for the stalled request is open (or could not be): send it.
+    fn opened(&mut self, opened: Result<Dedicated, UpstreamFailure>) {
         let Some((req, props)) = self.stalled.take() else {
             return;
         };
-        let up = &settings.upstream;
-        match Dedicated::open(
-            &up.address,
-            up.connect_timeout,
-            up.command_timeout,
-            settings.tcp_keepalive,
-            settings.limits.max_reply_depth,
-        )
-        .await
-        {
+        match opened {
             Ok(mut ded) => {
                 ded.queue(&req, props);
                 self.dedicated = Some(ded);
@@ -551,7 +572,7 @@ mod tests {
             let stream = TcpStream::connect(listener.local_addr().unwrap())
                 .await
                 .unwrap();
-            let settings = Arc::new(Settings::default());
+            let settings = Arc::new(crate::config::Settings::default());
             let upstream =
                 crate::upstream::Upstream::start(&settings.upstream, &settings.limits, None);
             let server = Arc::new(Server {
@@ -559,9 +580,9 @@ mod tests {
                 upstream,
                 clients: Default::default(),
             });
-            let task = Session::new(stream, server).run();
+            let task = Session::new(stream, server);
             let size = std::mem::size_of_val(&task);
-            assert!(size <= 256, "session task state is {size} bytes");
+            assert!(size <= 128, "session task state is {size} bytes");
         });
     }
 }

@@ -77,7 +77,10 @@ fn start_binary(redis: &RedisServer) -> (Running, u16) {
         .unwrap();
     let deadline = Instant::now() + WAIT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "keywarden did not start listening");
+        assert!(
+            Instant::now() < deadline,
+            "keywarden did not start listening"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     (Running(child), port)
@@ -95,7 +98,11 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 
     unsafe { libc::kill(proxy.0.id() as i32, libc::SIGTERM) };
     assert!(idle.closed().await, "idle clients are closed at once");
-    assert_eq!(slow.reply().await, Frame::Null, "in-flight request answered");
+    assert_eq!(
+        slow.reply().await,
+        Frame::Null,
+        "in-flight request answered"
+    );
     assert!(slow.closed().await);
 
     let deadline = Instant::now() + WAIT;
