@@ -1,0 +1,215 @@
+//! Keyspaces: named sets of keys chosen by pattern, each with the mode that decides what
+//! happens to its keys when the upstream is unavailable.
+//!
+//! Patterns are bytes. A pattern with a glob metacharacter (`*`, `?`, `[`, `\`) is a Redis
+//! glob (see [`crate::glob`]); any other pattern is a prefix (`rl:` covers every key that
+//! starts with `rl:`). **The first keyspace in config order with a matching pattern wins**;
+//! keys that match none belong to the default keyspace, whose mode is `default_mode`
+//! (`fail_closed` unless configured).
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::glob;
+
+/// What happens to a keyspace's keys when the upstream cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Forward while healthy; an immediate error while unavailable. Never local state.
+    FailClosed,
+    /// Forward while healthy; served from the local store while unavailable.
+    Degraded,
+    /// Always served from the local store; the upstream is never touched.
+    LocalOnly,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::FailClosed => "fail_closed",
+            Mode::Degraded => "degraded",
+            Mode::LocalOnly => "local_only",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Mode> {
+        match text {
+            "fail_closed" => Some(Mode::FailClosed),
+            "degraded" => Some(Mode::Degraded),
+            "local_only" => Some(Mode::LocalOnly),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    Prefix(Bytes),
+    Glob(Bytes),
+}
+
+impl Pattern {
+    /// Reads a configured pattern: a glob if it has a metacharacter, otherwise a prefix.
+    pub fn parse(text: &[u8]) -> Pattern {
+        let bytes = Bytes::copy_from_slice(text);
+        if glob::is_literal(text) {
+            Pattern::Prefix(bytes)
+        } else {
+            Pattern::Glob(bytes)
+        }
+    }
+
+    pub fn matches(&self, key: &[u8]) -> bool {
+        match self {
+            Pattern::Prefix(p) => key.starts_with(p),
+            Pattern::Glob(g) => glob::matches(g, key),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyspace {
+    pub name: String,
+    pub patterns: Vec<Pattern>,
+    pub mode: Mode,
+}
+
+/// The configured keyspaces, in config order, and the default for keys that match none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyspaces {
+    list: Vec<Keyspace>,
+    default_mode: Mode,
+}
+
+/// Which keyspace a key fell in: an index into the configured list, or the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Membership {
+    Named(usize),
+    Default,
+}
+
+/// The name used for keys that match no configured keyspace.
+pub const DEFAULT_NAME: &str = "default";
+
+impl Keyspaces {
+    pub fn new(list: Vec<Keyspace>, default_mode: Mode) -> Keyspaces {
+        Keyspaces { list, default_mode }
+    }
+
+    /// Everything in the default keyspace, fail closed: the proxy with no keyspaces configured.
+    pub fn fail_closed() -> Keyspaces {
+        Keyspaces::new(Vec::new(), Mode::FailClosed)
+    }
+
+    /// The keyspace `key` belongs to: the first, in config order, with a matching pattern.
+    pub fn classify(&self, key: &[u8]) -> Membership {
+        self.list
+            .iter()
+            .position(|ks| ks.patterns.iter().any(|p| p.matches(key)))
+            .map_or(Membership::Default, Membership::Named)
+    }
+
+    pub fn mode(&self, m: Membership) -> Mode {
+        match m {
+            Membership::Named(i) => self.list[i].mode,
+            Membership::Default => self.default_mode,
+        }
+    }
+
+    pub fn name(&self, m: Membership) -> &str {
+        match m {
+            Membership::Named(i) => &self.list[i].name,
+            Membership::Default => DEFAULT_NAME,
+        }
+    }
+
+    pub fn default_mode(&self) -> Mode {
+        self.default_mode
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Keyspace> {
+        self.list.iter()
+    }
+
+    /// Names of the keyspaces in `mode`, the default one included when it is in that mode.
+    pub fn names_in(&self, mode: Mode) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .list
+            .iter()
+            .filter(|ks| ks.mode == mode)
+            .map(|ks| ks.name.clone())
+            .collect();
+        if self.default_mode == mode {
+            names.push(DEFAULT_NAME.to_string());
+        }
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ks(name: &str, patterns: &[&str], mode: Mode) -> Keyspace {
+        Keyspace {
+            name: name.into(),
+            patterns: patterns
+                .iter()
+                .map(|p| Pattern::parse(p.as_bytes()))
+                .collect(),
+            mode,
+        }
+    }
+
+    #[test]
+    fn first_match_in_config_order_wins() {
+        let spaces = Keyspaces::new(
+            vec![
+                ks("limits", &["rl:"], Mode::FailClosed),
+                ks("sessions", &["session:*", "sess:"], Mode::Degraded),
+                ks("broad", &["*:cache"], Mode::Degraded),
+                ks("scratch", &["tmp:", "rl:tmp"], Mode::LocalOnly),
+            ],
+            Mode::FailClosed,
+        );
+        let cases: &[(&[u8], Membership, Mode)] = &[
+            (b"rl:user:1", Membership::Named(0), Mode::FailClosed),
+            // Listed in "scratch" too, but "limits" comes first.
+            (b"rl:tmp:1", Membership::Named(0), Mode::FailClosed),
+            (b"session:abc", Membership::Named(1), Mode::Degraded),
+            (b"sess:x", Membership::Named(1), Mode::Degraded),
+            (b"user:cache", Membership::Named(2), Mode::Degraded),
+            (b"tmp:1", Membership::Named(3), Mode::LocalOnly),
+            (b"other", Membership::Default, Mode::FailClosed),
+            (b"", Membership::Default, Mode::FailClosed),
+            (b"r", Membership::Default, Mode::FailClosed),
+        ];
+        for (key, membership, mode) in cases {
+            let m = spaces.classify(key);
+            assert_eq!(m, *membership, "{key:?}");
+            assert_eq!(spaces.mode(m), *mode, "{key:?}");
+        }
+        assert_eq!(spaces.name(Membership::Default), "default");
+        assert_eq!(spaces.names_in(Mode::Degraded), ["sessions", "broad"]);
+        assert_eq!(spaces.names_in(Mode::FailClosed), ["limits", "default"]);
+    }
+
+    #[test]
+    fn patterns_are_prefixes_unless_globs() {
+        assert_eq!(
+            Pattern::parse(b"rl:"),
+            Pattern::Prefix(Bytes::from_static(b"rl:"))
+        );
+        assert!(matches!(Pattern::parse(b"rl:*"), Pattern::Glob(_)));
+        assert!(Pattern::parse(b"a\\*").matches(b"a*"));
+        assert!(!Pattern::parse(b"a\\*").matches(b"ab"));
+        assert!(Pattern::parse(b"\xff\x00").matches(b"\xff\x00tail"));
+    }
+}
