@@ -31,6 +31,8 @@ use std::time::Duration;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
+
+use crate::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
 use tracing_subscriber::EnvFilter;
 
 /// The typed, validated configuration the proxy runs with.
@@ -51,6 +53,41 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub limits: Limits,
     pub log: LogSettings,
+    /// This proxy's name in events; generated once per process when not configured.
+    pub instance_id: Option<String>,
+    /// The configured keyspaces, in config order, and the default mode.
+    pub keyspaces: Keyspaces,
+    pub local_store: LocalStoreSettings,
+    pub health: HealthSettings,
+    pub events: EventSettings,
+}
+
+/// The local store serving `degraded` and `local_only` keyspaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalStoreSettings {
+    /// Byte budget; beyond it the least recently used keys are evicted.
+    pub max_bytes: usize,
+}
+
+/// How upstream health is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// How often the active probe PINGs the upstream.
+    pub probe_interval: Duration,
+    /// A probe without `+PONG` within this long failed.
+    pub probe_timeout: Duration,
+    /// Consecutive failed results (timeouts, probes) that make a healthy upstream unavailable.
+    /// A refused connection or a closed socket flips it at once.
+    pub failure_threshold: u32,
+    /// Consecutive successes that make a recovering upstream healthy again.
+    pub success_threshold: u32,
+}
+
+/// Where events go besides the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSettings {
+    /// Append every event, one JSON object per line, to this file.
+    pub file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -237,6 +274,41 @@ struct RawSettings {
     upstream: RawUpstream,
     limits: RawLimits,
     log: RawLog,
+    instance_id: String,
+    default_mode: String,
+    keyspace: Vec<RawKeyspace>,
+    local_store: RawLocalStore,
+    health: RawHealth,
+    events: RawEvents,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeyspace {
+    name: String,
+    patterns: Vec<String>,
+    mode: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawLocalStore {
+    max_bytes: Quantity,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawHealth {
+    probe_interval: Quantity,
+    probe_timeout: Quantity,
+    failure_threshold: i64,
+    success_threshold: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawEvents {
+    file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -283,6 +355,39 @@ impl Default for RawSettings {
             upstream: RawUpstream::default(),
             limits: RawLimits::default(),
             log: RawLog::default(),
+            instance_id: String::new(), // generated per process
+            default_mode: "fail_closed".to_owned(),
+            keyspace: Vec::new(),
+            local_store: RawLocalStore::default(),
+            health: RawHealth::default(),
+            events: RawEvents::default(),
+        }
+    }
+}
+
+impl Default for RawLocalStore {
+    fn default() -> RawLocalStore {
+        RawLocalStore {
+            max_bytes: "64MiB".into(),
+        }
+    }
+}
+
+impl Default for RawHealth {
+    fn default() -> RawHealth {
+        RawHealth {
+            probe_interval: "1s".into(),
+            probe_timeout: "500ms".into(),
+            failure_threshold: 3,
+            success_threshold: 1,
+        }
+    }
+}
+
+impl Default for RawEvents {
+    fn default() -> RawEvents {
+        RawEvents {
+            file: String::new(), // off
         }
     }
 }
@@ -571,9 +676,24 @@ fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settings> {
     });
     let shutdown_timeout = c.check("shutdown_timeout", raw.shutdown_timeout, timeout);
     let threads = c.check("threads", raw.threads, |n| count(n, THREADS));
+    let default_mode = c.check("default_mode", raw.default_mode, |m| mode(&m));
     let upstream = check_upstream(c, raw.upstream);
     let limits = check_limits(c, raw.limits);
     let log = check_log(c, raw.log);
+    let keyspaces = check_keyspaces(c, raw.keyspace, default_mode);
+    let local_store = check_local_store(c, raw.local_store);
+    let health = check_health(c, raw.health);
+    c.table = "";
+    let instance_id = c.check("instance_id", raw.instance_id, |id| {
+        if id.chars().any(|ch| ch.is_control()) {
+            Err("must not contain control characters".to_owned())
+        } else {
+            Ok((!id.is_empty()).then_some(id))
+        }
+    });
+    let events = EventSettings {
+        file: (!raw.events.file.is_empty()).then(|| raw.events.file.into()),
+    };
     Some(Settings {
         listen: listen?,
         max_clients: max_clients?,
@@ -584,7 +704,110 @@ fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settings> {
         upstream: upstream?,
         limits: limits?,
         log: log?,
+        instance_id: instance_id?,
+        keyspaces: keyspaces?,
+        local_store: local_store?,
+        health: health?,
+        events,
     })
+}
+
+/// Keyspaces: names unique and non-empty, at least one pattern each, no empty pattern, no
+/// pattern listed twice (overlapping patterns are allowed: the first keyspace in file order
+/// wins, as documented).
+fn check_keyspaces(
+    c: &mut Checker,
+    raw: Vec<RawKeyspace>,
+    default_mode: Option<Mode>,
+) -> Option<Keyspaces> {
+    let mut list = Vec::with_capacity(raw.len());
+    let mut ok = true;
+    let mut seen_patterns: Vec<(String, String)> = Vec::new();
+    for (i, ks) in raw.into_iter().enumerate() {
+        c.table = "";
+        let at = |field: &str| format!("keyspace[{i}].{field}");
+        if ks.name.is_empty() || ks.name == crate::keyspace::DEFAULT_NAME {
+            c.report(
+                &at("name"),
+                format!("{:?} is not a usable keyspace name", ks.name),
+            );
+            ok = false;
+        } else if list.iter().any(|k: &Keyspace| k.name == ks.name) {
+            c.report(
+                &at("name"),
+                format!("keyspace {:?} is defined twice", ks.name),
+            );
+            ok = false;
+        }
+        let mode = c.check(&at("mode"), ks.mode, |m| mode(&m));
+        if ks.patterns.is_empty() {
+            c.report(&at("patterns"), "needs at least one pattern".to_owned());
+            ok = false;
+        }
+        for p in &ks.patterns {
+            if p.is_empty() {
+                c.report(
+                    &at("patterns"),
+                    "an empty pattern would match every key".to_owned(),
+                );
+                ok = false;
+            } else if let Some((_, owner)) = seen_patterns.iter().find(|(q, _)| q == p) {
+                c.report(
+                    &at("patterns"),
+                    format!("pattern {p:?} is already in keyspace {owner:?}"),
+                );
+                ok = false;
+            } else {
+                seen_patterns.push((p.clone(), ks.name.clone()));
+            }
+        }
+        let Some(mode) = mode else {
+            ok = false;
+            continue;
+        };
+        list.push(Keyspace {
+            name: ks.name,
+            patterns: ks
+                .patterns
+                .iter()
+                .map(|p| Pattern::parse(p.as_bytes()))
+                .collect(),
+            mode,
+        });
+    }
+    let default_mode = default_mode?;
+    ok.then(|| Keyspaces::new(list, default_mode))
+}
+
+fn check_local_store(c: &mut Checker, raw: RawLocalStore) -> Option<LocalStoreSettings> {
+    c.table = "local_store.";
+    let max_bytes = c.check("max_bytes", raw.max_bytes, |q| size(q, KIB..=MAX_SIZE));
+    Some(LocalStoreSettings {
+        max_bytes: max_bytes?,
+    })
+}
+
+fn check_health(c: &mut Checker, raw: RawHealth) -> Option<HealthSettings> {
+    c.table = "health.";
+    let probe_interval = c.check("probe_interval", raw.probe_interval, timeout);
+    let probe_timeout = c.check("probe_timeout", raw.probe_timeout, timeout);
+    let failure_threshold = c.check("failure_threshold", raw.failure_threshold, |n| {
+        count(n, 1..=1000).map(|n| n as u32)
+    });
+    let success_threshold = c.check("success_threshold", raw.success_threshold, |n| {
+        count(n, 1..=1000).map(|n| n as u32)
+    });
+    Some(HealthSettings {
+        probe_interval: probe_interval?,
+        probe_timeout: probe_timeout?,
+        failure_threshold: failure_threshold?,
+        success_threshold: success_threshold?,
+    })
+}
+
+fn mode(text: &str) -> Result<Mode, String> {
+    Mode::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a mode: fail_closed, degraded or local_only"))
 }
 
 fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings> {
@@ -939,7 +1162,18 @@ mod tests {
         let settings =
             Settings::from_toml_str(EXAMPLE, "config/keywarden.toml", &Overrides::default())
                 .unwrap();
-        assert_eq!(settings, Settings::default());
+        // The example shows one keyspace of each mode; everything else is the defaults.
+        let modes: Vec<_> = settings.keyspaces.iter().map(|k| k.mode).collect();
+        assert_eq!(modes, [Mode::FailClosed, Mode::Degraded, Mode::LocalOnly]);
+        let defaults = Settings::default();
+        assert!(defaults.keyspaces.iter().next().is_none());
+        assert_eq!(
+            Settings {
+                keyspaces: defaults.keyspaces.clone(),
+                ..settings.clone()
+            },
+            defaults
+        );
         assert_eq!(settings.listen, "127.0.0.1:6380".parse().unwrap());
         assert_eq!(settings.upstream.address, "127.0.0.1:6379");
     }
@@ -968,6 +1202,14 @@ mod tests {
             "max_reply_depth",
             "format",
             "level",
+            "instance_id",
+            "default_mode",
+            "max_bytes",
+            "probe_interval",
+            "probe_timeout",
+            "failure_threshold",
+            "success_threshold",
+            "file",
         ] {
             let present = EXAMPLE
                 .lines()
@@ -997,6 +1239,8 @@ mod tests {
             tcp_keepalive = "0s"
             shutdown_timeout = "1h 30m"
             threads = 0
+            instance_id = "edge-1"
+            default_mode = "degraded"
             [upstream]
             address = "redis.internal:6390"
             connections = 64
@@ -1014,6 +1258,19 @@ mod tests {
             [log]
             format = "text"
             level = "keywarden=debug,warn"
+            [[keyspace]]
+            name = "limits"
+            patterns = ["rl:", "quota:*"]
+            mode = "fail_closed"
+            [local_store]
+            max_bytes = "8MiB"
+            [health]
+            probe_interval = "250ms"
+            probe_timeout = "100ms"
+            failure_threshold = 2
+            success_threshold = 3
+            [events]
+            file = "/var/log/keywarden/events.jsonl"
             "#,
         )
         .unwrap();
@@ -1046,7 +1303,65 @@ mod tests {
                     format: LogFormat::Text,
                     level: "keywarden=debug,warn".to_owned()
                 },
+                instance_id: Some("edge-1".to_owned()),
+                keyspaces: Keyspaces::new(
+                    vec![Keyspace {
+                        name: "limits".to_owned(),
+                        patterns: vec![Pattern::parse(b"rl:"), Pattern::parse(b"quota:*")],
+                        mode: Mode::FailClosed,
+                    }],
+                    Mode::Degraded
+                ),
+                local_store: LocalStoreSettings { max_bytes: 8 * MIB },
+                health: HealthSettings {
+                    probe_interval: Duration::from_millis(250),
+                    probe_timeout: Duration::from_millis(100),
+                    failure_threshold: 2,
+                    success_threshold: 3,
+                },
+                events: EventSettings {
+                    file: Some("/var/log/keywarden/events.jsonl".into()),
+                },
             }
+        );
+    }
+
+    #[test]
+    fn keyspaces_are_checked() {
+        let err = parse(
+            r#"
+            default_mode = "lenient"
+            [[keyspace]]
+            name = "a"
+            patterns = ["rl:", ""]
+            mode = "fail_closed"
+            [[keyspace]]
+            name = "a"
+            patterns = ["rl:"]
+            mode = "strict"
+            [[keyspace]]
+            name = "b"
+            patterns = []
+            mode = "degraded"
+            "#,
+        )
+        .unwrap_err();
+        let places: Vec<&str> = err.problems.iter().map(|p| p.place.as_str()).collect();
+        assert_eq!(
+            places,
+            [
+                "default_mode",
+                "keyspace[0].patterns",
+                "keyspace[1].name",
+                "keyspace[1].mode",
+                "keyspace[1].patterns",
+                "keyspace[2].patterns",
+            ],
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("already in keyspace \"a\""),
+            "{err}"
         );
     }
 
