@@ -305,7 +305,8 @@ struct RawHealth {
     success_threshold: i64,
 }
 
-#[derive(Debug, Deserialize)]
+/// `file` empty (the default) = events go to the log only.
+#[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct RawEvents {
     file: String,
@@ -384,13 +385,6 @@ impl Default for RawHealth {
     }
 }
 
-impl Default for RawEvents {
-    fn default() -> RawEvents {
-        RawEvents {
-            file: String::new(), // off
-        }
-    }
-}
 
 impl Default for RawUpstream {
     fn default() -> RawUpstream {
