@@ -385,7 +385,6 @@ impl Default for RawHealth {
     }
 }
 
-
 impl Default for RawUpstream {
     fn default() -> RawUpstream {
         RawUpstream {

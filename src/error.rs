@@ -2,7 +2,10 @@
 //! wire bytes.
 //!
 //! Codes are stable and documented in the README: `ERR` for what Redis itself would say
-//! (protocol errors, client limits), `UPSTREAM` for an upstream that could not answer.
+//! (protocol errors, client limits), `UPSTREAM` for a request in flight that the upstream
+//! could not answer, `FAILCLOSED` for a request refused because its keyspace fails closed
+//! while the upstream is unavailable, `KEYSPACE` for a command mixing `local_only` keys with
+//! keys that live upstream, `UNSUPPORTED` for a command the local store does not implement.
 
 use std::fmt;
 use std::time::Duration;
@@ -31,6 +34,13 @@ pub enum ProxyError {
     MaxClients,
     /// The upstream could not answer.
     Upstream(UpstreamFailure),
+    /// Refused without touching any state: the keyspace fails closed and the upstream is
+    /// unavailable.
+    FailClosed { keyspace: String },
+    /// A command with `local_only` keys and keys that live upstream.
+    MixedLocalOnly { command: String },
+    /// The command would be served locally, and the local store does not implement it.
+    Unsupported { command: String, keyspace: String },
 }
 
 impl fmt::Display for UpstreamFailure {
@@ -54,6 +64,18 @@ impl fmt::Display for ProxyError {
             ProxyError::Protocol(msg) => write!(f, "ERR {msg}"),
             ProxyError::MaxClients => f.write_str("ERR max number of clients reached"),
             ProxyError::Upstream(why) => write!(f, "UPSTREAM {why}"),
+            ProxyError::FailClosed { keyspace } => write!(
+                f,
+                "FAILCLOSED keyspace '{keyspace}' fails closed and the upstream is unavailable"
+            ),
+            ProxyError::MixedLocalOnly { command } => write!(
+                f,
+                "KEYSPACE '{command}' mixes local_only keys with keys that live upstream"
+            ),
+            ProxyError::Unsupported { command, keyspace } => write!(
+                f,
+                "UNSUPPORTED '{command}' is not supported by the local store (keyspace '{keyspace}')"
+            ),
         }
     }
 }
@@ -113,6 +135,19 @@ mod tests {
             (
                 UpstreamFailure::Unavailable.into(),
                 b"-UPSTREAM upstream unavailable\r\n",
+            ),
+            (
+                ProxyError::FailClosed {
+                    keyspace: "rate-limits".into(),
+                },
+                b"-FAILCLOSED keyspace 'rate-limits' fails closed and the upstream is unavailable\r\n",
+            ),
+            (
+                ProxyError::Unsupported {
+                    command: "zadd".into(),
+                    keyspace: "scratch".into(),
+                },
+                b"-UNSUPPORTED 'zadd' is not supported by the local store (keyspace 'scratch')\r\n",
             ),
             (
                 ProxyError::Protocol("Protocol error: expected '$', got '\r'".into()),

@@ -7,7 +7,10 @@
 //! - [`session`]: one task per client; reads requests, dispatches them, writes replies in order.
 //! - [`parser`]: the resumable, zero-copy request parser (RESP multibulk and inline).
 //! - [`request`]: a parsed request: raw bytes plus argument spans.
-//! - [`command`]: the command table: which commands need connection state.
+//! - [`command`]: the command table (flags, ACL categories, key specs), key extraction, and
+//!   whether a command needs its own upstream connection.
+//! - [`router`]: the routing decision: keyspace + health + command -> upstream, local, refuse.
+//! - [`keyspace`]: keyspaces and their modes; [`glob`]: Redis glob patterns on bytes.
 //! - [`upstream`]: the multiplexer: shared upstream connections carrying many clients' requests.
 //! - [`dedicated`]: a client's own upstream connection once it uses connection state.
 //! - [`reply`]: the iterative, depth-capped reply scanner that frames upstream replies.
@@ -19,6 +22,8 @@
 //! - [`clients`]: the connected clients, the proxy's phase (run, drain, stop), waking them all.
 //! - [`error`]: every error the proxy answers with, and its wire form.
 //! - [`socket`]: socket options (TCP_NODELAY, keepalive) and connecting with a timeout.
+//! - [`health`]: the upstream health state machine (pure); [`monitor`]: its driver, with the
+//!   active probe and the published snapshot; [`events`]: the event catalogue and `emit`.
 
 pub mod cli;
 pub mod clients;
@@ -26,9 +31,12 @@ pub mod command;
 pub mod config;
 pub mod dedicated;
 pub mod error;
+pub mod events;
 pub mod glob;
+pub mod health;
 pub mod inbox;
 pub mod keyspace;
+pub mod monitor;
 pub mod parser;
 pub mod reply;
 pub mod request;

@@ -1,0 +1,240 @@
+//! How a command is carried upstream: on a shared, multiplexed connection, or on a connection
+//! of the client's own because it depends on or creates connection state (transactions, a
+//! selected database, blocking, Pub/Sub, client settings).
+//!
+//! These short lists are kept apart from the command table's flags because the flags are not
+//! exact for this question: WAIT is not flagged `blocking`; PUBLISH is `pubsub` but shares;
+//! EXEC, DISCARD and UNWATCH only matter after MULTI or WATCH, which already moved the client;
+//! CLIENT ID or INFO report on a connection without changing it. The lists also cover commands
+//! newer than the table (WAITAOF, CLIENT SETINFO, CLIENT NO-TOUCH). A unit test checks them
+//! against the table's flags.
+//!
+//! Unknown commands are forwarded on a shared connection: Redis answers them (usually with
+//! `-ERR unknown command`), and no connection state can come from a command Redis does not know.
+
+use super::search;
+use crate::request::Request;
+
+/// How a command is carried upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Stateless: any shared connection serves it.
+    Shared,
+    /// Needs (or creates) connection state: the client moves to a dedicated connection.
+    Dedicated(Stateful),
+    /// `QUIT`: answered `+OK` by the proxy once earlier replies are out, then the connection
+    /// closes (forwarded as is on a dedicated connection, where Redis does the same).
+    Quit,
+}
+
+/// Properties of a stateful command that matter on a dedicated connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stateful {
+    /// May wait indefinitely for its reply (BLPOP, WAIT, XREAD BLOCK...): no command timeout.
+    pub blocking: bool,
+    /// After it, replies no longer pair one-to-one with requests (Pub/Sub, MONITOR,
+    /// CLIENT REPLY): the connection is piped as raw bytes from then on.
+    pub unpaired: bool,
+}
+
+const STATEFUL: Disposition = Disposition::Dedicated(Stateful {
+    blocking: false,
+    unpaired: false,
+});
+const BLOCKING: Disposition = Disposition::Dedicated(Stateful {
+    blocking: true,
+    unpaired: false,
+});
+const UNPAIRED: Disposition = Disposition::Dedicated(Stateful {
+    blocking: false,
+    unpaired: true,
+});
+
+/// Commands whose disposition does not depend on their arguments, lowercase and sorted for
+/// binary search. Everything absent is `Shared`. The UNSUBSCRIBE family is here because, even
+/// on a connection with no subscriptions, Redis answers it with one reply per channel named,
+/// which would break the one-request-one-reply pairing of a shared connection.
+static DISPOSITIONS: &[(&str, Disposition)] = &[
+    ("asking", STATEFUL),
+    ("auth", STATEFUL),
+    ("blmove", BLOCKING),
+    ("blmpop", BLOCKING),
+    ("blpop", BLOCKING),
+    ("brpop", BLOCKING),
+    ("brpoplpush", BLOCKING),
+    ("bzmpop", BLOCKING),
+    ("bzpopmax", BLOCKING),
+    ("bzpopmin", BLOCKING),
+    ("hello", STATEFUL),
+    ("monitor", UNPAIRED),
+    ("multi", STATEFUL),
+    ("psubscribe", UNPAIRED),
+    ("psync", UNPAIRED),
+    ("punsubscribe", UNPAIRED),
+    ("quit", Disposition::Quit),
+    ("readonly", STATEFUL),
+    ("readwrite", STATEFUL),
+    ("replconf", UNPAIRED),
+    ("reset", STATEFUL),
+    ("ssubscribe", UNPAIRED),
+    ("subscribe", UNPAIRED),
+    ("sunsubscribe", UNPAIRED),
+    ("sync", UNPAIRED),
+    ("unsubscribe", UNPAIRED),
+    ("wait", BLOCKING),
+    ("waitaof", BLOCKING),
+    ("watch", STATEFUL),
+];
+
+/// CLIENT subcommands that change the connection's state (NO-TOUCH and SETINFO are Redis 7.2).
+static CLIENT_DISPOSITIONS: &[(&str, Disposition)] = &[
+    ("caching", STATEFUL),
+    ("no-evict", STATEFUL),
+    ("no-touch", STATEFUL),
+    ("reply", UNPAIRED),
+    ("setinfo", STATEFUL),
+    ("setname", STATEFUL),
+    ("tracking", STATEFUL),
+];
+
+/// Decides how `req` is carried upstream.
+pub fn disposition(req: &Request) -> Disposition {
+    let name = req.name();
+    if let Some((_, d)) = search(DISPOSITIONS, name, |e| e.0) {
+        return *d;
+    }
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    if is(b"select") {
+        // SELECT 0 is the state every shared connection is already in.
+        match req.arg(1) {
+            Some(b"0") => Disposition::Shared,
+            _ => STATEFUL,
+        }
+    } else if is(b"client") {
+        req.arg(1)
+            .and_then(|sub| search(CLIENT_DISPOSITIONS, sub, |e| e.0))
+            .map_or(Disposition::Shared, |(_, d)| *d)
+    } else if is(b"xread") || is(b"xreadgroup") {
+        // XREAD and XREADGROUP block only with a BLOCK option, which precedes STREAMS.
+        let blocks = req
+            .args()
+            .skip(1)
+            .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
+            .any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
+        if blocks {
+            BLOCKING
+        } else {
+            Disposition::Shared
+        }
+    } else {
+        Disposition::Shared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::commands;
+
+    #[test]
+    fn lists_are_sorted_and_lowercase() {
+        for list in [DISPOSITIONS, CLIENT_DISPOSITIONS] {
+            assert!(list.windows(2).all(|w| w[0].0 < w[1].0));
+            assert!(list.iter().all(|(n, _)| *n == n.to_ascii_lowercase()));
+        }
+    }
+
+    #[test]
+    fn dispositions() {
+        let cases: &[(&[&str], Disposition)] = &[
+            (&["GET", "k"], Disposition::Shared),
+            (&["get", "k"], Disposition::Shared),
+            (&["SET", "k", "v"], Disposition::Shared),
+            (&["NOSUCHCOMMAND"], Disposition::Shared),
+            (&["quit"], Disposition::Quit),
+            (&["MULTI"], STATEFUL),
+            (&["watch", "k"], STATEFUL),
+            (&["SELECT", "0"], Disposition::Shared),
+            (&["SELECT", "1"], STATEFUL),
+            (&["SELECT"], STATEFUL),
+            (&["blpop", "q", "0"], BLOCKING),
+            (&["WAIT", "1", "0"], BLOCKING),
+            (
+                &["XREAD", "COUNT", "1", "STREAMS", "s", "0"],
+                Disposition::Shared,
+            ),
+            (&["XREAD", "BLOCK", "0", "STREAMS", "s", "$"], BLOCKING),
+            (&["XREAD", "STREAMS", "block", "0"], Disposition::Shared),
+            (
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    "g",
+                    "c",
+                    "block",
+                    "10",
+                    "STREAMS",
+                    "s",
+                    ">",
+                ],
+                BLOCKING,
+            ),
+            (&["subscribe", "ch"], UNPAIRED),
+            (&["MONITOR"], UNPAIRED),
+            (&["CLIENT", "SETNAME", "x"], STATEFUL),
+            (&["client", "reply", "off"], UNPAIRED),
+            (&["CLIENT", "ID"], Disposition::Shared),
+            (&["CLIENT"], Disposition::Shared),
+            (&["HELLO", "3"], STATEFUL),
+            (&["averyveryverylongcommandname"], Disposition::Shared),
+        ];
+        for (args, want) in cases {
+            assert_eq!(disposition(&Request::from_args(args)), *want, "{args:?}");
+        }
+    }
+
+    /// The disposition lists and the table's flags agree wherever the flags decide.
+    #[test]
+    fn dispositions_agree_with_flags() {
+        let all = commands()
+            .iter()
+            .flat_map(|c| std::iter::once(c).chain(c.subcommands));
+        for cmd in all {
+            let mut args: Vec<&str> = cmd.name().split('|').collect();
+            // A first argument for commands whose disposition reads it (SELECT 1, XREAD BLOCK).
+            if args.len() == 1 {
+                args.extend(["BLOCK", "0", "STREAMS", "s", "0"]);
+            }
+            let d = disposition(&Request::from_args(&args));
+            if cmd.is_blocking() {
+                assert_eq!(d, BLOCKING, "{}", cmd.name());
+            }
+            let subscribing = cmd.is_pubsub() && cmd.uses_connection_state();
+            if subscribing || cmd.name() == "monitor" {
+                assert_eq!(d, UNPAIRED, "{}", cmd.name());
+            }
+            if d != Disposition::Shared {
+                assert!(
+                    cmd.uses_connection_state() || cmd.is_blocking() || cmd.name() == "wait",
+                    "{} is dedicated but not connection_state",
+                    cmd.name()
+                );
+            }
+            // Connection state that stays shared: EXEC/DISCARD/UNWATCH only follow MULTI/WATCH
+            // (already dedicated); the rest report on the connection without changing it.
+            let shared_ok = [
+                "exec",
+                "discard",
+                "unwatch",
+                "client|getname",
+                "client|id",
+                "client|info",
+                "client|trackinginfo",
+                "client|getredir",
+            ];
+            if cmd.uses_connection_state() && d == Disposition::Shared {
+                assert!(shared_ok.contains(&cmd.name()), "{} is shared", cmd.name());
+            }
+        }
+    }
+}
