@@ -134,6 +134,12 @@ impl Keyspaces {
         self.default_mode
     }
 
+    /// True when no keyspace is configured: every key is in the default keyspace, so a route
+    /// never depends on a command's keys.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Keyspace> {
         self.list.iter()
     }

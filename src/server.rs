@@ -11,9 +11,17 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use smallvec::SmallVec;
+
 use crate::clients::{Clients, Phase};
+use crate::command;
 use crate::config::Settings;
 use crate::error::ProxyError;
+use crate::events::{self, AffectedKeyspaces, Events};
+use crate::keyspace::Mode;
+use crate::monitor::{Monitor, MonitorHandle, MonitorSettings};
+use crate::request::Request;
+use crate::router::{self, Refusal, Route};
 use crate::session::Session;
 use crate::socket;
 use crate::upstream::Upstream;
@@ -23,6 +31,61 @@ pub struct Server {
     pub settings: Arc<Settings>,
     pub upstream: Arc<Upstream>,
     pub clients: Clients,
+    pub monitor: MonitorHandle,
+}
+
+impl Server {
+    /// Where `req` goes, given whether the upstream is available (read once per batch from
+    /// the health snapshot).
+    pub fn route(&self, req: &Request, upstream_available: bool) -> Route {
+        let keyspaces = &self.settings.keyspaces;
+        if keyspaces.is_empty() {
+            // Every key is in the default keyspace: the keys do not matter, skip finding them.
+            return match keyspaces.default_mode() {
+                Mode::LocalOnly => {
+                    router::route(keyspaces, upstream_available, self.view(req, &[]))
+                }
+                _ if upstream_available => Route::Upstream,
+                _ => router::route(keyspaces, false, self.view(req, &[])),
+            };
+        }
+        // A command whose keys cannot be found (wrong arity, bad numkeys) goes by the default
+        // keyspace: upstream, Redis answers it with its own error.
+        let positions = command::keys(req).unwrap_or_default();
+        let keys: SmallVec<[&[u8]; 4]> = positions
+            .iter()
+            .filter_map(|&i| req.arg(i as usize))
+            .collect();
+        router::route(keyspaces, upstream_available, self.view(req, &keys))
+    }
+
+    fn view<'a>(&self, req: &Request, keys: &'a [&'a [u8]]) -> router::Request<'a> {
+        router::Request {
+            keys,
+            known: command::lookup_request(req).is_some(),
+            local: false,
+        }
+    }
+
+    /// The error reply for a refused request, counted where it is an outage refusal.
+    pub fn refusal(&self, refusal: Refusal, req: &Request) -> ProxyError {
+        let keyspaces = &self.settings.keyspaces;
+        let command =
+            || String::from_utf8_lossy(&req.name()[..req.name().len().min(64)]).to_lowercase();
+        match refusal {
+            Refusal::FailClosed(m) => {
+                self.monitor.counters().record_refused();
+                ProxyError::FailClosed {
+                    keyspace: keyspaces.name(m).to_owned(),
+                }
+            }
+            Refusal::MixedLocalOnly => ProxyError::MixedLocalOnly { command: command() },
+            Refusal::Unsupported(m) => ProxyError::Unsupported {
+                command: command(),
+                keyspace: keyspaces.name(m).to_owned(),
+            },
+        }
+    }
 }
 
 /// Serves clients from `listener` until `shutdown` resolves, then drains: stops accepting,
@@ -33,11 +96,27 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let settings = Arc::new(settings);
-    let upstream = Upstream::start(&settings.upstream, &settings.limits, settings.tcp_keepalive);
+    let events = Arc::new(Events::new(
+        events::instance_id(settings.instance_id.as_deref()),
+        settings.events.file.as_deref(),
+    )?);
+    let monitor = Monitor::start(
+        MonitorSettings::from_settings(&settings),
+        events,
+        AffectedKeyspaces::of(&settings.keyspaces),
+    )
+    .await;
+    let upstream = Upstream::start(
+        &settings.upstream,
+        &settings.limits,
+        settings.tcp_keepalive,
+        monitor.handle(),
+    );
     let server = Arc::new(Server {
         settings: settings.clone(),
         upstream: upstream.clone(),
         clients: Clients::default(),
+        monitor: monitor.handle(),
     });
     tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
 
@@ -83,6 +162,7 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), clients.all_gone()).await;
     }
     upstream.stop();
+    monitor.stop();
     tracing::info!("keywarden stopped");
     Ok(())
 }

@@ -32,8 +32,10 @@ use crate::command::{self, Disposition, Stateful};
 use crate::dedicated::Dedicated;
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::inbox::{Chunk, Inbox};
+use crate::keyspace::Membership;
 use crate::parser::{ParserLimits, RequestParser};
 use crate::request::Request;
+use crate::router::{Refusal, Route};
 use crate::server::Server;
 use crate::socket;
 use crate::upstream::SharedConn;
@@ -356,6 +358,11 @@ impl Busy {
 
     /// Parses every complete request in the input and dispatches it, as far as allowed.
     fn process_input(&mut self, ctx: &Server, shared: &mut Arc<SharedConn>, inbox: &Arc<Inbox>) {
+        if self.closing || self.stalled.is_some() || self.inbuf.is_empty() {
+            return;
+        }
+        // One read of the health snapshot per batch of requests.
+        let available = ctx.monitor.snapshot().upstream_available();
         let mut run: Vec<Request> = Vec::new();
         while !self.closing && self.stalled.is_none() && !self.inbuf.is_empty() {
             let req = match self.parser.next(&mut self.inbuf) {
@@ -374,6 +381,21 @@ impl Busy {
                     break;
                 }
             };
+            match ctx.route(&req, available) {
+                Route::Upstream => {}
+                Route::Local => {
+                    // The local store lands next; until then nothing routes here.
+                    self.send_shared(&mut run, ctx, shared, inbox);
+                    let err = ctx.refusal(Refusal::Unsupported(Membership::Default), &req);
+                    self.push_reply(err.to_reply());
+                    continue;
+                }
+                Route::Reject(refusal) => {
+                    self.send_shared(&mut run, ctx, shared, inbox);
+                    self.push_reply(ctx.refusal(refusal, &req).to_reply());
+                    continue;
+                }
+            }
             let disposition = command::disposition(&req);
             if let Some(ded) = self.dedicated.as_mut() {
                 let props = match disposition {
@@ -513,6 +535,23 @@ impl Busy {
         self.inbuf.clear();
     }
 
+    /// Queues a reply the proxy made, in order with whatever connection the client is on. On a
+    /// dedicated connection with replies still owed, the proxy cannot yet slot its own reply
+    /// between them, so it becomes the client's last words (the connection then closes).
+    fn push_reply(&mut self, reply: Bytes) {
+        match self.dedicated.as_ref() {
+            // Nothing owed on the dedicated connection: the reply is next in order.
+            Some(d) if d.is_paired() && d.unanswered() == 0 && !d.wants_write() => {
+                self.push_out(reply)
+            }
+            Some(_) => {
+                self.last_words = Some(reply);
+                self.closing = true;
+            }
+            None => self.push_local(reply),
+        }
+    }
+
     /// Queues a reply the proxy made, behind every reply owed before it.
     fn push_local(&mut self, reply: Bytes) {
         if self.pending.is_empty() {
@@ -573,12 +612,23 @@ mod tests {
                 .await
                 .unwrap();
             let settings = Arc::new(crate::config::Settings::default());
-            let upstream =
-                crate::upstream::Upstream::start(&settings.upstream, &settings.limits, None);
+            let monitor = crate::monitor::Monitor::start(
+                crate::monitor::MonitorSettings::from_settings(&settings),
+                Arc::new(crate::events::Events::new("test".into(), None).unwrap()),
+                crate::events::AffectedKeyspaces::of(&settings.keyspaces),
+            )
+            .await;
+            let upstream = crate::upstream::Upstream::start(
+                &settings.upstream,
+                &settings.limits,
+                None,
+                monitor.handle(),
+            );
             let server = Arc::new(Server {
                 settings,
                 upstream,
                 clients: Default::default(),
+                monitor: monitor.handle(),
             });
             let task = Session::new(stream, server);
             let size = std::mem::size_of_val(&task);

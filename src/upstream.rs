@@ -31,7 +31,9 @@ use tokio::time::Instant;
 
 use crate::config::{Limits, UpstreamSettings};
 use crate::error::{ProxyError, UpstreamFailure};
+use crate::health::{Cause, Outcome};
 use crate::inbox::{Chunk, Inbox};
+use crate::monitor::MonitorHandle;
 use crate::reply::ReplyScanner;
 use crate::request::Request;
 use crate::socket;
@@ -52,6 +54,7 @@ impl Upstream {
         settings: &UpstreamSettings,
         limits: &Limits,
         keepalive: Option<Duration>,
+        monitor: MonitorHandle,
     ) -> Arc<Upstream> {
         let mut tasks = Vec::with_capacity(settings.connections);
         let reached = Arc::new(Notify::new());
@@ -72,6 +75,7 @@ impl Upstream {
                     max_reply_depth: limits.max_reply_depth,
                     keepalive,
                     reached: reached.clone(),
+                    monitor: monitor.clone(),
                 };
                 tasks.push(tokio::spawn(task.run()));
                 conn
@@ -232,6 +236,8 @@ struct ConnTask {
     /// Signalled by any connection of the pool that reaches the upstream, so that the others
     /// retry at once instead of waiting out their backoff.
     reached: Arc<Notify>,
+    /// Told of every connection failure (never of a request's error reply: that is an answer).
+    monitor: MonitorHandle,
 }
 
 impl ConnTask {
@@ -251,12 +257,20 @@ impl ConnTask {
                     let mut link = Connection::new(stream, self.max_reply_depth);
                     let why = link.serve(&self.conn, self.settings.command_timeout).await;
                     tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
+                    // A connection that closes with nothing in flight (Redis's idle timeout,
+                    // CLIENT KILL) says little; the reconnect right after reports a refusal if
+                    // the upstream is really gone.
+                    if !(why == UpstreamFailure::ConnectionLost && link.in_flight.is_empty()) {
+                        self.monitor.report(Outcome::Failure(why.into()));
+                    }
                     // In-flight work first: it was queued before anything still in the queue.
                     fail_all(link.in_flight.into_iter().map(|f| f.waiter), why);
                     let (_, queued) = self.conn.set_link(Link::Down(why));
                     fail_all(queued, why);
                 }
                 Err(e) => {
+                    self.monitor
+                        .report(Outcome::Failure(Cause::of_connect_error(&e)));
                     let (_, queued) = self.conn.set_link(Link::Down(UpstreamFailure::Unavailable));
                     fail_all(queued, UpstreamFailure::Unavailable);
                     if was_up {
