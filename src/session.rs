@@ -369,7 +369,7 @@ impl Busy {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
                 Err(e) => {
-                    self.send_shared(&mut run, ctx, shared, inbox);
+                    self.send_shared(&mut run, ctx, shared, inbox, available);
                     let reply = ProxyError::Protocol(e.to_string()).to_reply();
                     if self.dedicated.is_some() {
                         self.last_words = Some(reply);
@@ -385,13 +385,13 @@ impl Busy {
                 Route::Upstream => {}
                 Route::Local => {
                     // The local store lands next; until then nothing routes here.
-                    self.send_shared(&mut run, ctx, shared, inbox);
+                    self.send_shared(&mut run, ctx, shared, inbox, available);
                     let err = ctx.refusal(Refusal::Unsupported(Membership::Default), &req);
                     self.push_reply(err.to_reply());
                     continue;
                 }
                 Route::Reject(refusal) => {
-                    self.send_shared(&mut run, ctx, shared, inbox);
+                    self.send_shared(&mut run, ctx, shared, inbox, available);
                     self.push_reply(ctx.refusal(refusal, &req).to_reply());
                     continue;
                 }
@@ -408,17 +408,17 @@ impl Busy {
             match disposition {
                 Disposition::Shared => run.push(req),
                 Disposition::Quit => {
-                    self.send_shared(&mut run, ctx, shared, inbox);
+                    self.send_shared(&mut run, ctx, shared, inbox, available);
                     self.push_local(Bytes::from_static(b"+OK\r\n"));
                     self.closing = true;
                 }
                 Disposition::Dedicated(props) => {
-                    self.send_shared(&mut run, ctx, shared, inbox);
+                    self.send_shared(&mut run, ctx, shared, inbox, available);
                     self.stalled = Some((req, props));
                 }
             }
         }
-        self.send_shared(&mut run, ctx, shared, inbox);
+        self.send_shared(&mut run, ctx, shared, inbox, available);
         if self.dedicated.is_some() {
             self.write_dedicated();
         }
@@ -435,18 +435,19 @@ impl Busy {
         ctx: &Server,
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
+        available: bool,
     ) {
         if run.is_empty() {
             return;
         }
         let n = run.len() as u32;
-        let mut sent = shared.send(run, inbox);
+        let mut sent = shared.send(run, inbox, available);
         if sent.is_err() && self.pending.is_empty() {
             // Nothing is owed on the old connection, so moving to one that is up cannot
             // reorder replies: after an outage, the first connection back serves everyone.
             if let Some(conn) = ctx.upstream.pick_up() {
                 *shared = conn;
-                sent = shared.send(run, inbox);
+                sent = shared.send(run, inbox, available);
             }
         }
         match sent {

@@ -143,16 +143,27 @@ struct Waiter {
 
 impl SharedConn {
     /// Queues `reqs` (all from one session, in order) for the upstream; their replies will be
-    /// delivered to `inbox`, in order, as chunks summing to `reqs.len()` frames. Fails at once,
-    /// queueing nothing, when the connection is down.
-    pub fn send(&self, reqs: &[Request], inbox: &Arc<Inbox>) -> Result<(), UpstreamFailure> {
+    /// delivered to `inbox`, in order, as chunks summing to `reqs.len()` frames.
+    ///
+    /// While this connection is down: if the health monitor says the upstream is unavailable,
+    /// fails at once, queueing nothing (no request waits on a connect); if the monitor says it
+    /// is back (a probe got through before this connection reconnected), the requests wait
+    /// for the reconnect, which they trigger at once.
+    pub fn send(
+        &self,
+        reqs: &[Request],
+        inbox: &Arc<Inbox>,
+        upstream_available: bool,
+    ) -> Result<(), UpstreamFailure> {
         debug_assert!(!reqs.is_empty());
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if let Link::Down(why) = q.link {
-            drop(q);
-            // Ask for a reconnect attempt now rather than at the end of the backoff.
-            self.wake.notify_one();
-            return Err(why);
+            if !upstream_available {
+                drop(q);
+                // Ask for a reconnect attempt now rather than at the end of the backoff.
+                self.wake.notify_one();
+                return Err(why);
+            }
         }
         for r in reqs {
             q.wbuf.put_slice(r.raw());
@@ -336,6 +347,11 @@ impl Connection {
         // Timeouts are checked on a tick rather than with a timer per request: arming a timer
         // for every batch would cost more than the requests themselves.
         let mut tick = crate::dedicated::timeout_tick(timeout);
+        // Work queued while connecting: its wake-up may have been spent ending the backoff.
+        conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
+        if let Err(why) = self.write() {
+            return why;
+        }
         loop {
             let pending_write = self.written < self.wbuf.len();
             let event = tokio::select! {
