@@ -14,6 +14,8 @@
 //! - [`upstream`]: the multiplexer: shared upstream connections carrying many clients' requests.
 //! - [`dedicated`]: a client's own upstream connection once it uses connection state.
 //! - [`reply`]: the iterative, depth-capped reply scanner that frames upstream replies.
+//! - [`engine`]: the local engine: Redis's semantics for the commands served locally;
+//!   [`store`]: the byte-bounded, exactly-LRU local store with per-key deadlines.
 //! - [`inbox`]: where upstream connections drop a session's replies, and how it is woken.
 //!
 //! Around it:
@@ -30,6 +32,7 @@ pub mod clients;
 pub mod command;
 pub mod config;
 pub mod dedicated;
+pub mod engine;
 pub mod error;
 pub mod events;
 pub mod glob;
@@ -44,4 +47,5 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod socket;
+pub mod store;
 pub mod upstream;

@@ -11,19 +11,23 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use bytes::Bytes;
 use smallvec::SmallVec;
 
 use crate::clients::{Clients, Phase};
 use crate::command;
 use crate::config::Settings;
+use crate::engine;
 use crate::error::ProxyError;
 use crate::events::{self, AffectedKeyspaces, Events};
-use crate::keyspace::Mode;
+use crate::health::State;
+use crate::keyspace::{Membership, Mode};
 use crate::monitor::{Monitor, MonitorHandle, MonitorSettings};
 use crate::request::Request;
 use crate::router::{self, Refusal, Route};
 use crate::session::Session;
 use crate::socket;
+use crate::store::Store;
 use crate::upstream::Upstream;
 
 /// What every session of one server shares.
@@ -32,6 +36,8 @@ pub struct Server {
     pub upstream: Arc<Upstream>,
     pub clients: Clients,
     pub monitor: MonitorHandle,
+    /// The local store serving `local_only` keyspaces, and `degraded` ones during an outage.
+    pub store: Arc<Store>,
 }
 
 impl Server {
@@ -63,8 +69,35 @@ impl Server {
         router::Request {
             keys,
             known: command::lookup_request(req).is_some(),
-            local: false,
+            local: engine::supports(req.name()),
         }
+    }
+
+    /// Runs `req` against the local store (database 0) and returns its reply. A request served
+    /// locally while the upstream is unavailable is a degraded reply, unless it is `local_only`
+    /// (the router never mixes the two), and a write it makes will be discarded on recovery.
+    pub fn serve_locally(&self, req: &Request, upstream_available: bool) -> Bytes {
+        let now_ms = unix_ms();
+        let reply = engine::execute(&self.store, 0, req, now_ms);
+        if !upstream_available && self.first_key_mode(req) == Mode::Degraded {
+            let counters = self.monitor.counters();
+            counters.record_degraded_reply();
+            if command::lookup_request(req).is_some_and(|c| c.is_write())
+                && !reply.starts_with(b"-")
+            {
+                counters.record_discarded_writes(1);
+            }
+        }
+        reply
+    }
+
+    fn first_key_mode(&self, req: &Request) -> Mode {
+        let keyspaces = &self.settings.keyspaces;
+        let first = command::keys(req)
+            .ok()
+            .and_then(|keys| keys.first().and_then(|&i| req.arg(i as usize)))
+            .map_or(Membership::Default, |key| keyspaces.classify(key));
+        keyspaces.mode(first)
     }
 
     /// The error reply for a refused request, counted where it is an outage refusal.
@@ -112,12 +145,15 @@ pub async fn run(
         settings.tcp_keepalive,
         monitor.handle(),
     );
+    let store = Arc::new(Store::new(settings.local_store.max_bytes));
     let server = Arc::new(Server {
         settings: settings.clone(),
         upstream: upstream.clone(),
         clients: Clients::default(),
         monitor: monitor.handle(),
+        store: store.clone(),
     });
+    let housekeeping = tokio::spawn(housekeeping(server.clone()));
     tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
 
     tokio::pin!(shutdown);
@@ -161,10 +197,50 @@ pub async fn run(
         clients.set_phase(Phase::Stop);
         let _ = tokio::time::timeout(Duration::from_secs(1), clients.all_gone()).await;
     }
+    housekeeping.abort();
     upstream.stop();
     monitor.stop();
     tracing::info!("keywarden stopped");
     Ok(())
+}
+
+/// Background work on the local store: active expiry, and discarding what degraded keyspaces
+/// wrote locally once the upstream is healthy again (the upstream's data is the truth).
+async fn housekeeping(server: Arc<Server>) {
+    let mut health = server.monitor.subscribe();
+    let mut was_healthy = health.borrow().state == State::Healthy;
+    let mut expiry = tokio::time::interval(Duration::from_millis(100));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = expiry.tick() => {
+                // Redis's active expiry samples 20 keys per cycle, 10 times a second; a few
+                // hundred per tick keeps up with far more and never holds the lock long.
+                server.store.expire_some(unix_ms(), 256);
+            }
+            changed = health.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let healthy = health.borrow_and_update().state == State::Healthy;
+                if healthy && !was_healthy {
+                    let keyspaces = &server.settings.keyspaces;
+                    let removed = server.store.remove_where(|_, key| {
+                        keyspaces.mode(keyspaces.classify(key)) == Mode::Degraded
+                    });
+                    tracing::info!(keys = removed, "discarded local data of degraded keyspaces");
+                }
+                was_healthy = healthy;
+            }
+        }
+    }
+}
+
+/// Unix time in milliseconds, as the local engine's clock.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Tells a client over the limit why, as Redis does, and closes it.

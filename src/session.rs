@@ -384,10 +384,16 @@ impl Busy {
             match ctx.route(&req, available) {
                 Route::Upstream => {}
                 Route::Local => {
-                    // The local store lands next; until then nothing routes here.
                     self.send_shared(&mut run, ctx, shared, inbox, available);
-                    let err = ctx.refusal(Refusal::Unsupported(Membership::Default), &req);
-                    self.push_reply(err.to_reply());
+                    let reply = if self.dedicated.is_some() {
+                        // A client on its own connection may have selected another database,
+                        // which the local store cannot know yet: never show it database 0.
+                        let err = ctx.refusal(Refusal::Unsupported(Membership::Default), &req);
+                        err.to_reply()
+                    } else {
+                        ctx.serve_locally(&req, available)
+                    };
+                    self.push_reply(reply);
                     continue;
                 }
                 Route::Reject(refusal) => {
@@ -630,6 +636,7 @@ mod tests {
                 upstream,
                 clients: Default::default(),
                 monitor: monitor.handle(),
+                store: Arc::new(crate::store::Store::new(1 << 20)),
             });
             let task = Session::new(stream, server);
             let size = std::mem::size_of_val(&task);

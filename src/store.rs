@@ -1,0 +1,652 @@
+//! The local store: keys of every database in one byte-bounded, exactly-LRU map, with per-key
+//! deadlines. It holds data only; what commands mean is in [`crate::engine`].
+//!
+//! Layout: this file owns the map, its byte count, eviction and expiry; `txn` is the view one
+//! command gets while it holds the lock; `value` is what a key holds (strings, hashes).
+//!
+//! # One lock
+//! Everything sits behind one `Mutex`, and a command holds it from start to end ([`Store::lock`]
+//! hands out a [`Txn`]). That one choice gives, with no further machinery:
+//! - exact LRU across all databases (one `lru::LruCache`, one recency list), which per-shard
+//!   locks could only approximate;
+//! - atomic commands: SET NX (first writer wins), MSET, MSETNX, RENAME and COPY are each seen
+//!   whole or not at all by every other client;
+//! - no lock ordering to get wrong.
+//!
+//! The proxy's runtime is single-threaded by default, so the lock is uncontended there; a
+//! command's critical section is short (no IO, never across `.await`), except KEYS and FLUSHDB,
+//! which take time proportional to the database, as they do in Redis. If a multi-threaded
+//! runtime ever makes the lock hot, sharding by key would trade exact global LRU and
+//! multi-key atomicity for it; that is why it is not done now.
+//!
+//! # Byte budget
+//! Each key counts `key.len() + value bytes + ENTRY_OVERHEAD` ([`entry_bytes`]), where a
+//! string's value bytes are its length and a hash's are, per field, `field.len() +
+//! value.len() + FIELD_OVERHEAD`. The overheads approximate this map's own structures (the LRU
+//! node and its table slot, the key's shared buffer, the SCAN index and deadline index
+//! entries), so the budget tracks real memory within a small factor for tiny keys and closely
+//! for large ones; spare capacity of a string grown by APPEND is not counted.
+//!
+//! - Writing a **new** key makes room first: expired keys go (counted as expirations), then
+//!   the least recently used keys (counted as evictions) until the new entry fits.
+//! - **Updating** an existing key never evicts another one: the update is applied and the
+//!   store may sit above its budget until the next new key makes room again.
+//! - An entry that alone exceeds the budget is refused ([`OutOfMemory`]) rather than emptying
+//!   the store for nothing.
+//! - Reads count as use, as in Redis's LRU: GET, HGET, TOUCH... move a key to the front;
+//!   EXISTS, TYPE, TTL and SCAN do not (Redis's `LOOKUP_NOTOUCH`).
+//!
+//! # Expiry
+//! A key is expired once `now > deadline` (Redis's `keyIsExpired`). Every lookup checks it and
+//! removes an expired key on the spot (lazy expiry); [`Store::expire_some`] removes expired keys
+//! in deadline order from a periodic task (active expiry). Either way an expired key is never
+//! seen by any command, and its removal counts as an expiration, never an eviction.
+//!
+//! # SCAN order
+//! Each database keeps its keys ordered by a per-store random 64-bit hash of the key. A SCAN
+//! cursor is the hash to resume from, so a full iteration returns every key present for the
+//! whole scan exactly once, whatever is written or deleted meanwhile (a page never splits a run
+//! of equal hashes, so it always advances).
+
+mod txn;
+mod value;
+
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use lru::LruCache;
+use smallvec::SmallVec;
+
+pub(crate) use txn::Txn;
+pub use value::{Hash, Value, FIELD_OVERHEAD, HASH_MAX_LISTPACK_ENTRIES, HASH_MAX_LISTPACK_VALUE};
+
+/// Bytes counted for each key on top of its key and value bytes. Measured shape on x86-64: the
+/// LRU node (key handle 32 + [`Entry`] 112 + list links 16 = 160), its hash table slot (~25),
+/// the shared key buffer's header (~32) and the SCAN index entry (40 in a B-tree, ~60 with node
+/// slack): about 270 in all, counted as 256 (a key with a deadline costs ~60 more, uncounted).
+pub const ENTRY_OVERHEAD: usize = 256;
+
+/// Bytes a key of `key_len` bytes holding `value_bytes` (see [`Value::bytes`]) counts for.
+pub fn entry_bytes(key_len: usize, value_bytes: usize) -> usize {
+    key_len + value_bytes + ENTRY_OVERHEAD
+}
+
+/// A write refused because the entry alone would exceed the store's budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfMemory;
+
+/// What a write does to the key's deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Keep the existing deadline (none for a new key): SET KEEPTTL, INCR, APPEND...
+    Keep,
+    /// No deadline: a plain SET.
+    Persist,
+    /// Expire after this unix time in milliseconds.
+    At(u64),
+}
+
+/// The local store, shared by every session as `Arc<Store>`.
+pub struct Store {
+    inner: Mutex<Inner>,
+}
+
+/// One key: its db-prefixed name (shared with the indexes), value and deadline.
+#[derive(Debug)]
+pub struct Entry {
+    full: Bytes,
+    value: Value,
+    expire_at: Option<u64>,
+}
+
+impl Entry {
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// Unix time in milliseconds after which the key is gone, if it has one.
+    pub fn expire_at(&self) -> Option<u64> {
+        self.expire_at
+    }
+
+    /// The value, taking the entry apart (RENAME moves it).
+    pub fn into_value(self) -> Value {
+        self.value
+    }
+
+    fn key(&self) -> &[u8] {
+        &self.full[DB_PREFIX..]
+    }
+
+    fn db(&self) -> u32 {
+        db_of(&self.full)
+    }
+
+    fn bytes(&self) -> usize {
+        entry_bytes(self.full.len() - DB_PREFIX, self.value.bytes())
+    }
+}
+
+/// Keys in the map are the database number (4 bytes, big endian) followed by the key.
+const DB_PREFIX: usize = 4;
+
+type FullKey = SmallVec<[u8; 64]>;
+
+fn full_key(db: u32, key: &[u8]) -> FullKey {
+    let mut full = FullKey::with_capacity(DB_PREFIX + key.len());
+    full.extend_from_slice(&db.to_be_bytes());
+    full.extend_from_slice(key);
+    full
+}
+
+fn db_of(full: &[u8]) -> u32 {
+    u32::from_be_bytes([full[0], full[1], full[2], full[3]])
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    Deleted,
+    Expired,
+    Evicted,
+}
+
+struct Inner {
+    max_bytes: usize,
+    used: usize,
+    /// Every key of every database, most recently used first.
+    lru: LruCache<Bytes, Entry, RandomState>,
+    /// Per database, its keys ordered by (scan hash, full key): SCAN, KEYS, RANDOMKEY, DBSIZE.
+    dbs: BTreeMap<u32, BTreeSet<(u64, Bytes)>>,
+    /// Keys with a deadline, soonest first.
+    deadlines: BTreeSet<(u64, Bytes)>,
+    scan_hasher: RandomState,
+    rng: u64,
+    evictions: u64,
+    expirations: u64,
+}
+
+impl Inner {
+    fn scan_hash(&self, key: &[u8]) -> u64 {
+        self.scan_hasher.hash_one(key)
+    }
+
+    /// Takes a detached entry out of the indexes and the byte count.
+    fn forget(&mut self, entry: &Entry, why: Removal) {
+        let hash = self.scan_hash(entry.key());
+        let db = entry.db();
+        if let Some(index) = self.dbs.get_mut(&db) {
+            index.remove(&(hash, entry.full.clone()));
+            if index.is_empty() {
+                self.dbs.remove(&db);
+            }
+        }
+        if let Some(at) = entry.expire_at {
+            self.deadlines.remove(&(at, entry.full.clone()));
+        }
+        self.used -= entry.bytes();
+        match why {
+            Removal::Deleted => {}
+            Removal::Expired => self.expirations += 1,
+            Removal::Evicted => self.evictions += 1,
+        }
+    }
+
+    fn remove_full(&mut self, full: &[u8], why: Removal) -> Option<Entry> {
+        let entry = self.lru.pop(full)?;
+        self.forget(&entry, why);
+        Some(entry)
+    }
+
+    /// Removes the key if it has expired at `now`; true when no live key is left under `full`.
+    fn expire_if_needed(&mut self, full: &[u8], now: u64) -> bool {
+        match self.lru.peek(full) {
+            None => true,
+            Some(e) if e.expire_at.is_some_and(|at| now > at) => {
+                self.remove_full(full, Removal::Expired);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Removes up to `budget` expired keys, soonest deadline first.
+    fn expire_some(&mut self, now: u64, budget: usize) -> usize {
+        let mut removed = 0;
+        while removed < budget {
+            let Some((at, full)) = self.deadlines.first().cloned() else {
+                break;
+            };
+            if now <= at {
+                break;
+            }
+            self.remove_full(&full, Removal::Expired);
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Frees room for `bytes` more: expired keys first, then least recently used ones.
+    fn make_room(&mut self, bytes: usize, now: u64) {
+        while self.used + bytes > self.max_bytes {
+            if self.expire_some(now, 1) == 1 {
+                continue;
+            }
+            let Some((_, victim)) = self.lru.pop_lru() else {
+                break;
+            };
+            self.forget(&victim, Removal::Evicted);
+        }
+    }
+
+    fn set_deadline(&mut self, full: &Bytes, old: Option<u64>, new: Option<u64>) {
+        if old == new {
+            return;
+        }
+        if let Some(at) = old {
+            self.deadlines.remove(&(at, full.clone()));
+        }
+        if let Some(at) = new {
+            self.deadlines.insert((at, full.clone()));
+        }
+    }
+
+    /// xorshift64*: RANDOMKEY needs spread, not cryptographic quality.
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+impl Store {
+    /// An empty store that holds at most `max_bytes` (see the module docs for what counts).
+    pub fn new(max_bytes: usize) -> Store {
+        let scan_hasher = RandomState::new();
+        let rng = scan_hasher.hash_one("keywarden rng seed") | 1;
+        Store {
+            inner: Mutex::new(Inner {
+                max_bytes,
+                used: 0,
+                lru: LruCache::unbounded_with_hasher(RandomState::new()),
+                dbs: BTreeMap::new(),
+                deadlines: BTreeSet::new(),
+                scan_hasher,
+                rng,
+                evictions: 0,
+                expirations: 0,
+            }),
+        }
+    }
+
+    /// Locks the store for one command running at unix time `now_ms` (the engine's entry).
+    pub(crate) fn lock(&self, now_ms: u64) -> Txn<'_> {
+        Txn::new(self.inner(), now_ms)
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // A panic while the lock was held leaves every structure usable (each mutation keeps
+        // the map and its indexes in step before anything can panic), so keep serving.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Bytes counted for every key held (expired ones not yet removed included).
+    pub fn used_bytes(&self) -> usize {
+        self.inner().used
+    }
+
+    /// Keys held in all databases (expired ones not yet removed included).
+    pub fn keys(&self) -> usize {
+        self.inner().lru.len()
+    }
+
+    /// Keys removed to make room for new ones.
+    pub fn evictions(&self) -> u64 {
+        self.inner().evictions
+    }
+
+    /// Keys removed because their deadline passed.
+    pub fn expirations(&self) -> u64 {
+        self.inner().expirations
+    }
+
+    /// Active expiry: removes up to `budget` expired keys (called periodically by a task).
+    pub fn expire_some(&self, now_ms: u64, budget: usize) -> usize {
+        self.inner().expire_some(now_ms, budget)
+    }
+
+    /// Removes every key for which `f(db, key)` is true; returns how many (discarding a
+    /// keyspace's local writes when the upstream recovers).
+    pub fn remove_where(&self, f: impl Fn(u32, &[u8]) -> bool) -> usize {
+        let mut inner = self.inner();
+        let doomed: Vec<Bytes> = inner
+            .lru
+            .iter()
+            .filter(|(full, _)| f(db_of(full), &full[DB_PREFIX..]))
+            .map(|(full, _)| full.clone())
+            .collect();
+        for full in &doomed {
+            inner.remove_full(full, Removal::Deleted);
+        }
+        doomed.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> Value {
+        Value::Str(v.as_bytes().to_vec())
+    }
+
+    fn get(store: &Store, db: u32, key: &str, now: u64) -> Option<Value> {
+        store
+            .lock(now)
+            .get(db, key.as_bytes())
+            .map(|e| e.value().clone())
+    }
+
+    fn put(store: &Store, db: u32, key: &str, value: &str, now: u64) {
+        store
+            .lock(now)
+            .insert(db, key.as_bytes(), s(value), Expiry::Persist)
+            .unwrap();
+    }
+
+    /// Budget for exactly `n` entries of 1-byte keys and 1-byte values.
+    fn room_for(n: usize) -> usize {
+        n * entry_bytes(1, 1)
+    }
+
+    #[test]
+    fn byte_accounting_follows_the_formula() {
+        let store = Store::new(1 << 20);
+        put(&store, 0, "key", "value", 0);
+        assert_eq!(store.used_bytes(), 3 + 5 + ENTRY_OVERHEAD);
+        put(&store, 0, "key", "v", 0);
+        assert_eq!(store.used_bytes(), 3 + 1 + ENTRY_OVERHEAD);
+        let mut h = Hash::new();
+        h.set(b"f", b"vv");
+        store
+            .lock(0)
+            .insert(1, b"h", Value::Hash(h), Expiry::Persist)
+            .unwrap();
+        let hash_entry = 1 + (1 + 2 + FIELD_OVERHEAD) + ENTRY_OVERHEAD;
+        assert_eq!(store.used_bytes(), 4 + ENTRY_OVERHEAD + hash_entry);
+        store.lock(0).update(1, b"h", |v| match v {
+            Value::Hash(h) => h.set(b"g", b"w"),
+            Value::Str(_) => unreachable!(),
+        });
+        assert_eq!(
+            store.used_bytes(),
+            4 + ENTRY_OVERHEAD + hash_entry + 2 + FIELD_OVERHEAD
+        );
+        store.lock(0).remove(0, b"key").unwrap();
+        store.lock(0).remove(1, b"h").unwrap();
+        assert_eq!(store.used_bytes(), 0);
+        assert_eq!(store.keys(), 0);
+    }
+
+    #[test]
+    fn evicts_least_recently_used_and_reads_count_as_use() {
+        let store = Store::new(room_for(3));
+        put(&store, 0, "a", "1", 0);
+        put(&store, 0, "b", "2", 0);
+        put(&store, 0, "c", "3", 0);
+        // a is read, so b is now the least recently used.
+        assert_eq!(get(&store, 0, "a", 0), Some(s("1")));
+        put(&store, 0, "d", "4", 0);
+        assert_eq!(store.evictions(), 1);
+        assert_eq!(get(&store, 0, "b", 0), None);
+        // peek (EXISTS, TYPE, TTL) is not a use: c stays least recently used.
+        assert!(store.lock(0).exists(0, b"c"));
+        put(&store, 0, "e", "5", 0);
+        assert_eq!(get(&store, 0, "c", 0), None);
+        for k in ["a", "d", "e"] {
+            assert!(get(&store, 0, k, 0).is_some(), "{k}");
+        }
+        assert_eq!(store.evictions(), 2);
+        assert_eq!(store.used_bytes(), room_for(3));
+    }
+
+    #[test]
+    fn lru_is_global_across_databases() {
+        let store = Store::new(room_for(2));
+        put(&store, 0, "a", "1", 0);
+        put(&store, 5, "a", "1", 0);
+        put(&store, 9, "a", "1", 0);
+        assert_eq!(get(&store, 0, "a", 0), None);
+        assert!(get(&store, 5, "a", 0).is_some());
+        assert!(get(&store, 9, "a", 0).is_some());
+    }
+
+    #[test]
+    fn updates_never_evict_and_oversized_entries_are_refused() {
+        let store = Store::new(room_for(2));
+        put(&store, 0, "a", "1", 0);
+        put(&store, 0, "b", "2", 0);
+        // Growing b past the budget keeps a.
+        put(&store, 0, "b", "22222", 0);
+        assert_eq!(store.evictions(), 0);
+        assert!(store.used_bytes() > room_for(2));
+        assert!(get(&store, 0, "a", 0).is_some());
+        store
+            .lock(0)
+            .update(0, b"a", |v| {
+                if let Value::Str(s) = v {
+                    s.extend_from_slice(b"more")
+                }
+            })
+            .unwrap();
+        assert_eq!(store.evictions(), 0);
+        // The next new key brings the store back under its budget.
+        put(&store, 0, "c", "3", 0);
+        assert!(store.used_bytes() <= room_for(2));
+        assert_eq!(get(&store, 0, "c", 0), Some(s("3")));
+        // Bigger than the whole budget: refused, nothing evicted.
+        let before = store.keys();
+        let big = Value::Str(vec![b'x'; room_for(2)]);
+        assert_eq!(
+            store.lock(0).insert(0, b"z", big.clone(), Expiry::Persist),
+            Err(OutOfMemory)
+        );
+        assert_eq!(
+            store.lock(0).insert(0, b"c", big, Expiry::Persist),
+            Err(OutOfMemory)
+        );
+        assert_eq!(store.keys(), before);
+        assert_eq!(get(&store, 0, "c", 0), Some(s("3")));
+    }
+
+    #[test]
+    fn expired_keys_are_invisible_and_counted_as_expirations() {
+        let store = Store::new(1 << 20);
+        store
+            .lock(0)
+            .insert(0, b"k", s("v"), Expiry::At(100))
+            .unwrap();
+        // Alive up to and including the deadline, as in Redis.
+        assert!(get(&store, 0, "k", 100).is_some());
+        assert_eq!(store.lock(101).dbsize(0), 0);
+        assert_eq!(get(&store, 0, "k", 101), None);
+        assert_eq!(store.expirations(), 1);
+        assert_eq!(store.evictions(), 0);
+        assert_eq!(store.used_bytes(), 0);
+
+        // Lazy: a lookup removes it.
+        store
+            .lock(0)
+            .insert(0, b"k", s("v"), Expiry::At(100))
+            .unwrap();
+        assert!(!store.lock(200).exists(0, b"k"));
+        assert_eq!(store.keys(), 0);
+        assert_eq!(store.expirations(), 2);
+    }
+
+    #[test]
+    fn active_expiry_goes_in_deadline_order_within_budget() {
+        let store = Store::new(1 << 20);
+        for (i, at) in [30u64, 10, 20, 40].into_iter().enumerate() {
+            let key = format!("k{i}");
+            store
+                .lock(0)
+                .insert(0, key.as_bytes(), s("v"), Expiry::At(at))
+                .unwrap();
+        }
+        put(&store, 0, "forever", "v", 0);
+        assert_eq!(store.expire_some(25, 1), 1);
+        assert!(!store.lock(0).exists(0, b"k1"));
+        assert!(store.lock(0).exists(0, b"k2"));
+        assert_eq!(store.expire_some(35, 10), 2);
+        assert_eq!(store.keys(), 2);
+        assert_eq!(store.expire_some(1000, 10), 1);
+        assert_eq!(store.keys(), 1);
+        assert_eq!(store.expirations(), 4);
+    }
+
+    #[test]
+    fn making_room_removes_expired_keys_before_live_ones() {
+        let store = Store::new(room_for(2));
+        put(&store, 0, "a", "1", 0);
+        store
+            .lock(0)
+            .insert(0, b"b", s("2"), Expiry::At(5))
+            .unwrap();
+        // b is most recently used, but expired by t=10: it goes, a stays.
+        put(&store, 0, "c", "3", 10);
+        assert_eq!(store.evictions(), 0);
+        assert_eq!(store.expirations(), 1);
+        assert!(get(&store, 0, "a", 10).is_some());
+    }
+
+    #[test]
+    fn deadlines_follow_writes() {
+        let store = Store::new(1 << 20);
+        store
+            .lock(0)
+            .insert(0, b"k", s("v"), Expiry::At(50))
+            .unwrap();
+        // KEEPTTL-style write keeps it, a plain write drops it.
+        store.lock(0).insert(0, b"k", s("w"), Expiry::Keep).unwrap();
+        assert_eq!(store.lock(0).peek(0, b"k").unwrap().expire_at(), Some(50));
+        store
+            .lock(0)
+            .insert(0, b"k", s("x"), Expiry::Persist)
+            .unwrap();
+        assert_eq!(store.lock(0).peek(0, b"k").unwrap().expire_at(), None);
+        assert_eq!(store.expire_some(100, 10), 0);
+        assert_eq!(store.lock(0).set_expire(0, b"k", Some(70)), None);
+        assert_eq!(store.lock(0).set_expire(0, b"k", Some(60)), Some(70));
+        assert_eq!(store.expire_some(65, 10), 1);
+        assert_eq!(store.keys(), 0);
+    }
+
+    #[test]
+    fn databases_are_separate_namespaces() {
+        let store = Store::new(1 << 20);
+        put(&store, 0, "k", "zero", 0);
+        put(&store, 1, "k", "one", 0);
+        assert_eq!(get(&store, 0, "k", 0), Some(s("zero")));
+        assert_eq!(get(&store, 1, "k", 0), Some(s("one")));
+        assert_eq!(get(&store, 2, "k", 0), None);
+        store.lock(0).flush_db(0);
+        assert_eq!(get(&store, 0, "k", 0), None);
+        assert_eq!(get(&store, 1, "k", 0), Some(s("one")));
+        assert_eq!(store.lock(0).dbsize(1), 1);
+        assert_eq!(store.used_bytes(), entry_bytes(1, 3));
+    }
+
+    #[test]
+    fn remove_where_discards_matching_keys() {
+        let store = Store::new(1 << 20);
+        for db in 0..3 {
+            put(&store, db, "rl:a", "1", 0);
+            put(&store, db, "cache:a", "1", 0);
+        }
+        store
+            .lock(0)
+            .insert(1, b"rl:b", s("1"), Expiry::At(10))
+            .unwrap();
+        let removed = store.remove_where(|db, key| db != 2 && key.starts_with(b"rl:"));
+        assert_eq!(removed, 3);
+        assert_eq!(store.keys(), 4);
+        assert!(store.lock(0).exists(2, b"rl:a"));
+        assert_eq!(store.expire_some(100, 10), 0, "its deadline went with it");
+        assert_eq!(
+            store.used_bytes(),
+            3 * entry_bytes(7, 1) + entry_bytes(4, 1)
+        );
+    }
+
+    #[test]
+    fn a_full_scan_sees_every_key_that_stays_even_under_writes() {
+        let store = Store::new(1 << 30);
+        for i in 0..500 {
+            put(&store, 0, &format!("stay{i}"), "v", 0);
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = 0;
+        let mut step = 0;
+        loop {
+            let (next, keys) = store.lock(0).scan(0, cursor, 7);
+            seen.extend(keys);
+            // Churn between steps: new keys and deleted ones must not hide the others.
+            put(&store, 0, &format!("churn{step}"), "v", 0);
+            if step > 3 {
+                store
+                    .lock(0)
+                    .remove(0, format!("churn{}", step - 3).as_bytes());
+            }
+            step += 1;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        for i in 0..500 {
+            assert!(seen.contains(format!("stay{i}").as_bytes()), "stay{i}");
+        }
+        assert!(step < 200, "pages advance: {step}");
+    }
+
+    #[test]
+    fn random_key_returns_only_live_keys() {
+        let store = Store::new(1 << 20);
+        assert_eq!(store.lock(0).random_key(0), None);
+        store
+            .lock(0)
+            .insert(0, b"gone", s("v"), Expiry::At(1))
+            .unwrap();
+        put(&store, 0, "here", "v", 0);
+        for _ in 0..20 {
+            assert_eq!(store.lock(5).random_key(0).as_deref(), Some(&b"here"[..]));
+        }
+        store.lock(5).remove(0, b"here");
+        assert_eq!(store.lock(5).random_key(0), None);
+    }
+
+    #[test]
+    fn keys_where_skips_expired_keys() {
+        let store = Store::new(1 << 20);
+        store
+            .lock(0)
+            .insert(0, b"a1", s("v"), Expiry::At(1))
+            .unwrap();
+        put(&store, 0, "a2", "v", 0);
+        put(&store, 0, "b1", "v", 0);
+        let keys = store.lock(5).keys_where(0, |k| k.starts_with(b"a"));
+        assert_eq!(keys, vec![Bytes::from_static(b"a2")]);
+    }
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Store>();
+    }
+}

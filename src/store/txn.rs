@@ -1,0 +1,234 @@
+//! The store locked for one command: lookups that expire lazily, writes that keep the byte
+//! count, the LRU order and the indexes in step, and the keyspace walks (SCAN, KEYS,
+//! RANDOMKEY, DBSIZE). The engine sees the store only through this.
+
+use std::collections::BTreeSet;
+use std::sync::MutexGuard;
+
+use bytes::Bytes;
+
+use super::{entry_bytes, full_key, Entry, Expiry, Inner, OutOfMemory, Removal, Value, DB_PREFIX};
+
+/// The store, locked for one command at one instant.
+pub(crate) struct Txn<'a> {
+    inner: MutexGuard<'a, Inner>,
+    now: u64,
+}
+
+impl<'a> Txn<'a> {
+    pub(super) fn new(inner: MutexGuard<'a, Inner>, now: u64) -> Txn<'a> {
+        Txn { inner, now }
+    }
+
+    /// The command's time: unix milliseconds.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Refuses an entry that alone would exceed the budget.
+    pub fn check_fits(&self, key_len: usize, value_bytes: usize) -> Result<(), OutOfMemory> {
+        if entry_bytes(key_len, value_bytes) > self.inner.max_bytes {
+            Err(OutOfMemory)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The live entry under `key`, counted as a use (moves to the front of the LRU).
+    pub fn get(&mut self, db: u32, key: &[u8]) -> Option<&Entry> {
+        let full = full_key(db, key);
+        let now = self.now;
+        if self.inner.expire_if_needed(&full, now) {
+            return None;
+        }
+        self.inner.lru.get(&full[..])
+    }
+
+    /// The live entry under `key`, without counting a use (Redis's `LOOKUP_NOTOUCH`).
+    pub fn peek(&mut self, db: u32, key: &[u8]) -> Option<&Entry> {
+        let full = full_key(db, key);
+        let now = self.now;
+        if self.inner.expire_if_needed(&full, now) {
+            return None;
+        }
+        self.inner.lru.peek(&full[..])
+    }
+
+    /// True when a live key exists (no use counted).
+    pub fn exists(&mut self, db: u32, key: &[u8]) -> bool {
+        self.peek(db, key).is_some()
+    }
+
+    /// Changes the value of a live key in place, counting a use; `None` when there is no such
+    /// key. Never evicts; the caller has checked with [`Txn::check_fits`] that the result fits.
+    pub fn update<R>(&mut self, db: u32, key: &[u8], f: impl FnOnce(&mut Value) -> R) -> Option<R> {
+        let full = full_key(db, key);
+        let now = self.now;
+        if self.inner.expire_if_needed(&full, now) {
+            return None;
+        }
+        let inner = &mut *self.inner;
+        let entry = inner.lru.get_mut(&full[..])?;
+        let before = entry.value.bytes();
+        let result = f(&mut entry.value);
+        let after = entry.value.bytes();
+        inner.used = inner.used - before + after;
+        Some(result)
+    }
+
+    /// Writes `value` under `key`. A new key makes room first (expired, then least recently
+    /// used keys); an existing one is replaced without evicting anything.
+    pub fn insert(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        value: Value,
+        expiry: Expiry,
+    ) -> Result<(), OutOfMemory> {
+        self.check_fits(key.len(), value.bytes())?;
+        let full = full_key(db, key);
+        let now = self.now;
+        let inner = &mut *self.inner;
+        if !inner.expire_if_needed(&full, now) {
+            let entry = inner.lru.get_mut(&full[..]).expect("live key");
+            let before = entry.value.bytes();
+            let after = value.bytes();
+            entry.value = value;
+            let old = entry.expire_at;
+            let new = match expiry {
+                Expiry::Keep => old,
+                Expiry::Persist => None,
+                Expiry::At(at) => Some(at),
+            };
+            entry.expire_at = new;
+            let full = entry.full.clone();
+            inner.used = inner.used - before + after;
+            inner.set_deadline(&full, old, new);
+            return Ok(());
+        }
+        let entry = Entry {
+            full: Bytes::copy_from_slice(&full),
+            value,
+            expire_at: match expiry {
+                Expiry::At(at) => Some(at),
+                Expiry::Keep | Expiry::Persist => None,
+            },
+        };
+        let bytes = entry.bytes();
+        inner.make_room(bytes, now);
+        let hash = inner.scan_hash(key);
+        inner
+            .dbs
+            .entry(db)
+            .or_default()
+            .insert((hash, entry.full.clone()));
+        if let Some(at) = entry.expire_at {
+            inner.deadlines.insert((at, entry.full.clone()));
+        }
+        inner.used += bytes;
+        inner.lru.push(entry.full.clone(), entry);
+        Ok(())
+    }
+
+    /// Deletes a live key and returns it.
+    pub fn remove(&mut self, db: u32, key: &[u8]) -> Option<Entry> {
+        let full = full_key(db, key);
+        let now = self.now;
+        if self.inner.expire_if_needed(&full, now) {
+            return None;
+        }
+        self.inner.remove_full(&full, Removal::Deleted)
+    }
+
+    /// Sets or clears the deadline of a live key; returns the previous one. No-op without a
+    /// live key.
+    pub fn set_expire(&mut self, db: u32, key: &[u8], at: Option<u64>) -> Option<u64> {
+        let full = full_key(db, key);
+        let now = self.now;
+        if self.inner.expire_if_needed(&full, now) {
+            return None;
+        }
+        let inner = &mut *self.inner;
+        let entry = inner.lru.peek_mut(&full[..])?;
+        let old = std::mem::replace(&mut entry.expire_at, at);
+        let full = entry.full.clone();
+        inner.set_deadline(&full, old, at);
+        old
+    }
+
+    /// Live keys in `db` (expired ones are removed first).
+    pub fn dbsize(&mut self, db: u32) -> usize {
+        let now = self.now;
+        self.inner.expire_some(now, usize::MAX);
+        self.inner.dbs.get(&db).map_or(0, BTreeSet::len)
+    }
+
+    /// Deletes every key of `db`.
+    pub fn flush_db(&mut self, db: u32) {
+        let Some(index) = self.inner.dbs.remove(&db) else {
+            return;
+        };
+        for (_, full) in index {
+            if let Some(entry) = self.inner.lru.pop(&full[..]) {
+                self.inner.used -= entry.bytes();
+                if let Some(at) = entry.expire_at {
+                    self.inner.deadlines.remove(&(at, full));
+                }
+            }
+        }
+    }
+
+    /// One SCAN step over `db` from `cursor`: about `count` keys (more when hashes tie) and
+    /// the next cursor, 0 at the end. Keys may have expired: callers check each with
+    /// [`Txn::peek`].
+    pub fn scan(&mut self, db: u32, cursor: u64, count: usize) -> (u64, Vec<Bytes>) {
+        let Some(index) = self.inner.dbs.get(&db) else {
+            return (0, Vec::new());
+        };
+        let mut keys = Vec::new();
+        let mut last_hash = None;
+        for (hash, full) in index.range((cursor, Bytes::new())..) {
+            if keys.len() >= count.max(1) && last_hash != Some(*hash) {
+                return (*hash, keys);
+            }
+            keys.push(full.slice(DB_PREFIX..));
+            last_hash = Some(*hash);
+        }
+        (0, keys)
+    }
+
+    /// Every live key of `db` for which `pred` holds (KEYS).
+    pub fn keys_where(&self, db: u32, pred: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
+        let Some(index) = self.inner.dbs.get(&db) else {
+            return Vec::new();
+        };
+        index
+            .iter()
+            .filter(|(_, full)| pred(&full[DB_PREFIX..]))
+            .filter(|(_, full)| {
+                self.inner
+                    .lru
+                    .peek(&full[..])
+                    .is_some_and(|e| e.expire_at.is_none_or(|at| self.now <= at))
+            })
+            .map(|(_, full)| full.slice(DB_PREFIX..))
+            .collect()
+    }
+
+    /// A random live key of `db` (expired keys met on the way are removed).
+    pub fn random_key(&mut self, db: u32) -> Option<Bytes> {
+        loop {
+            let r = self.inner.next_random();
+            let index = self.inner.dbs.get(&db)?;
+            let (_, full) = index
+                .range((r, Bytes::new())..)
+                .next()
+                .or_else(|| index.iter().next())?;
+            let full = full.clone();
+            let now = self.now;
+            if !self.inner.expire_if_needed(&full, now) {
+                return Some(full.slice(DB_PREFIX..));
+            }
+        }
+    }
+}
