@@ -43,7 +43,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use redis_protocol::resp2::types::OwnedFrame;
-use support::{encode, Client, RedisServer, WAIT};
+use support::{encode, Client, Proxy, RedisServer, WAIT};
 use tokio::io::AsyncReadExt;
 
 const DEFAULT_SEQUENCES: u64 = 10_000;
@@ -567,4 +567,86 @@ async fn engine_replies_like_redis() {
     }
     stats.print(sequences);
     eprintln!("differential: {:?}", started.elapsed());
+}
+
+/// The same sequences through keywarden, against a `local_only` default keyspace: what a client
+/// of the proxy sees must be what Redis sends, byte for byte. Only database 0 (SELECT moves a
+/// client to a dedicated connection, where local serving is not available yet), so SELECT,
+/// COPY (its DB option) and RANDOMKEY (checked against the engine's store) are left out of
+/// these sequences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_only_keyspace_through_keywarden_replies_like_redis() {
+    let server = RedisServer::start();
+    let mut settings = support::settings(&server.addr());
+    settings.keyspaces =
+        keywarden::keyspace::Keyspaces::new(Vec::new(), keywarden::keyspace::Mode::LocalOnly);
+    let proxy = Proxy::start(settings).await;
+    let mut redis = Redis {
+        client: Client::connect(server.addr()).await,
+        buf: BytesMut::new(),
+    };
+    let mut via = Redis {
+        client: proxy.client().await,
+        buf: BytesMut::new(),
+    };
+    let sequences: u64 = std::env::var("DIFF_PROXY_SEQUENCES")
+        .map(|n| n.parse().expect("DIFF_PROXY_SEQUENCES is a number"))
+        .unwrap_or(DEFAULT_SEQUENCES);
+    let base: u64 = rand::random::<u32>() as u64 * 1_000_000;
+    eprintln!(
+        "differential through keywarden: seeds {base}..{}",
+        base + sequences
+    );
+    let unused = Store::new(1 << 20);
+    let mut compared = 0usize;
+    for seed in base..base + sequences {
+        let (cmds, _) = generate(seed);
+        let cmds: Vec<&Cmd> = cmds
+            .iter()
+            .filter(|c| {
+                !matches!(c.check, Check::Select(_) | Check::RandomKey)
+                    && !c.args[0].eq_ignore_ascii_case(b"COPY")
+            })
+            .collect();
+        let mut to_redis = encode(&[b"FLUSHALL"]);
+        let mut to_proxy = encode(&[b"FLUSHDB"]);
+        let mut redis_expected = 1;
+        for cmd in &cmds {
+            let args: Vec<&[u8]> = cmd.args.iter().map(Vec::as_slice).collect();
+            to_redis.extend(encode(&args));
+            to_proxy.extend(encode(&args));
+            redis_expected += 1;
+            if let Check::HashRead(_) = cmd.check {
+                let key = cmd.args.get(1).map_or(&b""[..], Vec::as_slice);
+                to_redis.extend(encode(&[b"OBJECT", b"ENCODING", key]));
+                redis_expected += 1;
+            }
+        }
+        redis.client.send_raw(&to_redis).await;
+        via.client.send_raw(&to_proxy).await;
+        let mut theirs = redis.replies(redis_expected).await.into_iter();
+        let mut ours = via.replies(cmds.len() + 1).await.into_iter();
+        assert_eq!(theirs.next().unwrap(), b"+OK\r\n");
+        assert_eq!(ours.next().unwrap(), b"+OK\r\n");
+        for (i, cmd) in cmds.iter().enumerate() {
+            let want = theirs.next().unwrap();
+            let encoding = match cmd.check {
+                Check::HashRead(_) => Some(theirs.next().unwrap()),
+                _ => None,
+            };
+            let got = ours.next().unwrap();
+            if let Err(why) = compare(cmd.check, &want, &got, encoding.as_deref(), &unused, 0) {
+                panic!(
+                    "DIFF_SEED={seed} (through keywarden), command {i}: {why}\n\
+                     command: {}\nredis:     {}\nkeywarden: {}",
+                    show_args(&cmd.args),
+                    show(&want),
+                    show(&got)
+                );
+            }
+            compared += 1;
+        }
+    }
+    eprintln!("differential through keywarden: {compared} replies compared");
+    proxy.shutdown().await;
 }
