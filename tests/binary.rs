@@ -94,7 +94,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     assert_eq!(idle.cmd(&["PING"]).await, simple("PONG"));
     let mut slow = Client::connect(("127.0.0.1", port)).await;
     slow.send(&["BLPOP", "q", "0.5"]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until_blocked(&redis).await;
 
     unsafe { libc::kill(proxy.0.id() as i32, libc::SIGTERM) };
     assert!(idle.closed().await, "idle clients are closed at once");

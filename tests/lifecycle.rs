@@ -71,7 +71,7 @@ async fn shutdown_lets_in_flight_requests_finish() {
     assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
     // In flight when shutdown begins: a blocking pop that answers after 300 ms.
     slow.send(&["BLPOP", "q", "0.3"]).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until_blocked(&redis).await;
     let addr = proxy.addr;
     let stopping = tokio::spawn(proxy.shutdown());
     assert_eq!(

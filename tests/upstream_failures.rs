@@ -220,7 +220,7 @@ async fn killed_upstream_wakes_a_blocked_client_with_an_error() {
     let proxy = Proxy::for_upstream(&redis).await;
     let mut c = proxy.client().await;
     c.send(&["BLPOP", "never", "0"]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until_blocked(&redis).await;
     redis.kill();
     let reply = c.reply().await;
     assert!(

@@ -313,6 +313,30 @@ impl Client {
     }
 }
 
+/// Polls the upstream until it reports at least one blocked client (a BLPOP sent through the
+/// proxy has reached it).
+pub async fn wait_until_blocked(redis: &RedisServer) {
+    let mut direct = Client::connect(redis.addr()).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Frame::BulkString(info) = direct.cmd(&["INFO", "clients"]).await {
+            let blocked = String::from_utf8_lossy(&info)
+                .lines()
+                .find_map(|l| l.strip_prefix("blocked_clients:"))
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(0);
+            if blocked > 0 {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no client ever blocked upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 pub fn bulk(s: &str) -> Frame {
     OwnedFrame::BulkString(s.as_bytes().to_vec())
 }
