@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval};
 
 use crate::command::Stateful;
 use crate::error::UpstreamFailure;
 use crate::reply::ReplyScanner;
 use crate::request::Request;
 use crate::socket;
+use crate::upstream::timeout_tick;
 
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -190,12 +191,4 @@ impl Dedicated {
     fn timing(&self) -> bool {
         self.outstanding.front().is_some_and(|o| !o.blocking)
     }
-}
-
-/// An interval for checking a command timeout: a tenth of it, between 1 ms and 100 ms.
-pub fn timeout_tick(timeout: Duration) -> Interval {
-    let period = (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(100));
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    tick
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::config::{Limits, UpstreamSettings};
 use crate::error::{ProxyError, UpstreamFailure};
@@ -181,13 +181,16 @@ impl SharedConn {
         self.queue.lock().unwrap_or_else(|e| e.into_inner()).link == Link::Up
     }
 
-    fn set_link(&self, link: Link) -> (BytesMut, Vec<Waiter>) {
+    /// Sets the link state; going down drops the queued bytes and returns the queued waiters,
+    /// which the caller fails.
+    fn set_link(&self, link: Link) -> Vec<Waiter> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.link = link;
         if matches!(link, Link::Down(_)) {
-            (std::mem::take(&mut q.wbuf), std::mem::take(&mut q.waiters))
+            q.wbuf.clear();
+            std::mem::take(&mut q.waiters)
         } else {
-            (BytesMut::new(), Vec::new())
+            Vec::new()
         }
     }
 
@@ -276,13 +279,13 @@ impl ConnTask {
                     }
                     // In-flight work first: it was queued before anything still in the queue.
                     fail_all(link.in_flight.into_iter().map(|f| f.waiter), why);
-                    let (_, queued) = self.conn.set_link(Link::Down(why));
+                    let queued = self.conn.set_link(Link::Down(why));
                     fail_all(queued, why);
                 }
                 Err(e) => {
                     self.monitor
                         .report(Outcome::Failure(Cause::of_connect_error(&e)));
-                    let (_, queued) = self.conn.set_link(Link::Down(UpstreamFailure::Unavailable));
+                    let queued = self.conn.set_link(Link::Down(UpstreamFailure::Unavailable));
                     fail_all(queued, UpstreamFailure::Unavailable);
                     if was_up {
                         tracing::warn!(conn = self.id, upstream = addr, error = %e, "upstream connect failed");
@@ -346,7 +349,7 @@ impl Connection {
     async fn serve(&mut self, conn: &SharedConn, timeout: Duration) -> UpstreamFailure {
         // Timeouts are checked on a tick rather than with a timer per request: arming a timer
         // for every batch would cost more than the requests themselves.
-        let mut tick = crate::dedicated::timeout_tick(timeout);
+        let mut tick = timeout_tick(timeout);
         // Work queued while connecting: its wake-up may have been spent ending the backoff.
         conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
         if let Err(why) = self.write() {
@@ -457,4 +460,12 @@ impl Connection {
             Ok(())
         }
     }
+}
+
+/// An interval for checking a command timeout: a tenth of it, between 1 ms and 100 ms.
+pub fn timeout_tick(timeout: Duration) -> Interval {
+    let period = (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(100));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
 }
