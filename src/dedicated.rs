@@ -46,6 +46,9 @@ pub struct Dedicated {
 
 struct Outstanding {
     blocking: bool,
+    /// Sent by the proxy to set the connection up (SELECT, HELLO): its reply is checked and
+    /// kept from the client.
+    silent: bool,
     since: Instant,
 }
 
@@ -84,10 +87,27 @@ impl Dedicated {
             } else {
                 self.outstanding.push_back(Outstanding {
                     blocking: props.blocking,
+                    silent: false,
                     since: Instant::now(),
                 });
             }
         }
+    }
+
+    /// Queues a command of the proxy's own that brings the connection's state in line with the
+    /// client's (SELECT after the client selected a database, HELLO after a protocol switch).
+    /// Its reply never reaches the client; an error reply fails the connection. Nothing is sent
+    /// once unpaired: a subscribed connection has no database or protocol left to follow.
+    pub fn queue_silent(&mut self, args: &[&[u8]]) {
+        if !self.paired {
+            return;
+        }
+        self.wbuf.put_slice(Request::from_args(args).raw());
+        self.outstanding.push_back(Outstanding {
+            blocking: false,
+            silent: true,
+            since: Instant::now(),
+        });
     }
 
     pub fn wants_write(&self) -> bool {
@@ -138,42 +158,76 @@ impl Dedicated {
         Ok(())
     }
 
-    /// Reads what the upstream sent and returns the bytes to forward to the client (complete
-    /// frames while paired, everything once unpaired). `Err` when the upstream closed or sent
-    /// something that is not RESP.
-    pub fn read(&mut self) -> Result<Option<Bytes>, UpstreamFailure> {
+    /// Reads what the upstream has sent; false when nothing was there. `Err` when the
+    /// upstream closed.
+    pub fn fill(&mut self) -> Result<bool, UpstreamFailure> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
         }
         match socket::read_available(&self.stream, &mut self.rbuf) {
-            Ok(0) => return Err(UpstreamFailure::ConnectionLost),
-            Ok(_) => self.last_read = Instant::now(),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
-            Err(_) => return Err(UpstreamFailure::ConnectionLost),
+            Ok(0) => Err(UpstreamFailure::ConnectionLost),
+            Ok(_) => {
+                self.last_read = Instant::now();
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(_) => Err(UpstreamFailure::ConnectionLost),
         }
-        if !self.paired {
-            self.framed = 0;
-            return Ok(Some(self.rbuf.split().freeze()));
-        }
-        loop {
-            match self.scanner.scan(&self.rbuf[self.framed..]) {
-                Ok(Some(frame)) => {
-                    self.framed += frame.len;
-                    // A RESP3 push (client tracking) answers no request.
-                    if !frame.push {
-                        self.outstanding.pop_front();
-                    }
-                }
+    }
+
+    /// Once unpaired: every byte read, as it came.
+    pub fn take_raw(&mut self) -> Option<Bytes> {
+        debug_assert!(!self.paired);
+        self.framed = 0;
+        (!self.rbuf.is_empty()).then(|| self.rbuf.split().freeze())
+    }
+
+    /// While paired: the complete replies read so far that answer at most `limit` of the
+    /// client's requests, with how many they answer. Replies to the proxy's own silent
+    /// commands are taken out, and RESP3 pushes (client tracking) ride along, answering
+    /// nothing. `Err` when the upstream sent something that is not RESP or refused a silent
+    /// command.
+    pub fn next_replies(&mut self, limit: u32) -> Result<Option<(Bytes, u32)>, UpstreamFailure> {
+        let mut answered = 0;
+        // Client bytes framed before a silent reply, when one sits between two of them.
+        let mut kept: Option<BytesMut> = None;
+        while self.framed < self.rbuf.len() {
+            let is_push = self.rbuf[self.framed] == b'>';
+            if answered == limit && !is_push {
+                break;
+            }
+            let frame = match self.scanner.scan(&self.rbuf[self.framed..]) {
+                Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(_) => return Err(UpstreamFailure::BadReply),
+            };
+            let silent = !frame.push && self.outstanding.pop_front().is_some_and(|o| o.silent);
+            if !silent {
+                self.framed += frame.len;
+                answered += u32::from(!frame.push);
+                continue;
             }
+            if self.rbuf[self.framed] == b'-' {
+                return Err(UpstreamFailure::SetupRefused);
+            }
+            if self.framed > 0 {
+                let before = self.rbuf.split_to(self.framed);
+                kept.get_or_insert_with(BytesMut::new)
+                    .extend_from_slice(&before);
+                self.framed = 0;
+            }
+            let _ = self.rbuf.split_to(frame.len);
         }
-        if self.framed == 0 {
-            return Ok(None);
-        }
-        let data = self.rbuf.split_to(self.framed).freeze();
+        let data = self.rbuf.split_to(self.framed);
         self.framed = 0;
-        Ok(Some(data))
+        let data = match kept {
+            Some(mut kept) => {
+                kept.extend_from_slice(&data);
+                kept
+            }
+            None => data,
+        };
+        Ok((!data.is_empty()).then(|| (data.freeze(), answered)))
     }
 
     /// Fails when the oldest unanswered request is not blocking and nothing has arrived for

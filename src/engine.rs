@@ -27,7 +27,9 @@ mod reply;
 mod scan;
 mod strings;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+
+pub(crate) use number::string2ll;
 
 use crate::request::Request;
 use crate::store::{Entry, Hash, OutOfMemory, Store, Txn, Value};
@@ -39,7 +41,7 @@ pub const DATABASES: u32 = 16;
 /// Redis's default `proto-max-bulk-len`: the longest string APPEND and SETRANGE may build.
 pub const PROTO_MAX_BULK_LEN: u64 = 512 * 1024 * 1024;
 
-type Handler = fn(&mut Ctx<'_>) -> Result<(), Error>;
+type Handler = fn(&mut Ctx<'_, '_>) -> Result<(), Error>;
 
 /// One supported command.
 struct Command {
@@ -139,37 +141,76 @@ pub fn supports(name: &[u8]) -> bool {
 /// Executes one command for database `db` at unix time `now_ms` and returns the exact RESP2
 /// reply Redis 7.0 would send (errors included).
 pub fn execute(store: &Store, db: u32, req: &Request, now_ms: u64) -> Bytes {
-    let mut out = Reply::new();
+    let mut out = BytesMut::new();
+    execute_all(
+        store,
+        db,
+        false,
+        std::slice::from_ref(req),
+        now_ms,
+        &mut out,
+    );
+    out.freeze()
+}
+
+/// Executes `reqs` in order with the store locked once, appending each reply to `out` (RESP3
+/// encoding when `resp3`). Nothing else runs between them: a batch is as atomic as one command,
+/// which is what EXEC needs, and one lock and one buffer for a pipelined read is what keeps
+/// local serving as fast as Redis.
+pub fn execute_all(
+    store: &Store,
+    db: u32,
+    resp3: bool,
+    reqs: &[Request],
+    now_ms: u64,
+    out: &mut BytesMut,
+) {
+    if reqs.is_empty() {
+        return;
+    }
+    let mut reply = Reply::continuing(std::mem::take(out), resp3);
+    let mut txn = store.lock(now_ms);
+    for (i, req) in reqs.iter().enumerate() {
+        if i > 0 {
+            reply.begin();
+        }
+        run_one(&mut txn, db, req, &mut reply);
+    }
+    *out = reply.into_buf();
+}
+
+/// Runs one command on the locked store, its reply appended to `out`.
+fn run_one(txn: &mut Txn<'_>, db: u32, req: &Request, out: &mut Reply) {
     let Some(index) = lookup(req.name()) else {
         out.error(&Error::UnknownCommand {
             name: req.name().to_vec(),
             args: req.args().skip(1).map(<[u8]>::to_vec).collect(),
         });
-        return out.into_bytes();
+        return;
     };
     let command = &COMMANDS[index];
     let argc = req.argc() as i32;
     if (command.arity > 0 && argc != command.arity) || argc < -command.arity {
         out.error(&Error::Arity(command.name));
-        return out.into_bytes();
+        return;
     }
     let mut ctx = Ctx {
-        txn: store.lock(now_ms),
+        txn,
         db,
         req,
-        out,
+        out: std::mem::take(out),
         name: command.name,
     };
     if let Err(error) = (command.run)(&mut ctx) {
         ctx.out.clear();
         ctx.out.error(&error);
     }
-    ctx.out.into_bytes()
+    *out = ctx.out;
 }
 
 /// What a handler works with: the locked store, the request, the reply.
-struct Ctx<'a> {
-    txn: Txn<'a>,
+struct Ctx<'a, 's> {
+    txn: &'a mut Txn<'s>,
     db: u32,
     req: &'a Request,
     out: Reply,
@@ -177,7 +218,7 @@ struct Ctx<'a> {
     name: &'static str,
 }
 
-impl<'a> Ctx<'a> {
+impl<'a> Ctx<'a, '_> {
     fn argc(&self) -> usize {
         self.req.argc()
     }

@@ -23,6 +23,9 @@ pub enum UpstreamFailure {
     Timeout(Duration),
     /// The upstream sent bytes that are not RESP; the connection was dropped.
     BadReply,
+    /// The upstream answered an error to a command the proxy sent to set up the connection
+    /// (SELECT, HELLO, AUTH): the client's requests must not run on it.
+    SetupRefused,
 }
 
 /// An error reply the proxy generates.
@@ -54,6 +57,9 @@ impl fmt::Display for UpstreamFailure {
                 write!(f, "no reply from upstream within {}ms", after.as_millis())
             }
             UpstreamFailure::BadReply => f.write_str("upstream sent a malformed reply"),
+            UpstreamFailure::SetupRefused => {
+                f.write_str("upstream refused to set up the connection (SELECT, HELLO or AUTH)")
+            }
         }
     }
 }

@@ -162,7 +162,7 @@ impl From<UpstreamFailure> for Cause {
             UpstreamFailure::Unavailable => Cause::Refused,
             UpstreamFailure::ConnectionLost => Cause::Closed,
             UpstreamFailure::Timeout(_) => Cause::Timeout,
-            UpstreamFailure::BadReply => Cause::BadReply,
+            UpstreamFailure::BadReply | UpstreamFailure::SetupRefused => Cause::BadReply,
         }
     }
 }

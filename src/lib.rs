@@ -28,6 +28,7 @@
 //!   active probe and the published snapshot; [`events`]: the event catalogue and `emit`.
 
 pub mod cli;
+pub mod client_state;
 pub mod clients;
 pub mod command;
 pub mod config;

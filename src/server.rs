@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::clients::{Clients, Phase};
@@ -73,22 +73,43 @@ impl Server {
         }
     }
 
-    /// Runs `req` against the local store (database 0) and returns its reply. A request served
-    /// locally while the upstream is unavailable is a degraded reply, unless it is `local_only`
-    /// (the router never mixes the two), and a write it makes will be discarded on recovery.
-    pub fn serve_locally(&self, req: &Request, upstream_available: bool) -> Bytes {
-        let now_ms = unix_ms();
-        let reply = engine::execute(&self.store, 0, req, now_ms);
-        if !upstream_available && self.first_key_mode(req) == Mode::Degraded {
-            let counters = self.monitor.counters();
-            counters.record_degraded_reply();
-            if command::lookup_request(req).is_some_and(|c| c.is_write())
-                && !reply.starts_with(b"-")
-            {
-                counters.record_discarded_writes(1);
+    /// Runs `reqs` against the local store in database `db`, with the store locked once, and
+    /// returns their replies. A request served locally while the upstream is unavailable is a
+    /// degraded reply, unless it is `local_only` (the router never mixes the two), and a write
+    /// it makes will be discarded on recovery.
+    pub fn serve_locally(
+        &self,
+        reqs: &[Request],
+        db: u32,
+        resp3: bool,
+        upstream_available: bool,
+    ) -> Bytes {
+        let mut out = BytesMut::new();
+        if upstream_available {
+            engine::execute_all(&self.store, db, resp3, reqs, unix_ms(), &mut out);
+            return out.freeze();
+        }
+        // Degraded replies are counted one by one, so run them one by one.
+        let counters = self.monitor.counters();
+        for req in reqs {
+            let start = out.len();
+            engine::execute_all(
+                &self.store,
+                db,
+                resp3,
+                std::slice::from_ref(req),
+                unix_ms(),
+                &mut out,
+            );
+            if self.first_key_mode(req) == Mode::Degraded {
+                counters.record_degraded_reply();
+                if command::lookup_request(req).is_some_and(|c| c.is_write()) && out[start] != b'-'
+                {
+                    counters.record_discarded_writes(1);
+                }
             }
         }
-        reply
+        out.freeze()
     }
 
     fn first_key_mode(&self, req: &Request) -> Mode {

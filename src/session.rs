@@ -27,15 +27,16 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::client_state::ClientState;
 use crate::clients::Phase;
 use crate::command::{self, Disposition, Stateful};
 use crate::dedicated::Dedicated;
+use crate::engine;
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::inbox::{Chunk, Inbox};
-use crate::keyspace::Membership;
 use crate::parser::{ParserLimits, RequestParser};
 use crate::request::Request;
-use crate::router::{Refusal, Route};
+use crate::router::Route;
 use crate::server::Server;
 use crate::socket;
 use crate::upstream::SharedConn;
@@ -65,6 +66,9 @@ pub struct Session {
     opening: Option<Opening>,
     /// Present only when `client_idle_timeout` is set.
     idle: Option<Box<IdleTimer>>,
+    /// Connection state set by the client (database, protocol, name), once any differs from
+    /// a fresh connection's.
+    state: Option<Box<ClientState>>,
 }
 
 /// Opening a dedicated connection: boxed, since the connect future is large and rare and must
@@ -105,8 +109,15 @@ struct Busy {
     stalled: Option<(Request, Stateful)>,
     /// Stop reading; close once every owed reply is written.
     closing: bool,
-    /// A reply to write last, before closing (a protocol error on a dedicated connection).
-    last_words: Option<Bytes>,
+}
+
+/// Requests parsed from one read, gathered until the next one goes elsewhere.
+#[derive(Default)]
+struct Runs {
+    /// For the shared upstream connection.
+    shared: Vec<Request>,
+    /// For the local store.
+    local: Vec<Request>,
 }
 
 struct IdleTimer {
@@ -146,6 +157,7 @@ impl Session {
             busy: None,
             opening: None,
             idle,
+            state: None,
         }
     }
 
@@ -157,10 +169,12 @@ impl Session {
             if let Some(opening) = self.opening.as_mut() {
                 let opened = ready!(opening.as_mut().poll(cx));
                 self.opening = None;
-                self.busy_mut().opened(opened);
+                let state = &self.state;
+                let b = self.busy.get_or_insert_with(|| Busy::new(&self.ctx));
+                b.opened(opened, state);
             }
             if let Some(b) = self.busy.as_deref_mut() {
-                b.process_input(&self.ctx, &mut self.shared, &self.inbox);
+                b.process_input(&self.ctx, &mut self.shared, &self.inbox, &mut self.state);
                 if b.stalled.is_some() && b.pending.is_empty() {
                     let up = &self.ctx.settings.upstream;
                     self.opening = Some(Box::pin(Dedicated::open(
@@ -173,14 +187,8 @@ impl Session {
                     continue;
                 }
                 b.flush(&self.stream)?;
-                if b.closing && b.owes_nothing() {
-                    if let Some(last) = b.last_words.take() {
-                        b.push_out(last);
-                        continue;
-                    }
-                    if b.out.is_empty() {
-                        return Poll::Ready(Ok(()));
-                    }
+                if b.closing && b.owes_nothing() && b.out.is_empty() {
+                    return Poll::Ready(Ok(()));
                 }
                 if b.is_quiet() {
                     // Give everything back while the client is quiet.
@@ -243,24 +251,7 @@ impl Session {
     }
 
     fn busy_mut(&mut self) -> &mut Busy {
-        let limits = &self.ctx.settings.limits;
-        self.busy.get_or_insert_with(|| {
-            Box::new(Busy {
-                inbuf: BytesMut::new(),
-                parser: RequestParser::new(ParserLimits {
-                    max_bulk_len: limits.max_bulk_len,
-                    max_multibulk_len: limits.max_multibulk_len,
-                    max_inline_len: limits.max_inline_len,
-                }),
-                out: VecDeque::new(),
-                out_len: 0,
-                pending: VecDeque::new(),
-                dedicated: None,
-                stalled: None,
-                closing: false,
-                last_words: None,
-            })
-        })
+        self.busy.get_or_insert_with(|| Busy::new(&self.ctx))
     }
 
     /// Waits for the next thing to do. One poll function instead of `select!`: its state is a
@@ -332,6 +323,24 @@ impl Session {
 }
 
 impl Busy {
+    fn new(ctx: &Server) -> Box<Busy> {
+        let limits = &ctx.settings.limits;
+        Box::new(Busy {
+            inbuf: BytesMut::new(),
+            parser: RequestParser::new(ParserLimits {
+                max_bulk_len: limits.max_bulk_len,
+                max_multibulk_len: limits.max_multibulk_len,
+                max_inline_len: limits.max_inline_len,
+            }),
+            out: VecDeque::new(),
+            out_len: 0,
+            pending: VecDeque::new(),
+            dedicated: None,
+            stalled: None,
+            closing: false,
+        })
+    }
+
     /// Nothing in flight and nothing buffered: the state can be dropped.
     fn is_quiet(&self) -> bool {
         self.inbuf.is_empty()
@@ -357,80 +366,155 @@ impl Busy {
     }
 
     /// Parses every complete request in the input and dispatches it, as far as allowed.
-    fn process_input(&mut self, ctx: &Server, shared: &mut Arc<SharedConn>, inbox: &Arc<Inbox>) {
+    /// Consecutive requests served locally run as one batch (one store lock, one reply
+    /// buffer); consecutive shared requests go upstream as one run.
+    fn process_input(
+        &mut self,
+        ctx: &Server,
+        shared: &mut Arc<SharedConn>,
+        inbox: &Arc<Inbox>,
+        state: &mut Option<Box<ClientState>>,
+    ) {
         if self.closing || self.stalled.is_some() || self.inbuf.is_empty() {
             return;
         }
         // One read of the health snapshot per batch of requests.
         let available = ctx.monitor.snapshot().upstream_available();
-        let mut run: Vec<Request> = Vec::new();
+        let mut runs = Runs::default();
         while !self.closing && self.stalled.is_none() && !self.inbuf.is_empty() {
             let req = match self.parser.next(&mut self.inbuf) {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
                 Err(e) => {
-                    self.send_shared(&mut run, ctx, shared, inbox, available);
-                    let reply = ProxyError::Protocol(e.to_string()).to_reply();
-                    if self.dedicated.is_some() {
-                        self.last_words = Some(reply);
-                    } else {
-                        self.push_local(reply);
-                    }
+                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    self.push_local(ProxyError::Protocol(e.to_string()).to_reply());
                     self.closing = true;
                     self.inbuf.clear();
                     break;
                 }
             };
+            if req.name().eq_ignore_ascii_case(b"select") {
+                self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                let reply = self.select(&req, state);
+                self.push_local(reply);
+                continue;
+            }
             match ctx.route(&req, available) {
-                Route::Upstream => {}
+                Route::Upstream => self.send_local(&mut runs, ctx, state, available),
                 Route::Local => {
-                    self.send_shared(&mut run, ctx, shared, inbox, available);
-                    let reply = if self.dedicated.is_some() {
-                        // A client on its own connection may have selected another database,
-                        // which the local store cannot know yet: never show it database 0.
-                        let err = ctx.refusal(Refusal::Unsupported(Membership::Default), &req);
-                        err.to_reply()
-                    } else {
-                        ctx.serve_locally(&req, available)
-                    };
-                    self.push_reply(reply);
+                    self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
+                    runs.local.push(req);
                     continue;
                 }
                 Route::Reject(refusal) => {
-                    self.send_shared(&mut run, ctx, shared, inbox, available);
-                    self.push_reply(ctx.refusal(refusal, &req).to_reply());
+                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    self.push_local(ctx.refusal(refusal, &req).to_reply());
                     continue;
                 }
             }
-            let disposition = command::disposition(&req);
+            let mut disposition = command::disposition(&req);
+            if disposition == Disposition::Shared && ClientState::db_of(state) != 0 {
+                // Shared connections stay in database 0.
+                disposition = Disposition::Dedicated(Stateful::default());
+            }
             if let Some(ded) = self.dedicated.as_mut() {
                 let props = match disposition {
                     Disposition::Dedicated(props) => props,
                     Disposition::Shared | Disposition::Quit => Stateful::default(),
                 };
                 ded.queue(&req, props);
+                if ded.is_paired() {
+                    self.expect_upstream(1);
+                }
                 continue;
             }
             match disposition {
-                Disposition::Shared => run.push(req),
+                Disposition::Shared => runs.shared.push(req),
                 Disposition::Quit => {
-                    self.send_shared(&mut run, ctx, shared, inbox, available);
+                    self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
                     self.push_local(Bytes::from_static(b"+OK\r\n"));
                     self.closing = true;
                 }
                 Disposition::Dedicated(props) => {
-                    self.send_shared(&mut run, ctx, shared, inbox, available);
+                    self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
                     self.stalled = Some((req, props));
                 }
             }
         }
-        self.send_shared(&mut run, ctx, shared, inbox, available);
+        self.send_runs(&mut runs, ctx, shared, inbox, state, available);
         if self.dedicated.is_some() {
             self.write_dedicated();
         }
         if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
             // Give the buffer back between bursts.
             self.inbuf = BytesMut::new();
+        }
+    }
+
+    /// SELECT, answered by the proxy with Redis's checks and texts. The database applies to
+    /// the local store at once, and upstream through the client's dedicated connection (shared
+    /// connections stay in database 0).
+    fn select(&mut self, req: &Request, state: &mut Option<Box<ClientState>>) -> Bytes {
+        if req.argc() != 2 {
+            return Bytes::from_static(b"-ERR wrong number of arguments for 'select' command\r\n");
+        }
+        let arg = req.arg(1).unwrap_or_default();
+        let Some(db) = engine::string2ll(arg).and_then(|n| i32::try_from(n).ok()) else {
+            return Bytes::from_static(b"-ERR value is not an integer or out of range\r\n");
+        };
+        let Ok(db) = u32::try_from(db) else {
+            return Bytes::from_static(b"-ERR DB index is out of range\r\n");
+        };
+        if db >= engine::DATABASES {
+            return Bytes::from_static(b"-ERR DB index is out of range\r\n");
+        }
+        if db != ClientState::db_of(state) {
+            state.get_or_insert_with(Default::default).db = db;
+            if let Some(ded) = self.dedicated.as_mut() {
+                ded.queue_silent(&[b"SELECT", arg]);
+            }
+        }
+        Bytes::from_static(b"+OK\r\n")
+    }
+
+    /// Sends both runs: the local one first, since a run is only ever started after the other
+    /// one was sent.
+    fn send_runs(
+        &mut self,
+        runs: &mut Runs,
+        ctx: &Server,
+        shared: &mut Arc<SharedConn>,
+        inbox: &Arc<Inbox>,
+        state: &Option<Box<ClientState>>,
+        available: bool,
+    ) {
+        self.send_local(runs, ctx, state, available);
+        self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
+    }
+
+    /// Runs the batch of locally served requests and queues their replies as one.
+    fn send_local(
+        &mut self,
+        runs: &mut Runs,
+        ctx: &Server,
+        state: &Option<Box<ClientState>>,
+        available: bool,
+    ) {
+        if runs.local.is_empty() {
+            return;
+        }
+        let db = ClientState::db_of(state);
+        let resp3 = ClientState::resp3_of(state);
+        let reply = ctx.serve_locally(&runs.local, db, resp3, available);
+        runs.local.clear();
+        self.push_local(reply);
+    }
+
+    /// One more reply is owed by the upstream connection the client is on.
+    fn expect_upstream(&mut self, n: u32) {
+        match self.pending.back_mut() {
+            Some(Slot::Upstream(owed)) => *owed += n,
+            _ => self.pending.push_back(Slot::Upstream(n)),
         }
     }
 
@@ -468,14 +552,26 @@ impl Busy {
         run.clear();
     }
 
-    /// The dedicated connection for the stalled request is open (or could not be): send it.
-    fn opened(&mut self, opened: Result<Dedicated, UpstreamFailure>) {
+    /// The dedicated connection for the stalled request is open (or could not be): bring it
+    /// to the client's database, then send the request.
+    fn opened(
+        &mut self,
+        opened: Result<Dedicated, UpstreamFailure>,
+        state: &Option<Box<ClientState>>,
+    ) {
         let Some((req, props)) = self.stalled.take() else {
             return;
         };
         match opened {
             Ok(mut ded) => {
+                let db = ClientState::db_of(state);
+                if db != 0 {
+                    ded.queue_silent(&[b"SELECT", db.to_string().as_bytes()]);
+                }
                 ded.queue(&req, props);
+                if ded.is_paired() {
+                    self.expect_upstream(1);
+                }
                 self.dedicated = Some(ded);
                 self.write_dedicated();
             }
@@ -488,13 +584,24 @@ impl Busy {
         let mut chunks = VecDeque::new();
         inbox.drain_into(&mut chunks);
         for Chunk { data, frames } in chunks {
-            self.push_out(data);
-            let Some(Slot::Upstream(remaining)) = self.pending.front_mut() else {
-                debug_assert!(false, "a chunk arrived with no upstream slot waiting");
-                continue;
+            self.arrived(data, frames);
+        }
+    }
+
+    /// Replies from the upstream connection the client is on, answering `frames` requests:
+    /// out they go, followed by the proxy's own replies that were waiting on them.
+    fn arrived(&mut self, data: Bytes, frames: u32) {
+        self.push_out(data);
+        let mut frames = frames;
+        while frames > 0 {
+            let Some(Slot::Upstream(owed)) = self.pending.front_mut() else {
+                debug_assert!(false, "replies arrived with no upstream slot waiting");
+                return;
             };
-            *remaining -= frames.min(*remaining);
-            if *remaining == 0 {
+            let taken = frames.min(*owed);
+            *owed -= taken;
+            frames -= taken;
+            if *owed == 0 {
                 self.pending.pop_front();
                 while let Some(Slot::Local(_)) = self.pending.front() {
                     if let Some(Slot::Local(reply)) = self.pending.pop_front() {
@@ -509,10 +616,38 @@ impl Busy {
         let Some(ded) = self.dedicated.as_mut() else {
             return;
         };
-        match ded.read() {
-            Ok(Some(data)) => self.push_out(data),
-            Ok(None) => {}
-            Err(why) => self.lose_dedicated(why),
+        match ded.fill() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(why) => return self.lose_dedicated(why),
+        }
+        if !ded.is_paired() {
+            // Unpaired (Pub/Sub, MONITOR): bytes go out as they come, and whatever the proxy
+            // answered meanwhile follows them.
+            if let Some(data) = ded.take_raw() {
+                self.push_out(data);
+            }
+            for slot in std::mem::take(&mut self.pending) {
+                if let Slot::Local(reply) = slot {
+                    self.push_out(reply);
+                }
+            }
+            return;
+        }
+        // Reply by reply slot, so the proxy's own replies queued between them go out in place.
+        loop {
+            let limit = match self.pending.front() {
+                Some(Slot::Upstream(owed)) => *owed,
+                _ => 0,
+            };
+            let Some(ded) = self.dedicated.as_mut() else {
+                return;
+            };
+            match ded.next_replies(limit) {
+                Ok(Some((data, frames))) => self.arrived(data, frames),
+                Ok(None) => return,
+                Err(why) => return self.lose_dedicated(why),
+            }
         }
     }
 
@@ -528,35 +663,24 @@ impl Busy {
         }
     }
 
-    /// The dedicated connection failed: every unanswered request gets an error reply, then the
-    /// client is closed, since the state it built upstream (transaction, database, subscriptions)
-    /// is gone and its library must start over.
+    /// The dedicated connection failed: every unanswered request gets an error reply, in order
+    /// with the proxy's own replies, then the client is closed, since the state it built
+    /// upstream (transaction, subscriptions, blocking) is gone and its library must start over.
     fn lose_dedicated(&mut self, why: UpstreamFailure) {
-        if let Some(ded) = self.dedicated.take() {
-            let err = ProxyError::from(why).to_reply();
-            for _ in 0..ded.unanswered() {
-                self.push_out(err.clone());
+        self.dedicated = None;
+        let err = ProxyError::from(why).to_reply();
+        for slot in std::mem::take(&mut self.pending) {
+            match slot {
+                Slot::Upstream(n) => {
+                    for _ in 0..n {
+                        self.push_out(err.clone());
+                    }
+                }
+                Slot::Local(reply) => self.push_out(reply),
             }
         }
         self.closing = true;
         self.inbuf.clear();
-    }
-
-    /// Queues a reply the proxy made, in order with whatever connection the client is on. On a
-    /// dedicated connection with replies still owed, the proxy cannot yet slot its own reply
-    /// between them, so it becomes the client's last words (the connection then closes).
-    fn push_reply(&mut self, reply: Bytes) {
-        match self.dedicated.as_ref() {
-            // Nothing owed on the dedicated connection: the reply is next in order.
-            Some(d) if d.is_paired() && d.unanswered() == 0 && !d.wants_write() => {
-                self.push_out(reply)
-            }
-            Some(_) => {
-                self.last_words = Some(reply);
-                self.closing = true;
-            }
-            None => self.push_local(reply),
-        }
     }
 
     /// Queues a reply the proxy made, behind every reply owed before it.

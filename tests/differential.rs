@@ -570,10 +570,8 @@ async fn engine_replies_like_redis() {
 }
 
 /// The same sequences through keywarden, against a `local_only` default keyspace: what a client
-/// of the proxy sees must be what Redis sends, byte for byte. Only database 0 (SELECT moves a
-/// client to a dedicated connection, where local serving is not available yet), so SELECT,
-/// COPY (its DB option) and RANDOMKEY (checked against the engine's store) are left out of
-/// these sequences.
+/// of the proxy sees must be what Redis sends, byte for byte, SELECT and COPY ... DB included.
+/// RANDOMKEY is left out: its check needs the engine's store at hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_only_keyspace_through_keywarden_replies_like_redis() {
     let server = RedisServer::start();
@@ -603,14 +601,19 @@ async fn local_only_keyspace_through_keywarden_replies_like_redis() {
         let (cmds, _) = generate(seed);
         let cmds: Vec<&Cmd> = cmds
             .iter()
-            .filter(|c| {
-                !matches!(c.check, Check::Select(_) | Check::RandomKey)
-                    && !c.args[0].eq_ignore_ascii_case(b"COPY")
-            })
+            .filter(|c| !matches!(c.check, Check::RandomKey))
             .collect();
         let mut to_redis = encode(&[b"FLUSHALL"]);
-        let mut to_proxy = encode(&[b"FLUSHDB"]);
-        let mut redis_expected = 1;
+        to_redis.extend(encode(&[b"SELECT", b"0"]));
+        // The local store has no FLUSHALL: empty each database the generator may use.
+        let mut to_proxy = Vec::new();
+        for db in 0..engine::DATABASES {
+            to_proxy.extend(encode(&[b"SELECT", db.to_string().as_bytes()]));
+            to_proxy.extend(encode(&[b"FLUSHDB"]));
+        }
+        to_proxy.extend(encode(&[b"SELECT", b"0"]));
+        let proxy_setup = 2 * engine::DATABASES as usize + 1;
+        let mut redis_expected = 2;
         for cmd in &cmds {
             let args: Vec<&[u8]> = cmd.args.iter().map(Vec::as_slice).collect();
             to_redis.extend(encode(&args));
@@ -625,9 +628,13 @@ async fn local_only_keyspace_through_keywarden_replies_like_redis() {
         redis.client.send_raw(&to_redis).await;
         via.client.send_raw(&to_proxy).await;
         let mut theirs = redis.replies(redis_expected).await.into_iter();
-        let mut ours = via.replies(cmds.len() + 1).await.into_iter();
-        assert_eq!(theirs.next().unwrap(), b"+OK\r\n");
-        assert_eq!(ours.next().unwrap(), b"+OK\r\n");
+        let mut ours = via.replies(cmds.len() + proxy_setup).await.into_iter();
+        for _ in 0..2 {
+            assert_eq!(theirs.next().unwrap(), b"+OK\r\n");
+        }
+        for _ in 0..proxy_setup {
+            assert_eq!(ours.next().unwrap(), b"+OK\r\n");
+        }
         for (i, cmd) in cmds.iter().enumerate() {
             let want = theirs.next().unwrap();
             let encoding = match cmd.check {

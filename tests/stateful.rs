@@ -153,3 +153,76 @@ async fn client_setname_is_not_shared() {
     assert_eq!(b.cmd(&["CLIENT", "GETNAME"]).await, Frame::Null);
     proxy.shutdown().await;
 }
+
+/// SELECT is answered by the proxy with Redis's checks and texts, whatever the upstream says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_errors_match_redis() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut c = proxy.client().await;
+    let mut direct = Client::connect(redis.addr()).await;
+    let cases: &[&[&str]] = &[
+        &["SELECT"],
+        &["SELECT", "1", "2"],
+        &["SELECT", "16"],
+        &["SELECT", "-1"],
+        &["SELECT", "abc"],
+        &["SELECT", "99999999999999999999"],
+        &["SELECT", " 1"],
+        &["select", "15"],
+        &["SELECT", "0"],
+    ];
+    for args in cases {
+        assert_eq!(c.cmd(args).await, direct.cmd(args).await, "{args:?}");
+    }
+    proxy.shutdown().await;
+}
+
+/// After SELECT, a client on its own upstream connection keeps getting the proxy's replies
+/// (local keyspace, refusals) in order with the upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_stay_in_order_on_a_dedicated_connection() {
+    use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+    let redis = RedisServer::start();
+    let mut settings = settings(&redis.addr());
+    settings.keyspaces = Keyspaces::new(
+        vec![Keyspace {
+            name: "scratch".into(),
+            patterns: vec![Pattern::parse(b"tmp:")],
+            mode: Mode::LocalOnly,
+        }],
+        Mode::FailClosed,
+    );
+    let proxy = Proxy::start(settings).await;
+    let mut c = proxy.client().await;
+    assert_eq!(c.cmd(&["SELECT", "2"]).await, simple("OK"));
+    let mut wire = Vec::new();
+    for i in 0..200 {
+        let n = i.to_string();
+        wire.extend(encode(&[b"SET", b"up", n.as_bytes()]));
+        wire.extend(encode(&[b"SET", b"tmp:x", n.as_bytes()]));
+        wire.extend(encode(&[b"GET", b"up"]));
+        wire.extend(encode(&[b"ZADD", b"tmp:z", b"1", b"m"]));
+        wire.extend(encode(&[b"GET", b"tmp:x"]));
+    }
+    c.send_raw(&wire).await;
+    for i in 0..200 {
+        let n = i.to_string();
+        assert_eq!(c.reply().await, simple("OK"), "{i}");
+        assert_eq!(c.reply().await, simple("OK"), "{i}");
+        assert_eq!(c.reply().await, bulk(&n), "{i}");
+        let refused = c.reply().await;
+        assert!(is_error(&refused, "UNSUPPORTED 'zadd'"), "{refused:?}");
+        assert_eq!(c.reply().await, bulk(&n), "{i}");
+    }
+    // Upstream keys went to database 2; local ones too, in the local store.
+    let mut direct = Client::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&["GET", "up"]).await, Frame::Null);
+    direct.cmd(&["SELECT", "2"]).await;
+    assert_eq!(direct.cmd(&["GET", "up"]).await, bulk("199"));
+    assert_eq!(direct.cmd(&["EXISTS", "tmp:x"]).await, int(0));
+    assert_eq!(c.cmd(&["SELECT", "0"]).await, simple("OK"));
+    assert_eq!(c.cmd(&["GET", "tmp:x"]).await, Frame::Null);
+    assert_eq!(c.cmd(&["GET", "up"]).await, Frame::Null);
+    proxy.shutdown().await;
+}

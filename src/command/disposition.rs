@@ -2,6 +2,9 @@
 //! of the client's own because it depends on or creates connection state (transactions, a
 //! selected database, blocking, Pub/Sub, client settings).
 //!
+//! SELECT is not here: the session answers it and keeps the database itself (see
+//! `client_state`).
+//!
 //! These short lists are kept apart from the command table's flags because the flags are not
 //! exact for this question: WAIT is not flagged `blocking`; PUBLISH is `pubsub` but shares;
 //! EXEC, DISCARD and UNWATCH only matter after MULTI or WATCH, which already moved the client;
@@ -104,13 +107,7 @@ pub fn disposition(req: &Request) -> Disposition {
         return *d;
     }
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    if is(b"select") {
-        // SELECT 0 is the state every shared connection is already in.
-        match req.arg(1) {
-            Some(b"0") => Disposition::Shared,
-            _ => STATEFUL,
-        }
-    } else if is(b"client") {
+    if is(b"client") {
         req.arg(1)
             .and_then(|sub| search(CLIENT_DISPOSITIONS, sub, |e| e.0))
             .map_or(Disposition::Shared, |(_, d)| *d)
@@ -154,9 +151,6 @@ mod tests {
             (&["quit"], Disposition::Quit),
             (&["MULTI"], STATEFUL),
             (&["watch", "k"], STATEFUL),
-            (&["SELECT", "0"], Disposition::Shared),
-            (&["SELECT", "1"], STATEFUL),
-            (&["SELECT"], STATEFUL),
             (&["blpop", "q", "0"], BLOCKING),
             (&["WAIT", "1", "0"], BLOCKING),
             (
@@ -221,8 +215,11 @@ mod tests {
                 );
             }
             // Connection state that stays shared: EXEC/DISCARD/UNWATCH only follow MULTI/WATCH
-            // (already dedicated); the rest report on the connection without changing it.
+            // (already dedicated); SELECT is answered by the session, which moves the client
+            // to a dedicated connection when a request must run upstream in another database;
+            // the rest report on the connection without changing it.
             let shared_ok = [
+                "select",
                 "exec",
                 "discard",
                 "unwatch",

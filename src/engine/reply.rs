@@ -4,7 +4,7 @@
 //! from the upstream's, so a client that matches on `WRONGTYPE` or `ERR value is not an
 //! integer` behaves the same in degraded mode.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 /// An error reply, as Redis words it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,15 +142,40 @@ fn unknown_command(name: &[u8], args: &[Vec<u8>]) -> Vec<u8> {
     line
 }
 
-/// A reply being built.
+/// A reply being built, at the end of a buffer that may already hold earlier replies of the
+/// same batch.
 #[derive(Debug, Default)]
 pub struct Reply {
     buf: BytesMut,
+    /// Where this command's reply starts in `buf`.
+    start: usize,
+    /// Encode for a RESP3 client: `_` for nulls, `%` maps (Redis's `addReplyNull`,
+    /// `addReplyMapLen`); everything else is the same in both protocols.
+    resp3: bool,
 }
 
 impl Reply {
+    #[cfg(test)]
     pub fn new() -> Reply {
         Reply::default()
+    }
+
+    /// Continues `buf`, where replies of earlier commands may already be.
+    pub fn continuing(buf: BytesMut, resp3: bool) -> Reply {
+        Reply {
+            start: buf.len(),
+            buf,
+            resp3,
+        }
+    }
+
+    /// The next command's reply starts here.
+    pub fn begin(&mut self) {
+        self.start = self.buf.len();
+    }
+
+    pub fn into_buf(self) -> BytesMut {
+        self.buf
     }
 
     pub fn ok(&mut self) {
@@ -182,9 +207,22 @@ impl Reply {
         self.bulk(text);
     }
 
-    /// The null bulk string, `$-1`.
+    /// The null bulk string, `$-1` (RESP3 `_`).
     pub fn null(&mut self) {
-        self.buf.put_slice(b"$-1\r\n");
+        if self.resp3 {
+            self.buf.put_slice(b"_\r\n");
+        } else {
+            self.buf.put_slice(b"$-1\r\n");
+        }
+    }
+
+    /// A map of `pairs` field-value pairs: a flat array of twice as many in RESP2.
+    pub fn map(&mut self, pairs: usize) {
+        if self.resp3 {
+            self.header(b'%', pairs);
+        } else {
+            self.header(b'*', pairs * 2);
+        }
     }
 
     pub fn array(&mut self, len: usize) {
@@ -197,12 +235,13 @@ impl Reply {
         self.buf.put_slice(b"\r\n");
     }
 
-    /// Drops what was written (a command that fails after starting its reply).
+    /// Drops what this command wrote (a command that fails after starting its reply).
     pub fn clear(&mut self) {
-        self.buf.clear();
+        self.buf.truncate(self.start);
     }
 
-    pub fn into_bytes(self) -> Bytes {
+    #[cfg(test)]
+    pub fn into_bytes(self) -> bytes::Bytes {
         self.buf.freeze()
     }
 
