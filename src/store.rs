@@ -2,7 +2,8 @@
 //! deadlines. It holds data only; what commands mean is in [`crate::engine`].
 //!
 //! Layout: this file owns the map, its byte count, eviction and expiry; `txn` is the view one
-//! command gets while it holds the lock; `value` is what a key holds (strings, hashes).
+//! command gets while it holds the lock; `value` is what a key holds (strings, hashes);
+//! `watch` is WATCH: who watches which key, and which writes make a later EXEC abort.
 //!
 //! # One lock
 //! Everything sits behind one `Mutex`, and a command holds it from start to end ([`Store::lock`]
@@ -11,6 +12,8 @@
 //!   locks could only approximate;
 //! - atomic commands: SET NX (first writer wins), MSET, MSETNX, RENAME and COPY are each seen
 //!   whole or not at all by every other client;
+//! - WATCH with no race: a write marks its watchers dirty inside the critical section that
+//!   makes it, and EXEC checks and runs under one lock;
 //! - no lock ordering to get wrong.
 //!
 //! The proxy's runtime is single-threaded by default, so the lock is uncontended there; a
@@ -50,6 +53,7 @@
 
 mod txn;
 mod value;
+mod watch;
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
@@ -62,6 +66,8 @@ use smallvec::SmallVec;
 
 pub(crate) use txn::Txn;
 pub use value::{Hash, Value, FIELD_OVERHEAD, HASH_MAX_LISTPACK_ENTRIES, HASH_MAX_LISTPACK_VALUE};
+pub use watch::Watch;
+use watch::WatchTable;
 
 /// Bytes counted for each key on top of its key and value bytes. Measured shape on x86-64: the
 /// LRU node (key handle 32 + [`Entry`] 112 + list links 16 = 160), its hash table slot (~25),
@@ -128,6 +134,11 @@ impl Entry {
     fn bytes(&self) -> usize {
         entry_bytes(self.full.len() - DB_PREFIX, self.value.bytes())
     }
+
+    /// Past its deadline at `now` (Redis's `keyIsExpired`), whether or not removed yet.
+    fn is_expired(&self, now: u64) -> bool {
+        self.expire_at.is_some_and(|at| now > at)
+    }
 }
 
 /// Keys in the map are the database number (4 bytes, big endian) followed by the key.
@@ -166,6 +177,8 @@ struct Inner {
     rng: u64,
     evictions: u64,
     expirations: u64,
+    /// WATCHed keys; outside the byte budget, bounded by what sessions watch.
+    watched: WatchTable,
 }
 
 impl Inner {
@@ -173,7 +186,8 @@ impl Inner {
         self.scan_hasher.hash_one(key)
     }
 
-    /// Takes a detached entry out of the indexes and the byte count.
+    /// Takes a detached entry out of the indexes and the byte count, and tells its watchers:
+    /// every removal but FLUSHDB's passes here (delete, expiry, eviction).
     fn forget(&mut self, entry: &Entry, why: Removal) {
         let hash = self.scan_hash(entry.key());
         let db = entry.db();
@@ -192,6 +206,7 @@ impl Inner {
             Removal::Expired => self.expirations += 1,
             Removal::Evicted => self.evictions += 1,
         }
+        self.signal_modified(&entry.full, true);
     }
 
     fn remove_full(&mut self, full: &[u8], why: Removal) -> Option<Entry> {
@@ -280,6 +295,7 @@ impl Store {
                 rng,
                 evictions: 0,
                 expirations: 0,
+                watched: WatchTable::default(),
             }),
         }
     }

@@ -103,11 +103,16 @@ pub(super) fn hmget(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
 /// Deleting the last field deletes the key.
 pub(super) fn hdel(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     let key = c.arg(1);
-    if as_hash(c.txn.get(c.db, key))?.is_none() {
+    let fields: Vec<&[u8]> = (2..c.argc()).map(|i| c.arg(i)).collect();
+    // Deleting no field is not a change (WATCH must not see one), so leave the hash alone.
+    let present = match as_hash(c.txn.get(c.db, key))? {
+        None => false,
+        Some(h) => fields.iter().any(|f| h.contains(f)),
+    };
+    if !present {
         c.out.int(0);
         return Ok(());
     }
-    let fields: Vec<&[u8]> = (2..c.argc()).map(|i| c.arg(i)).collect();
     let (deleted, empty) = c
         .txn
         .update(c.db, key, |value| match value {

@@ -1,13 +1,19 @@
 //! The store locked for one command: lookups that expire lazily, writes that keep the byte
 //! count, the LRU order and the indexes in step, and the keyspace walks (SCAN, KEYS,
 //! RANDOMKEY, DBSIZE). The engine sees the store only through this.
+//!
+//! Every write here that changes something tells the key's watchers (Redis's
+//! `signalModifiedKey`); one that changes nothing (no key, or clearing an absent deadline)
+//! does not, so callers need not care.
 
 use std::collections::BTreeSet;
 use std::sync::MutexGuard;
 
 use bytes::Bytes;
 
-use super::{entry_bytes, full_key, Entry, Expiry, Inner, OutOfMemory, Removal, Value, DB_PREFIX};
+use super::{
+    entry_bytes, full_key, Entry, Expiry, Inner, OutOfMemory, Removal, Value, Watch, DB_PREFIX,
+};
 
 /// The store, locked for one command at one instant.
 pub(crate) struct Txn<'a> {
@@ -73,6 +79,9 @@ impl<'a> Txn<'a> {
         let result = f(&mut entry.value);
         let after = entry.value.bytes();
         inner.used = inner.used - before + after;
+        // Whatever `f` did counts as a change, as every Redis command that gets this far
+        // signals (APPEND of "", HSET of the same value...).
+        inner.signal_modified(&full, false);
         Some(result)
     }
 
@@ -104,6 +113,7 @@ impl<'a> Txn<'a> {
             let full = entry.full.clone();
             inner.used = inner.used - before + after;
             inner.set_deadline(&full, old, new);
+            inner.signal_modified(&full, false);
             return Ok(());
         }
         let entry = Entry {
@@ -127,6 +137,7 @@ impl<'a> Txn<'a> {
         }
         inner.used += bytes;
         inner.lru.push(entry.full.clone(), entry);
+        inner.signal_modified(&full, false);
         Ok(())
     }
 
@@ -141,7 +152,9 @@ impl<'a> Txn<'a> {
     }
 
     /// Sets or clears the deadline of a live key; returns the previous one. No-op without a
-    /// live key.
+    /// live key. Setting a deadline is a change even when it is the same one (EXPIRE always
+    /// signals in Redis); clearing an absent one is not (PERSIST, GETEX PERSIST signal only
+    /// when `removeExpire` removed something).
     pub fn set_expire(&mut self, db: u32, key: &[u8], at: Option<u64>) -> Option<u64> {
         let full = full_key(db, key);
         let now = self.now;
@@ -153,6 +166,9 @@ impl<'a> Txn<'a> {
         let old = std::mem::replace(&mut entry.expire_at, at);
         let full = entry.full.clone();
         inner.set_deadline(&full, old, at);
+        if at.is_some() || old.is_some() {
+            inner.signal_modified(&full, false);
+        }
         old
     }
 
@@ -163,7 +179,8 @@ impl<'a> Txn<'a> {
         self.inner.dbs.get(&db).map_or(0, BTreeSet::len)
     }
 
-    /// Deletes every key of `db`.
+    /// Deletes every key of `db`. Each key removed is a change to its watchers, as in Redis's
+    /// `touchAllWatchedKeysInDb`; a watched key that did not exist is not.
     pub fn flush_db(&mut self, db: u32) {
         let Some(index) = self.inner.dbs.remove(&db) else {
             return;
@@ -171,11 +188,32 @@ impl<'a> Txn<'a> {
         for (_, full) in index {
             if let Some(entry) = self.inner.lru.pop(&full[..]) {
                 self.inner.used -= entry.bytes();
+                self.inner.signal_modified(&full, true);
                 if let Some(at) = entry.expire_at {
                     self.inner.deadlines.remove(&(at, full));
                 }
             }
         }
+    }
+
+    /// EXEC's check, made under the lock the transaction then runs with: true when a key of
+    /// `watch` was changed since it was watched, or was live then and is expired now.
+    #[allow(
+        dead_code,
+        reason = "the session's EXEC calls it once MULTI runs locally"
+    )]
+    pub fn watch_dirty(&self, watch: &Watch) -> bool {
+        self.inner.watch_dirty(watch, self.now)
+    }
+
+    /// Releases `watch` under this lock (EXEC does so whether it runs or aborts); the same as
+    /// [`Watch::unwatch`], which would deadlock here.
+    #[allow(
+        dead_code,
+        reason = "the session's EXEC calls it once MULTI runs locally"
+    )]
+    pub fn unwatch(&mut self, watch: &mut Watch) {
+        watch.release(&mut self.inner);
     }
 
     /// One SCAN step over `db` from `cursor`: about `count` keys (more when hashes tie) and
