@@ -76,7 +76,6 @@ mod disposition;
 mod keys;
 mod table;
 
-use std::cmp::Ordering;
 use std::fmt;
 
 use crate::request::Request;
@@ -423,23 +422,29 @@ pub fn lookup_request(req: &Request) -> Option<&'static CommandInfo> {
     lookup(req.name(), req.arg(1))
 }
 
+/// Longest command or subcommand name in the table is well under this; longer input is
+/// unknown without a search.
+const MAX_NAME: usize = 32;
+
 fn search<T>(
     table: &'static [T],
     name: &[u8],
     key: impl Fn(&T) -> &'static str,
 ) -> Option<&'static T> {
+    // Lowercase once into a stack buffer, then plain byte comparisons: this runs for every
+    // request, and comparing through a lowercasing iterator cost several times more.
+    if name.len() > MAX_NAME {
+        return None;
+    }
+    let mut buf = [0u8; MAX_NAME];
+    let lower = &mut buf[..name.len()];
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    let lower = &*lower;
     table
-        .binary_search_by(|entry| cmp_lowercase(key(entry).as_bytes(), name))
+        .binary_search_by(|entry| key(entry).as_bytes().cmp(lower))
         .ok()
         .map(|i| &table[i])
-}
-
-/// Compares a lowercase table name with `input` lowercased, without copying it.
-fn cmp_lowercase(table_name: &[u8], input: &[u8]) -> Ordering {
-    table_name
-        .iter()
-        .copied()
-        .cmp(input.iter().map(u8::to_ascii_lowercase))
 }
 
 #[cfg(test)]
@@ -458,6 +463,7 @@ mod tests {
         for entry in table {
             let name = key(entry);
             assert_eq!(name, name.to_ascii_lowercase(), "{name} is not lowercase");
+            assert!(name.len() <= MAX_NAME, "{name} is longer than MAX_NAME");
         }
     }
 

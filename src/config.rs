@@ -17,6 +17,10 @@
 //!   `GB`/`GiB`, where `KB` = `KiB` = 1024 bytes, as Redis reads `1kb`. A bare `k`, `m` or `g`
 //!   is refused: Redis reads `1k` as 1000, so it would mean different things in the two files.
 //!
+//! Secrets (`upstream.password`, `requirepass_sha256`, `[[user]].password_sha256`) never appear
+//! in `Debug` output or in a problem's message: a digest is as good as a weak password, and a
+//! password is sometimes written where its digest belongs.
+//!
 //! The defaults are declared once, as the text a user would write, in `RawSettings::default`;
 //! they go through the same checks as a file. `config/keywarden.toml` spells out the same
 //! values and a test keeps the two equal.
@@ -32,7 +36,9 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use tracing::level_filters::LevelFilter;
 
-use crate::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+use crate::auth::{self, CommandAccess, KeyAccess, PasswordHash, User, Users};
+use crate::command::Categories;
+use crate::keyspace::{Keyspace, Keyspaces, Membership, Mode, Pattern};
 use tracing_subscriber::EnvFilter;
 
 /// The typed, validated configuration the proxy runs with.
@@ -57,6 +63,8 @@ pub struct Settings {
     pub instance_id: Option<String>,
     /// The configured keyspaces, in config order, and the default mode.
     pub keyspaces: Keyspaces,
+    /// Who may connect and what each user may do; open (no password) unless configured.
+    pub users: auth::Users,
     pub local_store: LocalStoreSettings,
     pub health: HealthSettings,
     pub events: EventSettings,
@@ -90,7 +98,8 @@ pub struct EventSettings {
     pub file: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// `Debug` is written by hand so that the password never appears in it.
+#[derive(Clone, PartialEq)]
 pub struct UpstreamSettings {
     /// `host:port` of the upstream Redis.
     pub address: String,
@@ -101,7 +110,42 @@ pub struct UpstreamSettings {
     pub command_timeout: Duration,
     pub reconnect_backoff_min: Duration,
     pub reconnect_backoff_max: Duration,
+    /// The ACL user the proxy logs in as on its own upstream connections (`AUTH username
+    /// password`); `None` = `default` (`AUTH password`), when a password is set.
+    pub username: Option<String>,
+    /// The password for those connections, in plain text because the proxy must send it;
+    /// `None` = no AUTH. Never shown by `Debug`.
+    pub password: Option<String>,
 }
+
+impl fmt::Debug for UpstreamSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be left out of the output unnoticed.
+        let UpstreamSettings {
+            address,
+            connections,
+            connect_timeout,
+            command_timeout,
+            reconnect_backoff_min,
+            reconnect_backoff_max,
+            username,
+            password,
+        } = self;
+        f.debug_struct("UpstreamSettings")
+            .field("address", address)
+            .field("connections", connections)
+            .field("connect_timeout", connect_timeout)
+            .field("command_timeout", command_timeout)
+            .field("reconnect_backoff_min", reconnect_backoff_min)
+            .field("reconnect_backoff_max", reconnect_backoff_max)
+            .field("username", username)
+            .field("password", &password.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+/// What `Debug` shows in place of a password or a password digest.
+const REDACTED: &str = "<redacted>";
 
 /// Sizes bounded as Redis bounds them, with Redis's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,8 +319,10 @@ struct RawSettings {
     limits: RawLimits,
     log: RawLog,
     instance_id: String,
+    requirepass_sha256: Secret,
     default_mode: String,
     keyspace: Vec<RawKeyspace>,
+    user: Vec<RawUser>,
     local_store: RawLocalStore,
     health: RawHealth,
     events: RawEvents,
@@ -288,6 +334,18 @@ struct RawKeyspace {
     name: String,
     patterns: Vec<String>,
     mode: String,
+}
+
+/// A `[[user]]`. `keyspaces` and `key_patterns` both absent = every key; `categories` absent
+/// = every command.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password_sha256: Secret,
+    keyspaces: Option<Vec<String>>,
+    key_patterns: Option<Vec<String>>,
+    categories: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,6 +379,10 @@ struct RawUpstream {
     command_timeout: Quantity,
     reconnect_backoff_min: Quantity,
     reconnect_backoff_max: Quantity,
+    /// "" = none.
+    username: String,
+    /// "" = none.
+    password: Secret,
 }
 
 #[derive(Debug, Deserialize)]
@@ -356,9 +418,11 @@ impl Default for RawSettings {
             upstream: RawUpstream::default(),
             limits: RawLimits::default(),
             log: RawLog::default(),
-            instance_id: String::new(), // generated per process
+            instance_id: String::new(),            // generated per process
+            requirepass_sha256: Secret::default(), // no password
             default_mode: "fail_closed".to_owned(),
             keyspace: Vec::new(),
+            user: Vec::new(),
             local_store: RawLocalStore::default(),
             health: RawHealth::default(),
             events: RawEvents::default(),
@@ -394,6 +458,8 @@ impl Default for RawUpstream {
             command_timeout: "1s".into(),
             reconnect_backoff_min: "10ms".into(),
             reconnect_backoff_max: "50ms".into(),
+            username: String::new(),
+            password: Secret::default(),
         }
     }
 }
@@ -457,6 +523,53 @@ impl<'de> Deserialize<'de> for Quantity {
 impl From<&str> for Quantity {
     fn from(text: &str) -> Quantity {
         Quantity::Text(text.to_owned())
+    }
+}
+
+/// A password or a password digest as written; "" = none. Neither `Debug` nor a parse error
+/// shows it (serde's type errors quote the value, so the visitor writes its own).
+#[derive(Clone, Default, PartialEq)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { REDACTED })
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        struct SecretVisitor;
+        impl Visitor<'_> for SecretVisitor {
+            type Value = Secret;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a quoted string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_owned()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(
+                    "invalid type: a number, expected a quoted string",
+                ))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(
+                    "invalid type: a number, expected a quoted string",
+                ))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(
+                    "invalid type: a number, expected a quoted string",
+                ))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(
+                    "invalid type: a boolean, expected a quoted string",
+                ))
+            }
+        }
+        deserializer.deserialize_any(SecretVisitor)
     }
 }
 
@@ -673,7 +786,10 @@ fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settings> {
     let upstream = check_upstream(c, raw.upstream);
     let limits = check_limits(c, raw.limits);
     let log = check_log(c, raw.log);
+    // Users name keyspaces by their position in the file, which is also their index.
+    let keyspace_names: Vec<String> = raw.keyspace.iter().map(|ks| ks.name.clone()).collect();
     let keyspaces = check_keyspaces(c, raw.keyspace, default_mode);
+    let users = check_users(c, raw.requirepass_sha256, raw.user, &keyspace_names);
     let local_store = check_local_store(c, raw.local_store);
     let health = check_health(c, raw.health);
     c.table = "";
@@ -699,6 +815,7 @@ fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settings> {
         log: log?,
         instance_id: instance_id?,
         keyspaces: keyspaces?,
+        users: users?,
         local_store: local_store?,
         health: health?,
         events,
@@ -772,6 +889,166 @@ fn check_keyspaces(
     ok.then(|| Keyspaces::new(list, default_mode))
 }
 
+/// Users: `requirepass_sha256` (the `default` user, every permission) and `[[user]]` entries,
+/// names unique, `default` not configured both ways.
+fn check_users(
+    c: &mut Checker,
+    requirepass: Secret,
+    raw: Vec<RawUser>,
+    keyspace_names: &[String],
+) -> Option<Users> {
+    c.table = "";
+    let requirepass = c.check("requirepass_sha256", requirepass, |s| {
+        (!s.0.is_empty()).then(|| digest(&s.0)).transpose()
+    });
+    let mut ok = requirepass.is_some();
+    let requirepass = requirepass.flatten();
+    let has_requirepass = requirepass.is_some();
+    let mut list: Vec<User> = requirepass.map(User::requirepass).into_iter().collect();
+    let mut seen: Vec<String> = Vec::new();
+    for (i, user) in raw.into_iter().enumerate() {
+        c.table = "";
+        let at = |field: &str| format!("user[{i}].{field}");
+        if seen.contains(&user.name) {
+            c.report(
+                &at("name"),
+                format!("user {:?} is defined twice", user.name),
+            );
+            ok = false;
+        } else if user.name == auth::DEFAULT_USER && has_requirepass {
+            c.report(
+                &at("name"),
+                "user \"default\" and requirepass_sha256 both set the default user's password; keep one".to_owned(),
+            );
+            ok = false;
+        }
+        seen.push(user.name.clone());
+        match check_user(c, &at, user, keyspace_names) {
+            Some(user) => list.push(user),
+            None => ok = false,
+        }
+    }
+    ok.then(|| Users::new(list))
+}
+
+/// One `[[user]]`; `at` names its fields (`user[2].categories`).
+fn check_user(
+    c: &mut Checker,
+    at: &dyn Fn(&str) -> String,
+    raw: RawUser,
+    keyspace_names: &[String],
+) -> Option<User> {
+    let name = c.check(&at("name"), raw.name, |n| user_name(&n).map(|()| n));
+    let password = c.check(&at("password_sha256"), raw.password_sha256, |s| {
+        if s.0.is_empty() {
+            Err("is required: the SHA-256 of the user's password, as 64 hex digits".to_owned())
+        } else {
+            digest(&s.0)
+        }
+    });
+    let commands = c.check(&at("categories"), raw.categories, |list| {
+        list.map_or(Ok(CommandAccess::All), |names| command_access(&names))
+    });
+    let keyspaces = c.check(&at("keyspaces"), raw.keyspaces, |list| {
+        list.map(|names| memberships(&names, keyspace_names))
+            .transpose()
+    });
+    let patterns = c.check(&at("key_patterns"), raw.key_patterns, |list| {
+        list.map(|p| key_patterns(&p)).transpose()
+    });
+    let keys = match (keyspaces?, patterns?) {
+        (None, None) => KeyAccess::All,
+        // "*" among the keyspaces: every key, whatever the patterns say.
+        (Some(None), _) => KeyAccess::All,
+        (keyspaces, patterns) => KeyAccess::Only {
+            patterns: patterns.unwrap_or_default(),
+            keyspaces: keyspaces.flatten().unwrap_or_default(),
+        },
+    };
+    Some(User::new(name?, password?, commands?, keys))
+}
+
+/// A user name as Redis accepts one in `AUTH`: not empty, no spaces or control characters.
+fn user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if name.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+        return Err(format!("{name:?} contains a space or a control character"));
+    }
+    Ok(())
+}
+
+/// A SHA-256 digest as 64 hex digits. The message never quotes the value: it may be a
+/// password written in the wrong field.
+fn digest(text: &str) -> Result<PasswordHash, String> {
+    PasswordHash::from_hex(text).ok_or_else(|| {
+        "is not a SHA-256 digest: write 64 hex digits, the output of `printf '%s' 'PASSWORD' | sha256sum` (never the password itself)".to_owned()
+    })
+}
+
+/// ACL category names without `@`; "all" is every category, as Redis's `+@all`.
+fn command_access(names: &[String]) -> Result<CommandAccess, String> {
+    let mut categories = Categories::empty();
+    for name in names {
+        if name == "all" {
+            return Ok(CommandAccess::All);
+        }
+        categories = categories | category(name)?;
+    }
+    Ok(CommandAccess::of(categories))
+}
+
+fn category(name: &str) -> Result<Categories, String> {
+    if let Some(bare) = name.strip_prefix('@') {
+        return Err(format!("write {bare:?}, without the @"));
+    }
+    Categories::from_name(name).ok_or_else(|| {
+        let known: Vec<&str> = Categories::ALL.iter().map(|(_, n)| *n).collect();
+        format!(
+            "{name:?} is not an ACL category; use \"all\" or some of: {}",
+            known.join(", ")
+        )
+    })
+}
+
+/// Keyspace names: `None` for "*" (every key), else the memberships; "default" is the keys
+/// of no configured keyspace.
+fn memberships(names: &[String], defined: &[String]) -> Result<Option<Vec<Membership>>, String> {
+    let mut list = Vec::with_capacity(names.len());
+    for name in names {
+        if name == "*" {
+            return Ok(None);
+        }
+        let membership = if name == crate::keyspace::DEFAULT_NAME {
+            Membership::Default
+        } else {
+            let index = defined.iter().position(|d| d == name).ok_or_else(|| {
+                format!(
+                    "keyspace {name:?} is not defined; use a [[keyspace]] name, \"default\" (keys in none) or \"*\" (every key)"
+                )
+            })?;
+            Membership::Named(index)
+        };
+        list.push(membership);
+    }
+    Ok(Some(list))
+}
+
+/// Key patterns, read as keyspace patterns are (a prefix unless a glob).
+fn key_patterns(patterns: &[String]) -> Result<Vec<Pattern>, String> {
+    patterns
+        .iter()
+        .map(|p| {
+            if p.is_empty() {
+                Err("an empty pattern would match every key; write \"*\" for every key".to_owned())
+            } else {
+                Ok(Pattern::parse(p.as_bytes()))
+            }
+        })
+        .collect()
+}
+
 fn check_local_store(c: &mut Checker, raw: RawLocalStore) -> Option<LocalStoreSettings> {
     c.table = "local_store.";
     let max_bytes = c.check("max_bytes", raw.max_bytes, |q| size(q, KIB..=MAX_SIZE));
@@ -821,6 +1098,20 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
             );
         }
     }
+    let username = c.check("username", raw.username, |name| {
+        if name.is_empty() {
+            Ok(None)
+        } else {
+            user_name(&name).map(|()| Some(name))
+        }
+    });
+    let password = (!raw.password.0.is_empty()).then_some(raw.password.0);
+    if matches!(username, Some(Some(_))) && password.is_none() {
+        c.report(
+            "username",
+            "needs upstream.password: Redis takes a username only with its password".to_owned(),
+        );
+    }
     Some(UpstreamSettings {
         address: address?,
         connections: connections?,
@@ -828,6 +1119,8 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
         command_timeout: command_timeout?,
         reconnect_backoff_min: backoff_min?,
         reconnect_backoff_max: backoff_max?,
+        username: username?,
+        password,
     })
 }
 
@@ -1196,6 +1489,9 @@ mod tests {
             "format",
             "level",
             "instance_id",
+            "requirepass_sha256",
+            "username",
+            "password",
             "default_mode",
             "max_bytes",
             "probe_interval",
@@ -1241,6 +1537,8 @@ mod tests {
             command_timeout = "2s"
             reconnect_backoff_min = "1s"
             reconnect_backoff_max = "1s"
+            username = "keywarden"
+            password = "upstream secret"
             [limits]
             max_bulk_len = "1MB"
             max_multibulk_len = 1_000
@@ -1283,6 +1581,8 @@ mod tests {
                     command_timeout: Duration::from_secs(2),
                     reconnect_backoff_min: Duration::from_secs(1),
                     reconnect_backoff_max: Duration::from_secs(1),
+                    username: Some("keywarden".to_owned()),
+                    password: Some("upstream secret".to_owned()),
                 },
                 limits: Limits {
                     max_bulk_len: MIB,
@@ -1305,6 +1605,7 @@ mod tests {
                     }],
                     Mode::Degraded
                 ),
+                users: Users::open(),
                 local_store: LocalStoreSettings { max_bytes: 8 * MIB },
                 health: HealthSettings {
                     probe_interval: Duration::from_millis(250),
@@ -1918,6 +2219,341 @@ mod tests {
             error.problems[0].message.starts_with("cannot read: "),
             "{error}"
         );
+    }
+
+    /// `printf %s password | sha256sum`
+    const PASSWORD_SHA256: &str =
+        "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+
+    const TWO_KEYSPACES: &str = r#"
+        [[keyspace]]
+        name = "limits"
+        patterns = ["rl:"]
+        mode = "fail_closed"
+        [[keyspace]]
+        name = "page-cache"
+        patterns = ["cache:*"]
+        mode = "degraded"
+    "#;
+
+    fn users(text: &str) -> Users {
+        parse(&format!("{text}\n{TWO_KEYSPACES}")).unwrap().users
+    }
+
+    fn user_problems(text: &str) -> Vec<String> {
+        problems(&format!("{text}\n{TWO_KEYSPACES}"))
+    }
+
+    #[test]
+    fn no_password_by_default() {
+        let users = parse("").unwrap().users;
+        assert!(!users.required());
+        assert_eq!(users, Users::open());
+        assert_eq!(
+            parse("requirepass_sha256 = \"\"").unwrap().users,
+            Users::open()
+        );
+    }
+
+    #[test]
+    fn requirepass_is_the_default_users_password() {
+        for hex in [PASSWORD_SHA256.to_owned(), PASSWORD_SHA256.to_uppercase()] {
+            let users = parse(&format!("requirepass_sha256 = {hex:?}"))
+                .unwrap()
+                .users;
+            assert!(users.required());
+            let id = users.auth(None, b"password").unwrap();
+            assert_eq!(users.user(id).name(), "default");
+            assert_eq!(users.user(id).commands(), &CommandAccess::All);
+            assert_eq!(users.user(id).keys(), &KeyAccess::All);
+            assert!(users.authenticate(b"default", b"passwordx").is_none());
+        }
+    }
+
+    #[test]
+    fn users_are_typed() {
+        let users = users(&format!(
+            r#"
+            requirepass_sha256 = "{PASSWORD_SHA256}"
+            [[user]]
+            name = "reports"
+            password_sha256 = "{PASSWORD_SHA256}"
+            keyspaces = ["page-cache", "default"]
+            key_patterns = ["report:", "r?:*"]
+            categories = ["read", "CONNECTION"]
+            [[user]]
+            name = "ops"
+            password_sha256 = "{PASSWORD_SHA256}"
+            [[user]]
+            name = "all-star"
+            password_sha256 = "{PASSWORD_SHA256}"
+            keyspaces = ["*", "limits"]
+            key_patterns = ["x"]
+            categories = ["read", "all"]
+            [[user]]
+            name = "nothing"
+            password_sha256 = "{PASSWORD_SHA256}"
+            keyspaces = []
+            categories = []
+            [[user]]
+            name = "patterns-only"
+            password_sha256 = "{PASSWORD_SHA256}"
+            key_patterns = ["tmp:"]
+            "#
+        ));
+        let by_name = |name: &str| {
+            users
+                .iter()
+                .find(|(_, u)| u.name() == name)
+                .unwrap_or_else(|| panic!("{name}"))
+                .1
+        };
+        let names: Vec<&str> = users.iter().map(|(_, u)| u.name()).collect();
+        assert_eq!(
+            names,
+            [
+                "default",
+                "reports",
+                "ops",
+                "all-star",
+                "nothing",
+                "patterns-only"
+            ]
+        );
+        let reports = by_name("reports");
+        assert_eq!(
+            reports.commands(),
+            &CommandAccess::Categories(Categories::READ | Categories::CONNECTION)
+        );
+        assert_eq!(
+            reports.keys(),
+            &KeyAccess::Only {
+                patterns: vec![Pattern::parse(b"report:"), Pattern::parse(b"r?:*")],
+                keyspaces: vec![Membership::Named(1), Membership::Default],
+            }
+        );
+        for name in ["ops", "all-star"] {
+            assert_eq!(by_name(name).commands(), &CommandAccess::All, "{name}");
+            assert_eq!(by_name(name).keys(), &KeyAccess::All, "{name}");
+        }
+        assert_eq!(
+            by_name("nothing").commands(),
+            &CommandAccess::Categories(Categories::empty())
+        );
+        assert_eq!(
+            by_name("nothing").keys(),
+            &KeyAccess::Only {
+                patterns: vec![],
+                keyspaces: vec![]
+            }
+        );
+        assert_eq!(
+            by_name("patterns-only").keys(),
+            &KeyAccess::Only {
+                patterns: vec![Pattern::parse(b"tmp:")],
+                keyspaces: vec![]
+            }
+        );
+        let id = users.authenticate(b"reports", b"password").unwrap();
+        assert_eq!(users.user(id).name(), "reports");
+    }
+
+    #[test]
+    fn users_are_checked() {
+        let found = user_problems(&format!(
+            r#"
+            requirepass_sha256 = "abc"
+            [[user]]
+            name = ""
+            password_sha256 = "{PASSWORD_SHA256}"
+            [[user]]
+            name = "two words"
+            password_sha256 = "not a digest"
+            [[user]]
+            name = "app"
+            password_sha256 = ""
+            keyspaces = ["limits", "sessions"]
+            key_patterns = ["ok:", ""]
+            categories = ["read", "@write", "bogus"]
+            [[user]]
+            name = "app"
+            password_sha256 = "{PASSWORD_SHA256}"
+            "#
+        ));
+        let places: Vec<&str> = found
+            .iter()
+            .map(|p| p.split(": ").next().unwrap())
+            .collect();
+        assert_eq!(
+            places,
+            [
+                "requirepass_sha256",
+                "user[0].name",
+                "user[1].name",
+                "user[1].password_sha256",
+                "user[2].password_sha256",
+                "user[2].categories",
+                "user[2].keyspaces",
+                "user[2].key_patterns",
+                "user[3].name",
+            ],
+            "{found:#?}"
+        );
+        let all = found.join("\n");
+        for needle in [
+            "requirepass_sha256: is not a SHA-256 digest: write 64 hex digits",
+            "user[0].name: is empty",
+            "\"two words\" contains a space",
+            "user[2].password_sha256: is required",
+            "write \"write\", without the @",
+            "keyspace \"sessions\" is not defined",
+            "an empty pattern would match every key",
+            "user[3].name: user \"app\" is defined twice",
+        ] {
+            assert!(all.contains(needle), "{needle:?} not in {all}");
+        }
+        let found = user_problems(
+            "[[user]]\nname = \"u\"\npassword_sha256 = \"x\"\ncategories = [\"bogus\"]\n",
+        );
+        assert!(
+            found[1].contains(
+                "\"bogus\" is not an ACL category; use \"all\" or some of: keyspace, read, write,"
+            ),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn default_user_is_configured_one_way_only() {
+        let text = format!(
+            "requirepass_sha256 = \"{PASSWORD_SHA256}\"\n[[user]]\nname = \"default\"\npassword_sha256 = \"{PASSWORD_SHA256}\"\n"
+        );
+        assert_problem(
+            &text,
+            "user[0].name",
+            "user \"default\" and requirepass_sha256 both set the default user's password",
+        );
+        // Alone, a [[user]] named default replaces the implicit one, permissions and all.
+        let users = users(&format!(
+            "[[user]]\nname = \"default\"\npassword_sha256 = \"{PASSWORD_SHA256}\"\ncategories = [\"read\"]\n"
+        ));
+        let id = users.auth(None, b"password").unwrap();
+        assert_eq!(
+            users.user(id).commands(),
+            &CommandAccess::Categories(Categories::READ)
+        );
+        // Users without a `default`: no one to log in as with AUTH <password>.
+        let users = users_without_default();
+        assert!(users.required());
+        assert_eq!(users.default_user(), None);
+        assert_eq!(
+            users.auth(None, b"password"),
+            Err(auth::AuthError::WrongPass)
+        );
+    }
+
+    fn users_without_default() -> Users {
+        users(&format!(
+            "[[user]]\nname = \"app\"\npassword_sha256 = \"{PASSWORD_SHA256}\"\n"
+        ))
+    }
+
+    #[test]
+    fn a_user_needs_a_name_and_a_digest() {
+        assert_problem(
+            "[[user]]\nname = \"app\"\n",
+            "test.toml:1:1",
+            "missing field `password_sha256`",
+        );
+        assert_problem(
+            "[[user]]\nname = \"app\"\npassword_sha256 = \"x\"\nkeys = []\n",
+            "test.toml:4:1",
+            "user[0].keys: unknown field `keys`",
+        );
+    }
+
+    #[test]
+    fn upstream_credentials() {
+        let upstream = parse("").unwrap().upstream;
+        assert_eq!((upstream.username, upstream.password), (None, None));
+        let upstream = parse("[upstream]\npassword = \"pw\"\n").unwrap().upstream;
+        assert_eq!(
+            (upstream.username, upstream.password.as_deref()),
+            (None, Some("pw"))
+        );
+        assert_problem(
+            "[upstream]\nusername = \"proxy\"\n",
+            "upstream.username",
+            "needs upstream.password",
+        );
+        assert_problem(
+            "[upstream]\nusername = \"a b\"\npassword = \"pw\"\n",
+            "upstream.username",
+            "contains a space",
+        );
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        const PLAIN: &str = "hunter2-plaintext";
+        let text = format!(
+            r#"
+            requirepass_sha256 = "{PASSWORD_SHA256}"
+            [upstream]
+            username = "proxy"
+            password = "{PLAIN}"
+            [[user]]
+            name = "app"
+            password_sha256 = "{PASSWORD_SHA256}"
+            "#
+        );
+        let settings = parse(&text).unwrap();
+        let debug = format!(
+            "{settings:?} {:?}",
+            toml::from_str::<RawSettings>(&text).unwrap()
+        );
+        for secret in [PLAIN, PASSWORD_SHA256] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        assert!(debug.contains("password: Some(\"<redacted>\")"), "{debug}");
+        // A plaintext password in a digest's place, or a value of the wrong type, is never
+        // quoted back.
+        for bad in [
+            format!("requirepass_sha256 = \"{PLAIN}\""),
+            format!("[[user]]\nname = \"a\"\npassword_sha256 = \"{PLAIN}\""),
+            "requirepass_sha256 = 987654321".to_owned(),
+            "[upstream]\npassword = 987654321".to_owned(),
+            "[upstream]\npassword = true".to_owned(),
+        ] {
+            let shown = parse(&bad).unwrap_err().to_string();
+            assert!(
+                !shown.contains(PLAIN) && !shown.contains("987654321"),
+                "{shown}"
+            );
+        }
+        assert_problem(
+            "[upstream]\npassword = 987654321",
+            "test.toml:2:12",
+            "upstream.password: invalid type: a number, expected a quoted string",
+        );
+    }
+
+    #[test]
+    fn example_user_block_is_valid() {
+        // The commented-out [[user]] of the example, uncommented, is a working config.
+        let block: Vec<&str> = EXAMPLE
+            .lines()
+            .skip_while(|line| *line != "# [[user]]")
+            .take_while(|line| line.starts_with("# "))
+            .map(|line| &line[2..])
+            .collect();
+        assert!(block.len() > 3, "no [[user]] example found");
+        let text = format!("{EXAMPLE}\n{}\n", block.join("\n"));
+        let users = parse(&text).unwrap().users;
+        assert!(users.required());
+        assert!(users
+            .iter()
+            .any(|(_, u)| matches!(u.keys(), KeyAccess::Only { .. })));
     }
 
     #[test]

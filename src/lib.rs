@@ -4,7 +4,9 @@
 //! # Layout
 //! The data path, in order:
 //! - [`server`]: the listener; accepts clients, enforces `max_clients`, runs graceful shutdown.
-//! - [`session`]: one task per client; reads requests, dispatches them, writes replies in order.
+//! - [`session`]: one task per client; reads requests, dispatches them, writes replies in order;
+//!   [`client_state`]: what the proxy keeps of a client's connection state (database, protocol,
+//!   name, user).
 //! - [`parser`]: the resumable, zero-copy request parser (RESP multibulk and inline).
 //! - [`request`]: a parsed request: raw bytes plus argument spans.
 //! - [`command`]: the command table (flags, ACL categories, key specs), key extraction, and
@@ -19,6 +21,7 @@
 //! - [`inbox`]: where upstream connections drop a session's replies, and how it is woken.
 //!
 //! Around it:
+//! - [`auth`]: users, AUTH, and per-user command and key permissions (pure).
 //! - [`config`]: the TOML file, command-line overrides, validation, typed settings.
 //! - [`cli`]: the command line.
 //! - [`clients`]: the connected clients, the proxy's phase (run, drain, stop), waking them all.
@@ -27,6 +30,7 @@
 //! - [`health`]: the upstream health state machine (pure); [`monitor`]: its driver, with the
 //!   active probe and the published snapshot; [`events`]: the event catalogue and `emit`.
 
+pub mod auth;
 pub mod cli;
 pub mod client_state;
 pub mod clients;

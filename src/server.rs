@@ -66,10 +66,12 @@ impl Server {
     }
 
     fn view<'a>(&self, req: &Request, keys: &'a [&'a [u8]]) -> router::Request<'a> {
+        // Every command the engine runs is known: skip the table lookup for those.
+        let local = engine::supports(req.name());
         router::Request {
             keys,
-            known: command::lookup_request(req).is_some(),
-            local: engine::supports(req.name()),
+            known: local || command::lookup_request(req).is_some(),
+            local,
         }
     }
 
@@ -84,7 +86,7 @@ impl Server {
         resp3: bool,
         upstream_available: bool,
     ) -> Bytes {
-        let mut out = BytesMut::new();
+        let mut out = BytesMut::with_capacity(64 * reqs.len());
         if upstream_available {
             engine::execute_all(&self.store, db, resp3, reqs, unix_ms(), &mut out);
             return out.freeze();
