@@ -74,11 +74,14 @@
 
 mod disposition;
 mod keys;
+pub mod name_index;
 mod table;
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use crate::request::Request;
+use name_index::{NameIndex, MAX_NAME};
 
 pub use disposition::{disposition, Disposition, Stateful};
 pub use keys::{keys, KeyError, Keys};
@@ -407,7 +410,10 @@ pub fn commands() -> &'static [CommandInfo] {
 /// given, as Redis resolves a request whose arguments 0 and 1 are `name` and `sub`. `None` for
 /// an unknown command, or an unknown subcommand of a container.
 pub fn lookup(name: &[u8], sub: Option<&[u8]>) -> Option<&'static CommandInfo> {
-    let cmd = search(table::COMMANDS, name, CommandInfo::name)?;
+    static INDEX: OnceLock<NameIndex> = OnceLock::new();
+    let index = INDEX
+        .get_or_init(|| NameIndex::new(table::COMMANDS.iter().map(CommandInfo::name).collect()));
+    let cmd = &table::COMMANDS[index.find(name)?];
     match sub {
         Some(sub) if !cmd.subcommands.is_empty() => {
             search(cmd.subcommands, sub, CommandInfo::short_name)
@@ -421,10 +427,6 @@ pub fn lookup(name: &[u8], sub: Option<&[u8]>) -> Option<&'static CommandInfo> {
 pub fn lookup_request(req: &Request) -> Option<&'static CommandInfo> {
     lookup(req.name(), req.arg(1))
 }
-
-/// Longest command or subcommand name in the table is well under this; longer input is
-/// unknown without a search.
-const MAX_NAME: usize = 32;
 
 fn search<T>(
     table: &'static [T],

@@ -27,10 +27,13 @@ mod reply;
 mod scan;
 mod strings;
 
+use std::sync::OnceLock;
+
 use bytes::{Bytes, BytesMut};
 
 pub(crate) use number::string2ll;
 
+use crate::command::name_index::NameIndex;
 use crate::request::Request;
 use crate::store::{Entry, Hash, OutOfMemory, Store, Txn, Value};
 use reply::{c_str, Error, Reply};
@@ -121,16 +124,10 @@ const fn cmd(name: &'static str, arity: i32, run: Handler) -> Command {
 }
 
 fn lookup(name: &[u8]) -> Option<usize> {
-    if name.len() > 16 {
-        return None;
-    }
-    let mut lower = [0u8; 16];
-    let lower = &mut lower[..name.len()];
-    lower.copy_from_slice(name);
-    lower.make_ascii_lowercase();
-    COMMANDS
-        .binary_search_by(|c| c.name.as_bytes().cmp(lower))
-        .ok()
+    static INDEX: OnceLock<NameIndex> = OnceLock::new();
+    INDEX
+        .get_or_init(|| NameIndex::new(COMMANDS.iter().map(|c| c.name).collect()))
+        .find(name)
 }
 
 /// Whether the engine implements this command (case-insensitive name; subcommand-less).
