@@ -98,11 +98,11 @@ impl Dedicated {
     /// client's (SELECT after the client selected a database, HELLO after a protocol switch).
     /// Its reply never reaches the client; an error reply fails the connection. Nothing is sent
     /// once unpaired: a subscribed connection has no database or protocol left to follow.
-    pub fn queue_silent(&mut self, args: &[&[u8]]) {
+    pub fn queue_silent(&mut self, req: &Request) {
         if !self.paired {
             return;
         }
-        self.wbuf.put_slice(Request::from_args(args).raw());
+        self.wbuf.put_slice(req.raw());
         self.outstanding.push_back(Outstanding {
             blocking: false,
             silent: true,

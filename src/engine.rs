@@ -36,7 +36,8 @@ pub(crate) use number::string2ll;
 use crate::command::name_index::NameIndex;
 use crate::request::Request;
 use crate::store::{Entry, Hash, OutOfMemory, Store, Txn, Value};
-use reply::{c_str, Error, Reply};
+pub(crate) use reply::c_str;
+use reply::{Error, Reply};
 
 /// Redis's default `databases`: COPY ... DB n must name one of them.
 pub const DATABASES: u32 = 16;
@@ -128,6 +129,16 @@ fn lookup(name: &[u8]) -> Option<usize> {
     INDEX
         .get_or_init(|| NameIndex::new(COMMANDS.iter().map(|c| c.name).collect()))
         .find(name)
+}
+
+/// Redis's reply to a command it does not know, quoting the request as Redis does.
+pub fn unknown_command(req: &Request) -> Bytes {
+    let mut out = Reply::continuing(BytesMut::new(), false);
+    out.error(&Error::UnknownCommand {
+        name: req.name().to_vec(),
+        args: req.args().skip(1).map(<[u8]>::to_vec).collect(),
+    });
+    out.into_buf().freeze()
 }
 
 /// Whether the engine implements this command (case-insensitive name; subcommand-less).

@@ -6,7 +6,8 @@
 //! - [`server`]: the listener; accepts clients, enforces `max_clients`, runs graceful shutdown.
 //! - [`session`]: one task per client; reads requests, dispatches them, writes replies in order;
 //!   [`client_state`]: what the proxy keeps of a client's connection state (database, protocol,
-//!   name, user).
+//!   name, user); [`connection`]: the connection commands the proxy answers (HELLO, AUTH,
+//!   SELECT, RESET, CLIENT SETNAME...).
 //! - [`parser`]: the resumable, zero-copy request parser (RESP multibulk and inline).
 //! - [`request`]: a parsed request: raw bytes plus argument spans.
 //! - [`command`]: the command table (flags, ACL categories, key specs), key extraction, and
@@ -36,6 +37,7 @@ pub mod client_state;
 pub mod clients;
 pub mod command;
 pub mod config;
+pub mod connection;
 pub mod dedicated;
 pub mod engine;
 pub mod error;

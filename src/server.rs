@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
+use crate::auth::Denial;
+use crate::client_state::ClientState;
 use crate::clients::{Clients, Phase};
 use crate::command;
 use crate::config::Settings;
@@ -121,6 +123,40 @@ impl Server {
             .and_then(|keys| keys.first().and_then(|&i| req.arg(i as usize)))
             .map_or(Membership::Default, |key| keyspaces.classify(key));
         keyspaces.mode(first)
+    }
+
+    /// Whether the client may run `req`: authenticated, and the command and its keys allowed
+    /// to its user. Checked before routing, so it holds in every mode and health state. The
+    /// reply to send when not. Costs nothing when no password is configured (everyone is the
+    /// all-permission default user).
+    pub fn permit(&self, req: &Request, state: &Option<Box<ClientState>>) -> Result<(), Bytes> {
+        let users = &self.settings.users;
+        if !users.required() {
+            return Ok(());
+        }
+        let cmd = command::lookup_request(req);
+        // Redis looks the command up and checks its arity before anything else.
+        if let Some(c) = cmd {
+            if !c.arity_ok(req.argc()) {
+                let text = format!(
+                    "-ERR wrong number of arguments for '{}' command\r\n",
+                    c.name()
+                );
+                return Err(Bytes::from(text));
+            }
+        }
+        let positions = command::keys(req).unwrap_or_default();
+        let keys: SmallVec<[&[u8]; 4]> = positions
+            .iter()
+            .filter_map(|&i| req.arg(i as usize))
+            .collect();
+        let who = ClientState::user_of(state, users);
+        users
+            .check(who, cmd, &keys, &self.settings.keyspaces)
+            .map_err(|denial| match denial {
+                Denial::UnknownCommand => engine::unknown_command(req),
+                denial => Bytes::from(format!("-{denial}\r\n")),
+            })
     }
 
     /// The error reply for a refused request, counted where it is an outage refusal.

@@ -30,8 +30,8 @@ use tokio::time::{Instant, Sleep};
 use crate::client_state::ClientState;
 use crate::clients::Phase;
 use crate::command::{self, Disposition, Stateful};
+use crate::connection::{self, Sync};
 use crate::dedicated::Dedicated;
-use crate::engine;
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::inbox::{Chunk, Inbox};
 use crate::parser::{ParserLimits, RequestParser};
@@ -39,12 +39,20 @@ use crate::request::Request;
 use crate::router::Route;
 use crate::server::Server;
 use crate::socket;
-use crate::upstream::SharedConn;
+use crate::upstream::{self, SharedConn};
 
 /// The first read of a burst takes a buffer this large; it doubles while a request needs more.
 const READ_CHUNK: usize = 4 * 1024;
 /// Slices gathered into one vectored write to the client.
 const MAX_IOVECS: usize = 32;
+
+/// Why a request waits for every earlier reply.
+enum Stall {
+    /// It needs the client's own upstream connection, which is opened once nothing is owed.
+    Dedicated(Stateful),
+    /// The client switched protocol: it moves to a shared connection of the other pool.
+    Repick,
+}
 
 /// What one reply slot waits on, in request order.
 enum Slot {
@@ -105,8 +113,9 @@ struct Busy {
     /// Reply slots not yet ready; the front, if any, is always `Slot::Upstream`.
     pending: VecDeque<Slot>,
     dedicated: Option<Dedicated>,
-    /// A stateful request waiting for the shared replies before it to arrive.
-    stalled: Option<(Request, Stateful)>,
+    /// A request waiting for every reply owed before it, to move connections without
+    /// reordering anything.
+    stalled: Option<(Request, Stall)>,
     /// Stop reading; close once every owed reply is written.
     closing: bool,
 }
@@ -150,7 +159,7 @@ impl Session {
         });
         Session {
             stream,
-            shared: ctx.upstream.pick(),
+            shared: ctx.upstream.pick(false),
             ctx,
             key,
             inbox,
@@ -171,10 +180,31 @@ impl Session {
                 self.opening = None;
                 let state = &self.state;
                 let b = self.busy.get_or_insert_with(|| Busy::new(&self.ctx));
-                b.opened(opened, state);
+                b.opened(opened, &self.ctx, state);
             }
             if let Some(b) = self.busy.as_deref_mut() {
-                b.process_input(&self.ctx, &mut self.shared, &self.inbox, &mut self.state);
+                b.process_input(
+                    &self.ctx,
+                    &mut self.shared,
+                    &self.inbox,
+                    &mut self.state,
+                    &self.stream,
+                );
+                if matches!(b.stalled, Some((_, Stall::Repick))) && b.pending.is_empty() {
+                    if let Some((req, _)) = b.stalled.take() {
+                        let resp3 = ClientState::resp3_of(&self.state);
+                        self.shared = self.ctx.upstream.pick(resp3);
+                        let available = self.ctx.monitor.snapshot().upstream_available();
+                        b.send_shared(
+                            &mut vec![req],
+                            &self.ctx,
+                            &mut self.shared,
+                            &self.inbox,
+                            available,
+                        );
+                    }
+                    continue;
+                }
                 if b.stalled.is_some() && b.pending.is_empty() {
                     let up = &self.ctx.settings.upstream;
                     self.opening = Some(Box::pin(Dedicated::open(
@@ -374,6 +404,7 @@ impl Busy {
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
         state: &mut Option<Box<ClientState>>,
+        stream: &TcpStream,
     ) {
         if self.closing || self.stalled.is_some() || self.inbuf.is_empty() {
             return;
@@ -393,10 +424,15 @@ impl Busy {
                     break;
                 }
             };
-            if req.name().eq_ignore_ascii_case(b"select") {
+            if connection::is_connection_command(&req) {
                 self.send_runs(&mut runs, ctx, shared, inbox, state, available);
-                let reply = self.select(&req, state);
+                let reply = self.answer_connection_command(&req, ctx, state, stream);
                 self.push_local(reply);
+                continue;
+            }
+            if let Err(denied) = ctx.permit(&req, state) {
+                self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                self.push_local(denied);
                 continue;
             }
             match ctx.route(&req, available) {
@@ -429,6 +465,15 @@ impl Busy {
                 continue;
             }
             match disposition {
+                Disposition::Shared if shared.is_resp3() != ClientState::resp3_of(state) => {
+                    self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
+                    if self.pending.is_empty() {
+                        *shared = ctx.upstream.pick(ClientState::resp3_of(state));
+                        runs.shared.push(req);
+                    } else {
+                        self.stalled = Some((req, Stall::Repick));
+                    }
+                }
                 Disposition::Shared => runs.shared.push(req),
                 Disposition::Quit => {
                     self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
@@ -437,7 +482,7 @@ impl Busy {
                 }
                 Disposition::Dedicated(props) => {
                     self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
-                    self.stalled = Some((req, props));
+                    self.stalled = Some((req, Stall::Dedicated(props)));
                 }
             }
         }
@@ -451,30 +496,32 @@ impl Busy {
         }
     }
 
-    /// SELECT, answered by the proxy with Redis's checks and texts. The database applies to
-    /// the local store at once, and upstream through the client's dedicated connection (shared
-    /// connections stay in database 0).
-    fn select(&mut self, req: &Request, state: &mut Option<Box<ClientState>>) -> Bytes {
-        if req.argc() != 2 {
-            return Bytes::from_static(b"-ERR wrong number of arguments for 'select' command\r\n");
-        }
-        let arg = req.arg(1).unwrap_or_default();
-        let Some(db) = engine::string2ll(arg).and_then(|n| i32::try_from(n).ok()) else {
-            return Bytes::from_static(b"-ERR value is not an integer or out of range\r\n");
+    /// A connection command, answered by the proxy; the client's own upstream connection, if
+    /// it has one, follows the change.
+    fn answer_connection_command(
+        &mut self,
+        req: &Request,
+        ctx: &Server,
+        state: &mut Option<Box<ClientState>>,
+        stream: &TcpStream,
+    ) -> Bytes {
+        let peer = || connection::Peer {
+            addr: stream.peer_addr().ok(),
+            local: stream.local_addr().ok(),
         };
-        let Ok(db) = u32::try_from(db) else {
-            return Bytes::from_static(b"-ERR DB index is out of range\r\n");
+        let answer = connection::answer(req, state, &ctx.settings.users, peer);
+        let Some(ded) = self.dedicated.as_mut() else {
+            return answer.reply;
         };
-        if db >= engine::DATABASES {
-            return Bytes::from_static(b"-ERR DB index is out of range\r\n");
+        match answer.sync {
+            Sync::Nothing => {}
+            Sync::Select(db) => ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()])),
+            Sync::Hello(v) => ded.queue_silent(&Request::from_args(&["HELLO", &v.to_string()])),
+            Sync::Reset if ded.is_paired() => ded.queue_silent(&Request::from_args(&["RESET"])),
+            // Subscribed or monitoring: the connection has nothing worth keeping.
+            Sync::Reset => self.dedicated = None,
         }
-        if db != ClientState::db_of(state) {
-            state.get_or_insert_with(Default::default).db = db;
-            if let Some(ded) = self.dedicated.as_mut() {
-                ded.queue_silent(&[b"SELECT", arg]);
-            }
-        }
-        Bytes::from_static(b"+OK\r\n")
+        answer.reply
     }
 
     /// Sends both runs: the local one first, since a run is only ever started after the other
@@ -535,7 +582,7 @@ impl Busy {
         if sent.is_err() && self.pending.is_empty() {
             // Nothing is owed on the old connection, so moving to one that is up cannot
             // reorder replies: after an outage, the first connection back serves everyone.
-            if let Some(conn) = ctx.upstream.pick_up() {
+            if let Some(conn) = ctx.upstream.pick_up(shared.is_resp3()) {
                 *shared = conn;
                 sent = shared.send(run, inbox, available);
             }
@@ -557,16 +604,21 @@ impl Busy {
     fn opened(
         &mut self,
         opened: Result<Dedicated, UpstreamFailure>,
+        ctx: &Server,
         state: &Option<Box<ClientState>>,
     ) {
-        let Some((req, props)) = self.stalled.take() else {
+        let Some((req, Stall::Dedicated(props))) = self.stalled.take() else {
             return;
         };
         match opened {
             Ok(mut ded) => {
+                let resp3 = ClientState::resp3_of(state);
+                for setup in upstream::setup_commands(&ctx.settings.upstream, resp3) {
+                    ded.queue_silent(&setup);
+                }
                 let db = ClientState::db_of(state);
                 if db != 0 {
-                    ded.queue_silent(&[b"SELECT", db.to_string().as_bytes()]);
+                    ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()]));
                 }
                 ded.queue(&req, props);
                 if ded.is_paired() {

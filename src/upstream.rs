@@ -41,9 +41,11 @@ use crate::socket;
 /// Read buffer growth step for upstream replies.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// The pool of shared connections to one upstream.
+/// The pools of shared connections to one upstream: one for RESP2 clients and one for RESP3
+/// clients (the two never share a connection, since replies are forwarded as they come).
 pub struct Upstream {
     conns: Box<[Arc<SharedConn>]>,
+    conns3: Box<[Arc<SharedConn>]>,
     next: AtomicUsize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -56,33 +58,40 @@ impl Upstream {
         keepalive: Option<Duration>,
         monitor: MonitorHandle,
     ) -> Arc<Upstream> {
-        let mut tasks = Vec::with_capacity(settings.connections);
+        let mut tasks = Vec::with_capacity(2 * settings.connections);
         let reached = Arc::new(Notify::new());
-        let conns: Box<[_]> = (0..settings.connections)
-            .map(|id| {
-                let conn = Arc::new(SharedConn {
-                    queue: Mutex::new(Queue {
-                        link: Link::Connecting,
-                        wbuf: BytesMut::new(),
-                        waiters: Vec::new(),
-                    }),
-                    wake: Notify::new(),
-                });
-                let task = ConnTask {
-                    id,
-                    conn: conn.clone(),
-                    settings: settings.clone(),
-                    max_reply_depth: limits.max_reply_depth,
-                    keepalive,
-                    reached: reached.clone(),
-                    monitor: monitor.clone(),
-                };
-                tasks.push(tokio::spawn(task.run()));
-                conn
-            })
-            .collect();
+        let mut pool = |resp3: bool, first_id: usize| -> Box<[Arc<SharedConn>]> {
+            (0..settings.connections)
+                .map(|i| {
+                    let conn = Arc::new(SharedConn {
+                        queue: Mutex::new(Queue {
+                            link: Link::Connecting,
+                            wbuf: BytesMut::new(),
+                            waiters: Vec::new(),
+                        }),
+                        wake: Notify::new(),
+                        resp3,
+                    });
+                    let task = ConnTask {
+                        id: first_id + i,
+                        conn: conn.clone(),
+                        setup: setup_commands(settings, resp3),
+                        settings: settings.clone(),
+                        max_reply_depth: limits.max_reply_depth,
+                        keepalive,
+                        reached: reached.clone(),
+                        monitor: monitor.clone(),
+                    };
+                    tasks.push(tokio::spawn(task.run()));
+                    conn
+                })
+                .collect()
+        };
+        let conns = pool(false, 0);
+        let conns3 = pool(true, settings.connections);
         Arc::new(Upstream {
             conns,
+            conns3,
             next: AtomicUsize::new(0),
             tasks,
         })
@@ -95,22 +104,56 @@ impl Upstream {
         }
     }
 
-    /// The connection a new client session uses for all its shared requests. A client stays on
-    /// one connection so that its own requests are applied in the order it sent them.
-    pub fn pick(&self) -> Arc<SharedConn> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        self.conns[i].clone()
+    /// The connection a client session uses for all its shared requests (in the pool of its
+    /// protocol). A client stays on one connection so that its own requests are applied in the
+    /// order it sent them.
+    pub fn pick(&self, resp3: bool) -> Arc<SharedConn> {
+        let pool = self.pool(resp3);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+        pool[i].clone()
     }
 
     /// A connection that is up, for a session whose own connection is down and that has no
     /// reply outstanding (so moving cannot reorder anything). None if every one is down.
-    pub fn pick_up(&self) -> Option<Arc<SharedConn>> {
+    pub fn pick_up(&self, resp3: bool) -> Option<Arc<SharedConn>> {
+        let pool = self.pool(resp3);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..self.conns.len())
-            .map(|k| &self.conns[(start + k) % self.conns.len()])
+        (0..pool.len())
+            .map(|k| &pool[(start + k) % pool.len()])
             .find(|c| c.is_up())
             .cloned()
     }
+
+    fn pool(&self, resp3: bool) -> &[Arc<SharedConn>] {
+        if resp3 {
+            &self.conns3
+        } else {
+            &self.conns
+        }
+    }
+}
+
+/// What the proxy sends on a new upstream connection before any client request: its own
+/// credentials, and HELLO 3 for a RESP3 connection. Their replies are checked, not forwarded.
+pub fn setup_commands(settings: &UpstreamSettings, resp3: bool) -> Vec<Request> {
+    let mut setup = Vec::new();
+    if let Some(password) = settings.password.as_deref() {
+        match settings.username.as_deref() {
+            Some(user) => setup.push(Request::from_args(&[
+                b"AUTH".as_slice(),
+                user.as_bytes(),
+                password.as_bytes(),
+            ])),
+            None => setup.push(Request::from_args(&[
+                b"AUTH".as_slice(),
+                password.as_bytes(),
+            ])),
+        }
+    }
+    if resp3 {
+        setup.push(Request::from_args(&["HELLO", "3"]));
+    }
+    setup
 }
 
 /// One shared upstream connection, as sessions see it.
@@ -118,6 +161,8 @@ pub struct SharedConn {
     queue: Mutex<Queue>,
     /// Wakes the connection task: work queued, or a request arrived while down.
     wake: Notify,
+    /// Speaks RESP3 (set up with HELLO 3).
+    resp3: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,9 +180,10 @@ struct Queue {
     waiters: Vec<Waiter>,
 }
 
-/// A run of requests from one session, waiting for its replies.
+/// A run of requests from one session, waiting for its replies; `inbox` is `None` for the
+/// proxy's own setup commands, whose replies are checked and dropped.
 struct Waiter {
-    inbox: Arc<Inbox>,
+    inbox: Option<Arc<Inbox>>,
     remaining: u32,
 }
 
@@ -169,12 +215,17 @@ impl SharedConn {
             q.wbuf.put_slice(r.raw());
         }
         q.waiters.push(Waiter {
-            inbox: inbox.clone(),
+            inbox: Some(inbox.clone()),
             remaining: reqs.len() as u32,
         });
         drop(q);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Whether this connection speaks RESP3.
+    pub fn is_resp3(&self) -> bool {
+        self.resp3
     }
 
     fn is_up(&self) -> bool {
@@ -216,7 +267,10 @@ impl SharedConn {
 fn fail_all(waiters: impl IntoIterator<Item = Waiter>, why: UpstreamFailure) {
     let err = ProxyError::from(why).to_reply();
     for w in waiters {
-        w.inbox.deliver(Chunk {
+        let Some(inbox) = w.inbox else {
+            continue;
+        };
+        inbox.deliver(Chunk {
             data: repeat(&err, w.remaining as usize),
             frames: w.remaining,
         });
@@ -244,6 +298,8 @@ struct InFlight {
 struct ConnTask {
     id: usize,
     conn: Arc<SharedConn>,
+    /// Sent first on every new connection (see [`setup_commands`]).
+    setup: Vec<Request>,
     settings: UpstreamSettings,
     max_reply_depth: usize,
     keepalive: Option<Duration>,
@@ -269,12 +325,15 @@ impl ConnTask {
                     tracing::info!(conn = self.id, upstream = addr, "upstream connected");
                     was_up = true;
                     let mut link = Connection::new(stream, self.max_reply_depth);
+                    link.set_up(&self.setup);
                     let why = link.serve(&self.conn, self.settings.command_timeout).await;
                     tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
                     // A connection that closes with nothing in flight (Redis's idle timeout,
                     // CLIENT KILL) says little; the reconnect right after reports a refusal if
                     // the upstream is really gone.
-                    if !(why == UpstreamFailure::ConnectionLost && link.in_flight.is_empty()) {
+                    // A refused setup is a configuration problem, not an outage.
+                    let quiet = why == UpstreamFailure::ConnectionLost && link.in_flight.is_empty();
+                    if !quiet && why != UpstreamFailure::SetupRefused {
                         self.monitor.report(Outcome::Failure(why.into()));
                     }
                     // In-flight work first: it was queued before anything still in the queue.
@@ -343,6 +402,23 @@ impl Connection {
             framed: 0,
             last_read: Instant::now(),
         }
+    }
+
+    /// Queues the proxy's setup commands ahead of any client request.
+    fn set_up(&mut self, setup: &[Request]) {
+        if setup.is_empty() {
+            return;
+        }
+        for req in setup {
+            self.wbuf.put_slice(req.raw());
+        }
+        self.in_flight.push_back(InFlight {
+            waiter: Waiter {
+                inbox: None,
+                remaining: setup.len() as u32,
+            },
+            since: Instant::now(),
+        });
     }
 
     /// Carries requests and replies until the connection fails, and says why.
@@ -420,6 +496,12 @@ impl Connection {
             while frames < head.waiter.remaining {
                 match self.scanner.scan(&self.rbuf[self.framed..]) {
                     Ok(Some(frame)) => {
+                        if head.waiter.inbox.is_none() && self.rbuf[self.framed] == b'-' {
+                            tracing::warn!(
+                                "upstream refused the proxy's connection setup (AUTH or HELLO 3)"
+                            );
+                            return Err(UpstreamFailure::SetupRefused);
+                        }
                         self.framed += frame.len;
                         frames += 1;
                     }
@@ -430,7 +512,9 @@ impl Connection {
             if frames > 0 {
                 let data = self.rbuf.split_to(self.framed).freeze();
                 self.framed = 0;
-                head.waiter.inbox.deliver(Chunk { data, frames });
+                if let Some(inbox) = &head.waiter.inbox {
+                    inbox.deliver(Chunk { data, frames });
+                }
                 head.waiter.remaining -= frames;
             }
             if head.waiter.remaining > 0 {

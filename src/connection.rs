@@ -1,0 +1,362 @@
+//! The connection commands the proxy answers itself: HELLO, AUTH, SELECT, RESET and the CLIENT
+//! subcommands that only concern this connection. They set [`ClientState`], so the answer is
+//! the same whatever the upstream's health, and a client's upstream connections are brought in
+//! line with it (see [`Sync`]). Texts and checks are Redis 7.0's (CLIENT SETINFO is 7.2's).
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::auth::{AuthError, Users};
+use crate::client_state::ClientState;
+use crate::engine;
+use crate::request::Request;
+
+/// What the client's own upstream connection must be told after a command the proxy answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    Nothing,
+    /// SELECT this database.
+    Select(u32),
+    /// Switch to this protocol version.
+    Hello(u8),
+    /// RESET.
+    Reset,
+}
+
+/// The proxy's answer to a connection command.
+pub struct Answer {
+    pub reply: Bytes,
+    pub sync: Sync,
+}
+
+/// What the proxy knows of the socket, for CLIENT INFO.
+pub struct Peer {
+    pub addr: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+}
+
+/// Names the proxy answers; anything else is `None` at the cost of a length check or two.
+pub fn is_connection_command(req: &Request) -> bool {
+    let name = req.name();
+    match name.len() {
+        4 => name.eq_ignore_ascii_case(b"auth"),
+        5 => name.eq_ignore_ascii_case(b"hello") || name.eq_ignore_ascii_case(b"reset"),
+        6 => {
+            name.eq_ignore_ascii_case(b"select")
+                || (name.eq_ignore_ascii_case(b"client")
+                    && req.arg(1).is_some_and(|sub| {
+                        CLIENT_SUBCOMMANDS
+                            .iter()
+                            .any(|s| sub.eq_ignore_ascii_case(s.as_bytes()))
+                    }))
+        }
+        _ => false,
+    }
+}
+
+/// CLIENT subcommands about this connection alone; the others (LIST, KILL, TRACKING, REPLY,
+/// PAUSE...) go upstream as before.
+const CLIENT_SUBCOMMANDS: &[&str] = &["setname", "getname", "id", "setinfo", "info"];
+
+/// Answers a connection command (the caller checked [`is_connection_command`]).
+pub fn answer(
+    req: &Request,
+    state: &mut Option<Box<ClientState>>,
+    users: &Users,
+    peer: impl FnOnce() -> Peer,
+) -> Answer {
+    let name = req.name().to_ascii_lowercase();
+    let plain = |reply: Bytes| Answer {
+        reply,
+        sync: Sync::Nothing,
+    };
+    match name.as_slice() {
+        b"auth" => plain(auth(req, state, users)),
+        b"hello" => hello(req, state, users),
+        b"select" => select(req, state, users),
+        b"reset" => {
+            let id = state.as_ref().map(|s| s.id);
+            let lib = state
+                .as_ref()
+                .map(|s| (s.lib_name.clone(), s.lib_ver.clone()));
+            *state = None;
+            if let Some(id) = id {
+                // The connection keeps its id and library, as in Redis.
+                let s = ClientState::of(state, users);
+                s.id = id;
+                (s.lib_name, s.lib_ver) = lib.unwrap_or_default();
+            }
+            Answer {
+                reply: Bytes::from_static(b"+RESET\r\n"),
+                sync: Sync::Reset,
+            }
+        }
+        _ => plain(client(req, state, users, peer)),
+    }
+}
+
+fn error(text: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(text.len() + 3);
+    out.put_u8(b'-');
+    out.put_slice(text.as_bytes());
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+fn arity(command: &str) -> Bytes {
+    error(&format!(
+        "ERR wrong number of arguments for '{command}' command"
+    ))
+}
+
+fn ok() -> Bytes {
+    Bytes::from_static(b"+OK\r\n")
+}
+
+/// `AUTH [username] password`.
+fn auth(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> Bytes {
+    let (username, password) = match req.argc() {
+        2 => (None, req.arg(1).unwrap_or_default()),
+        3 => (req.arg(1), req.arg(2).unwrap_or_default()),
+        1 => return arity("auth"),
+        _ => return error("ERR syntax error"),
+    };
+    match users.auth(username, password) {
+        Ok(id) => {
+            ClientState::of(state, users).user = Some(id);
+            ok()
+        }
+        Err(e) => error(&e.to_string()),
+    }
+}
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`, checked in Redis's order:
+/// the version, then the options one by one (AUTH takes effect at once), then that the client
+/// is authenticated.
+fn hello(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> Answer {
+    let fail = |reply: Bytes| Answer {
+        reply,
+        sync: Sync::Nothing,
+    };
+    let mut version = None;
+    if let Some(arg) = req.arg(1) {
+        match engine::string2ll(arg) {
+            Some(v @ 2..=3) => version = Some(v as u8),
+            Some(_) => return fail(error("NOPROTO unsupported protocol version")),
+            None => {
+                return fail(error(
+                    "ERR Protocol version is not an integer or out of range",
+                ))
+            }
+        }
+    }
+    let mut j = 2;
+    while j < req.argc() {
+        let opt = req.arg(j).unwrap_or_default();
+        let more = req.argc() - 1 - j;
+        if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+            let (user, pass) = (req.arg(j + 1), req.arg(j + 2).unwrap_or_default());
+            match users.authenticate(user.unwrap_or_default(), pass) {
+                Some(id) => ClientState::of(state, users).user = Some(id),
+                None => return fail(error(&AuthError::WrongPass.to_string())),
+            }
+            j += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+            if let Err(e) = set_name(state, users, req.arg(j + 1).unwrap_or_default()) {
+                return fail(e);
+            }
+            j += 2;
+        } else {
+            let shown = String::from_utf8_lossy(engine::c_str(opt)).into_owned();
+            return fail(error(&format!(
+                "ERR Syntax error in HELLO option '{shown}'"
+            )));
+        }
+    }
+    if ClientState::user_of(state, users).is_none() {
+        return fail(error(&AuthError::HelloNoAuth.to_string()));
+    }
+    let s = ClientState::of(state, users);
+    let switched = version.is_some_and(|v| (v == 3) != s.resp3);
+    if let Some(v) = version {
+        s.resp3 = v == 3;
+    }
+    let mut out = BytesMut::with_capacity(160);
+    if s.resp3 {
+        out.put_slice(b"%7\r\n");
+    } else {
+        out.put_slice(b"*14\r\n");
+    }
+    let bulk = |out: &mut BytesMut, text: &[u8]| {
+        let _ = write!(out, "${}\r\n", text.len());
+        out.put_slice(text);
+        out.put_slice(b"\r\n");
+    };
+    bulk(&mut out, b"server");
+    bulk(&mut out, b"redis");
+    bulk(&mut out, b"version");
+    bulk(&mut out, SERVER_VERSION.as_bytes());
+    bulk(&mut out, b"proto");
+    let _ = write!(out, ":{}\r\n", if s.resp3 { 3 } else { 2 });
+    bulk(&mut out, b"id");
+    let _ = write!(out, ":{}\r\n", s.id);
+    bulk(&mut out, b"mode");
+    bulk(&mut out, b"standalone");
+    bulk(&mut out, b"role");
+    bulk(&mut out, b"master");
+    bulk(&mut out, b"modules");
+    out.put_slice(b"*0\r\n");
+    Answer {
+        reply: out.freeze(),
+        sync: if switched {
+            Sync::Hello(if s.resp3 { 3 } else { 2 })
+        } else {
+            Sync::Nothing
+        },
+    }
+}
+
+/// The Redis version HELLO reports: the one whose behaviour the proxy's command table and
+/// local engine follow.
+pub const SERVER_VERSION: &str = "7.0.15";
+
+/// SELECT: the database applies to the local store at once, and upstream through the client's
+/// own connection (shared connections stay in database 0).
+fn select(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> Answer {
+    let fail = |reply: Bytes| Answer {
+        reply,
+        sync: Sync::Nothing,
+    };
+    if req.argc() != 2 {
+        return fail(arity("select"));
+    }
+    let arg = req.arg(1).unwrap_or_default();
+    let Some(db) = engine::string2ll(arg).and_then(|n| i32::try_from(n).ok()) else {
+        return fail(error("ERR value is not an integer or out of range"));
+    };
+    let db = match u32::try_from(db) {
+        Ok(db) if db < engine::DATABASES => db,
+        _ => return fail(error("ERR DB index is out of range")),
+    };
+    if db == ClientState::db_of(state) {
+        return fail(ok());
+    }
+    ClientState::of(state, users).db = db;
+    Answer {
+        reply: ok(),
+        sync: Sync::Select(db),
+    }
+}
+
+/// Redis's rule for client names and library fields: printable ASCII without spaces.
+fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| (b'!'..=b'~').contains(&b))
+}
+
+fn set_name(state: &mut Option<Box<ClientState>>, users: &Users, name: &[u8]) -> Result<(), Bytes> {
+    if !valid_name(name) {
+        return Err(error(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ));
+    }
+    let s = ClientState::of(state, users);
+    s.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+    Ok(())
+}
+
+fn client(
+    req: &Request,
+    state: &mut Option<Box<ClientState>>,
+    users: &Users,
+    peer: impl FnOnce() -> Peer,
+) -> Bytes {
+    let sub = req.arg(1).unwrap_or_default().to_ascii_lowercase();
+    let resp3 = ClientState::resp3_of(state);
+    match (sub.as_slice(), req.argc()) {
+        (b"setname", 3) => match set_name(state, users, req.arg(2).unwrap_or_default()) {
+            Ok(()) => ok(),
+            Err(e) => e,
+        },
+        (b"setname", _) => arity("client|setname"),
+        (b"getname", 2) => match state.as_ref().and_then(|s| s.name.as_ref()) {
+            Some(name) => {
+                let mut out = BytesMut::new();
+                let _ = write!(out, "${}\r\n", name.len());
+                out.put_slice(name);
+                out.put_slice(b"\r\n");
+                out.freeze()
+            }
+            None if resp3 => Bytes::from_static(b"_\r\n"),
+            None => Bytes::from_static(b"$-1\r\n"),
+        },
+        (b"getname", _) => arity("client|getname"),
+        (b"id", 2) => Bytes::from(format!(":{}\r\n", ClientState::of(state, users).id)),
+        (b"id", _) => arity("client|id"),
+        (b"setinfo", 4) => {
+            let attr = req.arg(2).unwrap_or_default();
+            let value = req.arg(3).unwrap_or_default();
+            let is_name = attr.eq_ignore_ascii_case(b"lib-name");
+            if !is_name && !attr.eq_ignore_ascii_case(b"lib-ver") {
+                let shown = String::from_utf8_lossy(engine::c_str(attr)).into_owned();
+                return error(&format!("ERR Unrecognized option '{shown}'"));
+            }
+            if !valid_name(value) {
+                let which = if is_name { "lib-name" } else { "lib-ver" };
+                return error(&format!(
+                    "ERR {which} cannot contain spaces, newlines or special characters."
+                ));
+            }
+            let s = ClientState::of(state, users);
+            let value = (!value.is_empty()).then(|| Bytes::copy_from_slice(value));
+            if is_name {
+                s.lib_name = value;
+            } else {
+                s.lib_ver = value;
+            }
+            ok()
+        }
+        (b"setinfo", _) => arity("client|setinfo"),
+        (b"info", 2) => {
+            let line = info_line(ClientState::of(state, users), users, &peer());
+            let mut out = BytesMut::new();
+            let tag = if resp3 { '=' } else { '$' };
+            if resp3 {
+                let _ = write!(out, "{tag}{}\r\ntxt:", line.len() + 4);
+            } else {
+                let _ = write!(out, "{tag}{}\r\n", line.len());
+            }
+            out.put_slice(line.as_bytes());
+            out.put_slice(b"\r\n");
+            out.freeze()
+        }
+        _ => arity("client|info"),
+    }
+}
+
+/// This client's CLIENT INFO line, with the fields the proxy knows.
+fn info_line(s: &ClientState, users: &Users, peer: &Peer) -> String {
+    let show = |b: &Option<Bytes>| {
+        b.as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
+    let addr = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let user = s
+        .user
+        .map(|id| users.user(id).name().to_owned())
+        .unwrap_or_else(|| crate::auth::DEFAULT_USER.to_owned());
+    format!(
+        "id={} addr={} laddr={} name={} db={} user={} lib-name={} lib-ver={} resp={}\n",
+        s.id,
+        addr(peer.addr),
+        addr(peer.local),
+        show(&s.name),
+        s.db,
+        user,
+        show(&s.lib_name),
+        show(&s.lib_ver),
+        if s.resp3 { 3 } else { 2 }
+    )
+}
