@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use crate::auth::{UserId, Users};
+use crate::store::Watch;
+use crate::transaction::Multi;
 
 /// Connection state that differs from a fresh connection's. A session holds it boxed, and
 /// only once something differs, so a plain client pays one pointer.
-#[derive(Debug, Clone)]
 pub struct ClientState {
     /// CLIENT ID: unique for the life of the process, given when first needed.
     pub id: u64,
@@ -27,6 +28,12 @@ pub struct ClientState {
     /// CLIENT SETINFO LIB-NAME / LIB-VER.
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
+    /// Between MULTI and EXEC/DISCARD.
+    pub multi: Option<Box<Multi>>,
+    /// Keys watched in the local store.
+    pub watch: Option<Watch>,
+    /// WATCH went upstream (on the client's own connection).
+    pub watched_upstream: bool,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -42,6 +49,9 @@ impl ClientState {
             name: None,
             lib_name: None,
             lib_ver: None,
+            multi: None,
+            watch: None,
+            watched_upstream: false,
         }
     }
 

@@ -49,6 +49,9 @@ struct Outstanding {
     /// Sent by the proxy to set the connection up (SELECT, HELLO): its reply is checked and
     /// kept from the client.
     silent: bool,
+    /// Its reply is kept from the client whatever it is (a queued command of a transaction,
+    /// already answered `+QUEUED` by the proxy).
+    discard: bool,
     since: Instant,
 }
 
@@ -88,6 +91,7 @@ impl Dedicated {
                 self.outstanding.push_back(Outstanding {
                     blocking: props.blocking,
                     silent: false,
+                    discard: false,
                     since: Instant::now(),
                 });
             }
@@ -106,8 +110,18 @@ impl Dedicated {
         self.outstanding.push_back(Outstanding {
             blocking: false,
             silent: true,
+            discard: false,
             since: Instant::now(),
         });
+    }
+
+    /// Queues a request whose reply the client must not see, whatever it is: MULTI and the
+    /// queued commands of a transaction the proxy sends at EXEC.
+    pub fn queue_discarded(&mut self, req: &Request) {
+        self.queue_silent(req);
+        if let Some(last) = self.outstanding.back_mut() {
+            last.discard = true;
+        }
     }
 
     pub fn wants_write(&self) -> bool {

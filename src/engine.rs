@@ -35,7 +35,7 @@ pub(crate) use number::string2ll;
 
 use crate::command::name_index::NameIndex;
 use crate::request::Request;
-use crate::store::{Entry, Hash, OutOfMemory, Store, Txn, Value};
+use crate::store::{Entry, Hash, OutOfMemory, Store, Txn, Value, Watch};
 pub(crate) use reply::c_str;
 use reply::{Error, Reply};
 
@@ -185,6 +185,52 @@ pub fn execute_all(
         run_one(&mut txn, db, req, &mut reply);
     }
     *out = reply.into_buf();
+}
+
+/// EXEC of a transaction served locally: under one lock, checks the client's WATCH, then runs
+/// `reqs` (SELECT among them switches the database, as in Redis) and appends the EXEC reply:
+/// an array of their replies, or the null reply when a watched key changed. Releases the
+/// watch, as EXEC does. Returns the database selected at the end.
+pub fn exec_transaction(
+    store: &Store,
+    db: u32,
+    resp3: bool,
+    reqs: &[Request],
+    watch: Option<&mut Watch>,
+    now_ms: u64,
+    out: &mut BytesMut,
+) -> u32 {
+    let mut txn = store.lock(now_ms);
+    if let Some(watch) = watch {
+        let dirty = txn.watch_dirty(watch);
+        txn.unwatch(watch);
+        if dirty {
+            out.extend_from_slice(if resp3 { b"_\r\n" } else { b"*-1\r\n" });
+            return db;
+        }
+    }
+    let mut reply = Reply::continuing(std::mem::take(out), resp3);
+    reply.array(reqs.len());
+    let mut db = db;
+    for req in reqs {
+        reply.begin();
+        if req.name().eq_ignore_ascii_case(b"select") {
+            // Checked when it was queued: a valid database number.
+            if let Some(n) = req.arg(1).and_then(string2ll) {
+                db = n as u32;
+            }
+            reply.ok();
+            continue;
+        }
+        if req.name().eq_ignore_ascii_case(b"unwatch") {
+            // The watch was released above, as EXEC does.
+            reply.ok();
+            continue;
+        }
+        run_one(&mut txn, db, req, &mut reply);
+    }
+    *out = reply.into_buf();
+    db
 }
 
 /// Runs one command on the locked store, its reply appended to `out`.

@@ -7,7 +7,7 @@
 //! - [`session`]: one task per client; reads requests, dispatches them, writes replies in order;
 //!   [`client_state`]: what the proxy keeps of a client's connection state (database, protocol,
 //!   name, user); [`connection`]: the connection commands the proxy answers (HELLO, AUTH,
-//!   SELECT, RESET, CLIENT SETNAME...).
+//!   SELECT, RESET, CLIENT SETNAME...); [`transaction`]: MULTI/EXEC/WATCH, queued by the proxy.
 //! - [`parser`]: the resumable, zero-copy request parser (RESP multibulk and inline).
 //! - [`request`]: a parsed request: raw bytes plus argument spans.
 //! - [`command`]: the command table (flags, ACL categories, key specs), key extraction, and
@@ -55,4 +55,5 @@ pub mod server;
 pub mod session;
 pub mod socket;
 pub mod store;
+pub mod transaction;
 pub mod upstream;

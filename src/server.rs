@@ -68,8 +68,9 @@ impl Server {
     }
 
     fn view<'a>(&self, req: &Request, keys: &'a [&'a [u8]]) -> router::Request<'a> {
-        // Every command the engine runs is known: skip the table lookup for those.
-        let local = engine::supports(req.name());
+        // Every command the engine runs is known: skip the table lookup for those. WATCH is
+        // run against the local store by the session.
+        let local = engine::supports(req.name()) || req.name().eq_ignore_ascii_case(b"watch");
         router::Request {
             keys,
             known: local || command::lookup_request(req).is_some(),
@@ -296,7 +297,7 @@ async fn housekeeping(server: Arc<Server>) {
 }
 
 /// Unix time in milliseconds, as the local engine's clock.
-fn unix_ms() -> u64 {
+pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -32,13 +32,17 @@ use crate::clients::Phase;
 use crate::command::{self, Disposition, Stateful};
 use crate::connection::{self, Sync};
 use crate::dedicated::Dedicated;
+use crate::engine;
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::inbox::{Chunk, Inbox};
 use crate::parser::{ParserLimits, RequestParser};
 use crate::request::Request;
 use crate::router::Route;
+use crate::server;
 use crate::server::Server;
 use crate::socket;
+use crate::store::Watch;
+use crate::transaction::{self, Target};
 use crate::upstream::{self, SharedConn};
 
 /// The first read of a burst takes a buffer this large; it doubles while a request needs more.
@@ -52,6 +56,9 @@ enum Stall {
     Dedicated(Stateful),
     /// The client switched protocol: it moves to a shared connection of the other pool.
     Repick,
+    /// A transaction for the client's own connection (the stalled request is its MULTI):
+    /// these follow, and only the last one's reply, EXEC's, reaches the client.
+    Transaction(Vec<Request>),
 }
 
 /// What one reply slot waits on, in request order.
@@ -424,6 +431,23 @@ impl Busy {
                     break;
                 }
             };
+            let in_multi = state.as_ref().is_some_and(|s| s.multi.is_some());
+            let resets = req.name().eq_ignore_ascii_case(b"reset")
+                || req.name().eq_ignore_ascii_case(b"quit");
+            if (in_multi && !resets) || transaction::is_transaction_command(req.name()) {
+                self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                match self.transaction(req, ctx, shared, inbox, state, available) {
+                    None => continue,
+                    // WATCH or UNWATCH for the client's upstream connection.
+                    Some(req) => {
+                        if let Some(s) = state.as_mut() {
+                            s.watched_upstream = req.name().eq_ignore_ascii_case(b"watch");
+                        }
+                        self.forward_stateful(req);
+                        continue;
+                    }
+                }
+            }
             if connection::is_connection_command(&req) {
                 self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                 let reply = self.answer_connection_command(&req, ctx, state, stream);
@@ -494,6 +518,248 @@ impl Busy {
             // Give the buffer back between bursts.
             self.inbuf = BytesMut::new();
         }
+    }
+
+    /// Sends a request that needs the client's own upstream connection (WATCH, UNWATCH there).
+    fn forward_stateful(&mut self, req: Request) {
+        let props = Stateful::default();
+        match self.dedicated.as_mut() {
+            Some(ded) => {
+                ded.queue(&req, props);
+                if ded.is_paired() {
+                    self.expect_upstream(1);
+                }
+            }
+            None => self.stalled = Some((req, Stall::Dedicated(props))),
+        }
+    }
+
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH, and every request while a transaction is being
+    /// queued. Returns a WATCH or UNWATCH that must go to the client's upstream connection.
+    fn transaction(
+        &mut self,
+        req: Request,
+        ctx: &Server,
+        shared: &mut Arc<SharedConn>,
+        inbox: &Arc<Inbox>,
+        state: &mut Option<Box<ClientState>>,
+        available: bool,
+    ) -> Option<Request> {
+        let users = &ctx.settings.users;
+        let name = req.name().to_ascii_lowercase();
+        let in_multi = state.as_ref().is_some_and(|s| s.multi.is_some());
+        let fixed = |b: &'static [u8]| Bytes::from_static(b);
+        if let Err(denied) = ctx.permit(&req, state) {
+            if in_multi && name != b"exec" && name != b"discard" {
+                if let Some(m) = state.as_mut().and_then(|s| s.multi.as_mut()) {
+                    m.aborted = true;
+                }
+            }
+            self.push_local(denied);
+            return None;
+        }
+        let reply = match (name.as_slice(), in_multi) {
+            (b"multi", false) => {
+                ClientState::of(state, users).multi = Some(Box::default());
+                fixed(b"+OK\r\n")
+            }
+            (b"multi", true) => fixed(transaction::NESTED),
+            (b"watch", true) => fixed(transaction::WATCH_INSIDE),
+            (b"exec", false) => fixed(transaction::EXEC_WITHOUT),
+            (b"discard", false) => fixed(transaction::DISCARD_WITHOUT),
+            (b"discard", true) => {
+                let s = ClientState::of(state, users);
+                s.multi = None;
+                s.watch = None;
+                if std::mem::take(&mut s.watched_upstream) {
+                    if let Some(ded) = self.dedicated.as_mut() {
+                        ded.queue_discarded(&Request::from_args(&["UNWATCH"]));
+                    }
+                }
+                fixed(b"+OK\r\n")
+            }
+            (b"watch", false) => match ctx.route(&req, available) {
+                Route::Local => {
+                    let db = ClientState::db_of(state);
+                    let s = ClientState::of(state, users);
+                    let watch = s.watch.get_or_insert_with(|| Watch::new(ctx.store.clone()));
+                    for key in req.args().skip(1) {
+                        watch.add(db, key, server::unix_ms());
+                    }
+                    fixed(b"+OK\r\n")
+                }
+                Route::Upstream => return Some(req),
+                Route::Reject(refusal) => ctx.refusal(refusal, &req).to_reply(),
+            },
+            (b"unwatch", false) => {
+                if let Some(s) = state.as_mut() {
+                    s.watch = None;
+                }
+                if self.dedicated.is_some() {
+                    return Some(req);
+                }
+                fixed(b"+OK\r\n")
+            }
+            (b"exec", true) => return self.exec(ctx, shared, inbox, state, available),
+            _ => self.queue_in_transaction(req, ctx, state, available),
+        };
+        self.push_local(reply);
+        None
+    }
+
+    /// One command between MULTI and EXEC: checked as Redis checks it when queueing (and for
+    /// where it runs), then `+QUEUED`, or an error that makes EXEC abort.
+    fn queue_in_transaction(
+        &mut self,
+        req: Request,
+        ctx: &Server,
+        state: &mut Option<Box<ClientState>>,
+        available: bool,
+    ) -> Bytes {
+        let checked = (|| {
+            if transaction::refused_inside(req.name()) {
+                return Err(Bytes::from_static(transaction::NOT_ALLOWED));
+            }
+            let Some(cmd) = command::lookup_request(&req) else {
+                return Err(engine::unknown_command(&req));
+            };
+            if !cmd.arity_ok(req.argc()) {
+                let text = format!(
+                    "-ERR wrong number of arguments for '{}' command\r\n",
+                    cmd.name()
+                );
+                return Err(Bytes::from(text));
+            }
+            if req.name().eq_ignore_ascii_case(b"select") {
+                let valid = req
+                    .arg(1)
+                    .and_then(engine::string2ll)
+                    .is_some_and(|n| (0..i64::from(engine::DATABASES)).contains(&n));
+                return if valid {
+                    Ok(None)
+                } else {
+                    Err(Bytes::from_static(b"-ERR DB index is out of range\r\n"))
+                };
+            }
+            match ctx.route(&req, available) {
+                Route::Local => Ok(Some(Target::Local)),
+                Route::Upstream => Ok(Some(Target::Upstream)),
+                Route::Reject(refusal) => Err(ctx.refusal(refusal, &req).to_reply()),
+            }
+        })();
+        let Some(multi) = state.as_mut().and_then(|s| s.multi.as_mut()) else {
+            return Bytes::from_static(transaction::EXEC_WITHOUT);
+        };
+        let target = match checked {
+            Ok(target) => target,
+            Err(reply) => {
+                multi.aborted = true;
+                return reply;
+            }
+        };
+        if let Some(t) = target {
+            if multi.target.is_some_and(|have| have != t) {
+                multi.aborted = true;
+                return Bytes::from_static(transaction::MIXED);
+            }
+            multi.target = Some(t);
+        }
+        multi.queued.push(req);
+        Bytes::from_static(b"+QUEUED\r\n")
+    }
+
+    /// EXEC: runs the queued transaction where its commands go, as one piece.
+    fn exec(
+        &mut self,
+        ctx: &Server,
+        shared: &mut Arc<SharedConn>,
+        inbox: &Arc<Inbox>,
+        state: &mut Option<Box<ClientState>>,
+        available: bool,
+    ) -> Option<Request> {
+        let s = ClientState::of(state, &ctx.settings.users);
+        let multi = s.multi.take().expect("EXEC runs inside MULTI");
+        let mut watch = s.watch.take();
+        let watched_upstream = std::mem::take(&mut s.watched_upstream);
+        if multi.aborted {
+            self.push_local(Bytes::from_static(transaction::EXECABORT));
+            return None;
+        }
+        // Health may have changed since the commands were queued: route them again now.
+        let mut target = multi.target;
+        for req in &multi.queued {
+            let now = match ctx.route(req, available) {
+                _ if req.name().eq_ignore_ascii_case(b"select") => continue,
+                Route::Local => Target::Local,
+                Route::Upstream => Target::Upstream,
+                Route::Reject(refusal) => {
+                    self.push_local(ctx.refusal(refusal, req).to_reply());
+                    return None;
+                }
+            };
+            if target.is_some_and(|t| t != now) {
+                self.push_local(Bytes::from_static(transaction::MIXED));
+                return None;
+            }
+            target = Some(now);
+        }
+        let local_watch = watch.is_some();
+        let upstream = match target {
+            Some(Target::Upstream) => true,
+            Some(Target::Local) => false,
+            None => watched_upstream,
+        };
+        if (upstream && local_watch) || (!upstream && watched_upstream) {
+            self.push_local(Bytes::from_static(transaction::MIXED));
+            return None;
+        }
+        if !upstream {
+            let mut out = BytesMut::new();
+            s.db = engine::exec_transaction(
+                &ctx.store,
+                s.db,
+                s.resp3,
+                &multi.queued,
+                watch.as_mut(),
+                server::unix_ms(),
+                &mut out,
+            );
+            self.push_local(out.freeze());
+            return None;
+        }
+        if multi
+            .queued
+            .iter()
+            .any(|r| r.name().eq_ignore_ascii_case(b"select"))
+        {
+            self.push_local(Bytes::from_static(transaction::SELECT_UPSTREAM));
+            return None;
+        }
+        let mut reqs = Vec::with_capacity(multi.queued.len() + 2);
+        reqs.push(Request::from_args(&["MULTI"]));
+        reqs.extend(multi.queued);
+        reqs.push(Request::from_args(&["EXEC"]));
+        if let Some(ded) = self.dedicated.as_mut() {
+            let exec = reqs.pop().expect("EXEC is last");
+            for req in &reqs {
+                ded.queue_discarded(req);
+            }
+            ded.queue(&exec, Stateful::default());
+            if ded.is_paired() {
+                self.expect_upstream(1);
+            }
+            return None;
+        }
+        if s.db != 0 {
+            // Upstream in another database: on the client's own connection.
+            self.stalled = Some((reqs.remove(0), Stall::Transaction(reqs)));
+            return None;
+        }
+        match shared.send_transaction(&reqs, inbox, available) {
+            Ok(()) => self.expect_upstream(1),
+            Err(why) => self.push_local(ProxyError::from(why).to_reply()),
+        }
+        None
     }
 
     /// A connection command, answered by the proxy; the client's own upstream connection, if
@@ -607,8 +873,10 @@ impl Busy {
         ctx: &Server,
         state: &Option<Box<ClientState>>,
     ) {
-        let Some((req, Stall::Dedicated(props))) = self.stalled.take() else {
-            return;
+        let (req, props, rest) = match self.stalled.take() {
+            Some((req, Stall::Dedicated(props))) => (req, props, Vec::new()),
+            Some((req, Stall::Transaction(rest))) => (req, Stateful::default(), rest),
+            _ => return,
         };
         match opened {
             Ok(mut ded) => {
@@ -620,7 +888,16 @@ impl Busy {
                 if db != 0 {
                     ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()]));
                 }
-                ded.queue(&req, props);
+                if rest.is_empty() {
+                    ded.queue(&req, props);
+                } else {
+                    ded.queue_discarded(&req);
+                    let (exec, queued) = rest.split_last().expect("a transaction ends in EXEC");
+                    for r in queued {
+                        ded.queue_discarded(r);
+                    }
+                    ded.queue(exec, props);
+                }
                 if ded.is_paired() {
                     self.expect_upstream(1);
                 }

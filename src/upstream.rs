@@ -184,6 +184,9 @@ struct Queue {
 /// proxy's own setup commands, whose replies are checked and dropped.
 struct Waiter {
     inbox: Option<Arc<Inbox>>,
+    /// Replies to drop before the ones delivered (a transaction's +OK and +QUEUED, which the
+    /// proxy already answered).
+    skip: u32,
     remaining: u32,
 }
 
@@ -216,7 +219,39 @@ impl SharedConn {
         }
         q.waiters.push(Waiter {
             inbox: Some(inbox.clone()),
+            skip: 0,
             remaining: reqs.len() as u32,
+        });
+        drop(q);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues a transaction the proxy queued for the client: MULTI, the commands, EXEC, sent
+    /// in one piece so that no other client's request comes between them. Only EXEC's reply is
+    /// delivered (one frame); the others were answered by the proxy when the client queued.
+    pub fn send_transaction(
+        &self,
+        reqs: &[Request],
+        inbox: &Arc<Inbox>,
+        upstream_available: bool,
+    ) -> Result<(), UpstreamFailure> {
+        debug_assert!(reqs.len() >= 2);
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Link::Down(why) = q.link {
+            if !upstream_available {
+                drop(q);
+                self.wake.notify_one();
+                return Err(why);
+            }
+        }
+        for r in reqs {
+            q.wbuf.put_slice(r.raw());
+        }
+        q.waiters.push(Waiter {
+            inbox: Some(inbox.clone()),
+            skip: reqs.len() as u32 - 1,
+            remaining: 1,
         });
         drop(q);
         self.wake.notify_one();
@@ -415,6 +450,7 @@ impl Connection {
         self.in_flight.push_back(InFlight {
             waiter: Waiter {
                 inbox: None,
+                skip: 0,
                 remaining: setup.len() as u32,
             },
             since: Instant::now(),
@@ -492,6 +528,16 @@ impl Connection {
     /// Frames the replies read so far and hands each waiter the ones that are its own.
     fn deliver(&mut self) -> Result<(), UpstreamFailure> {
         while let Some(head) = self.in_flight.front_mut() {
+            while head.waiter.skip > 0 {
+                match self.scanner.scan(&self.rbuf) {
+                    Ok(Some(frame)) => {
+                        let _ = self.rbuf.split_to(frame.len);
+                        head.waiter.skip -= 1;
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(_) => return Err(UpstreamFailure::BadReply),
+                }
+            }
             let mut frames = 0;
             while frames < head.waiter.remaining {
                 match self.scanner.scan(&self.rbuf[self.framed..]) {

@@ -199,7 +199,8 @@ async fn hung_upstream_on_a_dedicated_connection_errors_and_closes() {
     let redis = RedisServer::start();
     let proxy = Proxy::for_upstream(&redis).await;
     let mut c = proxy.client().await;
-    assert_eq!(c.cmd(&["MULTI"]).await, simple("OK"));
+    // WATCH on an upstream key gives the client its own upstream connection.
+    assert_eq!(c.cmd(&["WATCH", "x"]).await, simple("OK"));
     redis.hang();
     let start = Instant::now();
     c.send(&["INCR", "x"]).await;
@@ -208,7 +209,7 @@ async fn hung_upstream_on_a_dedicated_connection_errors_and_closes() {
     assert!(start.elapsed() < Duration::from_millis(800));
     assert!(
         c.closed().await,
-        "transaction state is gone: the client must reconnect"
+        "the watch is gone with the connection: the client must reconnect"
     );
     redis.resume();
     proxy.shutdown().await;
