@@ -76,6 +76,7 @@ pub fn answer(
         b"auth" => plain(auth(req, state, users)),
         b"hello" => hello(req, state, users),
         b"select" => select(req, state, users),
+        b"reset" if req.argc() != 1 => plain(arity("reset")),
         b"reset" => {
             let id = state.as_ref().map(|s| s.id);
             let lib = state
@@ -233,8 +234,13 @@ fn select(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) ->
         return fail(arity("select"));
     }
     let arg = req.arg(1).unwrap_or_default();
-    let Some(db) = engine::string2ll(arg).and_then(|n| i32::try_from(n).ok()) else {
+    let Some(db) = engine::string2ll(arg) else {
         return fail(error("ERR value is not an integer or out of range"));
+    };
+    let Ok(db) = i32::try_from(db) else {
+        return fail(error(
+            "ERR value is out of range, value must between -2147483648 and 2147483647",
+        ));
     };
     let db = match u32::try_from(db) {
         Ok(db) if db < engine::DATABASES => db,

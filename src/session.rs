@@ -125,6 +125,8 @@ struct Busy {
     stalled: Option<(Request, Stall)>,
     /// Stop reading; close once every owed reply is written.
     closing: bool,
+    /// The vectors `process_input` gathers runs in, empty between calls.
+    runs: Runs,
 }
 
 /// Requests parsed from one read, gathered until the next one goes elsewhere.
@@ -375,6 +377,7 @@ impl Busy {
             dedicated: None,
             stalled: None,
             closing: false,
+            runs: Runs::default(),
         })
     }
 
@@ -418,7 +421,8 @@ impl Busy {
         }
         // One read of the health snapshot per batch of requests.
         let available = ctx.monitor.snapshot().upstream_available();
-        let mut runs = Runs::default();
+        // Kept between reads: a pipelining client reuses the same two vectors.
+        let mut runs = std::mem::take(&mut self.runs);
         while !self.closing && self.stalled.is_none() && !self.inbuf.is_empty() {
             let req = match self.parser.next(&mut self.inbuf) {
                 Ok(Some(req)) => req,
@@ -448,15 +452,19 @@ impl Busy {
                     }
                 }
             }
+            // Authentication and permissions first, connection commands included (AUTH,
+            // HELLO and RESET are allowed before authenticating; QUIT always is).
+            if !req.name().eq_ignore_ascii_case(b"quit") {
+                if let Err(denied) = ctx.permit(&req, state) {
+                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    self.push_local(denied);
+                    continue;
+                }
+            }
             if connection::is_connection_command(&req) {
                 self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                 let reply = self.answer_connection_command(&req, ctx, state, stream);
                 self.push_local(reply);
-                continue;
-            }
-            if let Err(denied) = ctx.permit(&req, state) {
-                self.send_runs(&mut runs, ctx, shared, inbox, state, available);
-                self.push_local(denied);
                 continue;
             }
             match ctx.route(&req, available) {
@@ -511,6 +519,7 @@ impl Busy {
             }
         }
         self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+        self.runs = runs;
         if self.dedicated.is_some() {
             self.write_dedicated();
         }
