@@ -2,8 +2,8 @@
 //! of the client's own because it depends on or creates connection state (transactions, a
 //! selected database, blocking, Pub/Sub, client settings).
 //!
-//! SELECT is not here: the session answers it and keeps the database itself (see
-//! `client_state`).
+//! SELECT, AUTH, HELLO, RESET and MULTI are not here: the session answers them and keeps the
+//! state itself (see `connection`, `transaction` and `client_state`).
 //!
 //! These short lists are kept apart from the command table's flags because the flags are not
 //! exact for this question: WAIT is not flagged `blocking`; PUBLISH is `pubsub` but shares;
@@ -59,7 +59,6 @@ const UNPAIRED: Disposition = Disposition::Dedicated(Stateful {
 /// which would break the one-request-one-reply pairing of a shared connection.
 static DISPOSITIONS: &[(&str, Disposition)] = &[
     ("asking", STATEFUL),
-    ("auth", STATEFUL),
     ("blmove", BLOCKING),
     ("blmpop", BLOCKING),
     ("blpop", BLOCKING),
@@ -68,9 +67,7 @@ static DISPOSITIONS: &[(&str, Disposition)] = &[
     ("bzmpop", BLOCKING),
     ("bzpopmax", BLOCKING),
     ("bzpopmin", BLOCKING),
-    ("hello", STATEFUL),
     ("monitor", UNPAIRED),
-    ("multi", STATEFUL),
     ("psubscribe", UNPAIRED),
     ("psync", UNPAIRED),
     ("punsubscribe", UNPAIRED),
@@ -78,7 +75,6 @@ static DISPOSITIONS: &[(&str, Disposition)] = &[
     ("readonly", STATEFUL),
     ("readwrite", STATEFUL),
     ("replconf", UNPAIRED),
-    ("reset", STATEFUL),
     ("ssubscribe", UNPAIRED),
     ("subscribe", UNPAIRED),
     ("sunsubscribe", UNPAIRED),
@@ -149,7 +145,6 @@ mod tests {
             (&["SET", "k", "v"], Disposition::Shared),
             (&["NOSUCHCOMMAND"], Disposition::Shared),
             (&["quit"], Disposition::Quit),
-            (&["MULTI"], STATEFUL),
             (&["watch", "k"], STATEFUL),
             (&["blpop", "q", "0"], BLOCKING),
             (&["WAIT", "1", "0"], BLOCKING),
@@ -179,7 +174,6 @@ mod tests {
             (&["client", "reply", "off"], UNPAIRED),
             (&["CLIENT", "ID"], Disposition::Shared),
             (&["CLIENT"], Disposition::Shared),
-            (&["HELLO", "3"], STATEFUL),
             (&["averyveryverylongcommandname"], Disposition::Shared),
         ];
         for (args, want) in cases {
@@ -215,11 +209,16 @@ mod tests {
                 );
             }
             // Connection state that stays shared: EXEC/DISCARD/UNWATCH only follow MULTI/WATCH
-            // (already dedicated); SELECT is answered by the session, which moves the client
-            // to a dedicated connection when a request must run upstream in another database;
+            // (already dedicated); SELECT, AUTH, HELLO, RESET and MULTI are answered by the
+            // session, which moves the client to a dedicated connection when a request must
+            // run upstream in another database;
             // the rest report on the connection without changing it.
             let shared_ok = [
                 "select",
+                "auth",
+                "hello",
+                "multi",
+                "reset",
                 "exec",
                 "discard",
                 "unwatch",
