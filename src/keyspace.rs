@@ -145,6 +145,11 @@ impl Keyspaces {
     }
 
     /// Names of the keyspaces in `mode`, the default one included when it is in that mode.
+    /// Whether any keyspace, the default included, has `mode`.
+    pub fn any_in(&self, mode: Mode) -> bool {
+        self.default_mode == mode || self.list.iter().any(|ks| ks.mode == mode)
+    }
+
     pub fn names_in(&self, mode: Mode) -> Vec<String> {
         let mut names: Vec<String> = self
             .list

@@ -90,7 +90,7 @@ impl Server {
         upstream_available: bool,
     ) -> Bytes {
         let mut out = BytesMut::with_capacity(64 * reqs.len());
-        if upstream_available {
+        if upstream_available || !self.settings.keyspaces.any_in(Mode::Degraded) {
             engine::execute_all(&self.store, db, resp3, reqs, unix_ms(), &mut out);
             return out.freeze();
         }

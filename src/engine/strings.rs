@@ -108,7 +108,8 @@ fn set_generic(
             None => c.out.null(),
         }
     }
-    let found = c.txn.get(c.db, key).is_some();
+    // Only NX and XX need to know whether the key exists.
+    let found = flags & (NX | XX) != 0 && c.txn.get(c.db, key).is_some();
     if (flags & NX != 0 && found) || (flags & XX != 0 && !found) {
         if flags & GET == 0 {
             if counted {

@@ -12,18 +12,35 @@ use std::sync::MutexGuard;
 use bytes::Bytes;
 
 use super::{
-    entry_bytes, full_key, Entry, Expiry, Inner, OutOfMemory, Removal, Value, Watch, DB_PREFIX,
+    entry_bytes, full_key, Entry, Expiry, FullKey, Inner, OutOfMemory, Removal, Value, Watch,
+    DB_PREFIX,
 };
 
 /// The store, locked for one command at one instant.
 pub(crate) struct Txn<'a> {
     inner: MutexGuard<'a, Inner>,
     now: u64,
+    /// Keys that lookups found expired, removed when the lock is released (see [`Txn::get`]).
+    expired: Vec<FullKey>,
+}
+
+impl Drop for Txn<'_> {
+    fn drop(&mut self) {
+        let now = self.now;
+        for full in std::mem::take(&mut self.expired) {
+            // Only if still expired: a later write in this hold may have replaced the key.
+            self.inner.expire_if_needed(&full, now);
+        }
+    }
 }
 
 impl<'a> Txn<'a> {
     pub(super) fn new(inner: MutexGuard<'a, Inner>, now: u64) -> Txn<'a> {
-        Txn { inner, now }
+        Txn {
+            inner,
+            now,
+            expired: Vec::new(),
+        }
     }
 
     /// The command's time: unix milliseconds.
@@ -41,23 +58,32 @@ impl<'a> Txn<'a> {
     }
 
     /// The live entry under `key`, counted as a use (moves to the front of the LRU).
+    ///
+    /// One map lookup: an expired entry found here is invisible at once and removed when the
+    /// lock is released (every other path checks deadlines itself, so nothing in between can
+    /// see it), which keeps the common read to a single hash probe.
     pub fn get(&mut self, db: u32, key: &[u8]) -> Option<&Entry> {
         let full = full_key(db, key);
         let now = self.now;
-        if self.inner.expire_if_needed(&full, now) {
+        let entry = self.inner.lru.get(&full[..])?;
+        if entry.expire_at.is_some_and(|at| now > at) {
+            self.expired.push(full);
             return None;
         }
-        self.inner.lru.get(&full[..])
+        Some(entry)
     }
 
-    /// The live entry under `key`, without counting a use (Redis's `LOOKUP_NOTOUCH`).
+    /// The live entry under `key`, without counting a use (Redis's `LOOKUP_NOTOUCH`); one map
+    /// lookup, as [`Txn::get`].
     pub fn peek(&mut self, db: u32, key: &[u8]) -> Option<&Entry> {
         let full = full_key(db, key);
         let now = self.now;
-        if self.inner.expire_if_needed(&full, now) {
+        let entry = self.inner.lru.peek(&full[..])?;
+        if entry.expire_at.is_some_and(|at| now > at) {
+            self.expired.push(full);
             return None;
         }
-        self.inner.lru.peek(&full[..])
+        Some(entry)
     }
 
     /// True when a live key exists (no use counted).
@@ -98,24 +124,27 @@ impl<'a> Txn<'a> {
         let full = full_key(db, key);
         let now = self.now;
         let inner = &mut *self.inner;
-        if !inner.expire_if_needed(&full, now) {
-            let entry = inner.lru.get_mut(&full[..]).expect("live key");
-            let before = entry.value.bytes();
-            let after = value.bytes();
-            entry.value = value;
-            let old = entry.expire_at;
-            let new = match expiry {
-                Expiry::Keep => old,
-                Expiry::Persist => None,
-                Expiry::At(at) => Some(at),
-            };
-            entry.expire_at = new;
-            let full = entry.full.clone();
-            inner.used = inner.used - before + after;
-            inner.set_deadline(&full, old, new);
-            inner.signal_modified(&full, false);
-            return Ok(());
+        // A live key is replaced in place, found with one lookup.
+        if let Some(entry) = inner.lru.get_mut(&full[..]) {
+            if entry.expire_at.is_none_or(|at| now <= at) {
+                let before = entry.value.bytes();
+                let after = value.bytes();
+                entry.value = value;
+                let old = entry.expire_at;
+                let new = match expiry {
+                    Expiry::Keep => old,
+                    Expiry::Persist => None,
+                    Expiry::At(at) => Some(at),
+                };
+                entry.expire_at = new;
+                let full = entry.full.clone();
+                inner.used = inner.used - before + after;
+                inner.set_deadline(&full, old, new);
+                inner.signal_modified(&full, false);
+                return Ok(());
+            }
         }
+        inner.expire_if_needed(&full, now);
         let entry = Entry {
             full: Bytes::copy_from_slice(&full),
             value,
@@ -198,20 +227,12 @@ impl<'a> Txn<'a> {
 
     /// EXEC's check, made under the lock the transaction then runs with: true when a key of
     /// `watch` was changed since it was watched, or was live then and is expired now.
-    #[allow(
-        dead_code,
-        reason = "the session's EXEC calls it once MULTI runs locally"
-    )]
     pub fn watch_dirty(&self, watch: &Watch) -> bool {
         self.inner.watch_dirty(watch, self.now)
     }
 
     /// Releases `watch` under this lock (EXEC does so whether it runs or aborts); the same as
     /// [`Watch::unwatch`], which would deadlock here.
-    #[allow(
-        dead_code,
-        reason = "the session's EXEC calls it once MULTI runs locally"
-    )]
     pub fn unwatch(&mut self, watch: &mut Watch) {
         watch.release(&mut self.inner);
     }
