@@ -95,26 +95,26 @@ impl Server {
             return out.freeze();
         }
         // Degraded replies are counted one by one, so run them one by one.
-        let counters = self.monitor.counters();
         for req in reqs {
             let start = out.len();
-            engine::execute_all(
-                &self.store,
-                db,
-                resp3,
-                std::slice::from_ref(req),
-                unix_ms(),
-                &mut out,
-            );
-            if self.first_key_mode(req) == Mode::Degraded {
-                counters.record_degraded_reply();
-                if command::lookup_request(req).is_some_and(|c| c.is_write()) && out[start] != b'-'
-                {
-                    counters.record_discarded_writes(1);
-                }
-            }
+            let one = std::slice::from_ref(req);
+            engine::execute_all(&self.store, db, resp3, one, unix_ms(), &mut out);
+            self.count_degraded(req, out[start] != b'-');
         }
         out.freeze()
+    }
+
+    /// Counts `req`, served locally while the upstream is unavailable, as a degraded reply if
+    /// its keyspace is degraded, and as a discarded write if it is a write that `succeeded`.
+    pub fn count_degraded(&self, req: &Request, succeeded: bool) {
+        if self.first_key_mode(req) != Mode::Degraded {
+            return;
+        }
+        let counters = self.monitor.counters();
+        counters.record_degraded_reply();
+        if succeeded && command::lookup_request(req).is_some_and(|c| c.is_write()) {
+            counters.record_discarded_writes(1);
+        }
     }
 
     fn first_key_mode(&self, req: &Request) -> Mode {

@@ -733,6 +733,13 @@ impl Busy {
                 server::unix_ms(),
                 &mut out,
             );
+            // Ran (not aborted by WATCH) while the upstream is away: degraded replies, and
+            // writes that recovery will discard (a command failing inside EXEC still counts).
+            if !available && out.first() == Some(&b'*') && !out.starts_with(b"*-1") {
+                for req in &multi.queued {
+                    ctx.count_degraded(req, true);
+                }
+            }
             self.push_local(out.freeze());
             return None;
         }

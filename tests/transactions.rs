@@ -169,7 +169,11 @@ async fn a_transaction_runs_in_one_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_fails_when_the_upstream_is_lost_and_degraded_transactions_run_locally() {
     let mut redis = RedisServer::start();
-    let proxy = Proxy::start(keyspaces(&redis)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ev = dir.path().join("events.jsonl");
+    let mut settings = keyspaces(&redis);
+    settings.events.file = Some(ev.clone());
+    let proxy = Proxy::start(settings).await;
     let mut c = proxy.client().await;
     assert_eq!(c.cmd(&["MULTI"]).await, simple("OK"));
     assert_eq!(c.cmd(&["INCR", "up:n"]).await, simple("QUEUED"));
@@ -208,5 +212,21 @@ async fn exec_fails_when_the_upstream_is_lost_and_degraded_transactions_run_loca
     assert!(is_error(&refused, "FAILCLOSED"), "{refused:?}");
     let exec = c.cmd(&["EXEC"]).await;
     assert!(is_error(&exec, "EXECABORT"), "{exec:?}");
+    // The local transaction counts as two degraded replies and two discarded writes.
+    redis.restart();
+    let recovered = loop {
+        let events: Vec<serde_json::Value> = std::fs::read_to_string(&ev)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if let Some(r) = events.iter().find(|e| e["event"] == "BACKEND_RECOVERED") {
+            break r.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline + WAIT, "{events:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(recovered["degraded_replies"], 2, "{recovered}");
+    assert_eq!(recovered["discarded_writes"], 2, "{recovered}");
     proxy.shutdown().await;
 }
