@@ -26,6 +26,7 @@
 //! - [`config`]: the TOML file, command-line overrides, validation, typed settings.
 //! - [`cli`]: the command line.
 //! - [`clients`]: the connected clients, the proxy's phase (run, drain, stop), waking them all.
+//! - [`info`]: INFO's `# Keywarden` section, appended to the upstream's.
 //! - [`error`]: every error the proxy answers with, and its wire form.
 //! - [`socket`]: socket options (TCP_NODELAY, keepalive) and connecting with a timeout.
 //! - [`health`]: the upstream health state machine (pure); [`monitor`]: its driver, with the
@@ -45,6 +46,7 @@ pub mod events;
 pub mod glob;
 pub mod health;
 pub mod inbox;
+pub mod info;
 pub mod keyspace;
 pub mod monitor;
 pub mod parser;

@@ -35,6 +35,7 @@ use crate::dedicated::Dedicated;
 use crate::engine;
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::inbox::{Chunk, Inbox};
+use crate::info;
 use crate::parser::{ParserLimits, RequestParser};
 use crate::request::Request;
 use crate::router::Route;
@@ -67,6 +68,8 @@ enum Slot {
     Upstream(u32),
     /// A reply the proxy made, to be written once everything before it is out.
     Local(Bytes),
+    /// One INFO reply from the upstream, to which this `# Keywarden` section is appended.
+    Info(String),
 }
 
 pub struct Session {
@@ -204,13 +207,12 @@ impl Session {
                         let resp3 = ClientState::resp3_of(&self.state);
                         self.shared = self.ctx.upstream.pick(resp3);
                         let available = self.ctx.monitor.snapshot().upstream_available();
-                        b.send_shared(
-                            &mut vec![req],
-                            &self.ctx,
-                            &mut self.shared,
-                            &self.inbox,
-                            available,
-                        );
+                        let (ctx, shared, inbox) = (&self.ctx, &mut self.shared, &self.inbox);
+                        if req.name().eq_ignore_ascii_case(b"info") {
+                            b.info(req, ctx, shared, inbox, &self.state, available);
+                        } else {
+                            b.send_shared(&mut vec![req], ctx, shared, inbox, available);
+                        }
                     }
                     continue;
                 }
@@ -467,6 +469,11 @@ impl Busy {
                 self.push_local(reply);
                 continue;
             }
+            if req.name().eq_ignore_ascii_case(b"info") {
+                self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                self.info(req, ctx, shared, inbox, state, available);
+                continue;
+            }
             match ctx.route(&req, available) {
                 Route::Upstream => self.send_local(&mut runs, ctx, state, available),
                 Route::Local => {
@@ -526,6 +533,53 @@ impl Busy {
         if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
             // Give the buffer back between bursts.
             self.inbuf = BytesMut::new();
+        }
+    }
+
+    /// INFO: the upstream's sections with the proxy's own appended; the proxy's alone when
+    /// only those are asked for or the upstream is unavailable.
+    fn info(
+        &mut self,
+        req: Request,
+        ctx: &Server,
+        shared: &mut Arc<SharedConn>,
+        inbox: &Arc<Inbox>,
+        state: &Option<Box<ClientState>>,
+        available: bool,
+    ) {
+        let wants = info::wants(&req);
+        let resp3 = ClientState::resp3_of(state);
+        if wants == info::Wants::KeywardenOnly || (!available && wants == info::Wants::Both) {
+            self.push_local(info::reply(&info::section(ctx), resp3));
+            return;
+        }
+        let slot = match wants {
+            info::Wants::Both => Slot::Info(info::section(ctx)),
+            _ => Slot::Upstream(1),
+        };
+        if let Some(ded) = self.dedicated.as_mut() {
+            ded.queue(&req, Stateful::default());
+            if ded.is_paired() {
+                self.pending.push_back(slot);
+            }
+            return;
+        }
+        if ClientState::db_of(state) != 0 {
+            // Upstream requests in another database go over the client's own connection.
+            self.stalled = Some((req, Stall::Dedicated(Stateful::default())));
+            return;
+        }
+        if shared.is_resp3() != resp3 {
+            if !self.pending.is_empty() {
+                self.stalled = Some((req, Stall::Repick));
+                return;
+            }
+            *shared = ctx.upstream.pick(resp3);
+        }
+        // Alone in its run, so its reply arrives as one chunk of one frame.
+        match shared.send(std::slice::from_ref(&req), inbox, available) {
+            Ok(()) => self.pending.push_back(slot),
+            Err(why) => self.push_local(ProxyError::from(why).to_reply()),
         }
     }
 
@@ -904,6 +958,8 @@ impl Busy {
                 if db != 0 {
                     ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()]));
                 }
+                let info = req.name().eq_ignore_ascii_case(b"info")
+                    && info::wants(&req) == info::Wants::Both;
                 if rest.is_empty() {
                     ded.queue(&req, props);
                 } else {
@@ -914,7 +970,9 @@ impl Busy {
                     }
                     ded.queue(exec, props);
                 }
-                if ded.is_paired() {
+                if info {
+                    self.pending.push_back(Slot::Info(info::section(ctx)));
+                } else if ded.is_paired() {
                     self.expect_upstream(1);
                 }
                 self.dedicated = Some(ded);
@@ -936,6 +994,15 @@ impl Busy {
     /// Replies from the upstream connection the client is on, answering `frames` requests:
     /// out they go, followed by the proxy's own replies that were waiting on them.
     fn arrived(&mut self, data: Bytes, frames: u32) {
+        if let Some(Slot::Info(section)) = self.pending.front() {
+            // An INFO reply always arrives alone (see `info`).
+            debug_assert_eq!(frames, 1);
+            let data = info::append(&data, section);
+            self.pending.pop_front();
+            self.push_out(data);
+            self.flush_local_slots();
+            return;
+        }
         self.push_out(data);
         let mut frames = frames;
         while frames > 0 {
@@ -948,11 +1015,16 @@ impl Busy {
             frames -= taken;
             if *owed == 0 {
                 self.pending.pop_front();
-                while let Some(Slot::Local(_)) = self.pending.front() {
-                    if let Some(Slot::Local(reply)) = self.pending.pop_front() {
-                        self.push_out(reply);
-                    }
-                }
+                self.flush_local_slots();
+            }
+        }
+    }
+
+    /// Writes out the proxy's own replies now at the front of the queue.
+    fn flush_local_slots(&mut self) {
+        while let Some(Slot::Local(_)) = self.pending.front() {
+            if let Some(Slot::Local(reply)) = self.pending.pop_front() {
+                self.push_out(reply);
             }
         }
     }
@@ -983,6 +1055,7 @@ impl Busy {
         loop {
             let limit = match self.pending.front() {
                 Some(Slot::Upstream(owed)) => *owed,
+                Some(Slot::Info(_)) => 1,
                 _ => 0,
             };
             let Some(ded) = self.dedicated.as_mut() else {
@@ -1021,6 +1094,7 @@ impl Busy {
                         self.push_out(err.clone());
                     }
                 }
+                Slot::Info(_) => self.push_out(err.clone()),
                 Slot::Local(reply) => self.push_out(reply),
             }
         }

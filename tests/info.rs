@@ -1,0 +1,126 @@
+//! INFO through keywarden: the upstream's sections with a `# Keywarden` section appended, and
+//! the proxy's own section alone when asked for or while the upstream is unavailable.
+
+mod support;
+
+use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+use support::*;
+use tokio::io::AsyncReadExt;
+
+fn text(frame: Frame) -> String {
+    match frame {
+        Frame::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("INFO replied {other:?}"),
+    }
+}
+
+/// The value of `field` in an INFO text.
+fn field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_has_the_upstream_sections_and_keywardens() {
+    let mut redis = RedisServer::start();
+    let mut settings = settings(&redis.addr());
+    settings.keyspaces = Keyspaces::new(
+        vec![Keyspace {
+            name: "scratch".into(),
+            patterns: vec![Pattern::parse(b"tmp:")],
+            mode: Mode::LocalOnly,
+        }],
+        Mode::FailClosed,
+    );
+    let proxy = Proxy::start(settings).await;
+    let mut c = proxy.client().await;
+    assert_eq!(c.cmd(&["SET", "tmp:a", "1"]).await, simple("OK"));
+
+    let all = text(c.cmd(&["INFO"]).await);
+    assert!(field(&all, "redis_version").is_some(), "{all}");
+    assert!(all.contains("\r\n# Keywarden\r\n"), "{all}");
+    assert_eq!(field(&all, "upstream_state"), Some("healthy"));
+    assert_eq!(
+        field(&all, "keyspace0"),
+        Some("name=scratch,mode=local_only")
+    );
+    assert_eq!(field(&all, "default_mode"), Some("fail_closed"));
+    assert_eq!(field(&all, "local_store_keys"), Some("1"));
+
+    let server = text(c.cmd(&["INFO", "server"]).await);
+    assert!(field(&server, "redis_version").is_some(), "{server}");
+    assert!(!server.contains("# Keywarden"), "{server}");
+
+    let ours = text(c.cmd(&["INFO", "keywarden"]).await);
+    assert!(ours.starts_with("# Keywarden\r\n"), "{ours}");
+    assert!(field(&ours, "redis_version").is_none(), "{ours}");
+
+    // Pipelined among other replies, each reply stays in its place.
+    c.send(&["GET", "tmp:a"]).await;
+    c.send(&["INFO", "clients"]).await;
+    c.send(&["GET", "tmp:a"]).await;
+    assert_eq!(c.reply().await, bulk("1"));
+    let clients = text(c.reply().await);
+    assert!(field(&clients, "connected_clients").is_some(), "{clients}");
+    assert!(!clients.contains("# Keywarden"), "{clients}");
+    assert_eq!(c.reply().await, bulk("1"));
+
+    // Upstream gone: INFO still answers, with the proxy's view of the outage.
+    redis.kill();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let info = text(c.cmd(&["INFO"]).await);
+        if field(&info, "upstream_state") == Some("unavailable") {
+            assert!(field(&info, "redis_version").is_none(), "{info}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{info}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let refused = c.cmd(&["GET", "k"]).await;
+    assert!(is_error(&refused, "FAILCLOSED"), "{refused:?}");
+    let info = text(c.cmd(&["INFO", "keywarden"]).await);
+    assert_eq!(field(&info, "fail_closed_refusals"), Some("1"), "{info}");
+    proxy.shutdown().await;
+}
+
+/// RESP3 clients get INFO as a verbatim string, as from Redis, with the section appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_in_resp3_is_a_verbatim_string() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut c = proxy.client().await;
+    c.send_raw(b"HELLO 3\r\nINFO server\r\nINFO\r\n").await;
+    // Read until three whole replies are in, split with the proxy's own reply scanner.
+    let mut raw = Vec::new();
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut scanner = keywarden::reply::ReplyScanner::new(16);
+    let mut at = 0;
+    while frames.len() < 3 {
+        match scanner.scan(&raw[at..]).unwrap() {
+            Some(frame) => {
+                frames.push(raw[at..at + frame.len].to_vec());
+                at += frame.len;
+            }
+            None => {
+                let mut buf = [0u8; 16384];
+                let n = tokio::time::timeout(WAIT, c.stream.read(&mut buf))
+                    .await
+                    .expect("INFO replies in time")
+                    .unwrap();
+                assert!(n > 0, "connection closed");
+                raw.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    assert!(frames[0].starts_with(b"%7\r\n"));
+    for (i, frame) in frames[1..].iter().enumerate() {
+        let s = String::from_utf8_lossy(frame);
+        let (len, rest) = s.strip_prefix('=').unwrap().split_once("\r\n").unwrap();
+        let len: usize = len.parse().unwrap();
+        assert!(rest.starts_with("txt:# Server\r\n"), "{rest}");
+        assert_eq!(rest.len(), len + 2, "length of {rest:?}");
+        assert_eq!(rest.contains("# Keywarden\r\n"), i == 1, "{rest}");
+    }
+    proxy.shutdown().await;
+}
