@@ -85,8 +85,8 @@ impl Dedicated {
         self.wbuf.put_slice(req.raw());
         if self.paired {
             if props.unpaired {
+                // Replies still owed before this one are framed as before (see `take_raw`).
                 self.paired = false;
-                self.outstanding.clear();
             } else {
                 self.outstanding.push_back(Outstanding {
                     blocking: props.blocking,
@@ -128,7 +128,8 @@ impl Dedicated {
         self.written < self.wbuf.len()
     }
 
-    /// Requests written whose replies have not come back (0 once unpaired, when nobody knows).
+    /// Requests written whose replies have not come back (once unpaired, only those sent
+    /// before).
     pub fn unanswered(&self) -> usize {
         self.outstanding.len()
     }
@@ -189,11 +190,22 @@ impl Dedicated {
         }
     }
 
-    /// Once unpaired: every byte read, as it came.
-    pub fn take_raw(&mut self) -> Option<Bytes> {
+    /// Once unpaired: every byte read, as it came, once the replies owed from before are out
+    /// (those are framed, so that replies to the proxy's own setup commands stay hidden).
+    pub fn take_raw(&mut self) -> Result<Option<Bytes>, UpstreamFailure> {
         debug_assert!(!self.paired);
-        self.framed = 0;
-        (!self.rbuf.is_empty()).then(|| self.rbuf.split().freeze())
+        let mut owed = BytesMut::new();
+        while !self.outstanding.is_empty() {
+            match self.next_replies(u32::MAX)? {
+                Some((data, _)) => owed.extend_from_slice(&data),
+                None => break,
+            }
+        }
+        if self.outstanding.is_empty() {
+            self.framed = 0;
+            owed.extend_from_slice(&self.rbuf.split());
+        }
+        Ok((!owed.is_empty()).then(|| owed.freeze()))
     }
 
     /// While paired: the complete replies read so far that answer at most `limit` of the

@@ -49,13 +49,18 @@ use tokio::time::Instant;
 use crate::config::Settings;
 use crate::events::{AffectedKeyspaces, Counters, Counts, Event, EventKind, Events, Outage};
 use crate::health::{Cause, Health, Outcome, State, Thresholds, Transition};
+use bytes::Bytes;
+
 use crate::socket;
+use crate::upstream;
 
 /// What the monitor of one upstream needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MonitorSettings {
     /// The upstream's address, as the data path connects to it.
     pub address: String,
+    /// The proxy's own login (`AUTH ...`), sent before PING when the upstream needs one.
+    pub login: Option<Bytes>,
     /// The data path's connect timeout, used by the probe too.
     pub connect_timeout: Duration,
     /// Between probes while healthy. Default 1 s: a killed upstream with no traffic is noticed
@@ -92,6 +97,7 @@ impl Default for MonitorSettings {
     fn default() -> MonitorSettings {
         MonitorSettings {
             address: "127.0.0.1:6379".to_owned(),
+            login: None,
             connect_timeout: Duration::from_millis(500),
             probe_interval: Duration::from_secs(1),
             recovery_probe_interval: Duration::from_millis(25),
@@ -108,6 +114,9 @@ impl MonitorSettings {
     pub fn from_settings(s: &Settings) -> MonitorSettings {
         MonitorSettings {
             address: s.upstream.address.clone(),
+            login: upstream::setup_commands(&s.upstream, false)
+                .first()
+                .map(|login| login.raw().clone()),
             connect_timeout: s.upstream.connect_timeout,
             probe_interval: s.health.probe_interval,
             probe_timeout: s.health.probe_timeout,
@@ -138,10 +147,12 @@ pub trait Probe: Send + Sync + 'static {
     fn probe(&self) -> impl Future<Output = Outcome> + Send;
 }
 
-/// Connect, `PING`, expect `+PONG`.
+/// Connect, log in if the proxy has upstream credentials (expect `+OK`), `PING`, expect
+/// `+PONG`: an upstream that refuses the proxy's login cannot serve it.
 #[derive(Debug, Clone)]
 pub struct PingProbe {
     pub address: String,
+    pub login: Option<Bytes>,
     pub connect_timeout: Duration,
     pub probe_timeout: Duration,
 }
@@ -193,6 +204,7 @@ impl Monitor {
     ) -> Monitor {
         let probe = PingProbe {
             address: settings.address.clone(),
+            login: settings.login.clone(),
             connect_timeout: settings.connect_timeout,
             probe_timeout: settings.probe_timeout,
         };
@@ -418,38 +430,51 @@ impl Probe for PingProbe {
             Err(e) => return Outcome::Failure(Cause::of_connect_error(&e)),
         };
         let exchange = async {
-            stream.write_all(b"PING\r\n").await?;
-            read_line(&mut stream).await
+            let mut wire = Vec::new();
+            if let Some(login) = &self.login {
+                wire.extend_from_slice(login);
+            }
+            wire.extend_from_slice(b"PING\r\n");
+            stream.write_all(&wire).await?;
+            read_lines(&mut stream, 1 + usize::from(self.login.is_some())).await
+        };
+        let expected: &[&[u8]] = match self.login {
+            Some(_) => &[b"+OK", b"+PONG"],
+            None => &[b"+PONG"],
         };
         match tokio::time::timeout(self.probe_timeout, exchange).await {
             Err(_) => Outcome::Failure(Cause::Timeout),
             Ok(Err(_)) => Outcome::Failure(Cause::Closed),
-            Ok(Ok(line)) if line == b"+PONG" => Outcome::Success,
-            // An error reply (LOADING, MASTERDOWN, NOAUTH) or something not Redis: the upstream
-            // answers but cannot serve.
+            Ok(Ok(lines)) if lines == expected => Outcome::Success,
+            // An error reply (LOADING, MASTERDOWN, NOAUTH, WRONGPASS) or something not Redis:
+            // the upstream answers but cannot serve.
             Ok(Ok(_)) => Outcome::Failure(Cause::ProbeFailed),
         }
     }
 }
 
-/// The first reply line, without its CRLF; a closed connection before it is an error. Only a
-/// short line is ever expected, so a long one is cut at 128 bytes (and is not `+PONG`).
-async fn read_line(stream: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
-    let mut line = Vec::with_capacity(16);
+/// The first `n` reply lines, without their CRLF; a closed connection before them is an
+/// error. Only short lines are expected, so reading stops once 1 KiB has come.
+async fn read_lines(stream: &mut tokio::net::TcpStream, n: usize) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut data = Vec::with_capacity(32);
     let mut buf = [0u8; 128];
     loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
+        let lines: Vec<Vec<u8>> = data
+            .split(|&b| b == b'\n')
+            .take(n)
+            .filter_map(|l: &[u8]| l.strip_suffix(b"\r").map(<[u8]>::to_vec))
+            .collect();
+        if lines.len() == n && data.iter().filter(|&&b| b == b'\n').count() >= n {
+            return Ok(lines);
+        }
+        if data.len() >= 1024 {
+            return Ok(lines);
+        }
+        let read = stream.read(&mut buf).await?;
+        if read == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        line.extend_from_slice(&buf[..n]);
-        if let Some(end) = line.windows(2).position(|w| w == b"\r\n") {
-            line.truncate(end);
-            return Ok(line);
-        }
-        if line.len() >= buf.len() {
-            return Ok(line);
-        }
+        data.extend_from_slice(&buf[..read]);
     }
 }
 

@@ -437,10 +437,29 @@ impl Busy {
                     break;
                 }
             };
+            // Subscribed or monitoring: everything goes to that connection, whose Redis answers
+            // (or refuses) connection and transaction commands in that context. The proxy
+            // still checks permissions and routes keys, and follows a RESET.
+            let unpaired = self.dedicated.as_ref().is_some_and(|d| !d.is_paired());
+            if unpaired {
+                if let Err(denied) = ctx.permit(&req, state) {
+                    self.push_local(denied);
+                    continue;
+                }
+                if req.name().eq_ignore_ascii_case(b"reset") {
+                    let peer = || connection::Peer {
+                        addr: None,
+                        local: None,
+                    };
+                    let _ = connection::answer(&req, state, &ctx.settings.users, peer);
+                }
+            }
             let in_multi = state.as_ref().is_some_and(|s| s.multi.is_some());
             let resets = req.name().eq_ignore_ascii_case(b"reset")
                 || req.name().eq_ignore_ascii_case(b"quit");
-            if (in_multi && !resets) || transaction::is_transaction_command(req.name()) {
+            if unpaired {
+                // Straight to routing below.
+            } else if (in_multi && !resets) || transaction::is_transaction_command(req.name()) {
                 self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                 match self.transaction(req, ctx, shared, inbox, state, available) {
                     None => continue,
@@ -456,20 +475,20 @@ impl Busy {
             }
             // Authentication and permissions first, connection commands included (AUTH,
             // HELLO and RESET are allowed before authenticating; QUIT always is).
-            if !req.name().eq_ignore_ascii_case(b"quit") {
+            if !unpaired && !req.name().eq_ignore_ascii_case(b"quit") {
                 if let Err(denied) = ctx.permit(&req, state) {
                     self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                     self.push_local(denied);
                     continue;
                 }
             }
-            if connection::is_connection_command(&req) {
+            if !unpaired && connection::is_connection_command(&req) {
                 self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                 let reply = self.answer_connection_command(&req, ctx, state, stream);
                 self.push_local(reply);
                 continue;
             }
-            if req.name().eq_ignore_ascii_case(b"info") {
+            if !unpaired && req.name().eq_ignore_ascii_case(b"info") {
                 self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                 self.info(req, ctx, shared, inbox, state, available);
                 continue;
@@ -1041,8 +1060,10 @@ impl Busy {
         if !ded.is_paired() {
             // Unpaired (Pub/Sub, MONITOR): bytes go out as they come, and whatever the proxy
             // answered meanwhile follows them.
-            if let Some(data) = ded.take_raw() {
-                self.push_out(data);
+            match ded.take_raw() {
+                Ok(Some(data)) => self.push_out(data),
+                Ok(None) => {}
+                Err(why) => return self.lose_dedicated(why),
             }
             for slot in std::mem::take(&mut self.pending) {
                 if let Slot::Local(reply) = slot {

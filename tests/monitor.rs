@@ -255,6 +255,7 @@ where
 fn probe(address: String) -> PingProbe {
     PingProbe {
         address,
+        login: None,
         connect_timeout: Duration::from_millis(300),
         probe_timeout: Duration::from_millis(200),
     }

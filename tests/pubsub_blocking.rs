@@ -10,9 +10,6 @@
 //! own upstream (both subscribers see the same messages and PUBSUB counts); the RESP3 and
 //! blocking ones use a second, reference redis-server, so that the two sides' writes cannot
 //! interfere.
-//!
-//! Tests marked `#[ignore = "keywarden bug: ..."]` assert Redis's behaviour where keywarden
-//! differs today; run them with `cargo test --test pubsub_blocking -- --ignored`.
 
 mod support;
 
@@ -442,8 +439,6 @@ async fn resp2_subscriber_matches_redis() {
 /// Commands keywarden answers itself (SELECT, CLIENT, HELLO, AUTH, transactions) must not
 /// escape Redis's Pub/Sub rules: a RESP2 subscriber gets Redis's refusal for each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "keywarden bug: connection and transaction commands are answered by the proxy while \
-            subscribed (RESP2), where Redis refuses them"]
 async fn resp2_subscriber_connection_commands_match_redis() {
     let redis = RedisServer::start();
     let proxy = Proxy::for_upstream(&redis).await;
@@ -483,8 +478,6 @@ async fn resp2_subscriber_connection_commands_match_redis() {
 /// frames Redis sends for earlier commands: pipelined `PING`, `PING x`, `RESET`, `GET k` get
 /// two pongs, `+RESET`, then the null bulk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "keywarden bug: RESET pipelined behind forwarded commands while subscribed is \
-            answered first, and the forwarded commands' replies are lost"]
 async fn resp2_subscriber_pipelined_reset_keeps_order() {
     let redis = RedisServer::start();
     let proxy = Proxy::for_upstream(&redis).await;
@@ -562,8 +555,6 @@ async fn upstream_with_proxy_user() -> (RedisServer, Settings) {
 /// The proxy logs its own upstream connections in; when SUBSCRIBE is the first command on the
 /// client's own connection, the reply to that AUTH must not reach the subscriber.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "keywarden bug: SUBSCRIBE as the first command on a dedicated connection to an \
-            upstream that needs AUTH leaks the reply to the proxy's own AUTH (+OK)"]
 async fn subscriber_sees_nothing_of_the_upstream_login() {
     let (redis, s) = upstream_with_proxy_user().await;
     let proxy = Proxy::start(s).await;
@@ -600,8 +591,6 @@ async fn blocked_client_sees_nothing_of_the_upstream_login() {
 
 /// An upstream with `requirepass` and the matching `upstream.password`: the proxy serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "keywarden bug: the health probe sends PING without AUTH, gets -NOAUTH, and a \
-            password-protected upstream is never healthy: every request is refused FAILCLOSED"]
 async fn requirepass_upstream_is_served() {
     let redis = RedisServer::start();
     let mut admin = Client::connect(redis.addr()).await;
@@ -736,9 +725,6 @@ impl Resp3Rig {
 /// HELLO 3, then SUBSCRIBE: the subscriber gets exactly Redis's RESP3 frames, and nothing of
 /// the proxy's own setup of its upstream connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "keywarden bug: after HELLO 3, SUBSCRIBE (the first command on the client's own \
-            upstream connection) leaks the reply to the proxy's setup HELLO 3 (a %7 map) to the \
-            client before the subscribe push"]
 async fn resp3_subscriber_matches_redis() {
     let mut rig = Resp3Rig::start().await;
     rig.subscriber_session().await;
