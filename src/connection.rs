@@ -65,6 +65,7 @@ pub fn answer(
     req: &Request,
     state: &mut Option<Box<ClientState>>,
     users: &Users,
+    version: &str,
     peer: impl FnOnce() -> Peer,
 ) -> Answer {
     let name = req.name().to_ascii_lowercase();
@@ -74,7 +75,7 @@ pub fn answer(
     };
     match name.as_slice() {
         b"auth" => plain(auth(req, state, users)),
-        b"hello" => hello(req, state, users),
+        b"hello" => hello(req, state, users, version),
         b"select" => select(req, state, users),
         b"reset" if req.argc() != 1 => plain(arity("reset")),
         b"reset" => {
@@ -136,15 +137,20 @@ fn auth(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> B
 /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`, checked in Redis's order:
 /// the version, then the options one by one (AUTH takes effect at once), then that the client
 /// is authenticated.
-fn hello(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> Answer {
+fn hello(
+    req: &Request,
+    state: &mut Option<Box<ClientState>>,
+    users: &Users,
+    version: &str,
+) -> Answer {
     let fail = |reply: Bytes| Answer {
         reply,
         sync: Sync::Nothing,
     };
-    let mut version = None;
+    let mut protocol = None;
     if let Some(arg) = req.arg(1) {
         match engine::string2ll(arg) {
-            Some(v @ 2..=3) => version = Some(v as u8),
+            Some(v @ 2..=3) => protocol = Some(v as u8),
             Some(_) => return fail(error("NOPROTO unsupported protocol version")),
             None => {
                 return fail(error(
@@ -180,8 +186,8 @@ fn hello(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> 
         return fail(error(&AuthError::HelloNoAuth.to_string()));
     }
     let s = ClientState::of(state, users);
-    let switched = version.is_some_and(|v| (v == 3) != s.resp3);
-    if let Some(v) = version {
+    let switched = protocol.is_some_and(|v| (v == 3) != s.resp3);
+    if let Some(v) = protocol {
         s.resp3 = v == 3;
     }
     let mut out = BytesMut::with_capacity(160);
@@ -198,7 +204,7 @@ fn hello(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> 
     bulk(&mut out, b"server");
     bulk(&mut out, b"redis");
     bulk(&mut out, b"version");
-    bulk(&mut out, SERVER_VERSION.as_bytes());
+    bulk(&mut out, version.as_bytes());
     bulk(&mut out, b"proto");
     let _ = write!(out, ":{}\r\n", if s.resp3 { 3 } else { 2 });
     bulk(&mut out, b"id");
@@ -219,8 +225,8 @@ fn hello(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> 
     }
 }
 
-/// The Redis version HELLO reports: the one whose behaviour the proxy's command table and
-/// local engine follow.
+/// The Redis version HELLO reports before the proxy has learned the upstream's: the one whose
+/// behaviour its command table and local engine follow.
 pub const SERVER_VERSION: &str = "7.0.15";
 
 /// SELECT: the database applies to the local store at once, and upstream through the client's

@@ -451,7 +451,8 @@ impl Busy {
                         addr: None,
                         local: None,
                     };
-                    let _ = connection::answer(&req, state, &ctx.settings.users, peer);
+                    let users = &ctx.settings.users;
+                    let _ = connection::answer(&req, state, users, "", peer);
                 }
             }
             let in_multi = state.as_ref().is_some_and(|s| s.multi.is_some());
@@ -864,7 +865,9 @@ impl Busy {
             addr: stream.peer_addr().ok(),
             local: stream.local_addr().ok(),
         };
-        let answer = connection::answer(req, state, &ctx.settings.users, peer);
+        let version = ctx.upstream.version();
+        let version = version.as_deref().unwrap_or(connection::SERVER_VERSION);
+        let answer = connection::answer(req, state, &ctx.settings.users, version, peer);
         let Some(ded) = self.dedicated.as_mut() else {
             return answer.reply;
         };

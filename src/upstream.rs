@@ -46,6 +46,8 @@ const READ_CHUNK: usize = 16 * 1024;
 pub struct Upstream {
     conns: Box<[Arc<SharedConn>]>,
     conns3: Box<[Arc<SharedConn>]>,
+    /// The upstream's `redis_version`, as its HELLO reply gave it on a RESP3 connection.
+    version: Arc<Mutex<Option<Arc<str>>>>,
     next: AtomicUsize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -60,6 +62,7 @@ impl Upstream {
     ) -> Arc<Upstream> {
         let mut tasks = Vec::with_capacity(2 * settings.connections);
         let reached = Arc::new(Notify::new());
+        let version = Arc::new(Mutex::new(None));
         let mut pool = |resp3: bool, first_id: usize| -> Box<[Arc<SharedConn>]> {
             (0..settings.connections)
                 .map(|i| {
@@ -81,6 +84,7 @@ impl Upstream {
                         keepalive,
                         reached: reached.clone(),
                         monitor: monitor.clone(),
+                        version: version.clone(),
                     };
                     tasks.push(tokio::spawn(task.run()));
                     conn
@@ -92,6 +96,7 @@ impl Upstream {
         Arc::new(Upstream {
             conns,
             conns3,
+            version,
             next: AtomicUsize::new(0),
             tasks,
         })
@@ -122,6 +127,14 @@ impl Upstream {
             .map(|k| &pool[(start + k) % pool.len()])
             .find(|c| c.is_up())
             .cloned()
+    }
+
+    /// The upstream's version, once a connection has learned it.
+    pub fn version(&self) -> Option<Arc<str>> {
+        self.version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn pool(&self, resp3: bool) -> &[Arc<SharedConn>] {
@@ -343,6 +356,8 @@ struct ConnTask {
     reached: Arc<Notify>,
     /// Told of every connection failure (never of a request's error reply: that is an answer).
     monitor: MonitorHandle,
+    /// Where a setup HELLO's `version` goes (see [`Upstream::version`]).
+    version: Arc<Mutex<Option<Arc<str>>>>,
 }
 
 impl ConnTask {
@@ -359,7 +374,8 @@ impl ConnTask {
                     self.reached.notify_waiters();
                     tracing::info!(conn = self.id, upstream = addr, "upstream connected");
                     was_up = true;
-                    let mut link = Connection::new(stream, self.max_reply_depth);
+                    let mut link =
+                        Connection::new(stream, self.max_reply_depth, self.version.clone());
                     link.set_up(&self.setup);
                     let why = link.serve(&self.conn, self.settings.command_timeout).await;
                     tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
@@ -416,6 +432,7 @@ struct Connection {
     /// Bytes of `rbuf` already framed for the head waiter but not yet delivered.
     framed: usize,
     last_read: Instant,
+    version: Arc<Mutex<Option<Arc<str>>>>,
 }
 
 enum Event {
@@ -426,8 +443,13 @@ enum Event {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, max_reply_depth: usize) -> Connection {
+    fn new(
+        stream: TcpStream,
+        max_reply_depth: usize,
+        version: Arc<Mutex<Option<Arc<str>>>>,
+    ) -> Connection {
         Connection {
+            version,
             stream,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
@@ -542,11 +564,18 @@ impl Connection {
             while frames < head.waiter.remaining {
                 match self.scanner.scan(&self.rbuf[self.framed..]) {
                     Ok(Some(frame)) => {
-                        if head.waiter.inbox.is_none() && self.rbuf[self.framed] == b'-' {
-                            tracing::warn!(
-                                "upstream refused the proxy's connection setup (AUTH or HELLO 3)"
-                            );
-                            return Err(UpstreamFailure::SetupRefused);
+                        if head.waiter.inbox.is_none() {
+                            let reply = &self.rbuf[self.framed..self.framed + frame.len];
+                            if reply[0] == b'-' {
+                                tracing::warn!(
+                                    "upstream refused the proxy's connection setup (AUTH or HELLO 3)"
+                                );
+                                return Err(UpstreamFailure::SetupRefused);
+                            }
+                            if let Some(v) = hello_version(reply) {
+                                *self.version.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(v.into());
+                            }
                         }
                         self.framed += frame.len;
                         frames += 1;
@@ -592,10 +621,36 @@ impl Connection {
     }
 }
 
+/// The `version` field of a HELLO reply (a RESP3 map or RESP2 array of bulk strings).
+fn hello_version(reply: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"$7\r\nversion\r\n$";
+    let at = reply.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = &reply[at..];
+    let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+    let len: usize = std::str::from_utf8(&rest[..eol]).ok()?.parse().ok()?;
+    let value = rest.get(eol + 2..eol + 2 + len)?;
+    std::str::from_utf8(value).ok()
+}
+
 /// An interval for checking a command timeout: a tenth of it, between 1 ms and 100 ms.
 pub fn timeout_tick(timeout: Duration) -> Interval {
     let period = (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(100));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_from_hello_replies() {
+        let resp3 = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.2.11\r\n$5\r\nproto\r\n:3\r\n";
+        assert_eq!(hello_version(resp3), Some("7.2.11"));
+        let resp2 = b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n";
+        assert_eq!(hello_version(resp2), Some("7.0.0"));
+        assert_eq!(hello_version(b"+OK\r\n"), None);
+        assert_eq!(hello_version(b"%1\r\n$7\r\nversion\r\n$9\r\n7.0\r\n"), None);
+    }
 }

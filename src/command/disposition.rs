@@ -15,6 +15,9 @@
 //! Unknown commands are forwarded on a shared connection: Redis answers them (usually with
 //! `-ERR unknown command`), and no connection state can come from a command Redis does not know.
 
+use std::sync::OnceLock;
+
+use super::name_index::NameIndex;
 use super::search;
 use crate::request::Request;
 
@@ -98,9 +101,11 @@ static CLIENT_DISPOSITIONS: &[(&str, Disposition)] = &[
 
 /// Decides how `req` is carried upstream.
 pub fn disposition(req: &Request) -> Disposition {
+    static INDEX: OnceLock<NameIndex> = OnceLock::new();
     let name = req.name();
-    if let Some((_, d)) = search(DISPOSITIONS, name, |e| e.0) {
-        return *d;
+    let index = INDEX.get_or_init(|| NameIndex::new(DISPOSITIONS.iter().map(|e| e.0).collect()));
+    if let Some(i) = index.find(name) {
+        return DISPOSITIONS[i].1;
     }
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
     if is(b"client") {
