@@ -4,8 +4,6 @@
 //! work whatever the upstream's health, and it brings an upstream connection in line with them
 //! when the client needs one of its own.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use bytes::Bytes;
 
 use crate::auth::{UserId, Users};
@@ -15,8 +13,6 @@ use crate::transaction::Multi;
 /// Connection state that differs from a fresh connection's. A session holds it boxed, and
 /// only once something differs, so a plain client pays one pointer.
 pub struct ClientState {
-    /// CLIENT ID: unique for the life of the process, given when first needed.
-    pub id: u64,
     /// The selected database (SELECT).
     pub db: u32,
     /// Replies in RESP3, after HELLO 3.
@@ -36,13 +32,10 @@ pub struct ClientState {
     pub watched_upstream: bool,
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-
 impl ClientState {
     /// A fresh connection's state: database 0, RESP2, the default user if there is one.
     pub fn new(users: &Users) -> ClientState {
         ClientState {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             db: 0,
             resp3: false,
             user: users.default_user(),

@@ -1,11 +1,16 @@
 //! The connected clients, as the server sees them: how many there are (for `max_clients`), the
-//! proxy's phase (running, draining, stopping), and a way to wake every one of them when the
-//! phase changes.
+//! proxy's phase (running, draining, stopping), a way to wake every one of them when the
+//! phase changes, and what CLIENT LIST shows and CLIENT KILL matches.
 //!
-//! Each client costs one slab slot holding its inbox; nothing else is kept per client here.
+//! Each client costs one slab slot: its inbox, id, address and connect time, plus a boxed
+//! [`Listed`] only once it set a name, database, protocol or user.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use slab::Slab;
 use tokio::sync::Notify;
@@ -26,9 +31,49 @@ pub enum Phase {
 #[derive(Debug, Default)]
 pub struct Clients {
     phase: AtomicU8,
-    inboxes: Mutex<Slab<Arc<Inbox>>>,
+    entries: Mutex<Slab<Entry>>,
     /// Signalled when the last client leaves.
     empty: Notify,
+}
+
+/// One connected client.
+#[derive(Debug)]
+struct Entry {
+    inbox: Arc<Inbox>,
+    id: u64,
+    addr: Option<SocketAddr>,
+    /// Unix seconds at connect.
+    since: u32,
+    listed: Option<Box<Listed>>,
+}
+
+/// What a client set on its connection, as CLIENT LIST shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listed {
+    pub name: Option<Bytes>,
+    pub db: u32,
+    pub user: Option<String>,
+    pub resp3: bool,
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
+}
+
+/// CLIENT KILL's filters; every one given must match.
+#[derive(Debug, Default)]
+pub struct KillFilter {
+    pub id: Option<u64>,
+    pub addr: Option<String>,
+    pub user: Option<String>,
+    /// Spare this client (SKIPME yes, the default).
+    pub skip: Option<u64>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn unix_secs() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
 }
 
 impl Clients {
@@ -36,17 +81,92 @@ impl Clients {
         self.lock().len()
     }
 
-    /// Registers a client; the key is for [`Clients::leave`].
-    pub fn join(&self, inbox: Arc<Inbox>) -> usize {
-        self.lock().insert(inbox)
+    /// Registers a client: its key is for [`Clients::leave`], its id is CLIENT ID.
+    pub fn join(&self, inbox: Arc<Inbox>, addr: Option<SocketAddr>) -> (usize, u64) {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let key = self.lock().insert(Entry {
+            inbox,
+            id,
+            addr,
+            since: unix_secs(),
+            listed: None,
+        });
+        (key, id)
     }
 
     pub fn leave(&self, key: usize) {
-        let mut inboxes = self.lock();
-        inboxes.try_remove(key);
-        if inboxes.is_empty() {
+        let mut entries = self.lock();
+        entries.try_remove(key);
+        if entries.is_empty() {
             self.empty.notify_waiters();
         }
+    }
+
+    /// Records what a client set on its connection, for CLIENT LIST.
+    pub fn publish(&self, key: usize, listed: Listed) {
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.listed = (listed != Listed::default()).then(|| Box::new(listed));
+        }
+    }
+
+    /// CLIENT LIST: one line per client (those in `ids` only, when given), in connect order.
+    pub fn list(&self, ids: Option<&[u64]>) -> String {
+        let now = unix_secs();
+        let entries = self.lock();
+        let mut rows: Vec<&Entry> = entries
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| ids.is_none_or(|ids| ids.contains(&e.id)))
+            .collect();
+        rows.sort_by_key(|e| e.id);
+        let mut out = String::new();
+        for e in rows {
+            let none = Listed::default();
+            let l = e.listed.as_deref().unwrap_or(&none);
+            let text = |b: &Option<Bytes>| {
+                b.as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            };
+            out.push_str(&format!(
+                "id={} addr={} name={} age={} db={} user={} lib-name={} lib-ver={} resp={}\n",
+                e.id,
+                e.addr.map(|a| a.to_string()).unwrap_or_default(),
+                text(&l.name),
+                now.saturating_sub(e.since),
+                l.db,
+                l.user.as_deref().unwrap_or(crate::auth::DEFAULT_USER),
+                text(&l.lib_name),
+                text(&l.lib_ver),
+                if l.resp3 { 3 } else { 2 },
+            ));
+        }
+        out
+    }
+
+    /// CLIENT KILL: closes every client matching `filter`; how many.
+    pub fn kill(&self, filter: &KillFilter) -> usize {
+        let entries = self.lock();
+        let mut killed = 0;
+        for (_, e) in entries.iter() {
+            let user = e
+                .listed
+                .as_ref()
+                .and_then(|l| l.user.as_deref())
+                .unwrap_or(crate::auth::DEFAULT_USER);
+            let matches = filter.id.is_none_or(|id| id == e.id)
+                && filter
+                    .addr
+                    .as_ref()
+                    .is_none_or(|a| e.addr.is_some_and(|ea| ea.to_string() == *a))
+                && filter.user.as_ref().is_none_or(|u| u == user)
+                && filter.skip != Some(e.id);
+            if matches {
+                e.inbox.kill();
+                killed += 1;
+            }
+        }
+        killed
     }
 
     pub fn phase(&self) -> Phase {
@@ -60,8 +180,8 @@ impl Clients {
     /// Moves every client to `phase` and wakes each one so it notices.
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
-        for (_, inbox) in self.lock().iter() {
-            inbox.poke();
+        for (_, entry) in self.lock().iter() {
+            entry.inbox.poke();
         }
     }
 
@@ -78,7 +198,7 @@ impl Clients {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Arc<Inbox>>> {
-        self.inboxes.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

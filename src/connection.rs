@@ -10,6 +10,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::auth::{AuthError, Users};
 use crate::client_state::ClientState;
+use crate::clients::{Clients, KillFilter, Listed};
 use crate::engine;
 use crate::request::Request;
 
@@ -37,6 +38,17 @@ pub struct Peer {
     pub local: Option<SocketAddr>,
 }
 
+/// What answering needs beyond the client's own state.
+pub struct Env<'a> {
+    pub users: &'a Users,
+    /// The version HELLO reports.
+    pub version: &'a str,
+    /// This client's CLIENT ID.
+    pub id: u64,
+    /// Every client, for CLIENT LIST and CLIENT KILL.
+    pub clients: &'a Clients,
+}
+
 /// Names the proxy answers; anything else is `None` at the cost of a length check or two.
 pub fn is_connection_command(req: &Request) -> bool {
     let name = req.name();
@@ -56,18 +68,20 @@ pub fn is_connection_command(req: &Request) -> bool {
     }
 }
 
-/// CLIENT subcommands about this connection alone; the others (LIST, KILL, TRACKING, REPLY,
-/// PAUSE...) go upstream as before.
-const CLIENT_SUBCOMMANDS: &[&str] = &["setname", "getname", "id", "setinfo", "info"];
+/// CLIENT subcommands about this connection, or the proxy's clients (LIST, KILL); the others
+/// (TRACKING, REPLY, PAUSE...) go upstream as before.
+const CLIENT_SUBCOMMANDS: &[&str] = &[
+    "setname", "getname", "id", "setinfo", "info", "list", "kill",
+];
 
 /// Answers a connection command (the caller checked [`is_connection_command`]).
 pub fn answer(
     req: &Request,
     state: &mut Option<Box<ClientState>>,
-    users: &Users,
-    version: &str,
+    env: &Env<'_>,
     peer: impl FnOnce() -> Peer,
 ) -> Answer {
+    let users = env.users;
     let name = req.name().to_ascii_lowercase();
     let plain = |reply: Bytes| Answer {
         reply,
@@ -75,27 +89,25 @@ pub fn answer(
     };
     match name.as_slice() {
         b"auth" => plain(auth(req, state, users)),
-        b"hello" => hello(req, state, users, version),
+        b"hello" => hello(req, state, users, env.version, env.id),
         b"select" => select(req, state, users),
         b"reset" if req.argc() != 1 => plain(arity("reset")),
         b"reset" => {
-            let id = state.as_ref().map(|s| s.id);
             let lib = state
                 .as_ref()
                 .map(|s| (s.lib_name.clone(), s.lib_ver.clone()));
             *state = None;
-            if let Some(id) = id {
-                // The connection keeps its id and library, as in Redis.
+            if let Some(lib) = lib.filter(|l| l.0.is_some() || l.1.is_some()) {
+                // The connection keeps its library, as in Redis.
                 let s = ClientState::of(state, users);
-                s.id = id;
-                (s.lib_name, s.lib_ver) = lib.unwrap_or_default();
+                (s.lib_name, s.lib_ver) = lib;
             }
             Answer {
                 reply: Bytes::from_static(b"+RESET\r\n"),
                 sync: Sync::Reset,
             }
         }
-        _ => plain(client(req, state, users, peer)),
+        _ => plain(client(req, state, env, peer)),
     }
 }
 
@@ -142,6 +154,7 @@ fn hello(
     state: &mut Option<Box<ClientState>>,
     users: &Users,
     version: &str,
+    id: u64,
 ) -> Answer {
     let fail = |reply: Bytes| Answer {
         reply,
@@ -208,7 +221,7 @@ fn hello(
     bulk(&mut out, b"proto");
     let _ = write!(out, ":{}\r\n", if s.resp3 { 3 } else { 2 });
     bulk(&mut out, b"id");
-    let _ = write!(out, ":{}\r\n", s.id);
+    let _ = write!(out, ":{id}\r\n");
     bulk(&mut out, b"mode");
     bulk(&mut out, b"standalone");
     bulk(&mut out, b"role");
@@ -281,9 +294,10 @@ fn set_name(state: &mut Option<Box<ClientState>>, users: &Users, name: &[u8]) ->
 fn client(
     req: &Request,
     state: &mut Option<Box<ClientState>>,
-    users: &Users,
+    env: &Env<'_>,
     peer: impl FnOnce() -> Peer,
 ) -> Bytes {
+    let users = env.users;
     let sub = req.arg(1).unwrap_or_default().to_ascii_lowercase();
     let resp3 = ClientState::resp3_of(state);
     match (sub.as_slice(), req.argc()) {
@@ -304,7 +318,7 @@ fn client(
             None => Bytes::from_static(b"$-1\r\n"),
         },
         (b"getname", _) => arity("client|getname"),
-        (b"id", 2) => Bytes::from(format!(":{}\r\n", ClientState::of(state, users).id)),
+        (b"id", 2) => Bytes::from(format!(":{}\r\n", env.id)),
         (b"id", _) => arity("client|id"),
         (b"setinfo", 4) => {
             let attr = req.arg(2).unwrap_or_default();
@@ -331,24 +345,133 @@ fn client(
         }
         (b"setinfo", _) => arity("client|setinfo"),
         (b"info", 2) => {
-            let line = info_line(ClientState::of(state, users), users, &peer());
-            let mut out = BytesMut::new();
-            let tag = if resp3 { '=' } else { '$' };
-            if resp3 {
-                let _ = write!(out, "{tag}{}\r\ntxt:", line.len() + 4);
-            } else {
-                let _ = write!(out, "{tag}{}\r\n", line.len());
-            }
-            out.put_slice(line.as_bytes());
-            out.put_slice(b"\r\n");
-            out.freeze()
+            let line = info_line(ClientState::of(state, users), env, &peer());
+            verbatim(&line, resp3)
         }
-        _ => arity("client|info"),
+        (b"info", _) => arity("client|info"),
+        (b"list", _) => list(req, env, resp3),
+        (b"kill", _) => kill(req, env),
+        _ => arity("client"),
+    }
+}
+
+/// A text reply as Redis sends CLIENT INFO and LIST: bulk, or verbatim for RESP3.
+fn verbatim(text: &str, resp3: bool) -> Bytes {
+    let mut out = BytesMut::with_capacity(text.len() + 16);
+    if resp3 {
+        let _ = write!(out, "={}\r\ntxt:", text.len() + 4);
+    } else {
+        let _ = write!(out, "${}\r\n", text.len());
+    }
+    out.put_slice(text.as_bytes());
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+/// `CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id [id ...]]`: the proxy's own
+/// clients. Every client of the proxy counts as `normal`.
+fn list(req: &Request, env: &Env<'_>, resp3: bool) -> Bytes {
+    let args: Vec<&[u8]> = req.args().skip(2).collect();
+    let is = |a: &[u8], w: &str| a.eq_ignore_ascii_case(w.as_bytes());
+    match args.as_slice() {
+        [] => verbatim(&env.clients.list(None), resp3),
+        [t, kind] if is(t, "type") => {
+            if is(kind, "normal") {
+                verbatim(&env.clients.list(None), resp3)
+            } else if ["master", "replica", "slave", "pubsub"]
+                .iter()
+                .any(|k| is(kind, k))
+            {
+                verbatim("", resp3)
+            } else {
+                let shown = String::from_utf8_lossy(engine::c_str(kind)).into_owned();
+                error(&format!("ERR Unknown client type '{shown}'"))
+            }
+        }
+        [i, ids @ ..] if is(i, "id") && !ids.is_empty() => {
+            let mut wanted = Vec::with_capacity(ids.len());
+            for id in ids {
+                match engine::string2ll(id) {
+                    Some(n) if n > 0 => wanted.push(n as u64),
+                    _ => return error("ERR Invalid client ID"),
+                }
+            }
+            verbatim(&env.clients.list(Some(&wanted)), resp3)
+        }
+        _ => error("ERR syntax error"),
+    }
+}
+
+/// `CLIENT KILL addr:port` (old form: `+OK`, or an error when no client matches) or
+/// `CLIENT KILL <filter> <value> ...` with ID, ADDR, USER, SKIPME (new form: how many).
+fn kill(req: &Request, env: &Env<'_>) -> Bytes {
+    let args: Vec<&[u8]> = req.args().skip(2).collect();
+    if args.is_empty() {
+        return arity("client|kill");
+    }
+    let text = |a: &[u8]| String::from_utf8_lossy(a).into_owned();
+    if let [addr] = args.as_slice() {
+        let filter = KillFilter {
+            addr: Some(text(addr)),
+            ..KillFilter::default()
+        };
+        return match env.clients.kill(&filter) {
+            0 => error("ERR No such client"),
+            _ => ok(),
+        };
+    }
+    if !args.len().is_multiple_of(2) {
+        return error("ERR syntax error");
+    }
+    let mut filter = KillFilter {
+        skip: Some(env.id),
+        ..KillFilter::default()
+    };
+    for pair in args.chunks(2) {
+        let (opt, value) = (pair[0], pair[1]);
+        let is = |w: &str| opt.eq_ignore_ascii_case(w.as_bytes());
+        if is("id") {
+            match engine::string2ll(value) {
+                Some(n) if n > 0 => filter.id = Some(n as u64),
+                _ => return error("ERR client-id should be greater than 0"),
+            }
+        } else if is("addr") {
+            filter.addr = Some(text(value));
+        } else if is("user") {
+            filter.user = Some(text(value));
+        } else if is("skipme") {
+            if value.eq_ignore_ascii_case(b"yes") {
+                filter.skip = Some(env.id);
+            } else if value.eq_ignore_ascii_case(b"no") {
+                filter.skip = None;
+            } else {
+                return error("ERR syntax error");
+            }
+        } else {
+            return error("ERR syntax error");
+        }
+    }
+    Bytes::from(format!(":{}\r\n", env.clients.kill(&filter)))
+}
+
+/// What CLIENT LIST shows of a client's state.
+pub fn listed(state: &Option<Box<ClientState>>, users: &Users) -> Listed {
+    let Some(s) = state else {
+        return Listed::default();
+    };
+    Listed {
+        name: s.name.clone(),
+        db: s.db,
+        user: s.user.map(|id| users.user(id).name().to_owned()),
+        resp3: s.resp3,
+        lib_name: s.lib_name.clone(),
+        lib_ver: s.lib_ver.clone(),
     }
 }
 
 /// This client's CLIENT INFO line, with the fields the proxy knows.
-fn info_line(s: &ClientState, users: &Users, peer: &Peer) -> String {
+fn info_line(s: &ClientState, env: &Env<'_>, peer: &Peer) -> String {
+    let users = env.users;
     let show = |b: &Option<Bytes>| {
         b.as_ref()
             .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -361,7 +484,7 @@ fn info_line(s: &ClientState, users: &Users, peer: &Peer) -> String {
         .unwrap_or_else(|| crate::auth::DEFAULT_USER.to_owned());
     format!(
         "id={} addr={} laddr={} name={} db={} user={} lib-name={} lib-ver={} resp={}\n",
-        s.id,
+        env.id,
         addr(peer.addr),
         addr(peer.local),
         show(&s.name),

@@ -29,6 +29,8 @@ pub struct Inbox {
     chunks: Mutex<VecDeque<Chunk>>,
     /// Set by every delivery or poke, cleared when the session notices.
     woken: AtomicBool,
+    /// CLIENT KILL: the session closes when it notices.
+    killed: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -46,6 +48,16 @@ impl Inbox {
     pub fn poke(&self) {
         self.woken.store(true, Ordering::Release);
         self.waker.wake();
+    }
+
+    /// Asks the session to close (CLIENT KILL), and wakes it.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.poke();
+    }
+
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::Acquire)
     }
 
     /// Moves every waiting chunk into `into`, in order.

@@ -77,6 +77,8 @@ pub struct Session {
     ctx: Arc<Server>,
     /// This client's key in [`Clients`].
     key: usize,
+    /// CLIENT ID.
+    id: u64,
     inbox: Arc<Inbox>,
     shared: Arc<SharedConn>,
     busy: Option<Box<Busy>>,
@@ -115,6 +117,9 @@ impl Drop for Session {
 
 /// A session's state while anything is in flight.
 struct Busy {
+    /// The session's key in [`Clients`] and CLIENT ID.
+    key: usize,
+    id: u64,
     inbuf: BytesMut,
     parser: RequestParser,
     /// Reply bytes ready for the client, in order.
@@ -161,7 +166,7 @@ enum Event {
 impl Session {
     pub fn new(stream: TcpStream, ctx: Arc<Server>) -> Session {
         let inbox = Arc::new(Inbox::default());
-        let key = ctx.clients.join(inbox.clone());
+        let (key, id) = ctx.clients.join(inbox.clone(), stream.peer_addr().ok());
         let idle = ctx.settings.client_idle_timeout.map(|limit| {
             Box::new(IdleTimer {
                 limit,
@@ -174,6 +179,7 @@ impl Session {
             shared: ctx.upstream.pick(false),
             ctx,
             key,
+            id,
             inbox,
             busy: None,
             opening: None,
@@ -191,7 +197,9 @@ impl Session {
                 let opened = ready!(opening.as_mut().poll(cx));
                 self.opening = None;
                 let state = &self.state;
-                let b = self.busy.get_or_insert_with(|| Busy::new(&self.ctx));
+                let b = self
+                    .busy
+                    .get_or_insert_with(|| Busy::new(&self.ctx, self.key, self.id));
                 b.opened(opened, &self.ctx, state);
             }
             if let Some(b) = self.busy.as_deref_mut() {
@@ -238,6 +246,18 @@ impl Session {
             }
             let event = ready!(self.poll_event(cx))?;
             match event {
+                Event::Inbox if self.inbox.is_killed() => {
+                    // CLIENT KILL: answer what was asked (a client killing itself gets its
+                    // reply, as in Redis), read nothing more.
+                    match self.busy.as_deref_mut() {
+                        Some(b) => {
+                            b.take_inbox(&self.inbox);
+                            b.closing = true;
+                            b.inbuf.clear();
+                        }
+                        None => return Poll::Ready(Ok(())),
+                    }
+                }
                 Event::Inbox => match self.ctx.clients.phase() {
                     Phase::Run => {
                         if let Some(b) = self.busy.as_deref_mut() {
@@ -292,7 +312,8 @@ impl Session {
     }
 
     fn busy_mut(&mut self) -> &mut Busy {
-        self.busy.get_or_insert_with(|| Busy::new(&self.ctx))
+        self.busy
+            .get_or_insert_with(|| Busy::new(&self.ctx, self.key, self.id))
     }
 
     /// Waits for the next thing to do. One poll function instead of `select!`: its state is a
@@ -364,9 +385,11 @@ impl Session {
 }
 
 impl Busy {
-    fn new(ctx: &Server) -> Box<Busy> {
+    fn new(ctx: &Server, key: usize, id: u64) -> Box<Busy> {
         let limits = &ctx.settings.limits;
         Box::new(Busy {
+            key,
+            id,
             inbuf: BytesMut::new(),
             parser: RequestParser::new(ParserLimits {
                 max_bulk_len: limits.max_bulk_len,
@@ -451,8 +474,15 @@ impl Busy {
                         addr: None,
                         local: None,
                     };
-                    let users = &ctx.settings.users;
-                    let _ = connection::answer(&req, state, users, "", peer);
+                    let env = connection::Env {
+                        users: &ctx.settings.users,
+                        version: "",
+                        id: self.id,
+                        clients: &ctx.clients,
+                    };
+                    let _ = connection::answer(&req, state, &env, peer);
+                    ctx.clients
+                        .publish(self.key, connection::listed(state, &ctx.settings.users));
                 }
             }
             let in_multi = state.as_ref().is_some_and(|s| s.multi.is_some());
@@ -807,6 +837,8 @@ impl Busy {
                 server::unix_ms(),
                 &mut out,
             );
+            ctx.clients
+                .publish(self.key, connection::listed(state, &ctx.settings.users));
             // Ran (not aborted by WATCH) while the upstream is away: degraded replies, and
             // writes that recovery will discard (a command failing inside EXEC still counts).
             if !available && out.first() == Some(&b'*') && !out.starts_with(b"*-1") {
@@ -867,7 +899,15 @@ impl Busy {
         };
         let version = ctx.upstream.version();
         let version = version.as_deref().unwrap_or(connection::SERVER_VERSION);
-        let answer = connection::answer(req, state, &ctx.settings.users, version, peer);
+        let env = connection::Env {
+            users: &ctx.settings.users,
+            version,
+            id: self.id,
+            clients: &ctx.clients,
+        };
+        let answer = connection::answer(req, state, &env, peer);
+        ctx.clients
+            .publish(self.key, connection::listed(state, &ctx.settings.users));
         let Some(ded) = self.dedicated.as_mut() else {
             return answer.reply;
         };

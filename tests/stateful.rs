@@ -226,3 +226,75 @@ async fn local_replies_stay_in_order_on_a_dedicated_connection() {
     assert_eq!(c.cmd(&["GET", "up"]).await, Frame::Null);
     proxy.shutdown().await;
 }
+
+/// CLIENT LIST and CLIENT KILL act on keywarden's own clients, never on its upstream
+/// connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_list_and_kill_act_on_the_proxys_clients() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut a = proxy.client().await;
+    let mut b = proxy.client().await;
+    let mut c = proxy.client().await;
+    assert_eq!(a.cmd(&["CLIENT", "SETNAME", "alpha"]).await, simple("OK"));
+    assert_eq!(b.cmd(&["SELECT", "4"]).await, simple("OK"));
+    let id = |f: Frame| match f {
+        Frame::Integer(n) => n,
+        other => panic!("{other:?}"),
+    };
+    let (ida, idb, idc) = (
+        id(a.cmd(&["CLIENT", "ID"]).await),
+        id(b.cmd(&["CLIENT", "ID"]).await),
+        id(c.cmd(&["CLIENT", "ID"]).await),
+    );
+    let list = match c.cmd(&["CLIENT", "LIST"]).await {
+        Frame::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 3, "{list}");
+    assert!(
+        lines[0].starts_with(&format!("id={ida} addr=127.0.0.1:")),
+        "{list}"
+    );
+    assert!(lines[0].contains(" name=alpha "), "{list}");
+    assert!(
+        lines[1].contains(&format!("id={idb} ")) && lines[1].contains(" db=4 "),
+        "{list}"
+    );
+    let only_b = c.cmd(&["CLIENT", "LIST", "ID", &idb.to_string()]).await;
+    match only_b {
+        Frame::BulkString(b) => {
+            let text = String::from_utf8(b).unwrap();
+            assert_eq!(text.lines().count(), 1, "{text}");
+            assert!(text.starts_with(&format!("id={idb} ")), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // New form: how many were killed; the killed client is closed.
+    assert_eq!(
+        c.cmd(&["CLIENT", "KILL", "ID", &ida.to_string()]).await,
+        int(1)
+    );
+    assert!(a.closed().await, "killed client is closed");
+    assert_eq!(c.cmd(&["CLIENT", "KILL", "ID", "999999"]).await, int(0));
+    // SKIPME yes (the default) spares the caller.
+    assert_eq!(
+        c.cmd(&["CLIENT", "KILL", "ID", &idc.to_string()]).await,
+        int(0)
+    );
+    // Old form by address: +OK, or an error when nobody has it.
+    let addr = lines[1]
+        .split(' ')
+        .find_map(|f| f.strip_prefix("addr="))
+        .unwrap()
+        .to_owned();
+    assert_eq!(c.cmd(&["CLIENT", "KILL", &addr]).await, simple("OK"));
+    assert!(b.closed().await, "client killed by address is closed");
+    let none = c.cmd(&["CLIENT", "KILL", "127.0.0.1:1"]).await;
+    assert!(is_error(&none, "ERR No such client"), "{none:?}");
+    // The upstream connections were never touched: the survivor still works.
+    assert_eq!(c.cmd(&["SET", "k", "v"]).await, simple("OK"));
+    assert_eq!(c.cmd(&["GET", "k"]).await, bulk("v"));
+    proxy.shutdown().await;
+}
