@@ -49,23 +49,47 @@ pub struct Env<'a> {
     pub clients: &'a Clients,
 }
 
-/// Names the proxy answers; anything else is `None` at the cost of a length check or two.
-pub fn is_connection_command(req: &Request) -> bool {
-    let name = req.name();
-    match name.len() {
-        4 => name.eq_ignore_ascii_case(b"auth"),
-        5 => name.eq_ignore_ascii_case(b"hello") || name.eq_ignore_ascii_case(b"reset"),
-        6 => {
-            name.eq_ignore_ascii_case(b"select")
-                || (name.eq_ignore_ascii_case(b"client")
-                    && req.arg(1).is_some_and(|sub| {
-                        CLIENT_SUBCOMMANDS
-                            .iter()
-                            .any(|s| sub.eq_ignore_ascii_case(s.as_bytes()))
-                    }))
+/// What a session must do with a request before routing it, decided once from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    /// Routed by its keys.
+    None,
+    /// A connection command the proxy answers (see [`answer`]), RESET included.
+    Connection,
+    Reset,
+    Quit,
+    Info,
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH.
+    Transaction,
+}
+
+impl Special {
+    /// Classifies `req`, at the cost of a length check for almost every request.
+    pub fn of(req: &Request) -> Special {
+        let name = req.name();
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            4 if is(b"auth") => Special::Connection,
+            4 if is(b"quit") => Special::Quit,
+            4 if is(b"info") => Special::Info,
+            4 if is(b"exec") => Special::Transaction,
+            5 if is(b"hello") => Special::Connection,
+            5 if is(b"reset") => Special::Reset,
+            5 if is(b"multi") || is(b"watch") => Special::Transaction,
+            6 if is(b"select") => Special::Connection,
+            6 if is(b"client") && req.arg(1).is_some_and(is_our_client_subcommand) => {
+                Special::Connection
+            }
+            7 if is(b"discard") || is(b"unwatch") => Special::Transaction,
+            _ => Special::None,
         }
-        _ => false,
     }
+}
+
+fn is_our_client_subcommand(sub: &[u8]) -> bool {
+    CLIENT_SUBCOMMANDS
+        .iter()
+        .any(|s| sub.eq_ignore_ascii_case(s.as_bytes()))
 }
 
 /// CLIENT subcommands about this connection, or the proxy's clients (LIST, KILL); the others
@@ -74,7 +98,7 @@ const CLIENT_SUBCOMMANDS: &[&str] = &[
     "setname", "getname", "id", "setinfo", "info", "list", "kill",
 ];
 
-/// Answers a connection command (the caller checked [`is_connection_command`]).
+/// Answers a connection command (one [`Special::of`] calls `Connection` or `Reset`).
 pub fn answer(
     req: &Request,
     state: &mut Option<Box<ClientState>>,

@@ -30,7 +30,7 @@ use tokio::time::{Instant, Sleep};
 use crate::client_state::ClientState;
 use crate::clients::Phase;
 use crate::command::{self, Disposition, Stateful};
-use crate::connection::{self, Sync};
+use crate::connection::{self, Special, Sync};
 use crate::dedicated::Dedicated;
 use crate::engine;
 use crate::error::{ProxyError, UpstreamFailure};
@@ -463,69 +463,54 @@ impl Busy {
             // Subscribed or monitoring: everything goes to that connection, whose Redis answers
             // (or refuses) connection and transaction commands in that context. The proxy
             // still checks permissions and routes keys, and follows a RESET.
+            let special = Special::of(&req);
+            // Subscribed or monitoring: everything goes to that connection, whose Redis answers
+            // (or refuses) connection and transaction commands in that context. The proxy
+            // still checks permissions and routes keys, and follows a RESET.
             let unpaired = self.dedicated.as_ref().is_some_and(|d| !d.is_paired());
-            if unpaired {
-                if let Err(denied) = ctx.permit(&req, state) {
-                    self.push_local(denied);
-                    continue;
-                }
-                if req.name().eq_ignore_ascii_case(b"reset") {
-                    let peer = || connection::Peer {
-                        addr: None,
-                        local: None,
-                    };
-                    let env = connection::Env {
-                        users: &ctx.settings.users,
-                        version: "",
-                        id: self.id,
-                        clients: &ctx.clients,
-                    };
-                    let _ = connection::answer(&req, state, &env, peer);
-                    ctx.clients
-                        .publish(self.key, connection::listed(state, &ctx.settings.users));
-                }
-            }
-            let in_multi = state.as_ref().is_some_and(|s| s.multi.is_some());
-            let resets = req.name().eq_ignore_ascii_case(b"reset")
-                || req.name().eq_ignore_ascii_case(b"quit");
-            if unpaired {
-                // Straight to routing below.
-            } else if (in_multi && !resets) || transaction::is_transaction_command(req.name()) {
+            let in_multi = !unpaired && state.as_ref().is_some_and(|s| s.multi.is_some());
+            if (in_multi && !matches!(special, Special::Reset | Special::Quit))
+                || (!unpaired && special == Special::Transaction)
+            {
                 self.send_runs(&mut runs, ctx, shared, inbox, state, available);
-                match self.transaction(req, ctx, shared, inbox, state, available) {
-                    None => continue,
+                if let Some(req) = self.transaction(req, ctx, shared, inbox, state, available) {
                     // WATCH or UNWATCH for the client's upstream connection.
-                    Some(req) => {
-                        if let Some(s) = state.as_mut() {
-                            s.watched_upstream = req.name().eq_ignore_ascii_case(b"watch");
-                        }
-                        self.forward_stateful(req);
-                        continue;
+                    if let Some(s) = state.as_mut() {
+                        s.watched_upstream = req.name().eq_ignore_ascii_case(b"watch");
                     }
+                    self.forward_stateful(req);
                 }
+                continue;
             }
             // Authentication and permissions first, connection commands included (AUTH,
             // HELLO and RESET are allowed before authenticating; QUIT always is).
-            if !unpaired && !req.name().eq_ignore_ascii_case(b"quit") {
+            if ctx.settings.users.required() && special != Special::Quit {
                 if let Err(denied) = ctx.permit(&req, state) {
                     self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                     self.push_local(denied);
                     continue;
                 }
             }
-            if !unpaired && connection::is_connection_command(&req) {
-                self.send_runs(&mut runs, ctx, shared, inbox, state, available);
-                let reply = self.answer_connection_command(&req, ctx, state, stream);
-                self.push_local(reply);
-                continue;
-            }
-            if !unpaired && req.name().eq_ignore_ascii_case(b"info") {
-                self.send_runs(&mut runs, ctx, shared, inbox, state, available);
-                self.info(req, ctx, shared, inbox, state, available);
-                continue;
+            match special {
+                Special::Reset if unpaired => self.follow_reset(&req, ctx, state),
+                Special::Connection | Special::Reset if !unpaired => {
+                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    let reply = self.answer_connection_command(&req, ctx, state, stream);
+                    self.push_local(reply);
+                    continue;
+                }
+                Special::Info if !unpaired => {
+                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    self.info(req, ctx, shared, inbox, state, available);
+                    continue;
+                }
+                _ => {}
             }
             match ctx.route(&req, available) {
-                Route::Upstream => self.send_local(&mut runs, ctx, state, available),
+                Route::Upstream if !runs.local.is_empty() => {
+                    self.send_local(&mut runs, ctx, state, available)
+                }
+                Route::Upstream => {}
                 Route::Local => {
                     self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
                     runs.local.push(req);
@@ -631,6 +616,24 @@ impl Busy {
             Ok(()) => self.pending.push_back(slot),
             Err(why) => self.push_local(ProxyError::from(why).to_reply()),
         }
+    }
+
+    /// A RESET going to a subscribed client's connection: Redis answers it there; the proxy
+    /// resets its own view of the client too.
+    fn follow_reset(&self, req: &Request, ctx: &Server, state: &mut Option<Box<ClientState>>) {
+        let peer = || connection::Peer {
+            addr: None,
+            local: None,
+        };
+        let env = connection::Env {
+            users: &ctx.settings.users,
+            version: "",
+            id: self.id,
+            clients: &ctx.clients,
+        };
+        let _ = connection::answer(req, state, &env, peer);
+        ctx.clients
+            .publish(self.key, connection::listed(state, &ctx.settings.users));
     }
 
     /// Sends a request that needs the client's own upstream connection (WATCH, UNWATCH there).

@@ -7,6 +7,9 @@ pub struct NameIndex {
     /// Position + 1 in the table, 0 for an empty slot; a power-of-two length.
     slots: Box<[u16]>,
     names: Vec<&'static str>,
+    /// Per first letter (folded to 5 bits), a bit for each name length present: most names a
+    /// table does not hold (GET in the table of stateful commands) are refused by one load.
+    lengths: [u32; 32],
 }
 
 /// Longest name looked up; longer input is unknown without hashing it.
@@ -17,7 +20,11 @@ impl NameIndex {
     pub fn new(names: Vec<&'static str>) -> NameIndex {
         let size = (names.len() * 4).next_power_of_two().max(8);
         let mut slots = vec![0u16; size].into_boxed_slice();
+        let mut lengths = [0u32; 32];
         for (i, name) in names.iter().enumerate() {
+            if let Some(&first) = name.as_bytes().first() {
+                lengths[letter(first)] |= 1 << name.len().min(31);
+            }
             debug_assert_eq!(*name, name.to_ascii_lowercase());
             let mut slot = hash(name.as_bytes()) as usize & (size - 1);
             while slots[slot] != 0 {
@@ -25,13 +32,22 @@ impl NameIndex {
             }
             slots[slot] = u16::try_from(i + 1).expect("fewer than 65535 names");
         }
-        NameIndex { slots, names }
+        NameIndex {
+            slots,
+            names,
+            lengths,
+        }
     }
 
     /// The position of `name` (any case) in the table.
     pub fn find(&self, name: &[u8]) -> Option<usize> {
         if name.len() > MAX_NAME {
             return None;
+        }
+        if let Some(&first) = name.first() {
+            if self.lengths[letter(first)] & (1 << name.len().min(31)) == 0 {
+                return None;
+            }
         }
         let mut buf = [0u8; MAX_NAME];
         let lower = &mut buf[..name.len()];
@@ -50,6 +66,11 @@ impl NameIndex {
             slot = (slot + 1) & mask;
         }
     }
+}
+
+/// A byte's slot in `lengths`: ASCII letters of either case share one.
+fn letter(b: u8) -> usize {
+    usize::from(b.to_ascii_lowercase() & 31)
 }
 
 /// FNV-1a: names are short and come from a fixed table, so collisions only cost a probe.
