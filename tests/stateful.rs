@@ -298,3 +298,50 @@ async fn client_list_and_kill_act_on_the_proxys_clients() {
     assert_eq!(c.cmd(&["GET", "k"]).await, bulk("v"));
     proxy.shutdown().await;
 }
+
+/// COMMAND, MONITOR and the CLIENT switches that stay with Redis work through the proxy as
+/// against Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_monitor_and_client_switches_go_to_redis() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut c = proxy.client().await;
+    let mut direct = Client::connect(redis.addr()).await;
+    for args in [
+        &["COMMAND", "COUNT"][..],
+        &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"],
+        &["COMMAND", "INFO", "get"],
+        &["COMMAND", "GETKEYS", "GET"],
+    ] {
+        assert_eq!(c.cmd(args).await, direct.cmd(args).await, "{args:?}");
+    }
+    // Connection switches Redis keeps: on the client's own connection, answered by Redis.
+    let mut d = proxy.client().await;
+    assert_eq!(d.cmd(&["CLIENT", "NO-EVICT", "on"]).await, simple("OK"));
+    assert_eq!(d.cmd(&["SET", "after", "1"]).await, simple("OK"));
+    assert_eq!(d.cmd(&["GET", "after"]).await, bulk("1"));
+    // MONITOR: the monitoring client sees another client's commands.
+    let mut m = proxy.client().await;
+    assert_eq!(m.cmd(&["MONITOR"]).await, simple("OK"));
+    assert_eq!(
+        c.cmd(&["SET", "watched-by-monitor", "x"]).await,
+        simple("OK")
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match m.reply().await {
+            Frame::SimpleString(line)
+                if String::from_utf8_lossy(&line).contains("watched-by-monitor") =>
+            {
+                break
+            }
+            Frame::SimpleString(_) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "MONITOR saw nothing"
+        );
+    }
+    proxy.shutdown().await;
+}
