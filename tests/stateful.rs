@@ -345,3 +345,41 @@ async fn command_monitor_and_client_switches_go_to_redis() {
     }
     proxy.shutdown().await;
 }
+
+/// Scripts are routed by the keys they declare: upstream keys run upstream, local ones are
+/// refused (the local store runs no scripts), and script management goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_routed_by_their_keys() {
+    use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+    let redis = RedisServer::start();
+    let mut settings = settings(&redis.addr());
+    settings.keyspaces = Keyspaces::new(
+        vec![Keyspace {
+            name: "scratch".into(),
+            patterns: vec![Pattern::parse(b"tmp:")],
+            mode: Mode::LocalOnly,
+        }],
+        Mode::FailClosed,
+    );
+    let proxy = Proxy::start(settings).await;
+    let mut c = proxy.client().await;
+    let body = "return redis.call('INCR', KEYS[1])";
+    let sha = match c.cmd(&["SCRIPT", "LOAD", body]).await {
+        Frame::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(c.cmd(&["EVALSHA", &sha, "1", "up:n"]).await, int(1));
+    assert_eq!(c.cmd(&["EVAL", body, "1", "up:n"]).await, int(2));
+    assert_eq!(c.cmd(&["FCALL_RO", "nosuch", "0"]).await, {
+        let mut direct = Client::connect(redis.addr()).await;
+        direct.cmd(&["FCALL_RO", "nosuch", "0"]).await
+    });
+    let local = c.cmd(&["EVAL", body, "1", "tmp:n"]).await;
+    assert!(is_error(&local, "UNSUPPORTED 'eval'"), "{local:?}");
+    let mixed = c.cmd(&["EVAL", body, "2", "tmp:n", "up:n"]).await;
+    assert!(is_error(&mixed, "KEYSPACE 'eval'"), "{mixed:?}");
+    let mut direct = Client::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&["GET", "up:n"]).await, bulk("2"));
+    assert_eq!(direct.cmd(&["EXISTS", "tmp:n"]).await, int(0));
+    proxy.shutdown().await;
+}
