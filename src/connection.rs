@@ -80,10 +80,30 @@ impl Special {
             6 if is(b"client") && req.arg(1).is_some_and(is_our_client_subcommand) => {
                 Special::Connection
             }
+            // Client ids given to Redis would name Redis's connections, not the proxy's.
+            6 if is(b"client") && names_client_ids(req) => Special::Connection,
             7 if is(b"discard") || is(b"unwatch") => Special::Transaction,
             _ => Special::None,
         }
     }
+}
+
+/// Whether answering `req` may change what CLIENT LIST shows of the client.
+pub fn may_change_listing(req: &Request) -> bool {
+    !req.name().eq_ignore_ascii_case(b"client")
+        || req.arg(1).is_some_and(|sub| {
+            sub.eq_ignore_ascii_case(b"setname") || sub.eq_ignore_ascii_case(b"setinfo")
+        })
+}
+
+/// CLIENT UNBLOCK, and CLIENT TRACKING ... REDIRECT: both name a client by id.
+fn names_client_ids(req: &Request) -> bool {
+    let Some(sub) = req.arg(1) else {
+        return false;
+    };
+    sub.eq_ignore_ascii_case(b"unblock")
+        || (sub.eq_ignore_ascii_case(b"tracking")
+            && req.args().any(|a| a.eq_ignore_ascii_case(b"redirect")))
 }
 
 fn is_our_client_subcommand(sub: &[u8]) -> bool {
@@ -374,6 +394,12 @@ fn client(
         }
         (b"info", _) => arity("client|info"),
         (b"list", _) => list(req, env, resp3),
+        (b"tracking", _) => error(
+            "UNSUPPORTED 'client|tracking' with REDIRECT names a Redis connection; keywarden's client ids are its own",
+        ),
+        (b"unblock", _) => error(
+            "UNSUPPORTED 'client|unblock' names a Redis connection; keywarden's client ids are its own",
+        ),
         (b"kill", _) => kill(req, env),
         _ => arity("client"),
     }

@@ -42,6 +42,8 @@ pub struct Dedicated {
     last_read: Instant,
     /// Paces command-timeout checks (a timer per request would cost more than it saves).
     tick: Interval,
+    /// Unpaired, a RESET was sent: the raw stream is framed until its `+RESET` arrives.
+    awaiting_reset: bool,
 }
 
 struct Outstanding {
@@ -77,6 +79,7 @@ impl Dedicated {
             outstanding: VecDeque::new(),
             last_read: Instant::now(),
             tick: timeout_tick(command_timeout),
+            awaiting_reset: false,
         })
     }
 
@@ -190,9 +193,16 @@ impl Dedicated {
         }
     }
 
+    /// Once unpaired, after a RESET was queued: `take_raw` frames the stream until Redis's
+    /// `+RESET` (no Pub/Sub message is a simple string, so nothing else can look like it).
+    pub fn expect_reset(&mut self) {
+        self.awaiting_reset = true;
+    }
+
     /// Once unpaired: every byte read, as it came, once the replies owed from before are out
     /// (those are framed, so that replies to the proxy's own setup commands stay hidden).
-    pub fn take_raw(&mut self) -> Result<Option<Bytes>, UpstreamFailure> {
+    /// True with the bytes that end in the `+RESET` awaited (see [`Dedicated::expect_reset`]).
+    pub fn take_raw(&mut self) -> Result<(Option<Bytes>, bool), UpstreamFailure> {
         debug_assert!(!self.paired);
         let mut owed = BytesMut::new();
         while !self.outstanding.is_empty() {
@@ -201,11 +211,33 @@ impl Dedicated {
                 None => break,
             }
         }
+        let mut reset = false;
         if self.outstanding.is_empty() {
-            self.framed = 0;
-            owed.extend_from_slice(&self.rbuf.split());
+            if self.awaiting_reset {
+                self.framed = 0;
+                loop {
+                    match self.scanner.scan(&self.rbuf[self.framed..]) {
+                        Ok(Some(frame)) => {
+                            let end = self.framed + frame.len;
+                            if &self.rbuf[self.framed..end] == b"+RESET\r\n" {
+                                self.framed = end;
+                                reset = true;
+                                break;
+                            }
+                            self.framed = end;
+                        }
+                        Ok(None) => break,
+                        Err(_) => return Err(UpstreamFailure::BadReply),
+                    }
+                }
+                owed.extend_from_slice(&self.rbuf.split_to(self.framed));
+                self.framed = 0;
+            } else {
+                self.framed = 0;
+                owed.extend_from_slice(&self.rbuf.split());
+            }
         }
-        Ok((!owed.is_empty()).then(|| owed.freeze()))
+        Ok(((!owed.is_empty()).then(|| owed.freeze()), reset))
     }
 
     /// While paired: the complete replies read so far that answer at most `limit` of the
@@ -219,7 +251,10 @@ impl Dedicated {
         let mut kept: Option<BytesMut> = None;
         while self.framed < self.rbuf.len() {
             let is_push = self.rbuf[self.framed] == b'>';
-            if answered == limit && !is_push {
+            // The proxy's own replies are taken whatever the limit: left unread, one would
+            // look like a request the upstream never answered.
+            let next_silent = self.outstanding.front().is_some_and(|o| o.silent);
+            if answered == limit && !is_push && !next_silent {
                 break;
             }
             let frame = match self.scanner.scan(&self.rbuf[self.framed..]) {
@@ -227,13 +262,21 @@ impl Dedicated {
                 Ok(None) => break,
                 Err(_) => return Err(UpstreamFailure::BadReply),
             };
-            let silent = !frame.push && self.outstanding.pop_front().is_some_and(|o| o.silent);
+            let (silent, discard) = match frame.push {
+                true => (false, false),
+                false => self
+                    .outstanding
+                    .pop_front()
+                    .map_or((false, false), |o| (o.silent, o.discard)),
+            };
             if !silent {
                 self.framed += frame.len;
                 answered += u32::from(!frame.push);
                 continue;
             }
-            if self.rbuf[self.framed] == b'-' {
+            // A queued command's error is Redis's answer (EXEC will say EXECABORT); a setup
+            // command's error means the connection is not what the client needs.
+            if !discard && self.rbuf[self.framed] == b'-' {
                 return Err(UpstreamFailure::SetupRefused);
             }
             if self.framed > 0 {

@@ -57,6 +57,8 @@ enum Stall {
     Dedicated(Stateful),
     /// The client switched protocol: it moves to a shared connection of the other pool.
     Repick,
+    /// RESET sent to a subscribed connection: nothing more is read until Redis answers it.
+    Reset,
     /// A transaction for the client's own connection (the stalled request is its MULTI):
     /// these follow, and only the last one's reply, EXEC's, reaches the client.
     Transaction(Vec<Request>),
@@ -224,7 +226,11 @@ impl Session {
                     }
                     continue;
                 }
-                if b.stalled.is_some() && b.pending.is_empty() {
+                let opens = matches!(
+                    b.stalled,
+                    Some((_, Stall::Dedicated(_) | Stall::Transaction(_)))
+                );
+                if opens && b.pending.is_empty() {
                     let up = &self.ctx.settings.upstream;
                     self.opening = Some(Box::pin(Dedicated::open(
                         up.address.clone(),
@@ -475,9 +481,8 @@ impl Busy {
                 self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                 if let Some(req) = self.transaction(req, ctx, shared, inbox, state, available) {
                     // WATCH or UNWATCH for the client's upstream connection.
-                    if let Some(s) = state.as_mut() {
-                        s.watched_upstream = req.name().eq_ignore_ascii_case(b"watch");
-                    }
+                    let watch = req.name().eq_ignore_ascii_case(b"watch");
+                    ClientState::of(state, &ctx.settings.users).watched_upstream = watch;
                     self.forward_stateful(req);
                 }
                 continue;
@@ -492,7 +497,18 @@ impl Busy {
                 }
             }
             match special {
-                Special::Reset if unpaired => self.follow_reset(&req, ctx, state),
+                Special::Reset if unpaired => {
+                    // Redis answers it in order with what the subscription still sends; then
+                    // the connection is dropped and the client starts afresh on shared ones.
+                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    self.follow_reset(&req, ctx, state);
+                    if let Some(ded) = self.dedicated.as_mut() {
+                        ded.queue(&req, Stateful::default());
+                        ded.expect_reset();
+                    }
+                    self.stalled = Some((req, Stall::Reset));
+                    continue;
+                }
                 Special::Connection | Special::Reset if !unpaired => {
                     self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                     let reply = self.answer_connection_command(&req, ctx, state, stream);
@@ -830,6 +846,7 @@ impl Busy {
             return None;
         }
         if !upstream {
+            let db_before = s.db;
             let mut out = BytesMut::new();
             s.db = engine::exec_transaction(
                 &ctx.store,
@@ -840,8 +857,14 @@ impl Busy {
                 server::unix_ms(),
                 &mut out,
             );
-            ctx.clients
-                .publish(self.key, connection::listed(state, &ctx.settings.users));
+            let db = ClientState::db_of(state);
+            if db != db_before {
+                if let Some(ded) = self.dedicated.as_mut() {
+                    ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()]));
+                }
+                ctx.clients
+                    .publish(self.key, connection::listed(state, &ctx.settings.users));
+            }
             // Ran (not aborted by WATCH) while the upstream is away: degraded replies, and
             // writes that recovery will discard (a command failing inside EXEC still counts).
             if !available && out.first() == Some(&b'*') && !out.starts_with(b"*-1") {
@@ -875,10 +898,15 @@ impl Busy {
             }
             return None;
         }
-        if s.db != 0 {
-            // Upstream in another database: on the client's own connection.
+        let resp3 = s.resp3;
+        if s.db != 0 || (shared.is_resp3() != resp3 && !self.pending.is_empty()) {
+            // Upstream in another database, or in the other protocol while replies are still
+            // owed on the shared connection: on the client's own connection.
             self.stalled = Some((reqs.remove(0), Stall::Transaction(reqs)));
             return None;
+        }
+        if shared.is_resp3() != resp3 {
+            *shared = ctx.upstream.pick(resp3);
         }
         match shared.send_transaction(&reqs, inbox, available) {
             Ok(()) => self.expect_upstream(1),
@@ -900,17 +928,19 @@ impl Busy {
             addr: stream.peer_addr().ok(),
             local: stream.local_addr().ok(),
         };
-        let version = ctx.upstream.version();
-        let version = version.as_deref().unwrap_or(connection::SERVER_VERSION);
+        let hello = req.name().eq_ignore_ascii_case(b"hello");
+        let version = hello.then(|| ctx.upstream.version()).flatten();
         let env = connection::Env {
             users: &ctx.settings.users,
-            version,
+            version: version.as_deref().unwrap_or(connection::SERVER_VERSION),
             id: self.id,
             clients: &ctx.clients,
         };
         let answer = connection::answer(req, state, &env, peer);
-        ctx.clients
-            .publish(self.key, connection::listed(state, &ctx.settings.users));
+        if connection::may_change_listing(req) {
+            ctx.clients
+                .publish(self.key, connection::listed(state, &ctx.settings.users));
+        }
         let Some(ded) = self.dedicated.as_mut() else {
             return answer.reply;
         };
@@ -918,9 +948,13 @@ impl Busy {
             Sync::Nothing => {}
             Sync::Select(db) => ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()])),
             Sync::Hello(v) => ded.queue_silent(&Request::from_args(&["HELLO", &v.to_string()])),
-            Sync::Reset if ded.is_paired() => ded.queue_silent(&Request::from_args(&["RESET"])),
-            // Subscribed or monitoring: the connection has nothing worth keeping.
-            Sync::Reset => self.dedicated = None,
+            Sync::Reset => {
+                // RESET also logs the connection out: the proxy logs it back in.
+                ded.queue_silent(&Request::from_args(&["RESET"]));
+                for setup in upstream::setup_commands(&ctx.settings.upstream, false) {
+                    ded.queue_silent(&setup);
+                }
+            }
         }
         answer.reply
     }
@@ -1059,6 +1093,11 @@ impl Busy {
     /// Replies from the upstream connection the client is on, answering `frames` requests:
     /// out they go, followed by the proxy's own replies that were waiting on them.
     fn arrived(&mut self, data: Bytes, frames: u32) {
+        if frames == 0 {
+            // RESP3 pushes alone: they answer no request and wait on nothing.
+            self.push_out(data);
+            return;
+        }
         if let Some(Slot::Info(section)) = self.pending.front() {
             // An INFO reply always arrives alone (see `info`).
             debug_assert_eq!(frames, 1);
@@ -1107,8 +1146,18 @@ impl Busy {
             // Unpaired (Pub/Sub, MONITOR): bytes go out as they come, and whatever the proxy
             // answered meanwhile follows them.
             match ded.take_raw() {
-                Ok(Some(data)) => self.push_out(data),
-                Ok(None) => {}
+                Ok((data, reset)) => {
+                    if let Some(data) = data {
+                        self.push_out(data);
+                    }
+                    if reset {
+                        // +RESET arrived: the connection served its purpose.
+                        self.dedicated = None;
+                        if matches!(self.stalled, Some((_, Stall::Reset))) {
+                            self.stalled = None;
+                        }
+                    }
+                }
                 Err(why) => return self.lose_dedicated(why),
             }
             for slot in std::mem::take(&mut self.pending) {

@@ -383,3 +383,26 @@ async fn scripts_are_routed_by_their_keys() {
     assert_eq!(direct.cmd(&["EXISTS", "tmp:n"]).await, int(0));
     proxy.shutdown().await;
 }
+
+/// Client ids are the proxy's own: commands that would hand one to Redis, where it names an
+/// unrelated connection, are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_never_reach_redis() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut c = proxy.client().await;
+    for args in [
+        &["CLIENT", "UNBLOCK", "3"][..],
+        &["CLIENT", "UNBLOCK", "3", "ERROR"],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", "3"],
+    ] {
+        let reply = c.cmd(args).await;
+        assert!(
+            is_error(&reply, "UNSUPPORTED 'client|"),
+            "{args:?}: {reply:?}"
+        );
+    }
+    // Tracking without REDIRECT is Redis's, on the client's own connection.
+    assert_eq!(c.cmd(&["CLIENT", "TRACKING", "on"]).await, simple("OK"));
+    proxy.shutdown().await;
+}
