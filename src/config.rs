@@ -68,6 +68,14 @@ pub struct Settings {
     pub local_store: LocalStoreSettings,
     pub health: HealthSettings,
     pub events: EventSettings,
+    pub admin: AdminSettings,
+}
+
+/// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Where it listens; `None` (the default) = no admin listener.
+    pub listen: Option<SocketAddr>,
 }
 
 /// The local store serving `degraded` and `local_only` keyspaces.
@@ -326,6 +334,7 @@ struct RawSettings {
     local_store: RawLocalStore,
     health: RawHealth,
     events: RawEvents,
+    admin: RawAdmin,
 }
 
 #[derive(Debug, Deserialize)]
@@ -361,6 +370,13 @@ struct RawHealth {
     probe_timeout: Quantity,
     failure_threshold: i64,
     success_threshold: i64,
+}
+
+/// `listen` empty (the default) = no admin listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawAdmin {
+    listen: String,
 }
 
 /// `file` empty (the default) = events go to the log only.
@@ -426,6 +442,7 @@ impl Default for RawSettings {
             local_store: RawLocalStore::default(),
             health: RawHealth::default(),
             events: RawEvents::default(),
+            admin: RawAdmin::default(), // off: it would expose state on a port nobody chose
         }
     }
 }
@@ -803,6 +820,7 @@ fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settings> {
     let events = EventSettings {
         file: (!raw.events.file.is_empty()).then(|| raw.events.file.into()),
     };
+    let admin = check_admin(c, raw.admin, listen);
     Some(Settings {
         listen: listen?,
         max_clients: max_clients?,
@@ -819,7 +837,32 @@ fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settings> {
         local_store: local_store?,
         health: health?,
         events,
+        admin: admin?,
     })
+}
+
+/// The admin listener: an IP and a port like `listen`, and not the same one (port 0, "any free
+/// port", may be given to both).
+fn check_admin(
+    c: &mut Checker,
+    raw: RawAdmin,
+    listen: Option<SocketAddr>,
+) -> Option<AdminSettings> {
+    c.table = "admin.";
+    let address = c.check("listen", raw.listen, |s| {
+        if s.is_empty() {
+            return Ok(None);
+        }
+        let addr = socket_addr(&s)?;
+        if Some(addr) == listen && addr.port() != 0 {
+            return Err(format!(
+                "{s:?} is the client `listen` address; choose another port"
+            ));
+        }
+        Ok(Some(addr))
+    });
+    c.table = "";
+    Some(AdminSettings { listen: address? })
 }
 
 /// Keyspaces: names unique and non-empty, at least one pattern each, no empty pattern, no
@@ -1466,7 +1509,8 @@ mod tests {
 
     #[test]
     fn example_file_mentions_every_option() {
-        // The example documents every option, so each must be set in it, exactly once.
+        // The example documents every option, so each must be set in it, exactly once: a
+        // bare key before the first table, a `table.key` in that table.
         for key in [
             "listen",
             "max_clients",
@@ -1474,36 +1518,46 @@ mod tests {
             "tcp_keepalive",
             "shutdown_timeout",
             "threads",
-            "address",
-            "connections",
-            "connect_timeout",
-            "command_timeout",
-            "reconnect_backoff_min",
-            "reconnect_backoff_max",
-            "max_bulk_len",
-            "max_multibulk_len",
-            "max_inline_len",
-            "max_query_buffer",
-            "max_pending_output",
-            "max_reply_depth",
-            "format",
-            "level",
             "instance_id",
             "requirepass_sha256",
-            "username",
-            "password",
             "default_mode",
-            "max_bytes",
-            "probe_interval",
-            "probe_timeout",
-            "failure_threshold",
-            "success_threshold",
-            "file",
+            "upstream.address",
+            "upstream.connections",
+            "upstream.connect_timeout",
+            "upstream.command_timeout",
+            "upstream.reconnect_backoff_min",
+            "upstream.reconnect_backoff_max",
+            "upstream.username",
+            "upstream.password",
+            "limits.max_bulk_len",
+            "limits.max_multibulk_len",
+            "limits.max_inline_len",
+            "limits.max_query_buffer",
+            "limits.max_pending_output",
+            "limits.max_reply_depth",
+            "log.format",
+            "log.level",
+            "local_store.max_bytes",
+            "health.probe_interval",
+            "health.probe_timeout",
+            "health.failure_threshold",
+            "health.success_threshold",
+            "events.file",
+            "admin.listen",
         ] {
-            let present = EXAMPLE
-                .lines()
-                .filter(|line| line.starts_with(&format!("{key} = ")))
-                .count();
+            let (table, field) = match key.split_once('.') {
+                Some((table, field)) => (format!("[{table}]"), field),
+                None => (String::new(), key),
+            };
+            let mut current = String::new();
+            let mut present = 0;
+            for line in EXAMPLE.lines() {
+                if line.starts_with('[') {
+                    current = line.to_owned();
+                } else if current == table && line.starts_with(&format!("{field} = ")) {
+                    present += 1;
+                }
+            }
             assert_eq!(present, 1, "{key} must be set exactly once in the example");
         }
     }
@@ -1562,6 +1616,8 @@ mod tests {
             success_threshold = 3
             [events]
             file = "/var/log/keywarden/events.jsonl"
+            [admin]
+            listen = "127.0.0.1:9121"
             "#,
         )
         .unwrap();
@@ -1615,6 +1671,9 @@ mod tests {
                 },
                 events: EventSettings {
                     file: Some("/var/log/keywarden/events.jsonl".into()),
+                },
+                admin: AdminSettings {
+                    listen: Some("127.0.0.1:9121".parse().unwrap()),
                 },
             }
         );
@@ -1984,6 +2043,46 @@ mod tests {
                 "is not a socket address",
             );
         }
+    }
+
+    #[test]
+    fn admin_listen_is_off_or_a_socket_address_of_its_own() {
+        assert_eq!(Settings::default().admin.listen, None);
+        assert_eq!(parse("[admin]\nlisten = \"\"").unwrap().admin.listen, None);
+        for good in ["127.0.0.1:9121", "[::1]:9121", "0.0.0.0:0"] {
+            assert_eq!(
+                parse(&format!("[admin]\nlisten = {good:?}"))
+                    .unwrap()
+                    .admin
+                    .listen,
+                Some(good.parse().unwrap())
+            );
+        }
+        for bad in [
+            "localhost:9121",
+            "127.0.0.1",
+            ":9121",
+            "http://127.0.0.1:9121",
+        ] {
+            assert_problem(
+                &format!("[admin]\nlisten = {bad:?}"),
+                "admin.listen",
+                "is not a socket address",
+            );
+        }
+        assert_problem(
+            "listen = \"127.0.0.1:7000\"\n[admin]\nlisten = \"127.0.0.1:7000\"",
+            "admin.listen",
+            "\"127.0.0.1:7000\" is the client `listen` address; choose another port",
+        );
+        // Both on "any free port" is fine: they get different ones.
+        let both = parse("listen = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"");
+        assert!(both.is_ok(), "{both:?}");
+        assert_problem(
+            "[admin]\nport = 1",
+            "test.toml:2:1",
+            "admin.port: unknown field `port`, expected `listen`",
+        );
     }
 
     #[test]

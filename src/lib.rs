@@ -31,7 +31,10 @@
 //! - [`socket`]: socket options (TCP_NODELAY, keepalive) and connecting with a timeout.
 //! - [`health`]: the upstream health state machine (pure); [`monitor`]: its driver, with the
 //!   active probe and the published snapshot; [`events`]: the event catalogue and `emit`.
+//! - [`metrics`]: the metrics catalogue, recorded per server and rendered for Prometheus;
+//!   [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/status`).
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod client_state;
@@ -48,6 +51,7 @@ pub mod health;
 pub mod inbox;
 pub mod info;
 pub mod keyspace;
+pub mod metrics;
 pub mod monitor;
 pub mod parser;
 pub mod reply;

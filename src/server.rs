@@ -1,7 +1,8 @@
 //! The listener: accepts clients, enforces `max_clients`, and runs graceful shutdown.
 //!
 //! `run` takes its listener and its shutdown signal as arguments, so the binary and the tests
-//! start the proxy the same way.
+//! start the proxy the same way. It also starts and stops the [admin listener](crate::admin)
+//! when one is configured.
 
 use std::future::Future;
 use std::io;
@@ -14,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
+use crate::admin::{self, Admin};
 use crate::auth::Denial;
 use crate::client_state::ClientState;
 use crate::clients::{Clients, Phase};
@@ -183,11 +185,18 @@ impl Server {
 
 /// Serves clients from `listener` until `shutdown` resolves, then drains: stops accepting,
 /// lets in-flight requests finish within `shutdown_timeout`, and closes every connection.
+/// With `[admin] listen` set, the admin listener serves from startup until the drain ends
+/// (`/readyz` answers 503 while draining); failing to bind it is an error, before anything
+/// starts.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    let admin_listener = match settings.admin.listen {
+        Some(addr) => Some(admin::bind(addr).await?),
+        None => None,
+    };
     let settings = Arc::new(settings);
     let events = Arc::new(Events::new(
         events::instance_id(settings.instance_id.as_deref()),
@@ -214,6 +223,10 @@ pub async fn run(
         store: store.clone(),
     });
     let housekeeping = tokio::spawn(housekeeping(server.clone()));
+    let admin = match admin_listener {
+        Some(l) => Some(Admin::start(l, server.clone())?),
+        None => None,
+    };
     tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
 
     tokio::pin!(shutdown);
@@ -258,6 +271,9 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), clients.all_gone()).await;
     }
     housekeeping.abort();
+    if let Some(admin) = admin {
+        admin.stop();
+    }
     upstream.stop();
     monitor.stop();
     tracing::info!("keywarden stopped");
