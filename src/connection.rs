@@ -61,6 +61,8 @@ pub enum Special {
     Info,
     /// MULTI, EXEC, DISCARD, WATCH, UNWATCH.
     Transaction,
+    /// The proxy's admin command.
+    Keywarden,
 }
 
 impl Special {
@@ -83,6 +85,7 @@ impl Special {
             // Client ids given to Redis would name Redis's connections, not the proxy's.
             6 if is(b"client") && names_client_ids(req) => Special::Connection,
             7 if is(b"discard") || is(b"unwatch") => Special::Transaction,
+            9 if is(b"keywarden") => Special::Keywarden,
             _ => Special::None,
         }
     }

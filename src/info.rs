@@ -1,6 +1,7 @@
 //! INFO through keywarden: the upstream's sections plus a `# Keywarden` section with the
 //! proxy's own state (health, keyspaces, counters, local store). `INFO keywarden`, and INFO
-//! while the upstream is unavailable, are answered by the proxy alone.
+//! while the upstream is unavailable, are answered by the proxy alone. Also the proxy's own
+//! admin command, `KEYWARDEN STATUS | KEYSPACES | HELP`.
 
 use std::fmt::Write;
 
@@ -119,6 +120,85 @@ pub fn append(reply: &[u8], section: &str) -> Bytes {
     }
     text.push_str(section);
     self::reply(&text, resp3)
+}
+
+/// `KEYWARDEN <subcommand>` (the caller checked the admin permission).
+pub fn keywarden_command(req: &Request, server: &Server, resp3: bool) -> Bytes {
+    let Some(sub) = req.arg(1) else {
+        return Bytes::from_static(b"-ERR wrong number of arguments for 'keywarden' command\r\n");
+    };
+    let is = |w: &str| sub.eq_ignore_ascii_case(w.as_bytes());
+    let mut out = BytesMut::new();
+    if is("status") && req.argc() == 2 {
+        let json = serde_json::to_string(&crate::admin::Status::of(server)).unwrap_or_default();
+        let _ = write!(out, "${}\r\n{json}\r\n", json.len());
+    } else if is("keyspaces") && req.argc() == 2 {
+        let keyspaces = &server.settings.keyspaces;
+        let bulk = |out: &mut BytesMut, text: &[u8]| {
+            let _ = write!(out, "${}\r\n", text.len());
+            out.put_slice(text);
+            out.put_slice(b"\r\n");
+        };
+        let mut rows: Vec<(&str, &str, Vec<&[u8]>)> = keyspaces
+            .iter()
+            .map(|ks| {
+                let patterns =
+                    ks.patterns
+                        .iter()
+                        .map(|p| match p {
+                            crate::keyspace::Pattern::Prefix(b)
+                            | crate::keyspace::Pattern::Glob(b) => &b[..],
+                        })
+                        .collect();
+                (ks.name.as_str(), ks.mode.as_str(), patterns)
+            })
+            .collect();
+        rows.push(("default", keyspaces.default_mode().as_str(), Vec::new()));
+        let _ = write!(out, "*{}\r\n", rows.len());
+        for (name, mode, patterns) in rows {
+            let _ = if resp3 {
+                write!(out, "%3\r\n")
+            } else {
+                write!(out, "*6\r\n")
+            };
+            bulk(&mut out, b"name");
+            bulk(&mut out, name.as_bytes());
+            bulk(&mut out, b"mode");
+            bulk(&mut out, mode.as_bytes());
+            bulk(&mut out, b"patterns");
+            let _ = write!(out, "*{}\r\n", patterns.len());
+            for p in patterns {
+                bulk(&mut out, p);
+            }
+        }
+    } else if is("help") && req.argc() == 2 {
+        const HELP: &[&str] = &[
+            "KEYWARDEN <subcommand>. Subcommands are:",
+            "STATUS",
+            "    The proxy's state as JSON: upstream health, keyspaces, local store, counts.",
+            "KEYSPACES",
+            "    Each keyspace with its mode and patterns; 'default' is every other key.",
+            "HELP",
+            "    Print this help.",
+        ];
+        let _ = write!(out, "*{}\r\n", HELP.len());
+        for line in HELP {
+            let _ = write!(out, "+{line}\r\n");
+        }
+    } else if is("status") || is("keyspaces") || is("help") {
+        let name = String::from_utf8_lossy(sub).to_lowercase();
+        let _ = write!(
+            out,
+            "-ERR wrong number of arguments for 'keywarden|{name}' command\r\n"
+        );
+    } else {
+        let shown = String::from_utf8_lossy(crate::engine::c_str(sub)).replace(['\r', '\n'], " ");
+        let _ = write!(
+            out,
+            "-ERR unknown subcommand '{shown}'. Try KEYWARDEN HELP.\r\n"
+        );
+    }
+    out.freeze()
 }
 
 #[cfg(test)]

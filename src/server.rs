@@ -16,10 +16,11 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::admin::{self, Admin};
-use crate::auth::Denial;
+use crate::auth::{CommandAccess, Denial};
 use crate::client_state::ClientState;
 use crate::clients::{Clients, Phase};
 use crate::command;
+use crate::command::Categories;
 use crate::config::Settings;
 use crate::engine;
 use crate::error::ProxyError;
@@ -160,6 +161,23 @@ impl Server {
                 Denial::UnknownCommand => engine::unknown_command(req),
                 denial => Bytes::from(format!("-{denial}\r\n")),
             })
+    }
+
+    /// Whether the client may run the proxy's admin command: a user with every command or the
+    /// `admin` category.
+    pub fn permit_admin(&self, state: &Option<Box<ClientState>>) -> Result<(), Bytes> {
+        let users = &self.settings.users;
+        let Some(who) = ClientState::user_of(state, users) else {
+            return Err(Bytes::from(format!("-{}\r\n", Denial::NoAuth)));
+        };
+        match users.user(who).commands() {
+            CommandAccess::All => Ok(()),
+            CommandAccess::Categories(c) if c.contains(Categories::ADMIN) => Ok(()),
+            CommandAccess::Categories(_) => Err(Bytes::from(format!(
+                "-{}\r\n",
+                Denial::Command("keywarden".into())
+            ))),
+        }
     }
 
     /// The error reply for a refused request, counted where it is an outage refusal.

@@ -489,7 +489,10 @@ impl Busy {
             }
             // Authentication and permissions first, connection commands included (AUTH,
             // HELLO and RESET are allowed before authenticating; QUIT always is).
-            if ctx.settings.users.required() && special != Special::Quit {
+            // (KEYWARDEN, not in Redis's command table, is checked on its own below.)
+            if ctx.settings.users.required()
+                && !matches!(special, Special::Quit | Special::Keywarden)
+            {
                 if let Err(denied) = ctx.permit(&req, state) {
                     self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                     self.push_local(denied);
@@ -512,6 +515,15 @@ impl Busy {
                 Special::Connection | Special::Reset if !unpaired => {
                     self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                     let reply = self.answer_connection_command(&req, ctx, state, stream);
+                    self.push_local(reply);
+                    continue;
+                }
+                Special::Keywarden if !unpaired => {
+                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    let reply = match ctx.permit_admin(state) {
+                        Ok(()) => info::keywarden_command(&req, ctx, ClientState::resp3_of(state)),
+                        Err(denied) => denied,
+                    };
                     self.push_local(reply);
                     continue;
                 }

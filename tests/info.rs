@@ -132,3 +132,88 @@ async fn info_in_resp3_is_a_verbatim_string() {
     }
     proxy.shutdown().await;
 }
+
+/// `KEYWARDEN STATUS | KEYSPACES | HELP`: the proxy's admin command, for users allowed the
+/// `admin` category (or every command).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keywarden_admin_command() {
+    use keywarden::auth::{CommandAccess, KeyAccess, PasswordHash, User, Users};
+    use keywarden::command::Categories;
+    let redis = RedisServer::start();
+    let mut settings = settings(&redis.addr());
+    settings.keyspaces = Keyspaces::new(
+        vec![Keyspace {
+            name: "scratch".into(),
+            patterns: vec![Pattern::parse(b"tmp:")],
+            mode: Mode::LocalOnly,
+        }],
+        Mode::Degraded,
+    );
+    let user = |name: &str, categories: &str| {
+        User::new(
+            name.into(),
+            PasswordHash::of(b"pw"),
+            CommandAccess::of(Categories::from_name(categories).unwrap()),
+            KeyAccess::All,
+        )
+    };
+    settings.users = Users::new(vec![user("ops", "admin"), user("app", "read")]);
+    let proxy = Proxy::start(settings).await;
+    let mut c = proxy.client().await;
+    let noauth = c.cmd(&["KEYWARDEN", "STATUS"]).await;
+    assert!(is_error(&noauth, "NOAUTH"), "{noauth:?}");
+    assert_eq!(c.cmd(&["AUTH", "app", "pw"]).await, simple("OK"));
+    let noperm = c.cmd(&["KEYWARDEN", "STATUS"]).await;
+    assert!(
+        is_error(
+            &noperm,
+            "NOPERM this user has no permissions to run the 'keywarden' command"
+        ),
+        "{noperm:?}"
+    );
+    assert_eq!(c.cmd(&["AUTH", "ops", "pw"]).await, simple("OK"));
+    let status: serde_json::Value =
+        serde_json::from_str(&text(c.cmd(&["keywarden", "status"]).await)).unwrap();
+    assert_eq!(status["upstreams"][0]["state"], "healthy", "{status}");
+    assert_eq!(status["default_mode"], "degraded", "{status}");
+    assert_eq!(status["keyspaces"][0]["name"], "scratch", "{status}");
+    assert_eq!(
+        c.cmd(&["KEYWARDEN", "KEYSPACES"]).await,
+        Frame::Array(vec![
+            Frame::Array(vec![
+                bulk("name"),
+                bulk("scratch"),
+                bulk("mode"),
+                bulk("local_only"),
+                bulk("patterns"),
+                Frame::Array(vec![bulk("tmp:")]),
+            ]),
+            Frame::Array(vec![
+                bulk("name"),
+                bulk("default"),
+                bulk("mode"),
+                bulk("degraded"),
+                bulk("patterns"),
+                Frame::Array(vec![]),
+            ]),
+        ])
+    );
+    match c.cmd(&["KEYWARDEN", "HELP"]).await {
+        Frame::Array(lines) => assert!(lines.len() > 3),
+        other => panic!("{other:?}"),
+    }
+    let unknown = c.cmd(&["KEYWARDEN", "RELOADX"]).await;
+    assert!(
+        is_error(
+            &unknown,
+            "ERR unknown subcommand 'RELOADX'. Try KEYWARDEN HELP."
+        ),
+        "{unknown:?}"
+    );
+    let arity = c.cmd(&["KEYWARDEN"]).await;
+    assert!(
+        is_error(&arity, "ERR wrong number of arguments"),
+        "{arity:?}"
+    );
+    proxy.shutdown().await;
+}
