@@ -31,6 +31,11 @@ pub enum Phase {
 #[derive(Debug, Default)]
 pub struct Clients {
     phase: AtomicU8,
+    /// Connections accepted, refused at `max_clients`, and closed for protocol errors, since
+    /// the start (read by the metrics at scrape time).
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    protocol_errors: AtomicU64,
     entries: Mutex<Slab<Entry>>,
     /// Signalled when the last client leaves.
     empty: Notify,
@@ -84,6 +89,7 @@ impl Clients {
     /// Registers a client: its key is for [`Clients::leave`], its id is CLIENT ID.
     pub fn join(&self, inbox: Arc<Inbox>, addr: Option<SocketAddr>) -> (usize, u64) {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
         let key = self.lock().insert(Entry {
             inbox,
             id,
@@ -92,6 +98,25 @@ impl Clients {
             listed: None,
         });
         (key, id)
+    }
+
+    /// A connection refused at `max_clients`.
+    pub fn record_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client closed for sending something that is not RESP.
+    pub fn record_protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (accepted, rejected, protocol errors) since the start.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.accepted.load(Ordering::Relaxed),
+            self.rejected.load(Ordering::Relaxed),
+            self.protocol_errors.load(Ordering::Relaxed),
+        )
     }
 
     pub fn leave(&self, key: usize) {

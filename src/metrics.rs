@@ -81,6 +81,26 @@ pub const CLIENT_CONNECTIONS: Metric = gauge(
     &[],
     "Client connections open now.",
 );
+pub const CLIENT_CONNECTIONS_TOTAL: Metric = counter(
+    "keywarden_client_connections_total",
+    &[],
+    "Client connections accepted.",
+);
+pub const CLIENT_CONNECTIONS_REJECTED: Metric = counter(
+    "keywarden_client_connections_rejected_total",
+    &[],
+    "Client connections refused because max_clients was reached.",
+);
+pub const PROTOCOL_ERRORS: Metric = counter(
+    "keywarden_protocol_errors_total",
+    &[],
+    "Clients closed for sending bytes that are not RESP (answered -ERR Protocol error, as Redis does).",
+);
+pub const UPSTREAM_CONNECTS: Metric = counter(
+    "keywarden_upstream_connects_total",
+    &["upstream"],
+    "Shared upstream connections made: first connects and reconnects.",
+);
 pub const UPSTREAM_HEALTH: Metric = gauge(
     "keywarden_upstream_health",
     &["upstream", "state"],
@@ -136,6 +156,10 @@ pub const LOCAL_STORE_EXPIRATIONS: Metric = counter(
 pub const CATALOGUE: &[Metric] = &[
     BUILD_INFO,
     CLIENT_CONNECTIONS,
+    CLIENT_CONNECTIONS_TOTAL,
+    CLIENT_CONNECTIONS_REJECTED,
+    PROTOCOL_ERRORS,
+    UPSTREAM_CONNECTS,
     UPSTREAM_HEALTH,
     UPSTREAM_HEALTH_TRANSITIONS,
     FAIL_CLOSED_REFUSALS,
@@ -165,6 +189,11 @@ pub struct StoreUsage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sample {
     pub clients: usize,
+    /// Client connections accepted, refused at max_clients, closed for protocol errors.
+    pub accepted: u64,
+    pub rejected: u64,
+    pub protocol_errors: u64,
+    pub upstream_connects: u64,
     pub health: HealthSnapshot,
     pub counts: Counts,
     pub store: StoreUsage,
@@ -175,8 +204,13 @@ impl Sample {
     /// table and the store are each locked once, briefly.
     pub fn of(server: &Server) -> Sample {
         let store = &server.store;
+        let (accepted, rejected, protocol_errors) = server.clients.totals();
         Sample {
             clients: server.clients.count(),
+            accepted,
+            rejected,
+            protocol_errors,
+            upstream_connects: server.upstream.connects(),
             health: server.monitor.snapshot(),
             counts: server.monitor.counters().totals(),
             store: StoreUsage {
@@ -249,6 +283,10 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     clients: Gauge,
+    accepted: Counter,
+    rejected: Counter,
+    protocol_errors: Counter,
+    upstream_connects: Counter,
     /// One per state in [`STATES`] order.
     health: [Gauge; 3],
     degraded_events: Counter,
@@ -299,6 +337,14 @@ impl Metrics {
         let metrics = Metrics {
             handle: recorder.handle(),
             clients: register_gauge(&recorder, CLIENT_CONNECTIONS, vec![]),
+            accepted: register_counter(&recorder, CLIENT_CONNECTIONS_TOTAL, vec![]),
+            rejected: register_counter(&recorder, CLIENT_CONNECTIONS_REJECTED, vec![]),
+            protocol_errors: register_counter(&recorder, PROTOCOL_ERRORS, vec![]),
+            upstream_connects: register_counter(
+                &recorder,
+                UPSTREAM_CONNECTS,
+                vec![Label::new("upstream", upstream.to_owned())],
+            ),
             health: STATES
                 .map(|s| register_gauge(&recorder, UPSTREAM_HEALTH, up(("state", s.as_str())))),
             degraded_events: event(EventKind::Degraded),
@@ -336,6 +382,10 @@ impl Metrics {
     pub fn render(&self, sample: &Sample) -> String {
         self.observe_health(sample.health);
         self.clients.set(sample.clients as f64);
+        self.accepted.absolute(sample.accepted);
+        self.rejected.absolute(sample.rejected);
+        self.protocol_errors.absolute(sample.protocol_errors);
+        self.upstream_connects.absolute(sample.upstream_connects);
         self.refused.absolute(sample.counts.refused);
         self.degraded_replies
             .absolute(sample.counts.degraded_replies);
@@ -472,6 +522,10 @@ mod tests {
     fn sample(state: State, since: Instant) -> Sample {
         Sample {
             clients: 4,
+            accepted: 11,
+            rejected: 2,
+            protocol_errors: 1,
+            upstream_connects: 6,
             health: snap(state, since),
             counts: Counts {
                 refused: 7,
@@ -548,6 +602,13 @@ mod tests {
                 ),
                 0.0,
             ),
+            ("keywarden_client_connections_total".to_owned(), 11.0),
+            (
+                "keywarden_client_connections_rejected_total".to_owned(),
+                2.0,
+            ),
+            ("keywarden_protocol_errors_total".to_owned(), 1.0),
+            (format!(r#"keywarden_upstream_connects_total{{{up}}}"#), 6.0),
             ("keywarden_fail_closed_refusals_total".to_owned(), 7.0),
             ("keywarden_degraded_replies_total".to_owned(), 5.0),
             ("keywarden_discarded_writes_total".to_owned(), 2.0),

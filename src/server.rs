@@ -263,6 +263,7 @@ pub async fn run(
             }
         };
         if server.clients.count() >= settings.max_clients {
+            server.clients.record_rejected();
             tokio::spawn(refuse(stream));
             continue;
         }

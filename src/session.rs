@@ -459,6 +459,7 @@ impl Busy {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
                 Err(e) => {
+                    ctx.clients.record_protocol_error();
                     self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                     self.push_local(ProxyError::Protocol(e.to_string()).to_reply());
                     self.closing = true;

@@ -48,6 +48,8 @@ pub struct Upstream {
     conns3: Box<[Arc<SharedConn>]>,
     /// The upstream's `redis_version`, as its HELLO reply gave it on a RESP3 connection.
     version: Arc<Mutex<Option<Arc<str>>>>,
+    /// Shared connections made (first connects and reconnects), for the metrics.
+    connects: Arc<AtomicUsize>,
     next: AtomicUsize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -63,6 +65,7 @@ impl Upstream {
         let mut tasks = Vec::with_capacity(2 * settings.connections);
         let reached = Arc::new(Notify::new());
         let version = Arc::new(Mutex::new(None));
+        let connects = Arc::new(AtomicUsize::new(0));
         let mut pool = |resp3: bool, first_id: usize| -> Box<[Arc<SharedConn>]> {
             (0..settings.connections)
                 .map(|i| {
@@ -85,6 +88,7 @@ impl Upstream {
                         reached: reached.clone(),
                         monitor: monitor.clone(),
                         version: version.clone(),
+                        connects: connects.clone(),
                     };
                     tasks.push(tokio::spawn(task.run()));
                     conn
@@ -97,6 +101,7 @@ impl Upstream {
             conns,
             conns3,
             version,
+            connects,
             next: AtomicUsize::new(0),
             tasks,
         })
@@ -127,6 +132,11 @@ impl Upstream {
             .map(|k| &pool[(start + k) % pool.len()])
             .find(|c| c.is_up())
             .cloned()
+    }
+
+    /// Shared connections made since the start (first connects and reconnects).
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed) as u64
     }
 
     /// The upstream's version, once a connection has learned it.
@@ -358,6 +368,7 @@ struct ConnTask {
     monitor: MonitorHandle,
     /// Where a setup HELLO's `version` goes (see [`Upstream::version`]).
     version: Arc<Mutex<Option<Arc<str>>>>,
+    connects: Arc<AtomicUsize>,
 }
 
 impl ConnTask {
@@ -370,6 +381,7 @@ impl ConnTask {
             match socket::connect(addr, self.settings.connect_timeout, self.keepalive).await {
                 Ok(stream) => {
                     backoff = self.settings.reconnect_backoff_min;
+                    self.connects.fetch_add(1, Ordering::Relaxed);
                     self.conn.set_link(Link::Up);
                     self.reached.notify_waiters();
                     tracing::info!(conn = self.id, upstream = addr, "upstream connected");

@@ -452,3 +452,70 @@ async fn a_busy_admin_port_stops_startup() {
         "{error}"
     );
 }
+
+/// Connections accepted, refused at max_clients and closed for protocol errors, and upstream
+/// connects, counted exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_counters_are_exact() {
+    let mut redis = RedisServer::start();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let text = format!(
+        "max_clients = 2\n[upstream]\naddress = \"{}\"\nconnections = 1\n[admin]\nlisten = \"{admin}\"\n",
+        redis.addr()
+    );
+    let settings = Settings::from_toml_str(&text, "admin test", &Overrides::default()).unwrap();
+    let proxy = Proxy::start(settings).await;
+    until_ready(admin).await;
+    // One RESP2 and one RESP3 shared connection.
+    let connects = format!(
+        r#"keywarden_upstream_connects_total{{upstream="{}"}}"#,
+        redis.addr()
+    );
+    scrape_until(admin, "both shared connections", |b| {
+        value(b, &connects) == 2.0
+    })
+    .await;
+
+    let mut a = proxy.client().await;
+    assert_eq!(a.cmd(&["PING"]).await, simple("PONG"));
+    let mut b = proxy.client().await;
+    assert_eq!(b.cmd(&["PING"]).await, simple("PONG"));
+    let mut over = proxy.client().await;
+    let refused = over.reply().await;
+    assert!(
+        is_error(&refused, "ERR max number of clients reached"),
+        "{refused:?}"
+    );
+    b.send_raw(b"*1\r\n$x\r\n").await;
+    let bad = b.reply().await;
+    assert!(is_error(&bad, "ERR Protocol error"), "{bad:?}");
+    assert!(b.closed().await);
+    let body = metrics(admin).await;
+    assert_eq!(
+        value(&body, "keywarden_client_connections_total"),
+        2.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(&body, "keywarden_client_connections_rejected_total"),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(&body, "keywarden_protocol_errors_total"),
+        1.0,
+        "{body}"
+    );
+
+    // A restart of the upstream: both shared connections reconnect.
+    redis.kill();
+    redis.restart();
+    let deadline = Instant::now() + WAIT;
+    while a.cmd(&["PING"]).await != simple("PONG") {
+        assert!(Instant::now() < deadline, "never served again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    scrape_until(admin, "the reconnects", |b| value(b, &connects) >= 3.0).await;
+    drop((a, over));
+    proxy.shutdown().await;
+}
