@@ -1,5 +1,6 @@
-//! The command line: `keywarden [--config FILE] [--listen ADDR] [--upstream ADDR]` runs the
-//! proxy; `keywarden check-config FILE` validates a file and exits.
+//! The command line: `keywarden [--config FILE] [--listen ADDR] [--upstream ADDR]
+//! [--admin-listen ADDR]` runs the proxy; `keywarden check-config FILE` validates a file and
+//! exits.
 //!
 //! `main` stays a thin shell: parse [`Cli`], call [`Cli::into_command`], then either run with
 //! the settings or print what [`check_config`] returns and exit with its code.
@@ -28,6 +29,9 @@ pub struct Cli {
     /// Upstream Redis (host:port); replaces `upstream.address` from the file
     #[arg(long, value_name = "ADDR")]
     pub upstream: Option<String>,
+    /// Admin HTTP listener (IP:port); replaces `admin.listen` from the file
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
     #[command(subcommand)]
     pub action: Option<CliAction>,
 }
@@ -68,6 +72,7 @@ impl Cli {
         let overrides = Overrides {
             listen: self.listen,
             upstream: self.upstream,
+            admin_listen: self.admin_listen,
         };
         let (origin, loaded) = match self.config {
             // An explicit path must exist: a typo must not silently run on defaults.
@@ -157,14 +162,25 @@ mod tests {
             }
         );
 
-        let command = cli(&["--listen", "0.0.0.0:7000", "--upstream", "redis:6390"])
-            .into_command_with_default(&missing())
-            .unwrap();
+        let command = cli(&[
+            "--listen",
+            "0.0.0.0:7000",
+            "--upstream",
+            "redis:6390",
+            "--admin-listen",
+            "127.0.0.1:9121",
+        ])
+        .into_command_with_default(&missing())
+        .unwrap();
         let CliCommand::Run { settings } = command else {
             panic!("{command:?}")
         };
         assert_eq!(settings.listen, "0.0.0.0:7000".parse().unwrap());
         assert_eq!(settings.upstream.address, "redis:6390");
+        assert_eq!(
+            settings.admin.listen,
+            Some("127.0.0.1:9121".parse().unwrap())
+        );
     }
 
     #[test]

@@ -237,6 +237,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--upstream`: replaces `upstream.address`.
     pub upstream: Option<String>,
+    /// `--admin-listen`: replaces `admin.listen`.
+    pub admin_listen: Option<String>,
 }
 
 impl fmt::Display for Problem {
@@ -721,6 +723,9 @@ impl RawSettings {
         if let Some(upstream) = &overrides.upstream {
             self.upstream.address = upstream.clone();
         }
+        if let Some(admin) = &overrides.admin_listen {
+            self.admin.listen = admin.clone();
+        }
     }
 }
 
@@ -777,6 +782,7 @@ impl Checker<'_> {
         let flag = match place.as_str() {
             "listen" if self.overrides.listen.is_some() => " (from --listen)",
             "upstream.address" if self.overrides.upstream.is_some() => " (from --upstream)",
+            "admin.listen" if self.overrides.admin_listen.is_some() => " (from --admin-listen)",
             _ => "",
         };
         self.problems.push(Problem {
@@ -2243,10 +2249,15 @@ mod tests {
         let overrides = Overrides {
             listen: Some("0.0.0.0:7000".to_owned()),
             upstream: Some("flag-host:7001".to_owned()),
+            admin_listen: Some("127.0.0.1:9121".to_owned()),
         };
         let settings = Settings::from_toml_str(text, "test.toml", &overrides).unwrap();
         assert_eq!(settings.listen, "0.0.0.0:7000".parse().unwrap());
         assert_eq!(settings.upstream.address, "flag-host:7001");
+        assert_eq!(
+            settings.admin.listen,
+            Some("127.0.0.1:9121".parse().unwrap())
+        );
         assert_eq!(
             settings.upstream.connections, 3,
             "the rest of the file still applies"
@@ -2254,7 +2265,7 @@ mod tests {
 
         let only_listen = Overrides {
             listen: Some("0.0.0.0:7000".to_owned()),
-            upstream: None,
+            ..Overrides::default()
         };
         let settings = Settings::from_toml_str(text, "test.toml", &only_listen).unwrap();
         assert_eq!(settings.upstream.address, "file-host:2222");
@@ -2271,6 +2282,7 @@ mod tests {
         let overrides = Overrides {
             listen: Some("nowhere".to_owned()),
             upstream: Some("nohost".to_owned()),
+            admin_listen: None,
         };
         let error = Settings::from_toml_str(text, "test.toml", &overrides).unwrap_err();
         let lines: Vec<String> = error.problems.iter().map(Problem::to_string).collect();
