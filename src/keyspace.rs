@@ -95,6 +95,58 @@ pub enum Membership {
     Default,
 }
 
+/// Outage counts per keyspace (the default one last), for the metrics: requests refused
+/// fail-closed and degraded replies. One relaxed atomic add each, on outage paths only.
+#[derive(Debug)]
+pub struct PerKeyspace {
+    refused: Box<[std::sync::atomic::AtomicU64]>,
+    degraded: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+impl PerKeyspace {
+    pub fn new(keyspaces: &Keyspaces) -> PerKeyspace {
+        let n = keyspaces.list.len() + 1;
+        let zeros = || (0..n).map(|_| Default::default()).collect();
+        PerKeyspace {
+            refused: zeros(),
+            degraded: zeros(),
+        }
+    }
+
+    fn slot(&self, m: Membership) -> usize {
+        match m {
+            Membership::Named(i) => i,
+            Membership::Default => self.refused.len() - 1,
+        }
+    }
+
+    pub fn record_refused(&self, m: Membership) {
+        if let Some(c) = self.refused.get(self.slot(m)) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub fn record_degraded(&self, m: Membership) {
+        if let Some(c) = self.degraded.get(self.slot(m)) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// (keyspace name, refused, degraded replies) for each keyspace, the default one last.
+    pub fn totals(&self, keyspaces: &Keyspaces) -> Vec<(String, u64, u64)> {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        let names = keyspaces
+            .list
+            .iter()
+            .map(|ks| ks.name.clone())
+            .chain(std::iter::once(DEFAULT_NAME.to_owned()));
+        names
+            .zip(self.refused.iter().zip(self.degraded.iter()))
+            .map(|(name, (r, d))| (name, load(r), load(d)))
+            .collect()
+    }
+}
+
 /// The name used for keys that match no configured keyspace.
 pub const DEFAULT_NAME: &str = "default";
 

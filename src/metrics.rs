@@ -101,6 +101,16 @@ pub const UPSTREAM_CONNECTS: Metric = counter(
     &["upstream"],
     "Shared upstream connections made: first connects and reconnects.",
 );
+pub const KEYSPACE_FAIL_CLOSED_REFUSALS: Metric = counter(
+    "keywarden_keyspace_fail_closed_refusals_total",
+    &["keyspace"],
+    "Requests refused with -FAILCLOSED, by the keyspace that failed closed.",
+);
+pub const KEYSPACE_DEGRADED_REPLIES: Metric = counter(
+    "keywarden_keyspace_degraded_replies_total",
+    &["keyspace"],
+    "Replies served from the local store during outages, by degraded keyspace.",
+);
 pub const UPSTREAM_HEALTH: Metric = gauge(
     "keywarden_upstream_health",
     &["upstream", "state"],
@@ -165,6 +175,8 @@ pub const CATALOGUE: &[Metric] = &[
     FAIL_CLOSED_REFUSALS,
     DEGRADED_REPLIES,
     DISCARDED_WRITES,
+    KEYSPACE_FAIL_CLOSED_REFUSALS,
+    KEYSPACE_DEGRADED_REPLIES,
     LOCAL_STORE_KEYS,
     LOCAL_STORE_USED_BYTES,
     LOCAL_STORE_MAX_BYTES,
@@ -186,7 +198,7 @@ pub struct StoreUsage {
 }
 
 /// The state metrics are read from, taken at one scrape.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
     pub clients: usize,
     /// Client connections accepted, refused at max_clients, closed for protocol errors.
@@ -194,6 +206,8 @@ pub struct Sample {
     pub rejected: u64,
     pub protocol_errors: u64,
     pub upstream_connects: u64,
+    /// (keyspace, fail-closed refusals, degraded replies), the default keyspace last.
+    pub per_keyspace: Vec<(String, u64, u64)>,
     pub health: HealthSnapshot,
     pub counts: Counts,
     pub store: StoreUsage,
@@ -211,6 +225,7 @@ impl Sample {
             rejected,
             protocol_errors,
             upstream_connects: server.upstream.connects(),
+            per_keyspace: server.per_keyspace.totals(&server.settings.keyspaces),
             health: server.monitor.snapshot(),
             counts: server.monitor.counters().totals(),
             store: StoreUsage {
@@ -386,6 +401,14 @@ impl Metrics {
         self.rejected.absolute(sample.rejected);
         self.protocol_errors.absolute(sample.protocol_errors);
         self.upstream_connects.absolute(sample.upstream_connects);
+        // Registered at scrape time: the recorder hands back the same series each time.
+        for (name, refused, degraded) in &sample.per_keyspace {
+            let label = || vec![Label::new("keyspace", name.clone())];
+            let r = register_counter(&self.recorder, KEYSPACE_FAIL_CLOSED_REFUSALS, label());
+            r.absolute(*refused);
+            let d = register_counter(&self.recorder, KEYSPACE_DEGRADED_REPLIES, label());
+            d.absolute(*degraded);
+        }
         self.refused.absolute(sample.counts.refused);
         self.degraded_replies
             .absolute(sample.counts.degraded_replies);
@@ -526,6 +549,7 @@ mod tests {
             rejected: 2,
             protocol_errors: 1,
             upstream_connects: 6,
+            per_keyspace: vec![("limits".into(), 4, 0), ("default".into(), 3, 5)],
             health: snap(state, since),
             counts: Counts {
                 refused: 7,
@@ -609,6 +633,22 @@ mod tests {
             ),
             ("keywarden_protocol_errors_total".to_owned(), 1.0),
             (format!(r#"keywarden_upstream_connects_total{{{up}}}"#), 6.0),
+            (
+                r#"keywarden_keyspace_fail_closed_refusals_total{keyspace="limits"}"#.to_owned(),
+                4.0,
+            ),
+            (
+                r#"keywarden_keyspace_fail_closed_refusals_total{keyspace="default"}"#.to_owned(),
+                3.0,
+            ),
+            (
+                r#"keywarden_keyspace_degraded_replies_total{keyspace="limits"}"#.to_owned(),
+                0.0,
+            ),
+            (
+                r#"keywarden_keyspace_degraded_replies_total{keyspace="default"}"#.to_owned(),
+                5.0,
+            ),
             ("keywarden_fail_closed_refusals_total".to_owned(), 7.0),
             ("keywarden_degraded_replies_total".to_owned(), 5.0),
             ("keywarden_discarded_writes_total".to_owned(), 2.0),

@@ -26,7 +26,7 @@ use crate::engine;
 use crate::error::ProxyError;
 use crate::events::{self, AffectedKeyspaces, Events};
 use crate::health::State;
-use crate::keyspace::{Membership, Mode};
+use crate::keyspace::{Membership, Mode, PerKeyspace};
 use crate::monitor::{Monitor, MonitorHandle, MonitorSettings};
 use crate::request::Request;
 use crate::router::{self, Refusal, Route};
@@ -43,6 +43,8 @@ pub struct Server {
     pub monitor: MonitorHandle,
     /// The local store serving `local_only` keyspaces, and `degraded` ones during an outage.
     pub store: Arc<Store>,
+    /// Refusals and degraded replies per keyspace, for the metrics.
+    pub per_keyspace: PerKeyspace,
 }
 
 impl Server {
@@ -110,9 +112,11 @@ impl Server {
     /// Counts `req`, served locally while the upstream is unavailable, as a degraded reply if
     /// its keyspace is degraded, and as a discarded write if it is a write that `succeeded`.
     pub fn count_degraded(&self, req: &Request, succeeded: bool) {
-        if self.first_key_mode(req) != Mode::Degraded {
+        let membership = self.first_key_membership(req);
+        if self.settings.keyspaces.mode(membership) != Mode::Degraded {
             return;
         }
+        self.per_keyspace.record_degraded(membership);
         let counters = self.monitor.counters();
         counters.record_degraded_reply();
         if succeeded && command::lookup_request(req).is_some_and(|c| c.is_write()) {
@@ -120,13 +124,12 @@ impl Server {
         }
     }
 
-    fn first_key_mode(&self, req: &Request) -> Mode {
+    fn first_key_membership(&self, req: &Request) -> Membership {
         let keyspaces = &self.settings.keyspaces;
-        let first = command::keys(req)
+        command::keys(req)
             .ok()
             .and_then(|keys| keys.first().and_then(|&i| req.arg(i as usize)))
-            .map_or(Membership::Default, |key| keyspaces.classify(key));
-        keyspaces.mode(first)
+            .map_or(Membership::Default, |key| keyspaces.classify(key))
     }
 
     /// Whether the client may run `req`: authenticated, and the command and its keys allowed
@@ -188,6 +191,7 @@ impl Server {
         match refusal {
             Refusal::FailClosed(m) => {
                 self.monitor.counters().record_refused();
+                self.per_keyspace.record_refused(m);
                 ProxyError::FailClosed {
                     keyspace: keyspaces.name(m).to_owned(),
                 }
@@ -239,6 +243,7 @@ pub async fn run(
         clients: Clients::default(),
         monitor: monitor.handle(),
         store: store.clone(),
+        per_keyspace: PerKeyspace::new(&settings.keyspaces),
     });
     let housekeeping = tokio::spawn(housekeeping(server.clone()));
     let admin = match admin_listener {

@@ -1309,6 +1309,9 @@ mod tests {
                 clients: Default::default(),
                 monitor: monitor.handle(),
                 store: Arc::new(crate::store::Store::new(1 << 20)),
+                per_keyspace: crate::keyspace::PerKeyspace::new(
+                    &crate::keyspace::Keyspaces::fail_closed(),
+                ),
             });
             let task = Session::new(stream, server);
             let size = std::mem::size_of_val(&task);

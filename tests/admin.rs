@@ -257,6 +257,14 @@ async fn metrics_and_status_follow_an_outage_exactly() {
     assert_eq!(value(&m, "keywarden_fail_closed_refusals_total"), 3.0);
     assert_eq!(value(&m, "keywarden_degraded_replies_total"), 2.0);
     assert_eq!(value(&m, "keywarden_discarded_writes_total"), 1.0);
+    let by_keyspace = |metric: &str, ks: &str| format!(r#"{metric}{{keyspace="{ks}"}}"#);
+    let refused = "keywarden_keyspace_fail_closed_refusals_total";
+    let degraded = "keywarden_keyspace_degraded_replies_total";
+    assert_eq!(value(&m, &by_keyspace(refused, "rate-limits")), 2.0);
+    assert_eq!(value(&m, &by_keyspace(refused, "default")), 1.0);
+    assert_eq!(value(&m, &by_keyspace(refused, "page-cache")), 0.0);
+    assert_eq!(value(&m, &by_keyspace(degraded, "page-cache")), 2.0);
+    assert_eq!(value(&m, &by_keyspace(degraded, "scratch")), 0.0);
     assert_eq!(value(&m, "keywarden_local_store_keys"), 4.0);
     assert_eq!(value(&m, &transitions(&up, "BACKEND_DEGRADED")), 1.0);
     assert_eq!(value(&m, &transitions(&up, "BACKEND_RECOVERED")), 0.0);
