@@ -36,6 +36,8 @@ pub struct Clients {
     accepted: AtomicU64,
     rejected: AtomicU64,
     protocol_errors: AtomicU64,
+    /// Requests by command and outcome.
+    pub commands: CommandCounts,
     entries: Mutex<Slab<Entry>>,
     /// Signalled when the last client leaves.
     empty: Notify,
@@ -74,6 +76,84 @@ pub struct KillFilter {
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What became of a request, for the per-command counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Outcome {
+    /// Sent to the upstream.
+    Upstream = 0,
+    /// Served by the local store.
+    Local = 1,
+    /// Answered by the proxy itself (connection, transaction and admin commands).
+    Proxy = 2,
+    /// Refused by the proxy: fail-closed, keyspace, unsupported, permission.
+    Refused = 3,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Upstream,
+        Outcome::Local,
+        Outcome::Proxy,
+        Outcome::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Upstream => "upstream",
+            Outcome::Local => "local",
+            Outcome::Proxy => "proxy",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// Requests by command (Redis's command table, plus one slot for commands it does not know)
+/// and outcome: one relaxed atomic add per request.
+#[derive(Debug)]
+pub struct CommandCounts {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for CommandCounts {
+    fn default() -> CommandCounts {
+        let slots = (crate::command::commands().len() + 1) * Outcome::ALL.len();
+        CommandCounts {
+            counts: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl CommandCounts {
+    pub fn record(&self, name: &[u8], outcome: Outcome) {
+        let command = crate::command::position(name).unwrap_or(crate::command::commands().len());
+        if let Some(c) = self
+            .counts
+            .get(command * Outcome::ALL.len() + outcome as usize)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (command, outcome, count) for every non-zero count; `unknown` for commands Redis does
+    /// not know.
+    pub fn totals(&self) -> Vec<(&'static str, Outcome, u64)> {
+        let table = crate::command::commands();
+        let mut out = Vec::new();
+        for (i, c) in self.counts.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let command = table
+                .get(i / Outcome::ALL.len())
+                .map_or("unknown", |c| c.name());
+            out.push((command, Outcome::ALL[i % Outcome::ALL.len()], n));
+        }
+        out
+    }
+}
 
 fn unix_secs() -> u32 {
     SystemTime::now()

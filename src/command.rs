@@ -410,16 +410,21 @@ pub fn commands() -> &'static [CommandInfo] {
 /// given, as Redis resolves a request whose arguments 0 and 1 are `name` and `sub`. `None` for
 /// an unknown command, or an unknown subcommand of a container.
 pub fn lookup(name: &[u8], sub: Option<&[u8]>) -> Option<&'static CommandInfo> {
-    static INDEX: OnceLock<NameIndex> = OnceLock::new();
-    let index = INDEX
-        .get_or_init(|| NameIndex::new(table::COMMANDS.iter().map(CommandInfo::name).collect()));
-    let cmd = &table::COMMANDS[index.find(name)?];
+    let cmd = &table::COMMANDS[position(name)?];
     match sub {
         Some(sub) if !cmd.subcommands.is_empty() => {
             search(cmd.subcommands, sub, CommandInfo::short_name)
         }
         _ => Some(cmd),
     }
+}
+
+/// Where the top-level command `name` (any case) is in [`commands`].
+pub fn position(name: &[u8]) -> Option<usize> {
+    static INDEX: OnceLock<NameIndex> = OnceLock::new();
+    INDEX
+        .get_or_init(|| NameIndex::new(table::COMMANDS.iter().map(CommandInfo::name).collect()))
+        .find(name)
 }
 
 /// The command a request runs (its subcommand for a container), or `None` if Redis does not

@@ -101,6 +101,11 @@ pub const UPSTREAM_CONNECTS: Metric = counter(
     &["upstream"],
     "Shared upstream connections made: first connects and reconnects.",
 );
+pub const COMMANDS: Metric = counter(
+    "keywarden_commands_total",
+    &["command", "outcome"],
+    "Requests by command (Redis's name; unknown for commands Redis does not know) and outcome: upstream, local (served by the local store), proxy (answered by keywarden: connection, transaction and admin commands), refused.",
+);
 pub const KEYSPACE_FAIL_CLOSED_REFUSALS: Metric = counter(
     "keywarden_keyspace_fail_closed_refusals_total",
     &["keyspace"],
@@ -177,6 +182,7 @@ pub const CATALOGUE: &[Metric] = &[
     DISCARDED_WRITES,
     KEYSPACE_FAIL_CLOSED_REFUSALS,
     KEYSPACE_DEGRADED_REPLIES,
+    COMMANDS,
     LOCAL_STORE_KEYS,
     LOCAL_STORE_USED_BYTES,
     LOCAL_STORE_MAX_BYTES,
@@ -208,6 +214,8 @@ pub struct Sample {
     pub upstream_connects: u64,
     /// (keyspace, fail-closed refusals, degraded replies), the default keyspace last.
     pub per_keyspace: Vec<(String, u64, u64)>,
+    /// (command, outcome, requests) for every pair seen.
+    pub commands: Vec<(&'static str, &'static str, u64)>,
     pub health: HealthSnapshot,
     pub counts: Counts,
     pub store: StoreUsage,
@@ -226,6 +234,13 @@ impl Sample {
             protocol_errors,
             upstream_connects: server.upstream.connects(),
             per_keyspace: server.per_keyspace.totals(&server.settings.keyspaces),
+            commands: server
+                .clients
+                .commands
+                .totals()
+                .into_iter()
+                .map(|(c, o, n)| (c, o.as_str(), n))
+                .collect(),
             health: server.monitor.snapshot(),
             counts: server.monitor.counters().totals(),
             store: StoreUsage {
@@ -402,6 +417,13 @@ impl Metrics {
         self.protocol_errors.absolute(sample.protocol_errors);
         self.upstream_connects.absolute(sample.upstream_connects);
         // Registered at scrape time: the recorder hands back the same series each time.
+        for (command, outcome, n) in &sample.commands {
+            let labels = vec![
+                Label::new("command", *command),
+                Label::new("outcome", *outcome),
+            ];
+            register_counter(&self.recorder, COMMANDS, labels).absolute(*n);
+        }
         for (name, refused, degraded) in &sample.per_keyspace {
             let label = || vec![Label::new("keyspace", name.clone())];
             let r = register_counter(&self.recorder, KEYSPACE_FAIL_CLOSED_REFUSALS, label());
@@ -550,6 +572,7 @@ mod tests {
             protocol_errors: 1,
             upstream_connects: 6,
             per_keyspace: vec![("limits".into(), 4, 0), ("default".into(), 3, 5)],
+            commands: vec![("get", "upstream", 10), ("set", "refused", 2)],
             health: snap(state, since),
             counts: Counts {
                 refused: 7,
@@ -648,6 +671,14 @@ mod tests {
             (
                 r#"keywarden_keyspace_degraded_replies_total{keyspace="default"}"#.to_owned(),
                 5.0,
+            ),
+            (
+                r#"keywarden_commands_total{command="get",outcome="upstream"}"#.to_owned(),
+                10.0,
+            ),
+            (
+                r#"keywarden_commands_total{command="set",outcome="refused"}"#.to_owned(),
+                2.0,
             ),
             ("keywarden_fail_closed_refusals_total".to_owned(), 7.0),
             ("keywarden_degraded_replies_total".to_owned(), 5.0),

@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::client_state::ClientState;
-use crate::clients::Phase;
+use crate::clients::{Outcome, Phase};
 use crate::command::{self, Disposition, Stateful};
 use crate::connection::{self, Special, Sync};
 use crate::dedicated::Dedicated;
@@ -471,6 +471,7 @@ impl Busy {
             // (or refuses) connection and transaction commands in that context. The proxy
             // still checks permissions and routes keys, and follows a RESET.
             let special = Special::of(&req);
+            let counts = &ctx.clients.commands;
             // Subscribed or monitoring: everything goes to that connection, whose Redis answers
             // (or refuses) connection and transaction commands in that context. The proxy
             // still checks permissions and routes keys, and follows a RESET.
@@ -480,6 +481,7 @@ impl Busy {
                 || (!unpaired && special == Special::Transaction)
             {
                 self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                counts.record(req.name(), Outcome::Proxy);
                 if let Some(req) = self.transaction(req, ctx, shared, inbox, state, available) {
                     // WATCH or UNWATCH for the client's upstream connection.
                     let watch = req.name().eq_ignore_ascii_case(b"watch");
@@ -495,10 +497,20 @@ impl Busy {
                 && !matches!(special, Special::Quit | Special::Keywarden)
             {
                 if let Err(denied) = ctx.permit(&req, state) {
+                    counts.record(req.name(), Outcome::Refused);
                     self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                     self.push_local(denied);
                     continue;
                 }
+            }
+            let answered = match special {
+                Special::Reset | Special::Connection | Special::Keywarden | Special::Info => {
+                    !unpaired
+                }
+                _ => false,
+            };
+            if answered {
+                counts.record(req.name(), Outcome::Proxy);
             }
             match special {
                 Special::Reset if unpaired => {
@@ -535,7 +547,14 @@ impl Busy {
                 }
                 _ => {}
             }
-            match ctx.route(&req, available) {
+            let route = ctx.route(&req, available);
+            let outcome = match route {
+                Route::Upstream => Outcome::Upstream,
+                Route::Local => Outcome::Local,
+                Route::Reject(_) => Outcome::Refused,
+            };
+            counts.record(req.name(), outcome);
+            match route {
                 Route::Upstream if !runs.local.is_empty() => {
                     self.send_local(&mut runs, ctx, state, available)
                 }

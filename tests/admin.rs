@@ -265,6 +265,13 @@ async fn metrics_and_status_follow_an_outage_exactly() {
     assert_eq!(value(&m, &by_keyspace(refused, "page-cache")), 0.0);
     assert_eq!(value(&m, &by_keyspace(degraded, "page-cache")), 2.0);
     assert_eq!(value(&m, &by_keyspace(degraded, "scratch")), 0.0);
+    let command =
+        |c: &str, o: &str| format!(r#"keywarden_commands_total{{command="{c}",outcome="{o}"}}"#);
+    assert_eq!(value(&m, &command("incr", "refused")), 2.0);
+    assert_eq!(value(&m, &command("get", "refused")), 1.0);
+    // Before the outage: three SETs to tmp: keys; during it: SET cache:a, served locally.
+    assert_eq!(value(&m, &command("set", "local")), 4.0);
+    assert_eq!(value(&m, &command("get", "local")), 2.0);
     assert_eq!(value(&m, "keywarden_local_store_keys"), 4.0);
     assert_eq!(value(&m, &transitions(&up, "BACKEND_DEGRADED")), 1.0);
     assert_eq!(value(&m, &transitions(&up, "BACKEND_RECOVERED")), 0.0);
