@@ -48,6 +48,7 @@ pub mod error;
 pub mod events;
 pub mod glob;
 pub mod health;
+pub mod histogram;
 pub mod inbox;
 pub mod info;
 pub mod keyspace;

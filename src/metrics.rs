@@ -37,6 +37,8 @@ use crate::server::Server;
 pub enum Kind {
     Counter,
     Gauge,
+    /// Rendered from a [`Histogram`](crate::histogram::Histogram) of fixed buckets.
+    Histogram,
 }
 
 /// One entry of the catalogue.
@@ -101,6 +103,13 @@ pub const UPSTREAM_CONNECTS: Metric = counter(
     &["upstream"],
     "Shared upstream connections made: first connects and reconnects.",
 );
+pub const UPSTREAM_REQUEST_DURATION: Metric = Metric {
+    name: "keywarden_upstream_request_duration_seconds",
+    kind: Kind::Histogram,
+    labels: &["upstream"],
+    help:
+        "Time from a request being written to a shared upstream connection to its reply arriving.",
+};
 pub const COMMANDS: Metric = counter(
     "keywarden_commands_total",
     &["command", "outcome"],
@@ -183,6 +192,7 @@ pub const CATALOGUE: &[Metric] = &[
     KEYSPACE_FAIL_CLOSED_REFUSALS,
     KEYSPACE_DEGRADED_REPLIES,
     COMMANDS,
+    UPSTREAM_REQUEST_DURATION,
     LOCAL_STORE_KEYS,
     LOCAL_STORE_USED_BYTES,
     LOCAL_STORE_MAX_BYTES,
@@ -216,6 +226,8 @@ pub struct Sample {
     pub per_keyspace: Vec<(String, u64, u64)>,
     /// (command, outcome, requests) for every pair seen.
     pub commands: Vec<(&'static str, &'static str, u64)>,
+    /// The upstream latency histogram's lines.
+    pub latency: String,
     pub health: HealthSnapshot,
     pub counts: Counts,
     pub store: StoreUsage,
@@ -234,6 +246,10 @@ impl Sample {
             protocol_errors,
             upstream_connects: server.upstream.connects(),
             per_keyspace: server.per_keyspace.totals(&server.settings.keyspaces),
+            latency: server.upstream.latency().render(
+                UPSTREAM_REQUEST_DURATION.name,
+                &format!("upstream=\"{}\"", server.monitor.upstream()),
+            ),
             commands: server
                 .clients
                 .commands
@@ -342,6 +358,8 @@ impl Metrics {
             match m.kind {
                 Kind::Counter => recorder.describe_counter(name, None, help),
                 Kind::Gauge => recorder.describe_gauge(name, None, help),
+                // Rendered by hand (see `render`).
+                Kind::Histogram => {}
             }
         }
         let up = |extra: (&'static str, &'static str)| {
@@ -442,7 +460,16 @@ impl Metrics {
         self.store_max.set(store.max_bytes as f64);
         self.store_evictions.absolute(store.evictions);
         self.store_expirations.absolute(store.expirations);
-        self.handle.render()
+        let mut text = self.handle.render();
+        if !sample.latency.is_empty() {
+            let m = UPSTREAM_REQUEST_DURATION;
+            text.push_str(&format!(
+                "# HELP {} {}\n# TYPE {} histogram\n",
+                m.name, m.help, m.name
+            ));
+            text.push_str(&sample.latency);
+        }
+        text
     }
 
     /// The recorder, for metrics recorded as they happen (per request, per connection) once
@@ -573,6 +600,7 @@ mod tests {
             upstream_connects: 6,
             per_keyspace: vec![("limits".into(), 4, 0), ("default".into(), 3, 5)],
             commands: vec![("get", "upstream", 10), ("set", "refused", 2)],
+            latency: String::new(),
             health: snap(state, since),
             counts: Counts {
                 refused: 7,
@@ -598,6 +626,9 @@ mod tests {
             let kind = match m.kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
+                // Rendered from the upstream's histogram, empty in this sample (see
+                // `histogram` and tests/admin.rs).
+                Kind::Histogram => continue,
             };
             assert!(
                 text.contains(&format!("# HELP {} {}\n", m.name, m.help)),

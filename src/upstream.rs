@@ -32,6 +32,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use crate::config::{Limits, UpstreamSettings};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::health::{Cause, Outcome};
+use crate::histogram::Histogram;
 use crate::inbox::{Chunk, Inbox};
 use crate::monitor::MonitorHandle;
 use crate::reply::ReplyScanner;
@@ -50,6 +51,8 @@ pub struct Upstream {
     version: Arc<Mutex<Option<Arc<str>>>>,
     /// Shared connections made (first connects and reconnects), for the metrics.
     connects: Arc<AtomicUsize>,
+    /// How long runs of requests waited for their replies on shared connections.
+    latency: Arc<Histogram>,
     next: AtomicUsize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -66,6 +69,7 @@ impl Upstream {
         let reached = Arc::new(Notify::new());
         let version = Arc::new(Mutex::new(None));
         let connects = Arc::new(AtomicUsize::new(0));
+        let latency = Arc::new(Histogram::default());
         let mut pool = |resp3: bool, first_id: usize| -> Box<[Arc<SharedConn>]> {
             (0..settings.connections)
                 .map(|i| {
@@ -89,6 +93,7 @@ impl Upstream {
                         monitor: monitor.clone(),
                         version: version.clone(),
                         connects: connects.clone(),
+                        latency: latency.clone(),
                     };
                     tasks.push(tokio::spawn(task.run()));
                     conn
@@ -102,6 +107,7 @@ impl Upstream {
             conns3,
             version,
             connects,
+            latency,
             next: AtomicUsize::new(0),
             tasks,
         })
@@ -132,6 +138,12 @@ impl Upstream {
             .map(|k| &pool[(start + k) % pool.len()])
             .find(|c| c.is_up())
             .cloned()
+    }
+
+    /// Reply latency of requests on shared connections: from being written to the upstream
+    /// to the last reply of their run.
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
     }
 
     /// Shared connections made since the start (first connects and reconnects).
@@ -369,6 +381,7 @@ struct ConnTask {
     /// Where a setup HELLO's `version` goes (see [`Upstream::version`]).
     version: Arc<Mutex<Option<Arc<str>>>>,
     connects: Arc<AtomicUsize>,
+    latency: Arc<Histogram>,
 }
 
 impl ConnTask {
@@ -386,8 +399,12 @@ impl ConnTask {
                     self.reached.notify_waiters();
                     tracing::info!(conn = self.id, upstream = addr, "upstream connected");
                     was_up = true;
-                    let mut link =
-                        Connection::new(stream, self.max_reply_depth, self.version.clone());
+                    let mut link = Connection::new(
+                        stream,
+                        self.max_reply_depth,
+                        self.version.clone(),
+                        self.latency.clone(),
+                    );
                     link.set_up(&self.setup);
                     let why = link.serve(&self.conn, self.settings.command_timeout).await;
                     tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
@@ -445,6 +462,7 @@ struct Connection {
     framed: usize,
     last_read: Instant,
     version: Arc<Mutex<Option<Arc<str>>>>,
+    latency: Arc<Histogram>,
 }
 
 enum Event {
@@ -459,9 +477,11 @@ impl Connection {
         stream: TcpStream,
         max_reply_depth: usize,
         version: Arc<Mutex<Option<Arc<str>>>>,
+        latency: Arc<Histogram>,
     ) -> Connection {
         Connection {
             version,
+            latency,
             stream,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
@@ -601,6 +621,8 @@ impl Connection {
                 self.framed = 0;
                 if let Some(inbox) = &head.waiter.inbox {
                     inbox.deliver(Chunk { data, frames });
+                    // Each reply delivered here waited this long since its run was taken.
+                    self.latency.record(head.since.elapsed(), u64::from(frames));
                 }
                 head.waiter.remaining -= frames;
             }

@@ -521,6 +521,17 @@ async fn connection_counters_are_exact() {
         1.0,
         "{body}"
     );
+    // Both PINGs went upstream: two observations in the latency histogram.
+    let up = redis.addr();
+    let latency = "keywarden_upstream_request_duration_seconds";
+    let count = format!(r#"{latency}_count{{upstream="{up}"}}"#);
+    let inf = format!(r#"{latency}_bucket{{upstream="{up}",le="+Inf"}}"#);
+    assert_eq!(value(&body, &count), 2.0, "{body}");
+    assert_eq!(value(&body, &inf), 2.0, "{body}");
+    assert!(
+        body.contains(&format!("# TYPE {latency} histogram\n")),
+        "{body}"
+    );
 
     // A restart of the upstream: both shared connections reconnect.
     redis.kill();
