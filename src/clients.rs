@@ -125,12 +125,32 @@ impl Default for CommandCounts {
     }
 }
 
+/// The command counted last, so that a pipeline of the same command looks its name up once.
+#[derive(Debug, Default)]
+pub struct LastCommand {
+    name: [u8; 16],
+    len: u8,
+    index: usize,
+}
+
 impl CommandCounts {
-    pub fn record(&self, name: &[u8], outcome: Outcome) {
-        let command = crate::command::position(name).unwrap_or(crate::command::commands().len());
+    /// Counts one request of command `name` with `outcome`.
+    pub fn record(&self, last: &mut LastCommand, name: &[u8], outcome: Outcome) {
+        let cached = last.len > 0
+            && usize::from(last.len) == name.len()
+            && name.eq_ignore_ascii_case(&last.name[..name.len()]);
+        if !cached {
+            last.index = crate::command::position(name).unwrap_or(crate::command::commands().len());
+            if name.len() <= last.name.len() {
+                last.name[..name.len()].copy_from_slice(name);
+                last.len = name.len() as u8;
+            } else {
+                last.len = 0;
+            }
+        }
         if let Some(c) = self
             .counts
-            .get(command * Outcome::ALL.len() + outcome as usize)
+            .get(last.index * Outcome::ALL.len() + outcome as usize)
         {
             c.fetch_add(1, Ordering::Relaxed);
         }

@@ -891,6 +891,20 @@ fn check_keyspaces(
                 format!("{:?} is not a usable keyspace name", ks.name),
             );
             ok = false;
+        } else if !ks
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+        {
+            // Names appear in errors, events, INFO and metric labels: keep them plain.
+            c.report(
+                &at("name"),
+                format!(
+                    "{:?}: a keyspace name is letters, digits and _ . : - only",
+                    ks.name
+                ),
+            );
+            ok = false;
         } else if list.iter().any(|k: &Keyspace| k.name == ks.name) {
             c.report(
                 &at("name"),
@@ -1722,6 +1736,27 @@ mod tests {
             err.to_string().contains("already in keyspace \"a\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn keyspace_names_are_plain() {
+        for name in ["page-cache", "rl_v2", "tenant.a:cache"] {
+            let text = format!(
+                "[[keyspace]]\nname = {name:?}\npatterns = [\"x:\"]\nmode = \"degraded\"\n"
+            );
+            assert!(parse(&text).is_ok(), "{name}");
+        }
+        for name in ["a\"b", "a\\b", "with space", "é"] {
+            let text = format!(
+                "[[keyspace]]\nname = {name:?}\npatterns = [\"x:\"]\nmode = \"degraded\"\n"
+            );
+            let err = parse(&text).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("a keyspace name is letters, digits and _ . : - only"),
+                "{name}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -42,8 +42,9 @@ pub struct Dedicated {
     last_read: Instant,
     /// Paces command-timeout checks (a timer per request would cost more than it saves).
     tick: Interval,
-    /// Unpaired, a RESET was sent: the raw stream is framed until its `+RESET` arrives.
-    awaiting_reset: bool,
+    /// Unpaired, a RESET was sent, followed by an ECHO of a nonce: the raw stream is framed
+    /// until that echo (this exact frame) arrives; since when.
+    awaiting_reset: Option<(Bytes, Instant)>,
 }
 
 struct Outstanding {
@@ -79,7 +80,7 @@ impl Dedicated {
             outstanding: VecDeque::new(),
             last_read: Instant::now(),
             tick: timeout_tick(command_timeout),
-            awaiting_reset: false,
+            awaiting_reset: None,
         })
     }
 
@@ -121,6 +122,9 @@ impl Dedicated {
     /// Queues a request whose reply the client must not see, whatever it is: MULTI and the
     /// queued commands of a transaction the proxy sends at EXEC.
     pub fn queue_discarded(&mut self, req: &Request) {
+        if !self.paired {
+            return;
+        }
         self.queue_silent(req);
         if let Some(last) = self.outstanding.back_mut() {
             last.discard = true;
@@ -193,10 +197,21 @@ impl Dedicated {
         }
     }
 
-    /// Once unpaired, after a RESET was queued: `take_raw` frames the stream until Redis's
-    /// `+RESET` (no Pub/Sub message is a simple string, so nothing else can look like it).
-    pub fn expect_reset(&mut self) {
-        self.awaiting_reset = true;
+    /// Once unpaired: sends `reset` and, behind it, an ECHO of a nonce, then frames the raw
+    /// stream until that echo comes back. Everything before it (RESET's own reply included,
+    /// or none after CLIENT REPLY SKIP) goes to the client; the echo does not. A `+RESET`
+    /// cannot mark the end: a script may return one, and CLIENT REPLY may suppress it.
+    pub fn queue_reset(&mut self, reset: &Request) {
+        use std::hash::BuildHasher;
+        let nonce = format!(
+            "keywarden-reset-{:016x}",
+            std::collections::hash_map::RandomState::new().hash_one(Instant::now())
+        );
+        self.wbuf.put_slice(reset.raw());
+        self.wbuf
+            .put_slice(Request::from_args(&["ECHO", nonce.as_str()]).raw());
+        let echo = Bytes::from(format!("${}\r\n{nonce}\r\n", nonce.len()));
+        self.awaiting_reset = Some((echo, Instant::now()));
     }
 
     /// Once unpaired: every byte read, as it came, once the replies owed from before are out
@@ -213,14 +228,16 @@ impl Dedicated {
         }
         let mut reset = false;
         if self.outstanding.is_empty() {
-            if self.awaiting_reset {
+            if let Some((echo, _)) = &self.awaiting_reset {
                 self.framed = 0;
                 loop {
                     match self.scanner.scan(&self.rbuf[self.framed..]) {
                         Ok(Some(frame)) => {
                             let end = self.framed + frame.len;
-                            if &self.rbuf[self.framed..end] == b"+RESET\r\n" {
-                                self.framed = end;
+                            if self.rbuf[self.framed..end] == echo[..] {
+                                owed.extend_from_slice(&self.rbuf.split_to(self.framed));
+                                let _ = self.rbuf.split_to(frame.len);
+                                self.framed = 0;
                                 reset = true;
                                 break;
                             }
@@ -230,8 +247,12 @@ impl Dedicated {
                         Err(_) => return Err(UpstreamFailure::BadReply),
                     }
                 }
-                owed.extend_from_slice(&self.rbuf.split_to(self.framed));
-                self.framed = 0;
+                if reset {
+                    self.awaiting_reset = None;
+                } else {
+                    owed.extend_from_slice(&self.rbuf.split_to(self.framed));
+                    self.framed = 0;
+                }
             } else {
                 self.framed = 0;
                 owed.extend_from_slice(&self.rbuf.split());
@@ -302,6 +323,11 @@ impl Dedicated {
     /// Fails when the oldest unanswered request is not blocking and nothing has arrived for
     /// `timeout` since it was sent.
     pub fn check_timeout(&self, timeout: Duration) -> Result<(), UpstreamFailure> {
+        if let Some((_, since)) = &self.awaiting_reset {
+            if since.max(&self.last_read).elapsed() >= timeout {
+                return Err(UpstreamFailure::Timeout(timeout));
+            }
+        }
         match self.outstanding.front() {
             Some(o) if !o.blocking && o.since.max(self.last_read).elapsed() >= timeout => {
                 Err(UpstreamFailure::Timeout(timeout))
@@ -312,6 +338,6 @@ impl Dedicated {
 
     /// Whether a timeout check is worth scheduling.
     fn timing(&self) -> bool {
-        self.outstanding.front().is_some_and(|o| !o.blocking)
+        self.awaiting_reset.is_some() || self.outstanding.front().is_some_and(|o| !o.blocking)
     }
 }

@@ -300,6 +300,10 @@ impl Seen {
     /// between them (counted as nothing; the watcher looks at every change, so it takes two
     /// flips within one wake-up of a task).
     pub fn step(&mut self, now: HealthSnapshot) -> Steps {
+        if now.since < self.since {
+            // Older than what was already seen (read before another looker caught up).
+            return Steps::default();
+        }
         let healthy = now.state == State::Healthy;
         let steps = match (self.healthy, healthy) {
             (true, false) => Steps {
@@ -558,6 +562,17 @@ mod tests {
                 m.name
             );
         }
+    }
+
+    #[test]
+    fn a_stale_snapshot_counts_nothing() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(1);
+        let mut seen = Seen::new(snap(State::Healthy, t0));
+        assert_eq!(seen.step(snap(State::Unavailable, t1)).degraded, 1);
+        // A scrape that read the snapshot before the watcher caught up.
+        assert_eq!(seen.step(snap(State::Healthy, t0)), Steps::default());
+        assert_eq!(seen.step(snap(State::Unavailable, t1)), Steps::default());
     }
 
     #[test]

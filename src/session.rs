@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::client_state::ClientState;
-use crate::clients::{Outcome, Phase};
+use crate::clients::{LastCommand, Outcome, Phase};
 use crate::command::{self, Disposition, Stateful};
 use crate::connection::{self, Special, Sync};
 use crate::dedicated::Dedicated;
@@ -454,6 +454,7 @@ impl Busy {
         let available = ctx.monitor.snapshot().upstream_available();
         // Kept between reads: a pipelining client reuses the same two vectors.
         let mut runs = std::mem::take(&mut self.runs);
+        let mut last = LastCommand::default();
         while !self.closing && self.stalled.is_none() && !self.inbuf.is_empty() {
             let req = match self.parser.next(&mut self.inbuf) {
                 Ok(Some(req)) => req,
@@ -481,7 +482,7 @@ impl Busy {
                 || (!unpaired && special == Special::Transaction)
             {
                 self.send_runs(&mut runs, ctx, shared, inbox, state, available);
-                counts.record(req.name(), Outcome::Proxy);
+                counts.record(&mut last, req.name(), Outcome::Proxy);
                 if let Some(req) = self.transaction(req, ctx, shared, inbox, state, available) {
                     // WATCH or UNWATCH for the client's upstream connection.
                     let watch = req.name().eq_ignore_ascii_case(b"watch");
@@ -497,7 +498,7 @@ impl Busy {
                 && !matches!(special, Special::Quit | Special::Keywarden)
             {
                 if let Err(denied) = ctx.permit(&req, state) {
-                    counts.record(req.name(), Outcome::Refused);
+                    counts.record(&mut last, req.name(), Outcome::Refused);
                     self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                     self.push_local(denied);
                     continue;
@@ -510,17 +511,17 @@ impl Busy {
                 _ => false,
             };
             if answered {
-                counts.record(req.name(), Outcome::Proxy);
+                counts.record(&mut last, req.name(), Outcome::Proxy);
             }
             match special {
                 Special::Reset if unpaired => {
                     // Redis answers it in order with what the subscription still sends; then
                     // the connection is dropped and the client starts afresh on shared ones.
                     self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    counts.record(&mut last, req.name(), Outcome::Upstream);
                     self.follow_reset(&req, ctx, state);
                     if let Some(ded) = self.dedicated.as_mut() {
-                        ded.queue(&req, Stateful::default());
-                        ded.expect_reset();
+                        ded.queue_reset(&req);
                     }
                     self.stalled = Some((req, Stall::Reset));
                     continue;
@@ -553,7 +554,7 @@ impl Busy {
                 Route::Local => Outcome::Local,
                 Route::Reject(_) => Outcome::Refused,
             };
-            counts.record(req.name(), outcome);
+            counts.record(&mut last, req.name(), outcome);
             match route {
                 Route::Upstream if !runs.local.is_empty() => {
                     self.send_local(&mut runs, ctx, state, available)
@@ -1235,6 +1236,11 @@ impl Busy {
     fn lose_dedicated(&mut self, why: UpstreamFailure) {
         self.dedicated = None;
         let err = ProxyError::from(why).to_reply();
+        if matches!(self.stalled, Some((_, Stall::Reset))) {
+            // The RESET sent to that connection is owed a reply too.
+            self.stalled = None;
+            self.pending.push_back(Slot::Upstream(1));
+        }
         for slot in std::mem::take(&mut self.pending) {
             match slot {
                 Slot::Upstream(n) => {

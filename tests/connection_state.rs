@@ -243,3 +243,64 @@ async fn discard_unwatches_upstream() {
     assert_eq!(c.cmd(&["EXEC"]).await.unwrap(), "*1\r\n+OK\r\n");
     proxy.shutdown().await;
 }
+
+/// RESET after CLIENT REPLY SKIP gets no reply from Redis (the SKIP applies to it): the proxy
+/// must not wait for one, and what follows is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_after_client_reply_skip_does_not_stall() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    served(&proxy).await;
+    let mut c = Raw::connect(proxy.addr).await;
+    c.send(&[&["CLIENT", "REPLY", "SKIP"], &["RESET"], &["PING"]])
+        .await;
+    assert_eq!(c.frame().await.as_deref(), Some("+PONG\r\n"));
+    proxy.shutdown().await;
+}
+
+/// A `+RESET` returned by a script before RESET is the script's reply, not the end of the
+/// RESET: both reach the client, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripts_reset_status_is_not_taken_for_resets_reply() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    served(&proxy).await;
+    let mut c = Raw::connect(proxy.addr).await;
+    assert!(c.cmd(&["HELLO", "3"]).await.unwrap().starts_with('%'));
+    assert!(c.cmd(&["SUBSCRIBE", "ch"]).await.unwrap().starts_with(">3"));
+    c.send(&[&["EVAL", "return {ok='RESET'}", "0"], &["RESET"]])
+        .await;
+    assert_eq!(c.frame().await.as_deref(), Some("+RESET\r\n"), "EVAL's");
+    assert_eq!(c.frame().await.as_deref(), Some("+RESET\r\n"), "RESET's");
+    assert_eq!(c.cmd(&["PING"]).await.as_deref(), Some("+PONG\r\n"));
+    proxy.shutdown().await;
+}
+
+/// A RESET waiting on a subscribed connection ends with an error when the upstream hangs
+/// (command timeout) or is lost: never a session that waits forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_reset_ends_when_the_upstream_hangs_or_dies() {
+    let mut redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    served(&proxy).await;
+    let mut c = Raw::connect(proxy.addr).await;
+    assert!(c.cmd(&["SUBSCRIBE", "ch"]).await.unwrap().starts_with("*3"));
+    redis.hang();
+    c.send(&[&["RESET"]]).await;
+    let got = c.frame().await;
+    redis.resume();
+    assert!(
+        got.as_deref().is_some_and(|f| f.starts_with("-UPSTREAM")),
+        "{got:?}"
+    );
+
+    let mut d = Raw::connect(proxy.addr).await;
+    assert!(d.cmd(&["SUBSCRIBE", "ch"]).await.unwrap().starts_with("*3"));
+    redis.hang();
+    d.send(&[&["RESET"]]).await;
+    redis.kill();
+    match d.frame().await {
+        None => {}
+        Some(f) => assert!(f.starts_with('-'), "{f:?}"),
+    }
+}

@@ -49,18 +49,18 @@ impl NameIndex {
                 return None;
             }
         }
-        let mut buf = [0u8; MAX_NAME];
-        let lower = &mut buf[..name.len()];
-        lower.copy_from_slice(name);
-        lower.make_ascii_lowercase();
+        // Hash the lowercased bytes in one pass and compare ignoring case: no copy, no call.
         let mask = self.slots.len() - 1;
-        let mut slot = hash(lower) as usize & mask;
+        let mut slot =
+            name.iter()
+                .fold(FNV_OFFSET, |h, &b| fnv_step(h, b.to_ascii_lowercase())) as usize
+                & mask;
         loop {
             let i = self.slots[slot] as usize;
             if i == 0 {
                 return None;
             }
-            if self.names[i - 1].as_bytes() == &*lower {
+            if self.names[i - 1].as_bytes().eq_ignore_ascii_case(name) {
                 return Some(i - 1);
             }
             slot = (slot + 1) & mask;
@@ -74,10 +74,14 @@ fn letter(b: u8) -> usize {
 }
 
 /// FNV-1a: names are short and come from a fixed table, so collisions only cost a probe.
+const FNV_OFFSET: u32 = 0x811c_9dc5;
+
+fn fnv_step(h: u32, b: u8) -> u32 {
+    (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+}
+
 fn hash(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |h, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
+    bytes.iter().fold(FNV_OFFSET, |h, &b| fnv_step(h, b))
 }
 
 #[cfg(test)]
