@@ -35,17 +35,6 @@ pub const MIXED: &[u8] =
 pub const SELECT_UPSTREAM: &[u8] =
     b"-UNSUPPORTED SELECT inside a transaction is only supported for local keyspaces\r\n";
 
-/// The transaction commands the proxy answers (WATCH and UNWATCH only in part: see the
-/// session).
-pub fn is_transaction_command(name: &[u8]) -> bool {
-    match name.len() {
-        4 => name.eq_ignore_ascii_case(b"exec"),
-        5 => name.eq_ignore_ascii_case(b"multi") || name.eq_ignore_ascii_case(b"watch"),
-        7 => name.eq_ignore_ascii_case(b"discard") || name.eq_ignore_ascii_case(b"unwatch"),
-        _ => false,
-    }
-}
-
 /// Commands that never enter a transaction: they change what the connection is (Pub/Sub,
 /// MONITOR, the client's identity) rather than data.
 pub fn refused_inside(name: &[u8]) -> bool {

@@ -13,18 +13,14 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use keywarden::auth::{CommandAccess, KeyAccess, PasswordHash, User, Users};
 use keywarden::command::Categories;
 use keywarden::config::Settings;
 use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
-use keywarden::reply::ReplyScanner;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::{ErrorKind, Value};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
@@ -33,68 +29,8 @@ use tokio::net::TcpStream;
 /// The password of every test user.
 const PASSWORD: &str = "pw";
 
-/// A client that keeps each reply as the exact bytes received, split with keywarden's own
-/// RESP2/RESP3 scanner (the support client decodes RESP2 only).
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Raw {
-        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        stream.set_nodelay(true).unwrap();
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-        }
-    }
-
-    /// Sends every command in one write (a pipeline).
-    async fn send(&mut self, cmds: &[&[&str]]) {
-        let mut out = Vec::new();
-        for cmd in cmds {
-            let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_bytes()).collect();
-            out.extend_from_slice(&encode(&args));
-        }
-        self.stream.write_all(&out).await.expect("write");
-    }
-
-    /// The next reply's bytes; panics after `WAIT` or if the connection closes first.
-    async fn reply(&mut self) -> Vec<u8> {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut scanner = ReplyScanner::new(64);
-        loop {
-            if let Some(frame) = scanner.scan(&self.buf).expect("valid RESP") {
-                return self.buf.split_to(frame.len).to_vec();
-            }
-            self.buf.reserve(16 * 1024);
-            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("a reply within the wait")
-                .expect("read");
-            assert!(n > 0, "connection closed before a reply");
-        }
-    }
-
-    /// Sends `cmds` as one pipeline and returns their replies.
-    async fn run(&mut self, cmds: &[&[&str]]) -> Vec<Vec<u8>> {
-        self.send(cmds).await;
-        let mut replies = Vec::with_capacity(cmds.len());
-        for _ in cmds {
-            replies.push(self.reply().await);
-        }
-        replies
-    }
-
-    /// Sends one command and returns its reply.
-    async fn cmd(&mut self, cmd: &[&str]) -> Vec<u8> {
-        self.run(&[cmd]).await.remove(0)
-    }
-}
+/// A client that keeps each reply as the exact bytes received (see `support::RawClient`).
+type Raw = RawClient;
 
 /// Bytes as they would be written in a Rust byte string, for failure messages.
 fn show(bytes: &[u8]) -> String {

@@ -6,54 +6,28 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
-use keywarden::reply::ReplyScanner;
+use keywarden::keyspace::Mode;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
+/// `support::RawClient`, with each frame as text and `None` for a closed connection.
+struct Raw(RawClient);
 
 impl Raw {
     async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Raw {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-        }
+        Raw(RawClient::connect(addr).await)
     }
+
     async fn send(&mut self, cmds: &[&[&str]]) {
-        let mut out = Vec::new();
-        for cmd in cmds {
-            let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_bytes()).collect();
-            out.extend_from_slice(&encode(&args));
-        }
-        self.stream.write_all(&out).await.unwrap();
+        self.0.send(cmds).await
     }
-    /// The next frame as raw bytes; None if the connection closed.
+
+    /// The next frame; None if the connection closed.
     async fn frame(&mut self) -> Option<String> {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let mut scanner = ReplyScanner::new(64);
-        loop {
-            if let Some(f) = scanner.scan(&self.buf).unwrap() {
-                return Some(String::from_utf8_lossy(&self.buf.split_to(f.len)).into_owned());
-            }
-            self.buf.reserve(16 * 1024);
-            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
-                .await
-                .expect("a frame in time")
-                .unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-        }
+        let frame = self.0.try_frame(Duration::from_secs(3)).await?;
+        Some(String::from_utf8_lossy(&frame).into_owned())
     }
+
     async fn cmd(&mut self, cmd: &[&str]) -> Option<String> {
         self.send(&[cmd]).await;
         self.frame().await
@@ -140,14 +114,7 @@ async fn upstream_queue_time_error_gives_execabort() {
 async fn local_exec_select_follows_on_the_dedicated_connection() {
     let redis = RedisServer::start();
     let mut s = settings(&redis.addr());
-    s.keyspaces = Keyspaces::new(
-        vec![Keyspace {
-            name: "scratch".into(),
-            patterns: vec![Pattern::parse(b"tmp:")],
-            mode: Mode::LocalOnly,
-        }],
-        Mode::FailClosed,
-    );
+    s.keyspaces = scratch_keyspace(Mode::FailClosed);
     let proxy = Proxy::start(s).await;
     served(&proxy).await;
     let mut c = Raw::connect(proxy.addr).await;
@@ -203,14 +170,7 @@ async fn idle_client_survives_select_on_dedicated() {
 async fn reset_after_subscribe_restores_transactions() {
     let redis = RedisServer::start();
     let mut s = settings(&redis.addr());
-    s.keyspaces = Keyspaces::new(
-        vec![Keyspace {
-            name: "scratch".into(),
-            patterns: vec![Pattern::parse(b"tmp:")],
-            mode: Mode::LocalOnly,
-        }],
-        Mode::FailClosed,
-    );
+    s.keyspaces = scratch_keyspace(Mode::FailClosed);
     let proxy = Proxy::start(s).await;
     served(&proxy).await;
     let mut c = Raw::connect(proxy.addr).await;

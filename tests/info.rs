@@ -3,7 +3,7 @@
 
 mod support;
 
-use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+use keywarden::keyspace::Mode;
 use support::*;
 use tokio::io::AsyncReadExt;
 
@@ -24,14 +24,7 @@ fn field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
 async fn info_has_the_upstream_sections_and_keywardens() {
     let mut redis = RedisServer::start();
     let mut settings = settings(&redis.addr());
-    settings.keyspaces = Keyspaces::new(
-        vec![Keyspace {
-            name: "scratch".into(),
-            patterns: vec![Pattern::parse(b"tmp:")],
-            mode: Mode::LocalOnly,
-        }],
-        Mode::FailClosed,
-    );
+    settings.keyspaces = scratch_keyspace(Mode::FailClosed);
     let proxy = Proxy::start(settings).await;
     let mut c = proxy.client().await;
     assert_eq!(c.cmd(&["SET", "tmp:a", "1"]).await, simple("OK"));
@@ -141,14 +134,7 @@ async fn keywarden_admin_command() {
     use keywarden::command::Categories;
     let redis = RedisServer::start();
     let mut settings = settings(&redis.addr());
-    settings.keyspaces = Keyspaces::new(
-        vec![Keyspace {
-            name: "scratch".into(),
-            patterns: vec![Pattern::parse(b"tmp:")],
-            mode: Mode::LocalOnly,
-        }],
-        Mode::Degraded,
-    );
+    settings.keyspaces = scratch_keyspace(Mode::Degraded);
     let user = |name: &str, categories: &str| {
         User::new(
             name.into(),

@@ -16,125 +16,19 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use keywarden::config::Settings;
-use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
-use keywarden::reply::ReplyScanner;
+use keywarden::keyspace::Mode;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 // ---------------------------------------------------------------------------------------------
 
-/// A client that keeps every frame as the exact bytes received (RESP2 or RESP3, pushes
-/// included), split with keywarden's own scanner.
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    async fn connect(addr: impl tokio::net::ToSocketAddrs) -> Raw {
-        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        stream.set_nodelay(true).unwrap();
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-        }
-    }
-
-    /// Sends every command in one write (a pipeline).
-    async fn send(&mut self, cmds: &[&[&str]]) {
-        let mut out = Vec::new();
-        for cmd in cmds {
-            let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_bytes()).collect();
-            out.extend_from_slice(&encode(&args));
-        }
-        self.stream.write_all(&out).await.expect("write");
-    }
-
-    /// The next frame, or None if the connection closed first; panics after `wait`.
-    async fn try_frame(&mut self, wait: Duration) -> Option<Vec<u8>> {
-        let deadline = Instant::now() + wait;
-        let mut scanner = ReplyScanner::new(64);
-        loop {
-            if let Some(frame) = scanner.scan(&self.buf).expect("valid RESP") {
-                return Some(self.buf.split_to(frame.len).to_vec());
-            }
-            self.buf.reserve(16 * 1024);
-            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
-                .await
-                .unwrap_or_else(|_| panic!("no frame within {wait:?}; have {}", show(&self.buf)))
-                .unwrap_or(0);
-            if n == 0 {
-                assert!(
-                    self.buf.is_empty(),
-                    "closed in the middle of a frame: {}",
-                    show(&self.buf)
-                );
-                return None;
-            }
-        }
-    }
-
-    /// The next frame; panics after `WAIT` or if the connection closes first.
-    async fn frame(&mut self) -> Vec<u8> {
-        self.try_frame(WAIT)
-            .await
-            .expect("a frame before the connection closed")
-    }
-
-    /// Sends one command and returns the next frame, or None if the connection closed.
-    async fn try_frame_of(&mut self, cmd: &[&str]) -> Option<Vec<u8>> {
-        self.send(&[cmd]).await;
-        self.try_frame(WAIT).await
-    }
-
-    /// Sends one command and returns the next frame.
-    async fn cmd(&mut self, cmd: &[&str]) -> Vec<u8> {
-        self.send(&[cmd]).await;
-        self.frame().await
-    }
-
-    /// Asserts that nothing arrives for `quiet` (and that the connection stays open).
-    async fn assert_silent_for(&mut self, quiet: Duration, what: &str) {
-        assert!(self.buf.is_empty(), "{what}: got {}", show(&self.buf));
-        let mut scratch = [0u8; 1024];
-        if let Ok(read) = tokio::time::timeout(quiet, self.stream.read(&mut scratch)).await {
-            let n = read.unwrap_or(0);
-            panic!(
-                "{what}: expected nothing for {quiet:?}, got {} ({})",
-                show(&scratch[..n]),
-                if n == 0 { "connection closed" } else { "bytes" }
-            );
-        }
-    }
-
-    /// Reads until the peer closes (within `WAIT`); returns every byte that came before.
-    async fn bytes_until_closed(&mut self) -> Vec<u8> {
-        let mut seen = self.buf.split().to_vec();
-        let mut scratch = [0u8; 4096];
-        loop {
-            match tokio::time::timeout(WAIT, self.stream.read(&mut scratch)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return seen,
-                Ok(Ok(n)) => seen.extend_from_slice(&scratch[..n]),
-                Err(_) => panic!("connection still open after {WAIT:?}: {}", show(&seen)),
-            }
-        }
-    }
-}
+/// A client that keeps every frame as the exact bytes received (see `support::RawClient`).
+type Raw = RawClient;
 
 /// Bytes as they would be written in a Rust byte string, for failure messages.
-fn show(bytes: &[u8]) -> String {
-    bytes.escape_ascii().to_string()
-}
-
 /// One connection through keywarden and one straight to a redis-server, sent the same bytes.
 struct Mirror {
     proxy: Raw,
@@ -161,8 +55,8 @@ impl Mirror {
             let want = self.direct.frame().await;
             let got = self.proxy.frame().await;
             assert_eq!(
-                show(&got),
-                show(&want),
+                show_bytes(&got),
+                show_bytes(&want),
                 "{what}: frame {i} differs (left: keywarden, right: redis-server)"
             );
             frames.push(got);
@@ -273,14 +167,7 @@ async fn wait_until_served(proxy: &Proxy) {
 
 /// A local_only keyspace `scratch` for keys starting `tmp:`; everything else fails closed.
 fn with_scratch_keyspace(mut settings: Settings) -> Settings {
-    settings.keyspaces = Keyspaces::new(
-        vec![Keyspace {
-            name: "scratch".into(),
-            patterns: vec![Pattern::parse(b"tmp:")],
-            mode: Mode::LocalOnly,
-        }],
-        Mode::FailClosed,
-    );
+    settings.keyspaces = scratch_keyspace(Mode::FailClosed);
     settings
 }
 
@@ -465,8 +352,8 @@ async fn resp2_subscriber_connection_commands_match_redis() {
         if got != want {
             differences.push(format!(
                 "{cmd:?}\n  keywarden:    {}\n  redis-server: {}",
-                show(&got),
-                show(&want)
+                show_bytes(&got),
+                show_bytes(&want)
             ));
         }
     }
@@ -491,8 +378,10 @@ async fn resp2_subscriber_pipelined_reset_keeps_order() {
         want.extend(subs.direct.frame().await);
     }
     assert_eq!(
-        show(&want),
-        show(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n*2\r\n$4\r\npong\r\n$1\r\nx\r\n+RESET\r\n$-1\r\n")
+        show_bytes(&want),
+        show_bytes(
+            b"*2\r\n$4\r\npong\r\n$0\r\n\r\n*2\r\n$4\r\npong\r\n$1\r\nx\r\n+RESET\r\n$-1\r\n"
+        )
     );
     // Whatever keywarden sends within a moment (it may send fewer frames than Redis).
     let mut got = Vec::new();
@@ -503,8 +392,8 @@ async fn resp2_subscriber_pipelined_reset_keeps_order() {
         }
     }
     assert_eq!(
-        show(&got),
-        show(&want),
+        show_bytes(&got),
+        show_bytes(&want),
         "left: keywarden, right: redis-server"
     );
     proxy.shutdown().await;
@@ -519,10 +408,10 @@ async fn resp2_subscriber_quit_matches_redis() {
     subs.send(&[&["SUBSCRIBE", "a"], &["QUIT"]]).await;
     let got = subs.proxy.bytes_until_closed().await;
     let want = subs.direct.bytes_until_closed().await;
-    assert_eq!(show(&got), show(&want));
+    assert_eq!(show_bytes(&got), show_bytes(&want));
     assert_eq!(
-        show(&want),
-        show(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n+OK\r\n")
+        show_bytes(&want),
+        show_bytes(b"*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n+OK\r\n")
     );
     wait_for_subscribers(&redis, "NUMSUB", "a", 0).await;
     proxy.shutdown().await;
@@ -562,8 +451,8 @@ async fn subscriber_sees_nothing_of_the_upstream_login() {
     let mut sub = Raw::connect(proxy.addr).await;
     sub.send(&[&["SUBSCRIBE", "a"]]).await;
     assert_eq!(
-        show(&sub.frame().await),
-        show(&array(b'*', &[Bulk("subscribe"), Bulk("a"), Int(1)]))
+        show_bytes(&sub.frame().await),
+        show_bytes(&array(b'*', &[Bulk("subscribe"), Bulk("a"), Int(1)]))
     );
     wait_for_subscribers(&redis, "NUMSUB", "a", 1).await;
     proxy.shutdown().await;
@@ -582,8 +471,8 @@ async fn blocked_client_sees_nothing_of_the_upstream_login() {
     let mut pusher = Raw::connect(proxy.addr).await;
     assert_eq!(pusher.cmd(&["RPUSH", "q", "x"]).await, b":1\r\n");
     assert_eq!(
-        show(&waiter.frame().await),
-        show(b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n")
+        show_bytes(&waiter.frame().await),
+        show_bytes(b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n")
     );
     assert_eq!(waiter.cmd(&["ACL", "WHOAMI"]).await, b"$2\r\nkw\r\n");
     proxy.shutdown().await;
@@ -611,7 +500,7 @@ async fn requirepass_upstream_is_served() {
         assert!(
             Instant::now() < deadline,
             "still refused after 2 s: {}",
-            show(&reply)
+            show_bytes(&reply)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -642,7 +531,11 @@ impl Resp3Rig {
         let publishers = Mirror::connect(proxy.addr, &reference).await;
         subs.send(&[&["HELLO", "3"]]).await;
         let (got, want) = (subs.proxy.frame().await, subs.direct.frame().await);
-        assert_eq!(show(&mask_id(&got)), show(&mask_id(&want)), "HELLO 3");
+        assert_eq!(
+            show_bytes(&mask_id(&got)),
+            show_bytes(&mask_id(&want)),
+            "HELLO 3"
+        );
         Resp3Rig {
             upstream,
             reference,
@@ -760,7 +653,7 @@ async fn subscriber_is_closed_when_the_upstream_is_lost_and_can_resubscribe() {
     );
     redis.kill();
     let seen = sub.bytes_until_closed().await;
-    assert_eq!(show(&seen), "", "nothing but the close");
+    assert_eq!(show_bytes(&seen), "", "nothing but the close");
 
     // While the upstream is down, a new subscription is refused promptly. Right after the
     // kill, before the health monitor has seen the outage, the connect fails (UPSTREAM); once
@@ -779,7 +672,7 @@ async fn subscriber_is_closed_when_the_upstream_is_lost_and_can_resubscribe() {
     assert!(
         reply == UNAVAILABLE || reply == FAILCLOSED,
         "SUBSCRIBE while down: {}",
-        show(&reply)
+        show_bytes(&reply)
     );
     // Once the outage is known: FAILCLOSED, at once.
     let deadline = Instant::now() + WAIT;
@@ -789,8 +682,14 @@ async fn subscriber_is_closed_when_the_upstream_is_lost_and_can_resubscribe() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let started = Instant::now();
-    assert_eq!(show(&c.cmd(&["SUBSCRIBE", "news"]).await), show(FAILCLOSED));
-    assert_eq!(show(&c.cmd(&["PSUBSCRIBE", "n*"]).await), show(FAILCLOSED));
+    assert_eq!(
+        show_bytes(&c.cmd(&["SUBSCRIBE", "news"]).await),
+        show_bytes(FAILCLOSED)
+    );
+    assert_eq!(
+        show_bytes(&c.cmd(&["PSUBSCRIBE", "n*"]).await),
+        show_bytes(FAILCLOSED)
+    );
     assert!(started.elapsed() < Duration::from_millis(500));
 
     redis.restart();
@@ -858,8 +757,16 @@ impl Blocking {
             replies.push((woke, got));
         }
         let (through_proxy, direct) = (&replies[0], &replies[1]);
-        assert_eq!(show(&through_proxy.0), show(&direct.0), "{wake:?}");
-        assert_eq!(show(&through_proxy.1), show(&direct.1), "{block:?}");
+        assert_eq!(
+            show_bytes(&through_proxy.0),
+            show_bytes(&direct.0),
+            "{wake:?}"
+        );
+        assert_eq!(
+            show_bytes(&through_proxy.1),
+            show_bytes(&direct.1),
+            "{block:?}"
+        );
         replies.swap_remove(0).1
     }
 }
@@ -886,8 +793,8 @@ async fn blocking_timeouts_are_honoured_as_in_redis() {
             replies.push(c.cmd(cmd).await);
             elapsed.push(started.elapsed());
         }
-        assert_eq!(show(&replies[0]), show(&replies[1]), "{cmd:?}");
-        assert_eq!(show(&replies[0]), show(want), "{cmd:?}");
+        assert_eq!(show_bytes(&replies[0]), show_bytes(&replies[1]), "{cmd:?}");
+        assert_eq!(show_bytes(&replies[0]), show_bytes(want), "{cmd:?}");
         assert!(
             elapsed[0] >= Duration::from_millis(190) && elapsed[0] < Duration::from_millis(1500),
             "{cmd:?} through the proxy took {:?} (Redis: {:?})",
@@ -959,8 +866,8 @@ async fn blocked_commands_are_woken_as_in_redis() {
         &["ZRANGE", "z2", "0", "-1", "WITHSCORES"],
     ] {
         assert_eq!(
-            show(&through_proxy.cmd(cmd).await),
-            show(&direct.cmd(cmd).await),
+            show_bytes(&through_proxy.cmd(cmd).await),
+            show_bytes(&direct.cmd(cmd).await),
             "{cmd:?}"
         );
     }
@@ -995,8 +902,8 @@ async fn blocked_client_gets_an_error_when_the_upstream_is_killed() {
     redis.kill();
     let seen = waiter.bytes_until_closed().await;
     assert_eq!(
-        show(&seen),
-        show(b"-UPSTREAM connection to upstream lost before the reply\r\n")
+        show_bytes(&seen),
+        show_bytes(b"-UPSTREAM connection to upstream lost before the reply\r\n")
     );
     proxy.shutdown().await;
 }
@@ -1022,7 +929,7 @@ async fn blocked_client_is_not_timed_out_while_the_upstream_hangs() {
         )
         .await;
     redis.resume();
-    assert_eq!(show(&waiter.frame().await), show(b"*-1\r\n"));
+    assert_eq!(show_bytes(&waiter.frame().await), show_bytes(b"*-1\r\n"));
     assert_eq!(waiter.cmd(&["PING"]).await, b"+PONG\r\n");
     proxy.shutdown().await;
 }
@@ -1055,7 +962,11 @@ async fn blocking_commands_on_a_local_only_keyspace_are_refused() {
     ] {
         let started = Instant::now();
         let reply = c.try_frame_of(cmd).await.expect("a reply, not a close");
-        assert_eq!(show(&reply), show(unsupported(name).as_bytes()), "{cmd:?}");
+        assert_eq!(
+            show_bytes(&reply),
+            show_bytes(unsupported(name).as_bytes()),
+            "{cmd:?}"
+        );
         assert!(
             started.elapsed() < Duration::from_millis(500),
             "{cmd:?} took {:?}",
@@ -1063,11 +974,11 @@ async fn blocking_commands_on_a_local_only_keyspace_are_refused() {
         );
     }
     assert_eq!(
-        show(
+        show_bytes(
             &c.cmd(&["BLMOVE", "tmp:a", "up", "LEFT", "RIGHT", "0"])
                 .await
         ),
-        show(b"-KEYSPACE 'blmove' mixes local_only keys with keys that live upstream\r\n")
+        show_bytes(b"-KEYSPACE 'blmove' mixes local_only keys with keys that live upstream\r\n")
     );
     // Nothing blocked upstream, and the connection goes on.
     assert_eq!(info_clients_field(&redis, "blocked_clients").await, 0);

@@ -182,17 +182,10 @@ async fn select_errors_match_redis() {
 /// (local keyspace, refusals) in order with the upstream's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_replies_stay_in_order_on_a_dedicated_connection() {
-    use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+    use keywarden::keyspace::Mode;
     let redis = RedisServer::start();
     let mut settings = settings(&redis.addr());
-    settings.keyspaces = Keyspaces::new(
-        vec![Keyspace {
-            name: "scratch".into(),
-            patterns: vec![Pattern::parse(b"tmp:")],
-            mode: Mode::LocalOnly,
-        }],
-        Mode::FailClosed,
-    );
+    settings.keyspaces = scratch_keyspace(Mode::FailClosed);
     let proxy = Proxy::start(settings).await;
     let mut c = proxy.client().await;
     assert_eq!(c.cmd(&["SELECT", "2"]).await, simple("OK"));
@@ -350,17 +343,10 @@ async fn command_monitor_and_client_switches_go_to_redis() {
 /// refused (the local store runs no scripts), and script management goes upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_are_routed_by_their_keys() {
-    use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+    use keywarden::keyspace::Mode;
     let redis = RedisServer::start();
     let mut settings = settings(&redis.addr());
-    settings.keyspaces = Keyspaces::new(
-        vec![Keyspace {
-            name: "scratch".into(),
-            patterns: vec![Pattern::parse(b"tmp:")],
-            mode: Mode::LocalOnly,
-        }],
-        Mode::FailClosed,
-    );
+    settings.keyspaces = scratch_keyspace(Mode::FailClosed);
     let proxy = Proxy::start(settings).await;
     let mut c = proxy.client().await;
     let body = "return redis.call('INCR', KEYS[1])";

@@ -7,8 +7,11 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use keywarden::reply::ReplyScanner;
+
 use bytes::BytesMut;
 use keywarden::config::Settings;
+use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -351,4 +354,137 @@ pub fn int(i: i64) -> Frame {
 
 pub fn is_error(f: &Frame, prefix: &str) -> bool {
     matches!(f, OwnedFrame::Error(e) if e.starts_with(prefix))
+}
+
+/// A client that keeps every frame as the exact bytes received (RESP2 or RESP3, pushes
+/// included), split with keywarden's own scanner.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> RawClient {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        stream.set_nodelay(true).unwrap();
+        RawClient {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Sends every command in one write (a pipeline).
+    pub async fn send(&mut self, cmds: &[&[&str]]) {
+        let mut out = Vec::new();
+        for cmd in cmds {
+            let args: Vec<&[u8]> = cmd.iter().map(|a| a.as_bytes()).collect();
+            out.extend_from_slice(&encode(&args));
+        }
+        self.stream.write_all(&out).await.expect("write");
+    }
+
+    /// The next frame, or None if the connection closed first; panics after `wait`.
+    pub async fn try_frame(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut scanner = ReplyScanner::new(64);
+        loop {
+            if let Some(frame) = scanner.scan(&self.buf).expect("valid RESP") {
+                return Some(self.buf.split_to(frame.len).to_vec());
+            }
+            self.buf.reserve(16 * 1024);
+            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no frame within {wait:?}; have {}", show_bytes(&self.buf))
+                })
+                .unwrap_or(0);
+            if n == 0 {
+                assert!(
+                    self.buf.is_empty(),
+                    "closed in the middle of a frame: {}",
+                    show_bytes(&self.buf)
+                );
+                return None;
+            }
+        }
+    }
+
+    /// The next frame; panics after `WAIT` or if the connection closes first.
+    pub async fn frame(&mut self) -> Vec<u8> {
+        self.try_frame(WAIT)
+            .await
+            .expect("a frame before the connection closed")
+    }
+
+    /// Sends one command and returns the next frame, or None if the connection closed.
+    pub async fn try_frame_of(&mut self, cmd: &[&str]) -> Option<Vec<u8>> {
+        self.send(&[cmd]).await;
+        self.try_frame(WAIT).await
+    }
+
+    /// Sends one command and returns the next frame.
+    pub async fn cmd(&mut self, cmd: &[&str]) -> Vec<u8> {
+        self.send(&[cmd]).await;
+        self.frame().await
+    }
+
+    /// Asserts that nothing arrives for `quiet` (and that the connection stays open).
+    pub async fn assert_silent_for(&mut self, quiet: Duration, what: &str) {
+        assert!(self.buf.is_empty(), "{what}: got {}", show_bytes(&self.buf));
+        let mut scratch = [0u8; 1024];
+        if let Ok(read) = tokio::time::timeout(quiet, self.stream.read(&mut scratch)).await {
+            let n = read.unwrap_or(0);
+            panic!(
+                "{what}: expected nothing for {quiet:?}, got {} ({})",
+                show_bytes(&scratch[..n]),
+                if n == 0 { "connection closed" } else { "bytes" }
+            );
+        }
+    }
+
+    /// Reads until the peer closes (within `WAIT`); returns every byte that came before.
+    pub async fn bytes_until_closed(&mut self) -> Vec<u8> {
+        let mut seen = self.buf.split().to_vec();
+        let mut scratch = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.read(&mut scratch)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return seen,
+                Ok(Ok(n)) => seen.extend_from_slice(&scratch[..n]),
+                Err(_) => panic!(
+                    "connection still open after {WAIT:?}: {}",
+                    show_bytes(&seen)
+                ),
+            }
+        }
+    }
+
+    /// Sends `cmds` as one pipeline and returns their replies.
+    pub async fn run(&mut self, cmds: &[&[&str]]) -> Vec<Vec<u8>> {
+        self.send(cmds).await;
+        let mut replies = Vec::with_capacity(cmds.len());
+        for _ in cmds {
+            replies.push(self.frame().await);
+        }
+        replies
+    }
+}
+
+/// One `local_only` keyspace, `scratch`, for keys starting `tmp:`; other keys in `default_mode`.
+pub fn scratch_keyspace(default_mode: Mode) -> Keyspaces {
+    Keyspaces::new(
+        vec![Keyspace {
+            name: "scratch".into(),
+            patterns: vec![Pattern::parse(b"tmp:")],
+            mode: Mode::LocalOnly,
+        }],
+        default_mode,
+    )
+}
+
+/// Bytes as printable text, for failure messages.
+pub fn show_bytes(bytes: &[u8]) -> String {
+    bytes.escape_ascii().to_string()
 }
