@@ -36,7 +36,7 @@ use crate::clients::Phase;
 use crate::events::{self, Counts};
 use crate::keyspace::Pattern;
 use crate::metrics::{Metrics, Sample, StoreUsage};
-use crate::server::Server;
+use crate::server::{Ctx, Server};
 
 /// Admin connections open at once; more are closed at accept. A Prometheus server keeps one.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -169,7 +169,9 @@ fn respond(shared: &Shared, method: &Method, path: &str) -> Response<Full<Bytes>
         "/readyz" if server.clients.phase() == Phase::Run => reply(StatusCode::OK, TEXT, "ready\n"),
         "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n"),
         _ => {
-            let json = serde_json::to_string(&Status::of(server)).expect("status always encodes");
+            let policy = server.policy();
+            let status = Status::of(Ctx::new(server, &policy));
+            let json = serde_json::to_string(&status).expect("status always encodes");
             reply(StatusCode::OK, "application/json", json)
         }
     }
@@ -203,6 +205,20 @@ pub struct Status<'a> {
     /// Totals since the proxy started: requests refused fail-closed, degraded replies, and
     /// discarded local writes.
     pub counts: Counts,
+    pub config: ConfigStatus,
+}
+
+/// The configuration in force and its reloads.
+#[derive(Debug, Serialize)]
+pub struct ConfigStatus {
+    /// The file it was read from, if any.
+    pub source: Option<String>,
+    /// 1 at startup, one more per applied reload.
+    pub generation: u64,
+    pub reloads_applied: u64,
+    pub reloads_failed: u64,
+    /// The last reload was rejected: the file on disk is not what runs.
+    pub last_reload_failed: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -222,9 +238,10 @@ pub struct KeyspaceStatus<'a> {
 }
 
 impl<'a> Status<'a> {
-    pub fn of(server: &'a Server) -> Status<'a> {
-        let settings = &server.settings;
+    pub fn of(ctx: Ctx<'a>) -> Status<'a> {
+        let (server, settings) = (ctx.server, ctx.settings);
         let sample = Sample::of(server);
+        let (reloads_applied, reloads_failed, last_reload_failed) = server.reloads.totals();
         Status {
             instance: events::instance_id(settings.instance_id.as_deref()),
             version: env!("CARGO_PKG_VERSION"),
@@ -247,6 +264,13 @@ impl<'a> Status<'a> {
             local_store: sample.store,
             clients: sample.clients,
             counts: sample.counts,
+            config: ConfigStatus {
+                source: (settings.source.as_ref()).map(|s| s.path.display().to_string()),
+                generation: ctx.policy.generation,
+                reloads_applied,
+                reloads_failed,
+                last_reload_failed,
+            },
         }
     }
 }

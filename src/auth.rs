@@ -352,6 +352,14 @@ impl Users {
             .map(|(i, u)| (UserId(i as u32), u))
     }
 
+    /// The user here with `user`'s name and password, if any: after a reload, who a client
+    /// that logged in as `user` (of the configuration before) still is.
+    pub fn same_user(&self, user: &User) -> Option<UserId> {
+        self.iter()
+            .find(|(_, u)| u.name == user.name && u.password == user.password)
+            .map(|(id, _)| id)
+    }
+
     /// The user `username` if `password` is theirs. The password is hashed before the user is
     /// looked up, so a wrong name costs the same as a wrong password.
     pub fn authenticate(&self, username: &[u8], password: &[u8]) -> Option<UserId> {

@@ -305,6 +305,11 @@ impl Clients {
     /// Moves every client to `phase` and wakes each one so it notices.
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Wakes every client's session (a phase change, a reload).
+    pub fn wake_all(&self) {
         for (_, entry) in self.lock().iter() {
             entry.inbox.poke();
         }

@@ -69,6 +69,23 @@ pub struct Settings {
     pub health: HealthSettings,
     pub events: EventSettings,
     pub admin: AdminSettings,
+    /// Where these settings were read from, to read them again on a reload; `None` for
+    /// settings that came from text (the built-in defaults, tests).
+    pub source: Option<ConfigSource>,
+}
+
+/// A config file and the command-line flags applied over it: what a reload reads again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    pub path: std::path::PathBuf,
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    /// Reads, merges, validates and types the file again, with the same flags.
+    pub fn load(&self) -> Result<Settings, ConfigError> {
+        Settings::load(&self.path, &self.overrides)
+    }
 }
 
 /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/status`).
@@ -279,7 +296,12 @@ impl Settings {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::one(origin.as_str(), format!("cannot read: {e}")))?;
-        Settings::from_toml_str(&text, &origin, overrides)
+        let mut settings = Settings::from_toml_str(&text, &origin, overrides)?;
+        settings.source = Some(ConfigSource {
+            path: path.to_owned(),
+            overrides: overrides.clone(),
+        });
+        Ok(settings)
     }
 
     /// Same as [`Settings::load`] for text already in memory; `origin` names it in problems
@@ -844,6 +866,7 @@ fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settings> {
         health: health?,
         events,
         admin: admin?,
+        source: None,
     })
 }
 
@@ -1695,6 +1718,7 @@ mod tests {
                 admin: AdminSettings {
                     listen: Some("127.0.0.1:9121".parse().unwrap()),
                 },
+                source: None,
             }
         );
     }

@@ -5,10 +5,12 @@
 //! | `BACKEND_UNAVAILABLE_AT_STARTUP` | the first probe at startup fails |
 //! | `BACKEND_DEGRADED` | an upstream leaves `healthy` |
 //! | `BACKEND_RECOVERED` | it is `healthy` again after either of the above |
+//! | `CONFIG_RELOADED` | a reload (SIGHUP, `KEYWARDEN RELOAD`) installed a new configuration |
+//! | `CONFIG_RELOAD_FAILED` | a reload was rejected; the configuration in force is unchanged |
 //!
-//! Each is one JSON object on one line, with fixed fields in a fixed order: `event`,
-//! `timestamp` (RFC 3339, UTC, milliseconds), `instance`, `upstream` (its address), `cause`,
-//! `keyspaces` (the keyspace names by mode), then the RECOVERED fields. A RECOVERED carries the
+//! Each is one JSON object on one line, with fixed fields in a fixed order. The backend events
+//! carry `event`, `timestamp` (RFC 3339, UTC, milliseconds), `instance`, `upstream` (its
+//! address), `cause`, `keyspaces` (the keyspace names by mode), then the RECOVERED fields. A RECOVERED carries the
 //! cause of the outage it closes. For example (one line in the file):
 //!
 //! ```text
@@ -17,6 +19,11 @@
 //!  "keyspaces":{"fail_closed":["ratelimit"],"degraded":["cache"],"local_only":["scratch"]},
 //!  "outage_ms":3208,"refused":1412,"degraded_replies":877,"discarded_writes":35}
 //! ```
+//!
+//! The reload events carry `source` (the file), `trigger`, `generation` (of the configuration
+//! in force afterwards), then `applied`, `restart_required`, `keyspaces` and
+//! `discarded_local_keys`, or `errors` (each problem as `place: message`; a config problem
+//! never quotes a secret).
 //!
 //! An event is built from names the operator configured, an address, a cause and counts: it
 //! has no field that could carry a client's key or value, and must never gain one.
@@ -92,6 +99,73 @@ pub struct Event<'a> {
     pub keyspaces: &'a AffectedKeyspaces,
     /// Present for `Recovered` only.
     pub outage: Option<Outage>,
+}
+
+/// A configuration reload's outcome: `CONFIG_RELOADED` or `CONFIG_RELOAD_FAILED`.
+#[derive(Debug, Clone, Copy)]
+pub struct ReloadEvent<'a> {
+    /// The file read.
+    pub source: &'a str,
+    /// What asked for it: `SIGHUP` or `KEYWARDEN RELOAD`.
+    pub trigger: &'static str,
+    /// The configuration in force afterwards (1 at startup, one more per applied reload).
+    pub generation: u64,
+    pub outcome: ReloadOutcome<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum ReloadOutcome<'a> {
+    Applied {
+        /// The settings that changed and now apply, such as `keyspaces` or `users`.
+        applied: &'a [&'static str],
+        /// Settings that changed in the file but need a restart; their old values stay.
+        restart_required: &'a [&'static str],
+        /// The keyspaces in force afterwards.
+        keyspaces: &'a AffectedKeyspaces,
+        /// Local keys removed because their keyspace's mode changed.
+        discarded_local_keys: usize,
+    },
+    /// The new file was rejected; the configuration in force did not change.
+    Failed {
+        /// Each problem, `place: message`.
+        errors: &'a [String],
+    },
+}
+
+impl ReloadEvent<'_> {
+    pub fn name(&self) -> &'static str {
+        match self.outcome {
+            ReloadOutcome::Applied { .. } => "CONFIG_RELOADED",
+            ReloadOutcome::Failed { .. } => "CONFIG_RELOAD_FAILED",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ReloadHead<'a> {
+    event: &'static str,
+    timestamp: String,
+    instance: &'a str,
+    source: &'a str,
+    trigger: &'static str,
+    generation: u64,
+}
+
+#[derive(Serialize)]
+struct ReloadedLine<'a> {
+    #[serde(flatten)]
+    head: ReloadHead<'a>,
+    applied: &'a [&'static str],
+    restart_required: &'a [&'static str],
+    keyspaces: &'a AffectedKeyspaces,
+    discarded_local_keys: usize,
+}
+
+#[derive(Serialize)]
+struct ReloadFailedLine<'a> {
+    #[serde(flatten)]
+    head: ReloadHead<'a>,
+    errors: &'a [String],
 }
 
 /// Where events go: the log always, a JSONL file when configured.
@@ -240,6 +314,77 @@ impl Events {
     pub fn emit(&self, event: &Event<'_>) {
         let line = self.line(event, SystemTime::now());
         self.log(event);
+        self.append(line, event.kind.as_str());
+    }
+
+    /// Emits the outcome of a configuration reload, to the log and the JSONL file.
+    pub fn emit_reload(&self, event: &ReloadEvent<'_>) {
+        let line = self.reload_line(event, SystemTime::now());
+        let name = event.name();
+        let (applied, restart_required, errors) = match &event.outcome {
+            ReloadOutcome::Applied {
+                applied,
+                restart_required,
+                ..
+            } => (applied.join(","), restart_required.join(","), String::new()),
+            ReloadOutcome::Failed { errors } => (String::new(), String::new(), errors.join("; ")),
+        };
+        macro_rules! log_event {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "keywarden::events",
+                    event = name,
+                    instance = %self.instance,
+                    source = event.source,
+                    trigger = event.trigger,
+                    generation = event.generation,
+                    applied = %applied,
+                    restart_required = %restart_required,
+                    errors = %errors,
+                    "{name}"
+                )
+            };
+        }
+        match event.outcome {
+            ReloadOutcome::Applied { .. } if restart_required.is_empty() => log_event!(info),
+            ReloadOutcome::Applied { .. } => log_event!(warn),
+            ReloadOutcome::Failed { .. } => log_event!(error),
+        }
+        self.append(line, name);
+    }
+
+    /// The JSON line for a reload event at `at`, without the newline.
+    pub fn reload_line(&self, event: &ReloadEvent<'_>, at: SystemTime) -> String {
+        let head = ReloadHead {
+            event: event.name(),
+            timestamp: humantime::format_rfc3339_millis(at).to_string(),
+            instance: &self.instance,
+            source: event.source,
+            trigger: event.trigger,
+            generation: event.generation,
+        };
+        let line = match &event.outcome {
+            ReloadOutcome::Applied {
+                applied,
+                restart_required,
+                keyspaces,
+                discarded_local_keys,
+            } => serde_json::to_string(&ReloadedLine {
+                head,
+                applied,
+                restart_required,
+                keyspaces,
+                discarded_local_keys: *discarded_local_keys,
+            }),
+            ReloadOutcome::Failed { errors } => {
+                serde_json::to_string(&ReloadFailedLine { head, errors })
+            }
+        };
+        line.expect("an event always encodes")
+    }
+
+    /// Appends `line` to the JSONL file, if there is one.
+    fn append(&self, line: String, event: &str) {
         if let Some(file) = &self.jsonl {
             // One write of the whole line: with O_APPEND, lines from several writers never
             // interleave. No buffer in between, so the line is in the file when this returns.
@@ -247,7 +392,6 @@ impl Events {
             let mut bytes = line.into_bytes();
             bytes.push(b'\n');
             if let Err(e) = file.write_all(&bytes).and_then(|()| file.flush()) {
-                let event = event.kind.as_str();
                 tracing::error!(error = %e, event, "cannot append the event to the events file");
             }
         }

@@ -169,16 +169,23 @@ impl From<UpstreamFailure> for Cause {
 
 impl Health {
     pub fn new(initial: State, thresholds: Thresholds, now: Instant) -> Health {
-        Health {
+        let mut health = Health {
             state: initial,
             since: now,
-            thresholds: Thresholds {
-                failures: thresholds.failures.max(1),
-                successes: thresholds.successes.max(1),
-            },
+            thresholds,
             failures: 0,
             successes: 0,
-        }
+        };
+        health.set_thresholds(thresholds);
+        health
+    }
+
+    /// New thresholds (a reload), for the next outcomes; the counts so far are kept.
+    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+        self.thresholds = Thresholds {
+            failures: thresholds.failures.max(1),
+            successes: thresholds.successes.max(1),
+        };
     }
 
     pub fn state(&self) -> State {

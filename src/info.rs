@@ -9,7 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::events;
 use crate::request::Request;
-use crate::server::Server;
+use crate::server::Ctx;
 
 /// What an INFO request asks of the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +41,8 @@ pub fn wants(req: &Request) -> Wants {
 }
 
 /// The `# Keywarden` section, CRLF-terminated lines as Redis writes INFO.
-pub fn section(server: &Server) -> String {
-    let settings = &server.settings;
+pub fn section(ctx: Ctx<'_>) -> String {
+    let (server, settings) = (ctx.server, ctx.settings);
     let snapshot = server.monitor.snapshot();
     let counts = server.monitor.counters().totals();
     let store = &server.store;
@@ -74,9 +74,14 @@ pub fn section(server: &Server) -> String {
     line("discarded_writes", &counts.discarded_writes);
     line("local_store_keys", &store.keys());
     line("local_store_used_bytes", &store.used_bytes());
-    line("local_store_max_bytes", &settings.local_store.max_bytes);
+    line("local_store_max_bytes", &store.max_bytes());
     line("local_store_evictions", &store.evictions());
     line("local_store_expirations", &store.expirations());
+    let (applied, failed, last_failed) = server.reloads.totals();
+    line("config_generation", &ctx.policy.generation);
+    line("config_reloads", &applied);
+    line("config_reload_failures", &failed);
+    line("config_last_reload_ok", &u8::from(!last_failed));
     format!("# Keywarden\r\n{out}")
 }
 
@@ -123,17 +128,17 @@ pub fn append(reply: &[u8], section: &str) -> Bytes {
 }
 
 /// `KEYWARDEN <subcommand>` (the caller checked the admin permission).
-pub fn keywarden_command(req: &Request, server: &Server, resp3: bool) -> Bytes {
+pub fn keywarden_command(req: &Request, ctx: Ctx<'_>, resp3: bool) -> Bytes {
     let Some(sub) = req.arg(1) else {
         return Bytes::from_static(b"-ERR wrong number of arguments for 'keywarden' command\r\n");
     };
     let is = |w: &str| sub.eq_ignore_ascii_case(w.as_bytes());
     let mut out = BytesMut::new();
     if is("status") && req.argc() == 2 {
-        let json = serde_json::to_string(&crate::admin::Status::of(server)).unwrap_or_default();
+        let json = serde_json::to_string(&crate::admin::Status::of(ctx)).unwrap_or_default();
         let _ = write!(out, "${}\r\n{json}\r\n", json.len());
     } else if is("keyspaces") && req.argc() == 2 {
-        let keyspaces = &server.settings.keyspaces;
+        let keyspaces = &ctx.settings.keyspaces;
         let bulk = |out: &mut BytesMut, text: &[u8]| {
             let _ = write!(out, "${}\r\n", text.len());
             out.put_slice(text);
@@ -171,6 +176,22 @@ pub fn keywarden_command(req: &Request, server: &Server, resp3: bool) -> Bytes {
                 bulk(&mut out, p);
             }
         }
+    } else if is("reload") && req.argc() == 2 {
+        match crate::reload::reload(ctx.server, crate::reload::Trigger::Command) {
+            Ok(_) => out.put_slice(b"+OK\r\n"),
+            Err(rejected) => {
+                let first = rejected.errors.first().map_or("", String::as_str);
+                let more = match rejected.errors.len() {
+                    0 | 1 => String::new(),
+                    n => format!(" (and {} more, see the log)", n - 1),
+                };
+                let text = format!(
+                    "-ERR reload failed, the configuration in force is unchanged: {first}{more}"
+                );
+                out.put_slice(text.replace(['\r', '\n'], " ").as_bytes());
+                out.put_slice(b"\r\n");
+            }
+        }
     } else if is("help") && req.argc() == 2 {
         const HELP: &[&str] = &[
             "KEYWARDEN <subcommand>. Subcommands are:",
@@ -178,6 +199,8 @@ pub fn keywarden_command(req: &Request, server: &Server, resp3: bool) -> Bytes {
             "    The proxy's state as JSON: upstream health, keyspaces, local store, counts.",
             "KEYSPACES",
             "    Each keyspace with its mode and patterns; 'default' is every other key.",
+            "RELOAD",
+            "    Read the config file again and apply it; an invalid file changes nothing.",
             "HELP",
             "    Print this help.",
         ];
@@ -185,7 +208,7 @@ pub fn keywarden_command(req: &Request, server: &Server, resp3: bool) -> Bytes {
         for line in HELP {
             let _ = write!(out, "+{line}\r\n");
         }
-    } else if is("status") || is("keyspaces") || is("help") {
+    } else if is("status") || is("keyspaces") || is("reload") || is("help") {
         let name = String::from_utf8_lossy(sub).to_lowercase();
         let _ = write!(
             out,

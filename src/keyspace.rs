@@ -8,6 +8,8 @@
 //! (`fail_closed` unless configured).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -97,52 +99,81 @@ pub enum Membership {
 
 /// Outage counts per keyspace (the default one last), for the metrics: requests refused
 /// fail-closed and degraded replies. One relaxed atomic add each, on outage paths only.
+///
+/// A keyspace's counters belong to its name, not to its place in the list: a reload that keeps
+/// a keyspace (see [`PerKeyspace::carried`]) shares them with the old list, so a counter never
+/// goes back and an add racing with the reload is not lost.
 #[derive(Debug)]
 pub struct PerKeyspace {
-    refused: Box<[std::sync::atomic::AtomicU64]>,
-    degraded: Box<[std::sync::atomic::AtomicU64]>,
+    /// Indexed like the keyspace list, with the default keyspace last.
+    counts: Box<[Arc<KeyspaceCounts>]>,
+}
+
+#[derive(Debug, Default)]
+pub struct KeyspaceCounts {
+    refused: AtomicU64,
+    degraded: AtomicU64,
 }
 
 impl PerKeyspace {
     pub fn new(keyspaces: &Keyspaces) -> PerKeyspace {
-        let n = keyspaces.list.len() + 1;
-        let zeros = || (0..n).map(|_| Default::default()).collect();
-        PerKeyspace {
-            refused: zeros(),
-            degraded: zeros(),
-        }
+        PerKeyspace::carried(keyspaces, None)
     }
 
-    fn slot(&self, m: Membership) -> usize {
-        match m {
+    /// Counters for `keyspaces`, taking over those of `previous` (the list it replaces and its
+    /// counters) for every keyspace whose name is in both.
+    pub fn carried(
+        keyspaces: &Keyspaces,
+        previous: Option<(&Keyspaces, &PerKeyspace)>,
+    ) -> PerKeyspace {
+        let counts = keyspaces
+            .names()
+            .map(|name| {
+                previous
+                    .and_then(|(list, counts)| {
+                        list.names()
+                            .position(|n| n == name)
+                            .map(|i| counts.counts[i].clone())
+                    })
+                    .unwrap_or_default()
+            })
+            .collect();
+        PerKeyspace { counts }
+    }
+
+    fn slot(&self, m: Membership) -> Option<&KeyspaceCounts> {
+        let i = match m {
             Membership::Named(i) => i,
-            Membership::Default => self.refused.len() - 1,
-        }
+            Membership::Default => self.counts.len() - 1,
+        };
+        self.counts.get(i).map(|c| &**c)
     }
 
     pub fn record_refused(&self, m: Membership) {
-        if let Some(c) = self.refused.get(self.slot(m)) {
-            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = self.slot(m) {
+            c.refused.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub fn record_degraded(&self, m: Membership) {
-        if let Some(c) = self.degraded.get(self.slot(m)) {
-            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(c) = self.slot(m) {
+            c.degraded.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// (keyspace name, refused, degraded replies) for each keyspace, the default one last.
     pub fn totals(&self, keyspaces: &Keyspaces) -> Vec<(String, u64, u64)> {
-        let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        let names = keyspaces
-            .list
-            .iter()
-            .map(|ks| ks.name.clone())
-            .chain(std::iter::once(DEFAULT_NAME.to_owned()));
-        names
-            .zip(self.refused.iter().zip(self.degraded.iter()))
-            .map(|(name, (r, d))| (name, load(r), load(d)))
+        keyspaces
+            .names()
+            .zip(self.counts.iter())
+            .map(|(name, c)| {
+                let (r, d) = (&c.refused, &c.degraded);
+                (
+                    name.to_owned(),
+                    r.load(Ordering::Relaxed),
+                    d.load(Ordering::Relaxed),
+                )
+            })
             .collect()
     }
 }
@@ -182,6 +213,12 @@ impl Keyspaces {
         }
     }
 
+    /// Every keyspace's name in config order, the default keyspace's last.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let named = self.list.iter().map(|ks| ks.name.as_str());
+        named.chain(std::iter::once(DEFAULT_NAME))
+    }
+
     pub fn default_mode(&self) -> Mode {
         self.default_mode
     }
@@ -219,6 +256,38 @@ impl Keyspaces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn per_keyspace_counters_follow_names_across_a_reload() {
+        let ks = |names: &[&str]| {
+            let list = names
+                .iter()
+                .map(|n| Keyspace {
+                    name: (*n).to_owned(),
+                    patterns: vec![Pattern::parse(n.as_bytes())],
+                    mode: Mode::Degraded,
+                })
+                .collect();
+            Keyspaces::new(list, Mode::FailClosed)
+        };
+        let before = ks(&["a", "b"]);
+        let old = PerKeyspace::new(&before);
+        old.record_refused(Membership::Named(1));
+        old.record_degraded(Membership::Default);
+        let after = ks(&["c", "b"]);
+        let new = PerKeyspace::carried(&after, Some((&before, &old)));
+        // An add through the old list after the switch still counts.
+        old.record_refused(Membership::Named(1));
+        new.record_refused(Membership::Named(0));
+        assert_eq!(
+            new.totals(&after),
+            [
+                ("c".to_owned(), 1, 0),
+                ("b".to_owned(), 2, 0),
+                ("default".to_owned(), 0, 1)
+            ]
+        );
+    }
 
     fn ks(name: &str, patterns: &[&str], mode: Mode) -> Keyspace {
         Keyspace {

@@ -24,7 +24,7 @@
 //! Around it:
 //! - [`auth`]: users, AUTH, and per-user command and key permissions (pure).
 //! - [`config`]: the TOML file, command-line overrides, validation, typed settings.
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line; [`reload`]: the configuration in force, and hot reload.
 //! - [`clients`]: the connected clients, the proxy's phase (run, drain, stop), waking them all.
 //! - [`info`]: INFO's `# Keywarden` section, appended to the upstream's.
 //! - [`error`]: every error the proxy answers with, and its wire form.
@@ -55,6 +55,7 @@ pub mod keyspace;
 pub mod metrics;
 pub mod monitor;
 pub mod parser;
+pub mod reload;
 pub mod reply;
 pub mod request;
 pub mod router;

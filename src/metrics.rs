@@ -175,6 +175,16 @@ pub const LOCAL_STORE_EXPIRATIONS: Metric = counter(
     &[],
     "Keys removed from the local store because their TTL passed.",
 );
+pub const CONFIG_RELOADS: Metric = counter(
+    "keywarden_config_reloads_total",
+    &["result"],
+    "Configuration reloads (SIGHUP, KEYWARDEN RELOAD) by result: applied, or failed (the configuration in force did not change).",
+);
+pub const CONFIG_LAST_RELOAD_SUCCESSFUL: Metric = gauge(
+    "keywarden_config_last_reload_successful",
+    &[],
+    "0 when the last reload was rejected (the file on disk is not what runs), else 1.",
+);
 
 /// Every metric keywarden exports. The README's Operations section lists the same (tested).
 pub const CATALOGUE: &[Metric] = &[
@@ -198,6 +208,8 @@ pub const CATALOGUE: &[Metric] = &[
     LOCAL_STORE_MAX_BYTES,
     LOCAL_STORE_EVICTIONS,
     LOCAL_STORE_EXPIRATIONS,
+    CONFIG_RELOADS,
+    CONFIG_LAST_RELOAD_SUCCESSFUL,
 ];
 
 /// The health states, in the order the `state` label's series are registered.
@@ -231,6 +243,8 @@ pub struct Sample {
     pub health: HealthSnapshot,
     pub counts: Counts,
     pub store: StoreUsage,
+    /// Reloads applied, reloads failed, and whether the last one failed.
+    pub reloads: (u64, u64, bool),
 }
 
 impl Sample {
@@ -238,6 +252,7 @@ impl Sample {
     /// table and the store are each locked once, briefly.
     pub fn of(server: &Server) -> Sample {
         let store = &server.store;
+        let policy = server.policy();
         let (accepted, rejected, protocol_errors) = server.clients.totals();
         Sample {
             clients: server.clients.count(),
@@ -245,7 +260,7 @@ impl Sample {
             rejected,
             protocol_errors,
             upstream_connects: server.upstream.connects(),
-            per_keyspace: server.per_keyspace.totals(&server.settings.keyspaces),
+            per_keyspace: policy.per_keyspace.totals(&policy.settings.keyspaces),
             latency: server.upstream.latency().render(
                 UPSTREAM_REQUEST_DURATION.name,
                 &format!("upstream=\"{}\"", server.monitor.upstream()),
@@ -262,10 +277,11 @@ impl Sample {
             store: StoreUsage {
                 keys: store.keys(),
                 used_bytes: store.used_bytes(),
-                max_bytes: server.settings.local_store.max_bytes,
+                max_bytes: store.max_bytes(),
                 evictions: store.evictions(),
                 expirations: store.expirations(),
             },
+            reloads: server.reloads.totals(),
         }
     }
 }
@@ -350,6 +366,9 @@ pub struct Metrics {
     store_max: Gauge,
     store_evictions: Counter,
     store_expirations: Counter,
+    reloads_applied: Counter,
+    reloads_failed: Counter,
+    last_reload_ok: Gauge,
 }
 
 impl Metrics {
@@ -382,6 +401,13 @@ impl Metrics {
             vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
         )
         .set(1.0);
+        let reload = |result: &'static str| {
+            register_counter(
+                &recorder,
+                CONFIG_RELOADS,
+                vec![Label::new("result", result)],
+            )
+        };
         let at_startup = event(EventKind::UnavailableAtStartup);
         if initial.state != State::Healthy {
             at_startup.increment(1);
@@ -410,6 +436,9 @@ impl Metrics {
             store_max: register_gauge(&recorder, LOCAL_STORE_MAX_BYTES, vec![]),
             store_evictions: register_counter(&recorder, LOCAL_STORE_EVICTIONS, vec![]),
             store_expirations: register_counter(&recorder, LOCAL_STORE_EXPIRATIONS, vec![]),
+            reloads_applied: reload("applied"),
+            reloads_failed: reload("failed"),
+            last_reload_ok: register_gauge(&recorder, CONFIG_LAST_RELOAD_SUCCESSFUL, vec![]),
             recorder,
         };
         metrics.observe_health(initial);
@@ -464,6 +493,10 @@ impl Metrics {
         self.store_max.set(store.max_bytes as f64);
         self.store_evictions.absolute(store.evictions);
         self.store_expirations.absolute(store.expirations);
+        let (applied, failed, last_failed) = sample.reloads;
+        self.reloads_applied.absolute(applied);
+        self.reloads_failed.absolute(failed);
+        self.last_reload_ok.set(if last_failed { 0.0 } else { 1.0 });
         let mut text = self.handle.render();
         if !sample.latency.is_empty() {
             let m = UPSTREAM_REQUEST_DURATION;
@@ -629,6 +662,7 @@ mod tests {
                 evictions: 1,
                 expirations: 9,
             },
+            reloads: (2, 1, true),
         }
     }
 
@@ -734,6 +768,15 @@ mod tests {
             ("keywarden_local_store_max_bytes".to_owned(), 1048576.0),
             ("keywarden_local_store_evictions_total".to_owned(), 1.0),
             ("keywarden_local_store_expirations_total".to_owned(), 9.0),
+            (
+                r#"keywarden_config_reloads_total{result="applied"}"#.to_owned(),
+                2.0,
+            ),
+            (
+                r#"keywarden_config_reloads_total{result="failed"}"#.to_owned(),
+                1.0,
+            ),
+            ("keywarden_config_last_reload_successful".to_owned(), 0.0),
         ];
         assert_eq!(s, want.into_iter().collect::<BTreeMap<_, _>>(), "{text}");
 

@@ -38,7 +38,7 @@
 //!   again), and discarded then.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,6 +108,15 @@ impl Default for MonitorSettings {
     }
 }
 
+impl Thresholds {
+    fn of(settings: &MonitorSettings) -> Thresholds {
+        Thresholds {
+            failures: settings.failure_threshold,
+            successes: settings.success_threshold,
+        }
+    }
+}
+
 impl MonitorSettings {
     /// The monitor of the configured upstream. The recovery pace is not configurable: it
     /// serves the 50 ms goal, not a trade-off an operator needs to make.
@@ -144,7 +153,15 @@ impl HealthSnapshot {
 
 /// One check of the upstream. [`PingProbe`] is the real one; tests give a fake.
 pub trait Probe: Send + Sync + 'static {
-    fn probe(&self) -> impl Future<Output = Outcome> + Send;
+    fn probe(&self, timeouts: ProbeTimeouts) -> impl Future<Output = Outcome> + Send;
+}
+
+/// The timeouts of one probe, as configured when it starts (a reload may change them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbeTimeouts {
+    pub connect: Duration,
+    /// For the reply once connected.
+    pub reply: Duration,
 }
 
 /// Connect, log in if the proxy has upstream credentials (expect `+OK`), `PING`, expect
@@ -153,8 +170,6 @@ pub trait Probe: Send + Sync + 'static {
 pub struct PingProbe {
     pub address: String,
     pub login: Option<Bytes>,
-    pub connect_timeout: Duration,
-    pub probe_timeout: Duration,
 }
 
 /// A running monitor. Dropping it (or [`Monitor::stop`]) stops its tasks.
@@ -171,7 +186,9 @@ pub struct MonitorHandle {
 
 struct Shared {
     address: String,
-    reports: mpsc::UnboundedSender<Outcome>,
+    reports: mpsc::UnboundedSender<Report>,
+    /// The probe's pace and timeouts, read before each probe.
+    tuning: Mutex<Tuning>,
     state: watch::Receiver<HealthSnapshot>,
     counters: Counters,
 }
@@ -205,8 +222,6 @@ impl Monitor {
         let probe = PingProbe {
             address: settings.address.clone(),
             login: settings.login.clone(),
-            connect_timeout: settings.connect_timeout,
-            probe_timeout: settings.probe_timeout,
         };
         Monitor::start_with(settings, probe, events, keyspaces).await
     }
@@ -219,12 +234,10 @@ impl Monitor {
         keyspaces: AffectedKeyspaces,
     ) -> Monitor {
         let first_at = Instant::now();
-        let first = probe.probe().await;
+        let tuning = Tuning::of(&settings);
+        let first = probe.probe(tuning.timeouts).await;
         let now = Instant::now();
-        let thresholds = Thresholds {
-            failures: settings.failure_threshold,
-            successes: settings.success_threshold,
-        };
+        let thresholds = Thresholds::of(&settings);
         let initial = match first {
             Outcome::Success => State::Healthy,
             Outcome::Failure(_) => State::Unavailable,
@@ -239,6 +252,7 @@ impl Monitor {
             shared: Arc::new(Shared {
                 address: settings.address.clone(),
                 reports,
+                tuning: Mutex::new(tuning),
                 state,
                 counters: Counters::default(),
             }),
@@ -255,15 +269,9 @@ impl Monitor {
             tracing::warn!(upstream = %settings.address, %cause, "upstream unavailable at startup");
             driver.open_outage(EventKind::UnavailableAtStartup, cause, now);
         }
-        let pace = Pace {
-            healthy: settings.probe_interval,
-            otherwise: settings
-                .recovery_probe_interval
-                .min(settings.probe_interval),
-        };
         let tasks = [
             tokio::spawn(driver.run(inbox)),
-            tokio::spawn(probe_loop(probe, handle.clone(), pace, first_at)),
+            tokio::spawn(probe_loop(probe, handle.clone(), first_at)),
         ];
         Monitor { handle, tasks }
     }
@@ -291,7 +299,22 @@ impl MonitorHandle {
     /// replies (WRONGTYPE, OOM, ...) are answers and are never reported.
     pub fn report(&self, outcome: Outcome) {
         // Fails only once the monitor has stopped (shutdown): nothing is listening then.
-        let _ = self.shared.reports.send(outcome);
+        let _ = self.shared.reports.send(Report::Outcome(outcome));
+    }
+
+    /// A reload: the probe pace, timeouts and thresholds of `settings` apply from the next
+    /// probe and report on (the address and login stay), and later events name `keyspaces`.
+    pub fn reconfigure(&self, settings: &MonitorSettings, keyspaces: AffectedKeyspaces) {
+        *self.shared.tuning.lock().unwrap_or_else(|e| e.into_inner()) = Tuning::of(settings);
+        let retune = Retune {
+            thresholds: Thresholds::of(settings),
+            keyspaces,
+        };
+        let _ = self.shared.reports.send(Report::Retune(Box::new(retune)));
+    }
+
+    fn tuning(&self) -> Tuning {
+        *self.shared.tuning.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current state, without waiting: a copy taken under a read lock held for the copy.
@@ -319,10 +342,18 @@ impl MonitorHandle {
 }
 
 impl Driver {
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Outcome>) {
-        while let Some(outcome) = inbox.recv().await {
-            if let Some(t) = self.health.observe(outcome, Instant::now()) {
-                self.on_transition(t);
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Report>) {
+        while let Some(report) = inbox.recv().await {
+            match report {
+                Report::Outcome(outcome) => {
+                    if let Some(t) = self.health.observe(outcome, Instant::now()) {
+                        self.on_transition(t);
+                    }
+                }
+                Report::Retune(retune) => {
+                    self.health.set_thresholds(retune.thresholds);
+                    self.keyspaces = retune.keyspaces;
+                }
             }
         }
     }
@@ -391,6 +422,41 @@ struct Pace {
     otherwise: Duration,
 }
 
+/// What the probe task reads before each probe.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    pace: Pace,
+    timeouts: ProbeTimeouts,
+}
+
+impl Tuning {
+    fn of(settings: &MonitorSettings) -> Tuning {
+        Tuning {
+            pace: Pace {
+                healthy: settings.probe_interval,
+                otherwise: settings
+                    .recovery_probe_interval
+                    .min(settings.probe_interval),
+            },
+            timeouts: ProbeTimeouts {
+                connect: settings.connect_timeout,
+                reply: settings.probe_timeout,
+            },
+        }
+    }
+}
+
+/// What the monitor task is told: an outcome, or a reload's new thresholds and keyspaces.
+enum Report {
+    Outcome(Outcome),
+    Retune(Box<Retune>),
+}
+
+struct Retune {
+    thresholds: Thresholds,
+    keyspaces: AffectedKeyspaces,
+}
+
 impl Pace {
     fn interval(self, state: State) -> Duration {
         match state {
@@ -403,10 +469,11 @@ impl Pace {
 /// Probes forever, one probe at a time, each `interval(state)` after the start of the one
 /// before (at once if that has passed). A change of state re-reads the interval, so a flip to
 /// `unavailable` found by the data path brings the next probe forward.
-async fn probe_loop<P: Probe>(probe: P, handle: MonitorHandle, pace: Pace, mut last: Instant) {
+async fn probe_loop<P: Probe>(probe: P, handle: MonitorHandle, mut last: Instant) {
     let mut state = handle.subscribe();
     loop {
         loop {
+            let pace = handle.tuning().pace;
             let due = last + pace.interval(state.borrow_and_update().state);
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => break,
@@ -418,14 +485,14 @@ async fn probe_loop<P: Probe>(probe: P, handle: MonitorHandle, pace: Pace, mut l
             }
         }
         last = Instant::now();
-        let outcome = probe.probe().await;
+        let outcome = probe.probe(handle.tuning().timeouts).await;
         handle.report(outcome);
     }
 }
 
 impl Probe for PingProbe {
-    async fn probe(&self) -> Outcome {
-        let mut stream = match socket::connect(&self.address, self.connect_timeout, None).await {
+    async fn probe(&self, timeouts: ProbeTimeouts) -> Outcome {
+        let mut stream = match socket::connect(&self.address, timeouts.connect, None).await {
             Ok(stream) => stream,
             Err(e) => return Outcome::Failure(Cause::of_connect_error(&e)),
         };
@@ -442,7 +509,7 @@ impl Probe for PingProbe {
             Some(_) => &[b"+OK", b"+PONG"],
             None => &[b"+PONG"],
         };
-        match tokio::time::timeout(self.probe_timeout, exchange).await {
+        match tokio::time::timeout(timeouts.reply, exchange).await {
             Err(_) => Outcome::Failure(Cause::Timeout),
             Ok(Err(_)) => Outcome::Failure(Cause::Closed),
             Ok(Ok(lines)) if lines == expected => Outcome::Success,
@@ -502,7 +569,7 @@ mod tests {
     }
 
     impl Probe for FakeProbe {
-        async fn probe(&self) -> Outcome {
+        async fn probe(&self, _: ProbeTimeouts) -> Outcome {
             self.probes.lock().unwrap().push(Instant::now());
             let now = *self.upstream.lock().unwrap();
             match now {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -26,8 +27,9 @@ use crate::engine;
 use crate::error::ProxyError;
 use crate::events::{self, AffectedKeyspaces, Events};
 use crate::health::State;
-use crate::keyspace::{Membership, Mode, PerKeyspace};
+use crate::keyspace::{Membership, Mode};
 use crate::monitor::{Monitor, MonitorHandle, MonitorSettings};
+use crate::reload::{self, Live, Policy, ReloadCounts, Trigger};
 use crate::request::Request;
 use crate::router::{self, Refusal, Route};
 use crate::session::Session;
@@ -37,17 +39,52 @@ use crate::upstream::Upstream;
 
 /// What every session of one server shares.
 pub struct Server {
-    pub settings: Arc<Settings>,
+    /// The configuration in force, replaced whole by a [reload](crate::reload).
+    pub live: Live,
     pub upstream: Arc<Upstream>,
     pub clients: Clients,
     pub monitor: MonitorHandle,
     /// The local store serving `local_only` keyspaces, and `degraded` ones during an outage.
     pub store: Arc<Store>,
-    /// Refusals and degraded replies per keyspace, for the metrics.
-    pub per_keyspace: PerKeyspace,
+    /// Where events go (the monitor's, and reloads').
+    pub events: Arc<Events>,
+    pub reloads: ReloadCounts,
 }
 
 impl Server {
+    /// The configuration in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.live.current()
+    }
+}
+
+/// The server as one batch of requests sees it: with the policy its session holds, so that
+/// every decision about the batch is made by one configuration.
+#[derive(Clone, Copy)]
+pub struct Ctx<'a> {
+    pub server: &'a Server,
+    pub policy: &'a Policy,
+    /// The policy's settings.
+    pub settings: &'a Settings,
+}
+
+impl std::ops::Deref for Ctx<'_> {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        self.server
+    }
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(server: &'a Server, policy: &'a Policy) -> Ctx<'a> {
+        Ctx {
+            server,
+            policy,
+            settings: &policy.settings,
+        }
+    }
+
     /// Where `req` goes, given whether the upstream is available (read once per batch from
     /// the health snapshot).
     pub fn route(&self, req: &Request, upstream_available: bool) -> Route {
@@ -72,7 +109,7 @@ impl Server {
         router::route(keyspaces, upstream_available, self.view(req, &keys))
     }
 
-    fn view<'a>(&self, req: &Request, keys: &'a [&'a [u8]]) -> router::Request<'a> {
+    fn view<'k>(&self, req: &Request, keys: &'k [&'k [u8]]) -> router::Request<'k> {
         // Every command the engine runs is known: skip the table lookup for those. WATCH is
         // run against the local store by the session.
         let local = engine::supports(req.name()) || req.name().eq_ignore_ascii_case(b"watch");
@@ -116,7 +153,7 @@ impl Server {
         if self.settings.keyspaces.mode(membership) != Mode::Degraded {
             return;
         }
-        self.per_keyspace.record_degraded(membership);
+        self.policy.per_keyspace.record_degraded(membership);
         let counters = self.monitor.counters();
         counters.record_degraded_reply();
         if succeeded && command::lookup_request(req).is_some_and(|c| c.is_write()) {
@@ -191,7 +228,7 @@ impl Server {
         match refusal {
             Refusal::FailClosed(m) => {
                 self.monitor.counters().record_refused();
-                self.per_keyspace.record_refused(m);
+                self.policy.per_keyspace.record_refused(m);
                 ProxyError::FailClosed {
                     keyspace: keyspaces.name(m).to_owned(),
                 }
@@ -219,14 +256,13 @@ pub async fn run(
         Some(addr) => Some(admin::bind(addr).await?),
         None => None,
     };
-    let settings = Arc::new(settings);
     let events = Arc::new(Events::new(
         events::instance_id(settings.instance_id.as_deref()),
         settings.events.file.as_deref(),
     )?);
     let monitor = Monitor::start(
         MonitorSettings::from_settings(&settings),
-        events,
+        events.clone(),
         AffectedKeyspaces::of(&settings.keyspaces),
     )
     .await;
@@ -237,27 +273,51 @@ pub async fn run(
         monitor.handle(),
     );
     let store = Arc::new(Store::new(settings.local_store.max_bytes));
+    tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
     let server = Arc::new(Server {
-        settings: settings.clone(),
+        live: Live::new(settings),
         upstream: upstream.clone(),
         clients: Clients::default(),
         monitor: monitor.handle(),
         store: store.clone(),
-        per_keyspace: PerKeyspace::new(&settings.keyspaces),
+        events,
+        reloads: ReloadCounts::default(),
     });
     let housekeeping = tokio::spawn(housekeeping(server.clone()));
     let admin = match admin_listener {
         Some(l) => Some(Admin::start(l, server.clone())?),
         None => None,
     };
-    tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
+    // SIGHUP reloads the config file. Registered even without a file, so that a stray
+    // SIGHUP is a failed reload rather than the end of the process.
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with KEYWARDEN RELOAD");
+            None
+        }
+    };
+    let mut policy = server.policy();
 
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let _ = reload::reload(&server, Trigger::Signal);
+                continue;
+            }
             _ = &mut shutdown => break,
         };
+        if policy.generation != server.live.generation() {
+            policy = server.policy();
+        }
+        let settings = &policy.settings;
         let stream = match accepted {
             Ok((stream, _peer)) => stream,
             Err(e) => {
@@ -276,14 +336,15 @@ pub async fn run(
             tracing::debug!(error = %e, "client socket setup failed");
             continue;
         }
-        tokio::spawn(Session::new(stream, server.clone()));
+        tokio::spawn(Session::new(stream, server.clone(), policy.clone()));
     }
 
     drop(listener);
     let clients = &server.clients;
     tracing::info!(clients = clients.count(), "shutting down: draining clients");
     clients.set_phase(Phase::Drain);
-    if tokio::time::timeout(settings.shutdown_timeout, clients.all_gone())
+    let shutdown_timeout = server.policy().settings.shutdown_timeout;
+    if tokio::time::timeout(shutdown_timeout, clients.all_gone())
         .await
         .is_err()
     {
@@ -324,7 +385,8 @@ async fn housekeeping(server: Arc<Server>) {
                 }
                 let healthy = health.borrow_and_update().state == State::Healthy;
                 if healthy && !was_healthy {
-                    let keyspaces = &server.settings.keyspaces;
+                    let policy = server.policy();
+                    let keyspaces = &policy.settings.keyspaces;
                     let removed = server.store.remove_where(|_, key| {
                         keyspaces.mode(keyspaces.classify(key)) == Mode::Degraded
                     });

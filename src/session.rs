@@ -37,10 +37,11 @@ use crate::error::{ProxyError, UpstreamFailure};
 use crate::inbox::{Chunk, Inbox};
 use crate::info;
 use crate::parser::{ParserLimits, RequestParser};
+use crate::reload::Policy;
 use crate::request::Request;
 use crate::router::Route;
 use crate::server;
-use crate::server::Server;
+use crate::server::{Ctx, Server};
 use crate::socket;
 use crate::store::Watch;
 use crate::transaction::{self, Target};
@@ -76,7 +77,10 @@ enum Slot {
 
 pub struct Session {
     stream: TcpStream,
-    ctx: Arc<Server>,
+    server: Arc<Server>,
+    /// The configuration this client's requests are judged by: the server's, taken again
+    /// between batches after a reload (see [`crate::reload`]).
+    policy: Arc<Policy>,
     /// This client's key in [`Clients`].
     key: usize,
     /// CLIENT ID.
@@ -113,7 +117,7 @@ impl Future for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.ctx.clients.leave(self.key);
+        self.server.clients.leave(self.key);
     }
 }
 
@@ -154,6 +158,23 @@ struct IdleTimer {
     last_activity: Instant,
 }
 
+impl IdleTimer {
+    /// A timer counting from now.
+    fn new(limit: Duration) -> Box<IdleTimer> {
+        Box::new(IdleTimer {
+            limit,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            last_activity: Instant::now(),
+        })
+    }
+
+    /// A reload's new limit, counted from the last activity.
+    fn set_limit(&mut self, limit: Duration) {
+        self.limit = limit;
+        self.sleep.as_mut().reset(self.last_activity + limit);
+    }
+}
+
 enum Event {
     /// A delivery or a phase change.
     Inbox,
@@ -166,20 +187,15 @@ enum Event {
 }
 
 impl Session {
-    pub fn new(stream: TcpStream, ctx: Arc<Server>) -> Session {
+    pub fn new(stream: TcpStream, server: Arc<Server>, policy: Arc<Policy>) -> Session {
         let inbox = Arc::new(Inbox::default());
-        let (key, id) = ctx.clients.join(inbox.clone(), stream.peer_addr().ok());
-        let idle = ctx.settings.client_idle_timeout.map(|limit| {
-            Box::new(IdleTimer {
-                limit,
-                sleep: Box::pin(tokio::time::sleep(limit)),
-                last_activity: Instant::now(),
-            })
-        });
+        let (key, id) = server.clients.join(inbox.clone(), stream.peer_addr().ok());
+        let idle = policy.settings.client_idle_timeout.map(IdleTimer::new);
         Session {
             stream,
-            shared: ctx.upstream.pick(false),
-            ctx,
+            shared: server.upstream.pick(false),
+            server,
+            policy,
             key,
             id,
             inbox,
@@ -195,18 +211,22 @@ impl Session {
     /// future (see the module notes on memory).
     fn drive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
+            if self.policy.generation != self.server.live.generation() && !self.adopt_policy() {
+                return Poll::Ready(Ok(()));
+            }
+            let ctx = Ctx::new(&self.server, &self.policy);
             if let Some(opening) = self.opening.as_mut() {
                 let opened = ready!(opening.as_mut().poll(cx));
                 self.opening = None;
                 let state = &self.state;
                 let b = self
                     .busy
-                    .get_or_insert_with(|| Busy::new(&self.ctx, self.key, self.id));
-                b.opened(opened, &self.ctx, state);
+                    .get_or_insert_with(|| Busy::new(&ctx, self.key, self.id));
+                b.opened(opened, &ctx, state);
             }
             if let Some(b) = self.busy.as_deref_mut() {
                 b.process_input(
-                    &self.ctx,
+                    &ctx,
                     &mut self.shared,
                     &self.inbox,
                     &mut self.state,
@@ -215,13 +235,13 @@ impl Session {
                 if matches!(b.stalled, Some((_, Stall::Repick))) && b.pending.is_empty() {
                     if let Some((req, _)) = b.stalled.take() {
                         let resp3 = ClientState::resp3_of(&self.state);
-                        self.shared = self.ctx.upstream.pick(resp3);
-                        let available = self.ctx.monitor.snapshot().upstream_available();
-                        let (ctx, shared, inbox) = (&self.ctx, &mut self.shared, &self.inbox);
+                        self.shared = ctx.upstream.pick(resp3);
+                        let available = ctx.monitor.snapshot().upstream_available();
+                        let (shared, inbox) = (&mut self.shared, &self.inbox);
                         if req.name().eq_ignore_ascii_case(b"info") {
-                            b.info(req, ctx, shared, inbox, &self.state, available);
+                            b.info(req, &ctx, shared, inbox, &self.state, available);
                         } else {
-                            b.send_shared(&mut vec![req], ctx, shared, inbox, available);
+                            b.send_shared(&mut vec![req], &ctx, shared, inbox, available);
                         }
                     }
                     continue;
@@ -231,13 +251,13 @@ impl Session {
                     Some((_, Stall::Dedicated(_) | Stall::Transaction(_)))
                 );
                 if opens && b.pending.is_empty() {
-                    let up = &self.ctx.settings.upstream;
+                    let up = &ctx.settings.upstream;
                     self.opening = Some(Box::pin(Dedicated::open(
                         up.address.clone(),
                         up.connect_timeout,
                         up.command_timeout,
-                        self.ctx.settings.tcp_keepalive,
-                        self.ctx.settings.limits.max_reply_depth,
+                        ctx.settings.tcp_keepalive,
+                        ctx.settings.limits.max_reply_depth,
                     )));
                     continue;
                 }
@@ -264,7 +284,7 @@ impl Session {
                         None => return Poll::Ready(Ok(())),
                     }
                 }
-                Event::Inbox => match self.ctx.clients.phase() {
+                Event::Inbox => match self.server.clients.phase() {
                     Phase::Run => {
                         if let Some(b) = self.busy.as_deref_mut() {
                             b.take_inbox(&self.inbox);
@@ -293,7 +313,7 @@ impl Session {
                 Event::DedicatedReadable => self.busy_mut().read_dedicated(),
                 Event::DedicatedWritable => self.busy_mut().write_dedicated(),
                 Event::Tick => {
-                    let timeout = self.ctx.settings.upstream.command_timeout;
+                    let timeout = self.policy.settings.upstream.command_timeout;
                     self.busy_mut().check_dedicated_timeout(timeout);
                 }
                 Event::Idle => {
@@ -318,8 +338,58 @@ impl Session {
     }
 
     fn busy_mut(&mut self) -> &mut Busy {
+        let ctx = Ctx::new(&self.server, &self.policy);
         self.busy
-            .get_or_insert_with(|| Busy::new(&self.ctx, self.key, self.id))
+            .get_or_insert_with(|| Busy::new(&ctx, self.key, self.id))
+    }
+
+    /// Takes the configuration a reload installed. The client keeps its connection, and its
+    /// user if one of the same name and password is still configured; otherwise it is closed
+    /// (after what it is owed), as Redis closes the clients of a deleted user. Returns false
+    /// when the session should end now.
+    fn adopt_policy(&mut self) -> bool {
+        let new = self.server.policy();
+        let old_users = &self.policy.settings.users;
+        let new_users = &new.settings.users;
+        let kept = match ClientState::user_of(&self.state, old_users) {
+            None => {
+                // Not logged in: still not, unless no password is required any more.
+                if let Some(state) = self.state.as_deref_mut() {
+                    state.user = new_users.default_user();
+                }
+                true
+            }
+            Some(id) => match new_users.same_user(old_users.user(id)) {
+                Some(same) => {
+                    if let Some(state) = self.state.as_deref_mut() {
+                        state.user = Some(same);
+                    } else if new_users.default_user() != Some(same) {
+                        // The implicit user differs: remember the one it logged in as.
+                        ClientState::of(&mut self.state, old_users).user = Some(same);
+                    }
+                    true
+                }
+                None => false,
+            },
+        };
+        match (new.settings.client_idle_timeout, self.idle.as_deref_mut()) {
+            (None, _) => self.idle = None,
+            (Some(limit), Some(idle)) => idle.set_limit(limit),
+            (Some(limit), None) => self.idle = Some(IdleTimer::new(limit)),
+        }
+        self.policy = new;
+        if kept {
+            return true;
+        }
+        tracing::info!("closing a client whose user a reload withdrew");
+        match self.busy.as_deref_mut() {
+            Some(b) => {
+                b.closing = true;
+                b.inbuf.clear();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Waits for the next thing to do. One poll function instead of `select!`: its state is a
@@ -328,7 +398,7 @@ impl Session {
         if self.inbox.poll_woken(cx).is_ready() {
             return Poll::Ready(Ok(Event::Inbox));
         }
-        let max_out = self.ctx.settings.limits.max_pending_output;
+        let max_out = self.policy.settings.limits.max_pending_output;
         let b = self.busy.as_deref_mut();
         let can_read = b
             .as_ref()
@@ -370,7 +440,7 @@ impl Session {
 
     /// Reads from the client; false when it closed the connection.
     fn read_client(&mut self) -> io::Result<bool> {
-        let max_query = self.ctx.settings.limits.max_query_buffer;
+        let max_query = self.policy.settings.limits.max_query_buffer;
         self.busy_mut();
         let b = self.busy.as_deref_mut().expect("busy state was just made");
         if b.inbuf.capacity() - b.inbuf.len() < READ_CHUNK / 4 {
@@ -391,7 +461,7 @@ impl Session {
 }
 
 impl Busy {
-    fn new(ctx: &Server, key: usize, id: u64) -> Box<Busy> {
+    fn new(ctx: &Ctx<'_>, key: usize, id: u64) -> Box<Busy> {
         let limits = &ctx.settings.limits;
         Box::new(Busy {
             key,
@@ -441,7 +511,7 @@ impl Busy {
     /// buffer); consecutive shared requests go upstream as one run.
     fn process_input(
         &mut self,
-        ctx: &Server,
+        ctx: &Ctx<'_>,
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
         state: &mut Option<Box<ClientState>>,
@@ -535,7 +605,7 @@ impl Busy {
                 Special::Keywarden if !unpaired => {
                     self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                     let reply = match ctx.permit_admin(state) {
-                        Ok(()) => info::keywarden_command(&req, ctx, ClientState::resp3_of(state)),
+                        Ok(()) => info::keywarden_command(&req, *ctx, ClientState::resp3_of(state)),
                         Err(denied) => denied,
                     };
                     self.push_local(reply);
@@ -625,7 +695,7 @@ impl Busy {
     fn info(
         &mut self,
         req: Request,
-        ctx: &Server,
+        ctx: &Ctx<'_>,
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
         state: &Option<Box<ClientState>>,
@@ -634,11 +704,11 @@ impl Busy {
         let wants = info::wants(&req);
         let resp3 = ClientState::resp3_of(state);
         if wants == info::Wants::KeywardenOnly || (!available && wants == info::Wants::Both) {
-            self.push_local(info::reply(&info::section(ctx), resp3));
+            self.push_local(info::reply(&info::section(*ctx), resp3));
             return;
         }
         let slot = match wants {
-            info::Wants::Both => Slot::Info(info::section(ctx)),
+            info::Wants::Both => Slot::Info(info::section(*ctx)),
             _ => Slot::Upstream(1),
         };
         if let Some(ded) = self.dedicated.as_mut() {
@@ -669,7 +739,7 @@ impl Busy {
 
     /// A RESET going to a subscribed client's connection: Redis answers it there; the proxy
     /// resets its own view of the client too.
-    fn follow_reset(&self, req: &Request, ctx: &Server, state: &mut Option<Box<ClientState>>) {
+    fn follow_reset(&self, req: &Request, ctx: &Ctx<'_>, state: &mut Option<Box<ClientState>>) {
         let peer = || connection::Peer {
             addr: None,
             local: None,
@@ -704,7 +774,7 @@ impl Busy {
     fn transaction(
         &mut self,
         req: Request,
-        ctx: &Server,
+        ctx: &Ctx<'_>,
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
         state: &mut Option<Box<ClientState>>,
@@ -777,7 +847,7 @@ impl Busy {
     fn queue_in_transaction(
         &mut self,
         req: Request,
-        ctx: &Server,
+        ctx: &Ctx<'_>,
         state: &mut Option<Box<ClientState>>,
         available: bool,
     ) -> Bytes {
@@ -836,7 +906,7 @@ impl Busy {
     /// EXEC: runs the queued transaction where its commands go, as one piece.
     fn exec(
         &mut self,
-        ctx: &Server,
+        ctx: &Ctx<'_>,
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
         state: &mut Option<Box<ClientState>>,
@@ -953,7 +1023,7 @@ impl Busy {
     fn answer_connection_command(
         &mut self,
         req: &Request,
-        ctx: &Server,
+        ctx: &Ctx<'_>,
         state: &mut Option<Box<ClientState>>,
         stream: &TcpStream,
     ) -> Bytes {
@@ -997,7 +1067,7 @@ impl Busy {
     fn send_runs(
         &mut self,
         runs: &mut Runs,
-        ctx: &Server,
+        ctx: &Ctx<'_>,
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
         state: &Option<Box<ClientState>>,
@@ -1011,7 +1081,7 @@ impl Busy {
     fn send_local(
         &mut self,
         runs: &mut Runs,
-        ctx: &Server,
+        ctx: &Ctx<'_>,
         state: &Option<Box<ClientState>>,
         available: bool,
     ) {
@@ -1037,7 +1107,7 @@ impl Busy {
     fn send_shared(
         &mut self,
         run: &mut Vec<Request>,
-        ctx: &Server,
+        ctx: &Ctx<'_>,
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
         available: bool,
@@ -1072,7 +1142,7 @@ impl Busy {
     fn opened(
         &mut self,
         opened: Result<Dedicated, UpstreamFailure>,
-        ctx: &Server,
+        ctx: &Ctx<'_>,
         state: &Option<Box<ClientState>>,
     ) {
         let (req, props, rest) = match self.stalled.take() {
@@ -1103,7 +1173,7 @@ impl Busy {
                     ded.queue(exec, props);
                 }
                 if info {
-                    self.pending.push_back(Slot::Info(info::section(ctx)));
+                    self.pending.push_back(Slot::Info(info::section(*ctx)));
                 } else if ded.is_paired() {
                     self.expect_upstream(1);
                 }
@@ -1315,10 +1385,11 @@ mod tests {
             let stream = TcpStream::connect(listener.local_addr().unwrap())
                 .await
                 .unwrap();
-            let settings = Arc::new(crate::config::Settings::default());
+            let settings = crate::config::Settings::default();
+            let events = Arc::new(crate::events::Events::new("test".into(), None).unwrap());
             let monitor = crate::monitor::Monitor::start(
                 crate::monitor::MonitorSettings::from_settings(&settings),
-                Arc::new(crate::events::Events::new("test".into(), None).unwrap()),
+                events.clone(),
                 crate::events::AffectedKeyspaces::of(&settings.keyspaces),
             )
             .await;
@@ -1329,16 +1400,16 @@ mod tests {
                 monitor.handle(),
             );
             let server = Arc::new(Server {
-                settings,
+                live: crate::reload::Live::new(settings),
                 upstream,
                 clients: Default::default(),
                 monitor: monitor.handle(),
                 store: Arc::new(crate::store::Store::new(1 << 20)),
-                per_keyspace: crate::keyspace::PerKeyspace::new(
-                    &crate::keyspace::Keyspaces::fail_closed(),
-                ),
+                events,
+                reloads: Default::default(),
             });
-            let task = Session::new(stream, server);
+            let policy = server.policy();
+            let task = Session::new(stream, server, policy);
             let size = std::mem::size_of_val(&task);
             assert!(size <= 128, "session task state is {size} bytes");
         });

@@ -244,6 +244,19 @@ impl Inner {
         removed
     }
 
+    fn remove_where(&mut self, f: impl Fn(u32, &[u8]) -> bool) -> usize {
+        let doomed: Vec<Bytes> = self
+            .lru
+            .iter()
+            .filter(|(full, _)| f(db_of(full), &full[DB_PREFIX..]))
+            .map(|(full, _)| full.clone())
+            .collect();
+        for full in &doomed {
+            self.remove_full(full, Removal::Deleted);
+        }
+        doomed.len()
+    }
+
     /// Frees room for `bytes` more: expired keys first, then least recently used ones.
     fn make_room(&mut self, bytes: usize, now: u64) {
         while self.used + bytes > self.max_bytes {
@@ -337,20 +350,32 @@ impl Store {
         self.inner().expire_some(now_ms, budget)
     }
 
+    /// A reload: sets the byte budget to `max_bytes` (evicting least recently used keys at once
+    /// when it shrinks), runs `install` and removes every key for which `discard(db, key)` is
+    /// true, all under one lock, so that no command runs between the new policy taking effect
+    /// and the discard. Returns how many keys were discarded.
+    pub fn reconfigure(
+        &self,
+        max_bytes: usize,
+        install: impl FnOnce(),
+        discard: impl Fn(u32, &[u8]) -> bool,
+    ) -> usize {
+        let mut inner = self.inner();
+        inner.max_bytes = max_bytes;
+        inner.make_room(0, crate::server::unix_ms());
+        install();
+        inner.remove_where(discard)
+    }
+
+    /// The byte budget in force.
+    pub fn max_bytes(&self) -> usize {
+        self.inner().max_bytes
+    }
+
     /// Removes every key for which `f(db, key)` is true; returns how many (discarding a
     /// keyspace's local writes when the upstream recovers).
     pub fn remove_where(&self, f: impl Fn(u32, &[u8]) -> bool) -> usize {
-        let mut inner = self.inner();
-        let doomed: Vec<Bytes> = inner
-            .lru
-            .iter()
-            .filter(|(full, _)| f(db_of(full), &full[DB_PREFIX..]))
-            .map(|(full, _)| full.clone())
-            .collect();
-        for full in &doomed {
-            inner.remove_full(full, Removal::Deleted);
-        }
-        doomed.len()
+        self.inner().remove_where(f)
     }
 }
 

@@ -20,7 +20,7 @@
 //! retried, because the proxy cannot know whether a write was applied.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +45,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The pools of shared connections to one upstream: one for RESP2 clients and one for RESP3
 /// clients (the two never share a connection, since replies are forwarded as they come).
 pub struct Upstream {
+    /// The timeouts every shared connection reads (see [`Upstream::retune`]).
+    timing: Arc<Timing>,
     conns: Box<[Arc<SharedConn>]>,
     conns3: Box<[Arc<SharedConn>]>,
     /// The upstream's `redis_version`, as its HELLO reply gave it on a RESP3 connection.
@@ -70,6 +72,8 @@ impl Upstream {
         let version = Arc::new(Mutex::new(None));
         let connects = Arc::new(AtomicUsize::new(0));
         let latency = Arc::new(Histogram::default());
+        let timing = Arc::new(Timing::default());
+        timing.set(settings);
         let mut pool = |resp3: bool, first_id: usize| -> Box<[Arc<SharedConn>]> {
             (0..settings.connections)
                 .map(|i| {
@@ -87,6 +91,7 @@ impl Upstream {
                         conn: conn.clone(),
                         setup: setup_commands(settings, resp3),
                         settings: settings.clone(),
+                        timing: timing.clone(),
                         max_reply_depth: limits.max_reply_depth,
                         keepalive,
                         reached: reached.clone(),
@@ -103,6 +108,7 @@ impl Upstream {
         let conns = pool(false, 0);
         let conns3 = pool(true, settings.connections);
         Arc::new(Upstream {
+            timing,
             conns,
             conns3,
             version,
@@ -111,6 +117,13 @@ impl Upstream {
             next: AtomicUsize::new(0),
             tasks,
         })
+    }
+
+    /// Applies the timeouts of `settings` (a reload) to every shared connection: the next
+    /// connect, backoff and timeout check use them. The address, credentials and pool size are
+    /// fixed for the life of the process.
+    pub fn retune(&self, settings: &UpstreamSettings) {
+        self.timing.set(settings);
     }
 
     /// Stops the connection tasks (at shutdown, once clients are gone).
@@ -365,12 +378,54 @@ struct InFlight {
     since: Instant,
 }
 
+/// The shared connections' timeouts, as nanoseconds, read at each use so a reload applies
+/// without reconnecting.
+#[derive(Debug, Default)]
+struct Timing {
+    connect_timeout: AtomicU64,
+    command_timeout: AtomicU64,
+    backoff_min: AtomicU64,
+    backoff_max: AtomicU64,
+}
+
+impl Timing {
+    fn set(&self, s: &UpstreamSettings) {
+        let put = |to: &AtomicU64, d: Duration| to.store(d.as_nanos() as u64, Ordering::Relaxed);
+        put(&self.connect_timeout, s.connect_timeout);
+        put(&self.command_timeout, s.command_timeout);
+        put(&self.backoff_min, s.reconnect_backoff_min);
+        put(&self.backoff_max, s.reconnect_backoff_max);
+    }
+
+    fn get(from: &AtomicU64) -> Duration {
+        Duration::from_nanos(from.load(Ordering::Relaxed))
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Timing::get(&self.connect_timeout)
+    }
+
+    fn command_timeout(&self) -> Duration {
+        Timing::get(&self.command_timeout)
+    }
+
+    fn backoff_min(&self) -> Duration {
+        Timing::get(&self.backoff_min)
+    }
+
+    fn backoff_max(&self) -> Duration {
+        Timing::get(&self.backoff_max)
+    }
+}
+
 struct ConnTask {
     id: usize,
     conn: Arc<SharedConn>,
     /// Sent first on every new connection (see [`setup_commands`]).
     setup: Vec<Request>,
     settings: UpstreamSettings,
+    /// The timeouts in force (a reload changes them).
+    timing: Arc<Timing>,
     max_reply_depth: usize,
     keepalive: Option<Duration>,
     /// Signalled by any connection of the pool that reaches the upstream, so that the others
@@ -387,13 +442,14 @@ struct ConnTask {
 impl ConnTask {
     async fn run(self) {
         let addr = self.settings.address.as_str();
-        let mut backoff = self.settings.reconnect_backoff_min;
+        let timing = &*self.timing;
+        let mut backoff = timing.backoff_min();
         let mut was_up = true;
         loop {
             let attempt = Instant::now();
-            match socket::connect(addr, self.settings.connect_timeout, self.keepalive).await {
+            match socket::connect(addr, timing.connect_timeout(), self.keepalive).await {
                 Ok(stream) => {
-                    backoff = self.settings.reconnect_backoff_min;
+                    backoff = timing.backoff_min();
                     self.connects.fetch_add(1, Ordering::Relaxed);
                     self.conn.set_link(Link::Up);
                     self.reached.notify_waiters();
@@ -406,7 +462,7 @@ impl ConnTask {
                         self.latency.clone(),
                     );
                     link.set_up(&self.setup);
-                    let why = link.serve(&self.conn, self.settings.command_timeout).await;
+                    let why = link.serve(&self.conn, timing).await;
                     tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
                     // A connection that closes with nothing in flight (Redis's idle timeout,
                     // CLIENT KILL) says little; the reconnect right after reports a refusal if
@@ -432,7 +488,7 @@ impl ConnTask {
                     }
                     // Wait out the backoff, or less if a client is waiting: then only the
                     // minimum spacing between attempts applies.
-                    let min = attempt + self.settings.reconnect_backoff_min;
+                    let min = attempt + timing.backoff_min();
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = async {
@@ -443,7 +499,7 @@ impl ConnTask {
                             tokio::time::sleep_until(min).await;
                         } => {}
                     }
-                    backoff = (backoff * 2).min(self.settings.reconnect_backoff_max);
+                    backoff = (backoff * 2).min(timing.backoff_max());
                 }
             }
         }
@@ -512,10 +568,11 @@ impl Connection {
     }
 
     /// Carries requests and replies until the connection fails, and says why.
-    async fn serve(&mut self, conn: &SharedConn, timeout: Duration) -> UpstreamFailure {
+    async fn serve(&mut self, conn: &SharedConn, timing: &Timing) -> UpstreamFailure {
         // Timeouts are checked on a tick rather than with a timer per request: arming a timer
-        // for every batch would cost more than the requests themselves.
-        let mut tick = timeout_tick(timeout);
+        // for every batch would cost more than the requests themselves. The tick's period is
+        // set by the timeout when the connection opens; each check reads the one in force.
+        let mut tick = timeout_tick(timing.command_timeout());
         // Work queued while connecting: its wake-up may have been spent ending the backoff.
         conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
         if let Err(why) = self.write() {
@@ -543,7 +600,7 @@ impl Connection {
                     conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
                     self.write()
                 }
-                Event::Tick => self.check_timeout(timeout),
+                Event::Tick => self.check_timeout(timing.command_timeout()),
             };
             if let Err(why) = result {
                 return why;

@@ -115,3 +115,71 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+/// Polls the events file until it holds `n` events named `kind`.
+fn wait_for_events(path: &std::path::Path, kind: &str, n: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let events: Vec<serde_json::Value> = events_in(path)
+            .into_iter()
+            .filter(|e| e["event"] == kind)
+            .collect();
+        if events.len() >= n {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "no {kind} event");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config_file() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, events) = (dir.path().join("kw.toml"), dir.path().join("events.jsonl"));
+    let write = |keyspaces: &str| {
+        let text = format!(
+            "[upstream]\naddress = \"{}\"\n[events]\nfile = \"{}\"\n{keyspaces}",
+            redis.addr(),
+            events.display()
+        );
+        std::fs::write(&config, text).unwrap();
+    };
+    write("");
+    let port = free_port();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proxy = Running(child);
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "keywarden did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut client = Client::connect(("127.0.0.1", port)).await;
+    let mut direct = Client::connect(redis.addr()).await;
+    assert_eq!(client.cmd(&["SET", "tmp:a", "1"]).await, simple("OK"));
+    assert_eq!(direct.cmd(&["EXISTS", "tmp:a"]).await, int(1));
+
+    // A `local_only` keyspace for tmp: keys, by SIGHUP; the same connection follows it.
+    write("[[keyspace]]\nname = \"scratch\"\npatterns = [\"tmp:\"]\nmode = \"local_only\"\n");
+    unsafe { libc::kill(proxy.0.id() as i32, libc::SIGHUP) };
+    let reloaded = wait_for_events(&events, "CONFIG_RELOADED", 1);
+    assert_eq!(reloaded[0]["trigger"], "SIGHUP");
+    // `--listen` still overrides the file's (default) listen: nothing to restart.
+    assert_eq!(reloaded[0]["restart_required"], serde_json::json!([]));
+    assert_eq!(client.cmd(&["SET", "tmp:b", "1"]).await, simple("OK"));
+    assert_eq!(direct.cmd(&["EXISTS", "tmp:b"]).await, int(0));
+
+    // A broken file: the event says why, the process runs on with what it had.
+    std::fs::write(&config, "[upstream\n").unwrap();
+    unsafe { libc::kill(proxy.0.id() as i32, libc::SIGHUP) };
+    let failed = wait_for_events(&events, "CONFIG_RELOAD_FAILED", 1);
+    assert_eq!(failed[0]["generation"], 2);
+    assert_eq!(client.cmd(&["GET", "tmp:b"]).await, bulk("1"));
+}

@@ -26,14 +26,6 @@ fn with_keyspaces(redis: &RedisServer, events: &Path) -> Settings {
     s
 }
 
-fn events_in(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("each event is one JSON object per line"))
-        .collect()
-}
-
 fn kinds(path: &Path) -> Vec<String> {
     events_in(path)
         .iter()

@@ -36,11 +36,7 @@ fn event_file() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn events(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    events_in(path)
 }
 
 async fn wait_for_events(path: &Path, n: usize) {

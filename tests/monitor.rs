@@ -12,7 +12,7 @@ use std::time::Duration;
 use keywarden::events::{AffectedKeyspaces, Events};
 use keywarden::health::{Cause, Outcome, State};
 use keywarden::monitor::{
-    HealthSnapshot, Monitor, MonitorHandle, MonitorSettings, PingProbe, Probe,
+    HealthSnapshot, Monitor, MonitorHandle, MonitorSettings, PingProbe, Probe, ProbeTimeouts,
 };
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,11 +55,7 @@ impl Watched {
     }
 
     fn events(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.events_path)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-            .collect()
+        events_in(&self.events_path)
     }
 
     fn event_names(&self) -> Vec<String> {
@@ -256,10 +252,13 @@ fn probe(address: String) -> PingProbe {
     PingProbe {
         address,
         login: None,
-        connect_timeout: Duration::from_millis(300),
-        probe_timeout: Duration::from_millis(200),
     }
 }
+
+const TIMEOUTS: ProbeTimeouts = ProbeTimeouts {
+    connect: Duration::from_millis(300),
+    reply: Duration::from_millis(200),
+};
 
 /// Reads the probe's PING, then answers `reply`.
 async fn answer(mut stream: tokio::net::TcpStream, reply: &'static [u8]) {
@@ -274,11 +273,11 @@ async fn answer(mut stream: tokio::net::TcpStream, reply: &'static [u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_outcomes() {
     let redis = RedisServer::start();
-    assert_eq!(probe(redis.addr()).probe().await, Outcome::Success);
+    assert_eq!(probe(redis.addr()).probe(TIMEOUTS).await, Outcome::Success);
 
     let nobody = format!("127.0.0.1:{}", free_port());
     assert_eq!(
-        probe(nobody).probe().await,
+        probe(nobody).probe(TIMEOUTS).await,
         Outcome::Failure(Cause::Refused)
     );
 
@@ -291,23 +290,29 @@ async fn probe_outcomes() {
         }
     })
     .await;
-    assert_eq!(probe(pong_in_pieces).probe().await, Outcome::Success);
+    assert_eq!(
+        probe(pong_in_pieces).probe(TIMEOUTS).await,
+        Outcome::Success
+    );
 
     let loading =
         fake_upstream(|s| answer(s, b"-LOADING Redis is loading the dataset in memory\r\n")).await;
     assert_eq!(
-        probe(loading).probe().await,
+        probe(loading).probe(TIMEOUTS).await,
         Outcome::Failure(Cause::ProbeFailed)
     );
 
     let not_redis = fake_upstream(|s| answer(s, b"HTTP/1.1 400 Bad Request\r\n\r\n")).await;
     assert_eq!(
-        probe(not_redis).probe().await,
+        probe(not_redis).probe(TIMEOUTS).await,
         Outcome::Failure(Cause::ProbeFailed)
     );
 
     let closes = fake_upstream(|s| async move { drop(s) }).await;
-    assert_eq!(probe(closes).probe().await, Outcome::Failure(Cause::Closed));
+    assert_eq!(
+        probe(closes).probe(TIMEOUTS).await,
+        Outcome::Failure(Cause::Closed)
+    );
 
     let silent = fake_upstream(|s| async move {
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -316,7 +321,7 @@ async fn probe_outcomes() {
     .await;
     let t = Instant::now();
     assert_eq!(
-        probe(silent).probe().await,
+        probe(silent).probe(TIMEOUTS).await,
         Outcome::Failure(Cause::Timeout)
     );
     let took = t.elapsed();
@@ -327,9 +332,9 @@ async fn probe_outcomes() {
 
     redis.hang();
     assert_eq!(
-        probe(redis.addr()).probe().await,
+        probe(redis.addr()).probe(TIMEOUTS).await,
         Outcome::Failure(Cause::Timeout)
     );
     redis.resume();
-    assert_eq!(probe(redis.addr()).probe().await, Outcome::Success);
+    assert_eq!(probe(redis.addr()).probe(TIMEOUTS).await, Outcome::Success);
 }

@@ -215,11 +215,7 @@ async fn exec_fails_when_the_upstream_is_lost_and_degraded_transactions_run_loca
     // The local transaction counts as two degraded replies and two discarded writes.
     redis.restart();
     let recovered = loop {
-        let events: Vec<serde_json::Value> = std::fs::read_to_string(&ev)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let events = events_in(&ev);
         if let Some(r) = events.iter().find(|e| e["event"] == "BACKEND_RECOVERED") {
             break r.clone();
         }

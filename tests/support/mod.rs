@@ -488,3 +488,15 @@ pub fn scratch_keyspace(default_mode: Mode) -> Keyspaces {
 pub fn show_bytes(bytes: &[u8]) -> String {
     bytes.escape_ascii().to_string()
 }
+
+/// The events in a JSONL events file, in order. Only complete lines count: the proxy appends
+/// each event with one write, but a reader racing a write that crosses a page boundary can see
+/// its first part alone.
+pub fn events_in(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each event is one JSON object per line"))
+        .collect()
+}

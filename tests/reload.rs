@@ -1,0 +1,519 @@
+//! Hot reload through `KEYWARDEN RELOAD` (SIGHUP is tested on the binary, in binary.rs): the
+//! file is read again, a valid one applies to open connections without dropping them, an
+//! invalid one changes nothing, and each reload is an event.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keywarden::config::{Overrides, Settings};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use support::*;
+
+/// A config file in a temporary directory, with an events file beside it.
+struct ConfigFile {
+    dir: tempfile::TempDir,
+    upstream: String,
+}
+
+impl ConfigFile {
+    fn new(redis: &RedisServer) -> ConfigFile {
+        ConfigFile {
+            dir: tempfile::tempdir().unwrap(),
+            upstream: redis.addr(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("keywarden.toml")
+    }
+
+    fn events_path(&self) -> PathBuf {
+        self.dir.path().join("events.jsonl")
+    }
+
+    /// Writes the file: `body` (top-level keys first, then tables), then the test upstream
+    /// and events file.
+    fn write(&self, body: &str) {
+        self.write_with(body, "500ms");
+    }
+
+    fn write_with(&self, body: &str, command_timeout: &str) {
+        let text = format!(
+            r#"
+listen = "127.0.0.1:0"
+shutdown_timeout = "2s"
+{body}
+[upstream]
+address = "{upstream}"
+connect_timeout = "300ms"
+command_timeout = "{command_timeout}"
+[events]
+file = "{events}"
+"#,
+            upstream = self.upstream,
+            events = self.events_path().display(),
+        );
+        std::fs::write(self.path(), text).unwrap();
+    }
+
+    fn settings(&self) -> Settings {
+        Settings::load(&self.path(), &Overrides::default()).expect("valid test config")
+    }
+
+    /// The events of `kind` in the events file, in order.
+    fn events(&self, kind: &str) -> Vec<Value> {
+        events_in(&self.events_path())
+            .into_iter()
+            .filter(|e| e["event"] == kind)
+            .collect()
+    }
+}
+
+fn sha256_hex(password: &str) -> String {
+    Sha256::digest(password.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn user(name: &str, password: &str, categories: &str) -> String {
+    format!(
+        "[[user]]\nname = \"{name}\"\npassword_sha256 = \"{}\"\ncategories = [{categories}]\n",
+        sha256_hex(password)
+    )
+}
+
+const SCRATCH: &str = r#"
+[[keyspace]]
+name = "scratch"
+patterns = ["tmp:"]
+mode = "local_only"
+"#;
+
+const SESSIONS: &str = r#"
+[[keyspace]]
+name = "sessions"
+patterns = ["sess:"]
+mode = "local_only"
+"#;
+
+async fn reload(client: &mut RawClient) -> Vec<u8> {
+    client.cmd(&["KEYWARDEN", "RELOAD"]).await
+}
+
+/// The value of `field` in INFO keywarden.
+async fn info_field(client: &mut RawClient, field: &str) -> String {
+    let reply = client.cmd(&["INFO", "keywarden"]).await;
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("{field} missing in {text}"))
+        .trim()
+        .to_owned()
+}
+
+/// Whether `key` is held by the upstream itself (asked directly, not through the proxy).
+async fn upstream_has(redis: &RedisServer, key: &str) -> bool {
+    let mut direct = RawClient::connect(redis.addr()).await;
+    direct.cmd(&["EXISTS", key]).await == b":1\r\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_while_clients_pipeline_drops_nothing_and_applies_at_once() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write(SCRATCH);
+    let proxy = Proxy::start(config.settings()).await;
+
+    // Clients pipelining against keys whose routing no reload below changes: upstream keys
+    // (default keyspace, fail_closed) and local scratch keys. Every reply is checked.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for c in 0..6 {
+        let (stop, rounds, addr) = (stop.clone(), rounds.clone(), proxy.addr);
+        workers.push(tokio::spawn(async move {
+            let mut client = RawClient::connect(addr).await;
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (up, local, v) = (format!("up:{c}"), format!("tmp:{c}"), n.to_string());
+                let replies = client
+                    .run(&[
+                        &["SET", &up, &v],
+                        &["SET", &local, &v],
+                        &["GET", &up],
+                        &["GET", &local],
+                        &["INCR", &format!("tmp:n:{c}")],
+                        &["PING"],
+                    ])
+                    .await;
+                let bulk = format!("${}\r\n{v}\r\n", v.len()).into_bytes();
+                let count = format!(":{}\r\n", n + 1).into_bytes();
+                let want: [&[u8]; 6] = [b"+OK\r\n", b"+OK\r\n", &bulk, &bulk, &count, b"+PONG\r\n"];
+                for (got, want) in replies.iter().zip(want) {
+                    assert_eq!(show_bytes(got), show_bytes(want), "client {c}, round {n}");
+                }
+                n += 1;
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+            // Still the same connection, still answering.
+            assert_eq!(client.cmd(&["PING"]).await, b"+PONG\r\n");
+            n
+        }));
+    }
+
+    let mut admin = RawClient::connect(proxy.addr).await;
+    let wait_rounds = |at_least: u64| {
+        let rounds = rounds.clone();
+        async move {
+            let deadline = Instant::now() + WAIT;
+            while rounds.load(Ordering::Relaxed) < at_least {
+                assert!(Instant::now() < deadline, "clients stopped making progress");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    for i in 0..10u64 {
+        wait_rounds(rounds.load(Ordering::Relaxed) + 20).await;
+        // Alternate: with and without the `sessions` keyspace.
+        let body = if i % 2 == 0 {
+            format!("{SCRATCH}{SESSIONS}")
+        } else {
+            SCRATCH.to_owned()
+        };
+        config.write(&body);
+        assert_eq!(reload(&mut admin).await, b"+OK\r\n", "reload {i}");
+    }
+    wait_rounds(rounds.load(Ordering::Relaxed) + 20).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let n = w
+            .await
+            .expect("a client saw a wrong reply or lost its connection");
+        assert!(n > 0);
+    }
+
+    // The last file (i = 9) has no `sessions` keyspace: sess: keys go upstream again.
+    let mut client = RawClient::connect(proxy.addr).await;
+    assert_eq!(client.cmd(&["SET", "sess:a", "1"]).await, b"+OK\r\n");
+    assert!(upstream_has(&redis, "sess:a").await);
+    // And with it, they stay in the proxy.
+    config.write(&format!("{SCRATCH}{SESSIONS}"));
+    assert_eq!(reload(&mut admin).await, b"+OK\r\n");
+    assert_eq!(client.cmd(&["SET", "sess:b", "1"]).await, b"+OK\r\n");
+    assert!(!upstream_has(&redis, "sess:b").await);
+    assert_eq!(client.cmd(&["GET", "sess:b"]).await, b"$1\r\n1\r\n");
+
+    let reloaded = config.events("CONFIG_RELOADED");
+    assert_eq!(reloaded.len(), 11);
+    let last = &reloaded[10];
+    assert_eq!(last["generation"], 12);
+    assert_eq!(last["trigger"], "KEYWARDEN RELOAD");
+    assert_eq!(last["applied"], serde_json::json!(["keyspaces"]));
+    assert_eq!(last["restart_required"], serde_json::json!([]));
+    assert_eq!(
+        last["keyspaces"]["local_only"],
+        serde_json::json!(["scratch", "sessions"])
+    );
+    assert_eq!(last["source"], config.path().display().to_string().as_str());
+    assert_eq!(info_field(&mut admin, "config_generation").await, "12");
+    assert_eq!(info_field(&mut admin, "config_reloads").await, "11");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_file_changes_nothing() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write(SCRATCH);
+    let proxy = Proxy::start(config.settings()).await;
+    let mut client = RawClient::connect(proxy.addr).await;
+
+    // Two problems: a mode that does not exist, and a timeout without a unit.
+    config.write(
+        r#"
+        [[keyspace]]
+        name = "scratch"
+        patterns = ["tmp:"]
+        mode = "sometimes"
+        [health]
+        probe_timeout = "5"
+        "#,
+    );
+    let reply = String::from_utf8(reload(&mut client).await).unwrap();
+    assert!(
+        reply.starts_with("-ERR reload failed, the configuration in force is unchanged: ")
+            && reply.contains("(and 1 more, see the log)"),
+        "{reply}"
+    );
+    let failed = config.events("CONFIG_RELOAD_FAILED");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["generation"], 1);
+    let errors: Vec<String> = failed[0]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors[0].starts_with("health.probe_timeout")
+            || errors[1].starts_with("health.probe_timeout")
+    );
+    assert!(
+        errors.iter().any(|e| e.starts_with("keyspace[0].mode")),
+        "{errors:?}"
+    );
+
+    // The old rules hold: tmp: keys stay local.
+    assert_eq!(client.cmd(&["SET", "tmp:a", "1"]).await, b"+OK\r\n");
+    assert!(!upstream_has(&redis, "tmp:a").await);
+    assert_eq!(info_field(&mut client, "config_generation").await, "1");
+    assert_eq!(info_field(&mut client, "config_last_reload_ok").await, "0");
+
+    // Not TOML at all, then a missing file: the same.
+    config.write("[[keyspace]\n");
+    assert!(reload(&mut client).await.starts_with(b"-ERR reload failed"));
+    std::fs::remove_file(config.path()).unwrap();
+    let reply = String::from_utf8(reload(&mut client).await).unwrap();
+    assert!(reply.contains("cannot read"), "{reply}");
+    assert_eq!(config.events("CONFIG_RELOAD_FAILED").len(), 3);
+    assert_eq!(client.cmd(&["GET", "tmp:a"]).await, b"$1\r\n1\r\n");
+
+    // Fixed: applies, and the last reload is good again.
+    config.write("");
+    assert_eq!(reload(&mut client).await, b"+OK\r\n");
+    assert_eq!(info_field(&mut client, "config_generation").await, "2");
+    assert_eq!(info_field(&mut client, "config_last_reload_ok").await, "1");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_follow_a_reload() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    let admin_user = user("ops", "ops-pw", "\"all\"");
+    config.write(&format!(
+        "{admin_user}{}{}",
+        user("alice", "alice-pw", "\"all\""),
+        user("bob", "bob-pw", "\"all\"")
+    ));
+    let proxy = Proxy::start(config.settings()).await;
+    let login = |name: &'static str, password: &'static str| async move {
+        let mut c = RawClient::connect(proxy.addr).await;
+        assert_eq!(c.cmd(&["AUTH", name, password]).await, b"+OK\r\n");
+        c
+    };
+    let mut ops = login("ops", "ops-pw").await;
+    let mut alice = login("alice", "alice-pw").await;
+    let mut bob = login("bob", "bob-pw").await;
+    let mut anonymous = RawClient::connect(proxy.addr).await;
+    assert!(anonymous.cmd(&["GET", "k"]).await.starts_with(b"-NOAUTH"));
+
+    // alice may now only read; bob is gone; carol is new.
+    config.write(&format!(
+        "{admin_user}{}{}",
+        user("alice", "alice-pw", "\"read\", \"connection\""),
+        user("carol", "carol-pw", "\"all\"")
+    ));
+    assert_eq!(reload(&mut ops).await, b"+OK\r\n");
+
+    // bob's connection is closed without his sending anything.
+    assert_eq!(bob.bytes_until_closed().await, b"");
+    // alice keeps hers, with her new permissions.
+    assert_eq!(alice.cmd(&["GET", "k"]).await, b"$-1\r\n");
+    let denied = alice.cmd(&["SET", "k", "v"]).await;
+    assert!(denied.starts_with(b"-NOPERM"), "{}", show_bytes(&denied));
+    // Not logged in before, not logged in now.
+    assert!(anonymous.cmd(&["GET", "k"]).await.starts_with(b"-NOAUTH"));
+    let mut carol = login("carol", "carol-pw").await;
+    assert_eq!(carol.cmd(&["SET", "k", "v"]).await, b"+OK\r\n");
+    assert!(RawClient::connect(proxy.addr)
+        .await
+        .cmd(&["AUTH", "bob", "bob-pw"])
+        .await
+        .starts_with(b"-WRONGPASS"));
+
+    // A new password for alice: her connection was opened with the old one, so it closes.
+    config.write(&format!(
+        "{admin_user}{}{}",
+        user("alice", "alice-pw-2", "\"read\", \"connection\""),
+        user("carol", "carol-pw", "\"all\"")
+    ));
+    assert_eq!(reload(&mut ops).await, b"+OK\r\n");
+    assert_eq!(alice.bytes_until_closed().await, b"");
+    assert_eq!(carol.cmd(&["GET", "k"]).await, b"$1\r\nv\r\n");
+
+    // Turning authentication off: everyone is `default`, connected clients included, and
+    // clients of users that no longer exist are closed (ops's own after this reply).
+    config.write("");
+    assert_eq!(reload(&mut ops).await, b"+OK\r\n");
+    assert_eq!(ops.bytes_until_closed().await, b"");
+    assert_eq!(carol.bytes_until_closed().await, b"");
+    assert_eq!(anonymous.cmd(&["GET", "k"]).await, b"$1\r\nv\r\n");
+    let mut open = RawClient::connect(proxy.addr).await;
+    assert_eq!(open.cmd(&["PING"]).await, b"+PONG\r\n");
+
+    // And on again: clients that never logged in were `default` without a password; now
+    // `default` has one, so they are closed.
+    config.write(&format!(
+        "requirepass_sha256 = \"{}\"\n",
+        sha256_hex("secret")
+    ));
+    assert_eq!(reload(&mut anonymous).await, b"+OK\r\n");
+    assert_eq!(anonymous.bytes_until_closed().await, b"");
+    assert_eq!(open.bytes_until_closed().await, b"");
+    let mut fresh = RawClient::connect(proxy.addr).await;
+    assert!(fresh.cmd(&["GET", "k"]).await.starts_with(b"-NOAUTH"));
+    assert_eq!(fresh.cmd(&["AUTH", "secret"]).await, b"+OK\r\n");
+    assert_eq!(fresh.cmd(&["GET", "k"]).await, b"$1\r\nv\r\n");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_timeouts_apply_to_open_connections() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write("");
+    let proxy = Proxy::start(config.settings()).await;
+    let mut admin = RawClient::connect(proxy.addr).await;
+    let mut idle = RawClient::connect(proxy.addr).await;
+    assert_eq!(idle.cmd(&["PING"]).await, b"+PONG\r\n");
+
+    // An idle timeout, which the connected idle clients get too; and a max_clients of 3.
+    config.write("client_idle_timeout = \"1s\"\nmax_clients = 3\n");
+    assert_eq!(reload(&mut admin).await, b"+OK\r\n");
+    let t = Instant::now();
+    assert_eq!(idle.bytes_until_closed().await, b"");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(700) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    assert_eq!(admin.bytes_until_closed().await, b"");
+    // Three clients fit, a fourth does not.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = RawClient::connect(proxy.addr).await;
+        assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+        clients.push(c);
+    }
+    let mut fourth = RawClient::connect(proxy.addr).await;
+    assert_eq!(
+        fourth.bytes_until_closed().await,
+        b"-ERR max number of clients reached\r\n"
+    );
+
+    // A longer command timeout, seen on a hung upstream: the request waits for it.
+    config.write_with("", "1500ms");
+    assert_eq!(reload(&mut clients[0]).await, b"+OK\r\n");
+    let client = &mut clients[1];
+    assert_eq!(client.cmd(&["SET", "k", "1"]).await, b"+OK\r\n");
+    redis.hang();
+    let t = Instant::now();
+    let reply = client.cmd(&["GET", "k"]).await;
+    let waited = t.elapsed();
+    redis.resume();
+    assert!(reply.starts_with(b"-"), "{}", show_bytes(&reply));
+    assert!(
+        waited >= Duration::from_millis(1300) && waited < Duration::from_secs(4),
+        "timed out after {waited:?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyspace_that_changes_mode_leaves_no_local_keys_behind() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write(&format!("{SCRATCH}{SESSIONS}"));
+    let proxy = Proxy::start(config.settings()).await;
+    let mut client = RawClient::connect(proxy.addr).await;
+    for key in ["tmp:a", "tmp:b", "sess:a"] {
+        assert_eq!(client.cmd(&["SET", key, "local"]).await, b"+OK\r\n");
+    }
+    // tmp: becomes degraded (served by the upstream while it is up); sess: is unchanged.
+    config.write(&format!(
+        "{SESSIONS}\n[[keyspace]]\nname = \"scratch\"\npatterns = [\"tmp:\"]\nmode = \"degraded\"\n"
+    ));
+    assert_eq!(reload(&mut client).await, b"+OK\r\n");
+    let event = config.events("CONFIG_RELOADED").pop().unwrap();
+    assert_eq!(event["discarded_local_keys"], 2);
+    assert_eq!(
+        event["keyspaces"]["degraded"],
+        serde_json::json!(["scratch"])
+    );
+    assert_eq!(client.cmd(&["GET", "tmp:a"]).await, b"$-1\r\n");
+    assert_eq!(client.cmd(&["GET", "sess:a"]).await, b"$5\r\nlocal\r\n");
+
+    // During an outage the old local scratch values must not come back as degraded replies.
+    let mut redis = redis;
+    redis.kill();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let reply = client.cmd(&["GET", "tmp:a"]).await;
+        if reply == b"$-1\r\n" && info_field(&mut client, "upstream_state").await != "healthy" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", show_bytes(&reply));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A smaller local store budget evicts at once (least recently used first).
+    let big = "x".repeat(2000);
+    assert_eq!(client.cmd(&["SET", "sess:big", &big]).await, b"+OK\r\n");
+    assert_eq!(info_field(&mut client, "local_store_keys").await, "2");
+    config.write(&format!(
+        "{SESSIONS}\n[local_store]\nmax_bytes = \"1KiB\"\n"
+    ));
+    assert_eq!(reload(&mut client).await, b"+OK\r\n");
+    assert_eq!(
+        info_field(&mut client, "local_store_max_bytes").await,
+        "1024"
+    );
+    assert_eq!(info_field(&mut client, "local_store_keys").await, "0");
+    assert_eq!(info_field(&mut client, "local_store_evictions").await, "2");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_fixed_at_startup_are_kept_and_named() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write(SCRATCH);
+    let proxy = Proxy::start(config.settings()).await;
+    let mut client = RawClient::connect(proxy.addr).await;
+    config.write(&format!("max_clients = 77\n{SCRATCH}"));
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    let moved = text
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"")
+        .replace(&redis.addr(), "127.0.0.1:2");
+    std::fs::write(config.path(), moved).unwrap();
+    assert_eq!(reload(&mut client).await, b"+OK\r\n");
+    let event = config.events("CONFIG_RELOADED").pop().unwrap();
+    assert_eq!(
+        event["restart_required"],
+        serde_json::json!(["listen", "upstream.address"])
+    );
+    assert_eq!(event["applied"], serde_json::json!(["max_clients"]));
+    // Still on the same upstream.
+    assert_eq!(client.cmd(&["SET", "k", "1"]).await, b"+OK\r\n");
+    assert!(upstream_has(&redis, "k").await);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_file_there_is_nothing_to_reload() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut client = RawClient::connect(proxy.addr).await;
+    let reply = String::from_utf8(reload(&mut client).await).unwrap();
+    assert!(reply.contains("started without a config file"), "{reply}");
+    assert_eq!(client.cmd(&["PING"]).await, b"+PONG\r\n");
+    proxy.shutdown().await;
+}
