@@ -296,6 +296,43 @@ async fn metrics_and_status_follow_an_outage_exactly() {
     );
     assert_eq!(value(&m, "keywarden_fail_closed_refusals_total"), 3.0);
     assert_eq!(value(&m, "keywarden_local_store_used_bytes"), three);
+
+    // A key that expires is counted once, by active expiry (nobody reads it).
+    let ttl = c.cmd(&["SET", "tmp:ttl", "v", "PX", "50"]).await;
+    assert_eq!(ttl, simple("OK"));
+    let m = scrape_until(admin, "the key expired", |m| {
+        value(m, "keywarden_local_store_expirations_total") == 1.0
+    })
+    .await;
+    assert_eq!(value(&m, "keywarden_local_store_keys"), 3.0);
+
+    // Past the budget: every key written either stays or was evicted.
+    let big = "v".repeat(1000);
+    let written = 1500;
+    for i in 0..written {
+        let key = format!("tmp:fill:{i:04}");
+        assert_eq!(c.cmd(&["SET", &key, &big]).await, simple("OK"));
+    }
+    let m = metrics(admin).await;
+    let (keys, evicted) = (
+        value(&m, "keywarden_local_store_keys"),
+        value(&m, "keywarden_local_store_evictions_total"),
+    );
+    assert!(evicted > 0.0, "{m}");
+    assert_eq!(keys + evicted, 3.0 + written as f64);
+    assert!(value(&m, "keywarden_local_store_used_bytes") <= 1048576.0);
+    // The three oldest keys went first (exact LRU).
+    assert_eq!(c.cmd(&["EXISTS", "tmp:a", "tmp:b", "tmp:c"]).await, int(0));
+
+    // A reload of settings that came from no file is rejected, and shows.
+    let reply = c.cmd(&["KEYWARDEN", "RELOAD"]).await;
+    assert!(is_error(&reply, "ERR reload failed"), "{reply:?}");
+    let m = metrics(admin).await;
+    let reloads = |r: &str| format!(r#"keywarden_config_reloads_total{{result="{r}"}}"#);
+    assert_eq!(value(&m, &reloads("failed")), 1.0);
+    assert_eq!(value(&m, &reloads("applied")), 0.0);
+    assert_eq!(value(&m, "keywarden_config_last_reload_successful"), 0.0);
+    assert_eq!(status(admin).await["config"]["reloads_failed"], 1);
     drop(c);
     proxy.shutdown().await;
 }
