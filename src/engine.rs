@@ -176,13 +176,23 @@ pub fn execute_all(
     if reqs.is_empty() {
         return;
     }
+    execute_all_in(&mut store.lock(now_ms), db, resp3, reqs, out);
+}
+
+/// [`execute_all`] on a store the caller has locked.
+pub(crate) fn execute_all_in(
+    txn: &mut Txn<'_>,
+    db: u32,
+    resp3: bool,
+    reqs: &[Request],
+    out: &mut BytesMut,
+) {
     let mut reply = Reply::continuing(std::mem::take(out), resp3);
-    let mut txn = store.lock(now_ms);
     for (i, req) in reqs.iter().enumerate() {
         if i > 0 {
             reply.begin();
         }
-        run_one(&mut txn, db, req, &mut reply);
+        run_one(txn, db, req, &mut reply);
     }
     *out = reply.into_buf();
 }
@@ -190,17 +200,15 @@ pub fn execute_all(
 /// EXEC of a transaction served locally: under one lock, checks the client's WATCH, then runs
 /// `reqs` (SELECT among them switches the database, as in Redis) and appends the EXEC reply:
 /// an array of their replies, or the null reply when a watched key changed. Releases the
-/// watch, as EXEC does. Returns the database selected at the end.
-pub fn exec_transaction(
-    store: &Store,
+/// watch, as EXEC does. Returns the database selected at the end. The caller locks the store.
+pub(crate) fn exec_transaction(
+    mut txn: Txn<'_>,
     db: u32,
     resp3: bool,
     reqs: &[Request],
     watch: Option<&mut Watch>,
-    now_ms: u64,
     out: &mut BytesMut,
 ) -> u32 {
-    let mut txn = store.lock(now_ms);
     if let Some(watch) = watch {
         let dirty = txn.watch_dirty(watch);
         txn.unwatch(watch);

@@ -189,6 +189,8 @@ struct Shared {
     reports: mpsc::UnboundedSender<Report>,
     /// The probe's pace and timeouts, read before each probe.
     tuning: Mutex<Tuning>,
+    /// Wakes the probe task when a reload changed them, so a shorter interval applies now.
+    retuned: tokio::sync::Notify,
     state: watch::Receiver<HealthSnapshot>,
     counters: Counters,
 }
@@ -253,6 +255,7 @@ impl Monitor {
                 address: settings.address.clone(),
                 reports,
                 tuning: Mutex::new(tuning),
+                retuned: tokio::sync::Notify::new(),
                 state,
                 counters: Counters::default(),
             }),
@@ -306,6 +309,7 @@ impl MonitorHandle {
     /// probe and report on (the address and login stay), and later events name `keyspaces`.
     pub fn reconfigure(&self, settings: &MonitorSettings, keyspaces: AffectedKeyspaces) {
         *self.shared.tuning.lock().unwrap_or_else(|e| e.into_inner()) = Tuning::of(settings);
+        self.shared.retuned.notify_one();
         let retune = Retune {
             thresholds: Thresholds::of(settings),
             keyspaces,
@@ -482,6 +486,8 @@ async fn probe_loop<P: Probe>(probe: P, handle: MonitorHandle, mut last: Instant
                         return; // the monitor task is gone
                     }
                 }
+                // A reload: the interval is read again.
+                _ = handle.shared.retuned.notified() => {}
             }
         }
         last = Instant::now();

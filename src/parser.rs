@@ -161,6 +161,19 @@ impl RequestParser {
         self.auth_required = required;
     }
 
+    /// New limits (a reload), for every byte not yet read.
+    pub fn set_limits(&mut self, limits: ParserLimits) {
+        self.limits = limits;
+    }
+
+    /// Forgets the command in progress, so that the buffer is read again from its start (the
+    /// caller put commands back in front of it).
+    pub fn restart(&mut self) {
+        let (limits, auth_required) = (self.limits, self.auth_required);
+        *self = RequestParser::new(limits);
+        self.auth_required = auth_required;
+    }
+
     /// Takes the next complete command off the front of `buf`.
     ///
     /// - `Ok(Some(req))`: the command's bytes were split off `buf` (zero-copy).

@@ -6,6 +6,18 @@
 //! so a request is never routed by one configuration and counted or refused by another, and
 //! no connection is dropped for it.
 //!
+//! Requests that a reload catches inside keywarden are judged again by the new policy:
+//! - a local batch: the store knows the generation in force ([`Store::lock_judged`]) and
+//!   refuses a batch routed by an older one, which the session then puts back in front of its
+//!   input and reads again (the reload installs its policy and discards keys under the same
+//!   store lock, so nothing routed by the old policy writes after the discard);
+//! - a request waiting for earlier replies before it goes to the client's own connection;
+//! - a transaction's queued commands, at EXEC.
+//!
+//! A request already sent upstream finishes as it was sent.
+//!
+//! [`Store::lock_judged`]: crate::store::Store::lock_judged
+//!
 //! A reload reads the same file again, with the same command-line flags, and goes through the
 //! same checks as at startup. An invalid file changes nothing: the errors go to the log and a
 //! `CONFIG_RELOAD_FAILED` event. A valid one is installed whole and a `CONFIG_RELOADED` event
@@ -17,12 +29,13 @@
 //!   be served as a degraded cache entry, nor linger under a `fail_closed` keyspace).
 //! - **users and `requirepass_sha256`**: a client keeps its connection and user when a user of
 //!   the same name with the same password exists, and gets that user's new permissions at
-//!   once. A client whose user is gone or whose password changed is closed, as Redis closes
-//!   the clients of a deleted user, so credentials withdrawn by a reload stop working at once
-//!   (a client that never logged in while no password was required counts as `default`
-//!   without a password).
+//!   once. A client whose user is gone or whose password changed is closed at once, blocked
+//!   or subscribed, as Redis closes the clients of a deleted user, so credentials withdrawn by
+//!   a reload stop working at once (a client that never logged in while no password was
+//!   required counts as `default` without a password).
 //! - **limits**, `max_clients`, `client_idle_timeout` (existing clients too), `tcp_keepalive`
-//!   and `shutdown_timeout`: at once, for what they govern next.
+//!   and `shutdown_timeout`: at once, for what they govern next (`max_reply_depth` and
+//!   keepalive for upstream connections made afterwards).
 //! - **upstream timeouts** (connect, command, reconnect backoff): on every connection, from
 //!   its next connect or timeout check.
 //! - **health** (probe interval and timeout, thresholds): from the next probe.
@@ -236,15 +249,19 @@ pub fn reload(server: &Server, trigger: Trigger) -> Result<Applied, Rejected> {
     let per_keyspace =
         PerKeyspace::carried(new_keyspaces, Some((old_keyspaces, &current.per_keyspace)));
     let affected = AffectedKeyspaces::of(new_keyspaces);
-    server.upstream.retune(&settings.upstream);
+    (server.upstream).retune(&settings.upstream, &settings.limits, settings.tcp_keepalive);
     server
         .monitor
         .reconfigure(&MonitorSettings::from_settings(&settings), affected.clone());
     let generation = current.generation + 1;
     let max_bytes = settings.local_store.max_bytes;
-    // A key stays only while its keyspace keeps its mode. Both lists are owned here, since
-    // the new one moves into the policy while the store is locked.
+    // A key stays only while its keyspace keeps its mode (no need to look when the keyspaces
+    // did not change). Both lists are owned here: the new one moves into the policy while the
+    // store is locked.
     let (before, after) = (old_keyspaces.clone(), new_keyspaces.clone());
+    let discard = (before != after).then_some(move |_: u32, key: &[u8]| {
+        before.mode(before.classify(key)) != after.mode(after.classify(key))
+    });
     let mut policy = Some(Policy {
         generation,
         settings,
@@ -252,8 +269,9 @@ pub fn reload(server: &Server, trigger: Trigger) -> Result<Applied, Rejected> {
     });
     let discarded_local_keys = server.store.reconfigure(
         max_bytes,
+        generation,
         || server.live.install(policy.take().expect("installed once")),
-        |_, key| before.mode(before.classify(key)) != after.mode(after.classify(key)),
+        discard,
     );
     if discarded_local_keys > 0 {
         tracing::info!(

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::admin::{self, Admin};
-use crate::auth::{CommandAccess, Denial};
+use crate::auth::{CommandAccess, Denial, UserId};
 use crate::client_state::ClientState;
 use crate::clients::{Clients, Phase};
 use crate::command;
@@ -124,26 +124,29 @@ impl<'a> Ctx<'a> {
     /// returns their replies. A request served locally while the upstream is unavailable is a
     /// degraded reply, unless it is `local_only` (the router never mixes the two), and a write
     /// it makes will be discarded on recovery.
+    ///
+    /// `None` when a reload installed another policy since this one routed them: nothing ran,
+    /// and the requests must be judged again (see [`Store::lock_judged`]).
     pub fn serve_locally(
         &self,
         reqs: &[Request],
         db: u32,
         resp3: bool,
         upstream_available: bool,
-    ) -> Bytes {
+    ) -> Option<Bytes> {
         let mut out = BytesMut::with_capacity(64 * reqs.len());
+        let mut txn = self.store.lock_judged(unix_ms(), self.policy.generation)?;
         if upstream_available || !self.settings.keyspaces.any_in(Mode::Degraded) {
-            engine::execute_all(&self.store, db, resp3, reqs, unix_ms(), &mut out);
-            return out.freeze();
+            engine::execute_all_in(&mut txn, db, resp3, reqs, &mut out);
+            return Some(out.freeze());
         }
         // Degraded replies are counted one by one, so run them one by one.
         for req in reqs {
             let start = out.len();
-            let one = std::slice::from_ref(req);
-            engine::execute_all(&self.store, db, resp3, one, unix_ms(), &mut out);
+            engine::execute_all_in(&mut txn, db, resp3, std::slice::from_ref(req), &mut out);
             self.count_degraded(req, out[start] != b'-');
         }
-        out.freeze()
+        Some(out.freeze())
     }
 
     /// Counts `req`, served locally while the upstream is unavailable, as a degraded reply if
@@ -178,6 +181,15 @@ impl<'a> Ctx<'a> {
         if !users.required() {
             return Ok(());
         }
+        self.permit_as(req, ClientState::user_of(state, users))
+    }
+
+    /// [`Ctx::permit`] for a client acting as `who`.
+    pub fn permit_as(&self, req: &Request, who: Option<UserId>) -> Result<(), Bytes> {
+        let users = &self.settings.users;
+        if !users.required() {
+            return Ok(());
+        }
         let cmd = command::lookup_request(req);
         // Redis looks the command up and checks its arity before anything else.
         if let Some(c) = cmd {
@@ -194,7 +206,6 @@ impl<'a> Ctx<'a> {
             .iter()
             .filter_map(|&i| req.arg(i as usize))
             .collect();
-        let who = ClientState::user_of(state, users);
         users
             .check(who, cmd, &keys, &self.settings.keyspaces)
             .map_err(|denial| match denial {
@@ -246,12 +257,22 @@ impl<'a> Ctx<'a> {
 /// lets in-flight requests finish within `shutdown_timeout`, and closes every connection.
 /// With `[admin] listen` set, the admin listener serves from startup until the drain ends
 /// (`/readyz` answers 503 while draining); failing to bind it is an error, before anything
-/// starts.
+/// starts. SIGHUP [reloads](crate::reload) the configuration.
 pub async fn run(
     settings: Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
+    // SIGHUP reloads the config file. Registered first (a SIGHUP during startup must not end
+    // the process), and even without a file, so that a stray one is a failed reload; one
+    // that comes before the listener serves is handled once it does.
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with KEYWARDEN RELOAD");
+            None
+        }
+    };
     let admin_listener = match settings.admin.listen {
         Some(addr) => Some(admin::bind(addr).await?),
         None => None,
@@ -287,15 +308,6 @@ pub async fn run(
     let admin = match admin_listener {
         Some(l) => Some(Admin::start(l, server.clone())?),
         None => None,
-    };
-    // SIGHUP reloads the config file. Registered even without a file, so that a stray
-    // SIGHUP is a failed reload rather than the end of the process.
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with KEYWARDEN RELOAD");
-            None
-        }
     };
     let mut policy = server.policy();
 
@@ -385,9 +397,10 @@ async fn housekeeping(server: Arc<Server>) {
                 }
                 let healthy = health.borrow_and_update().state == State::Healthy;
                 if healthy && !was_healthy {
-                    let policy = server.policy();
-                    let keyspaces = &policy.settings.keyspaces;
-                    let removed = server.store.remove_where(|_, key| {
+                    // Judged by the policy in force while the store is locked (a reload
+                    // installs its policy under the same lock).
+                    let removed = server.store.remove_judged(|| server.policy(), |policy, _, key| {
+                        let keyspaces = &policy.settings.keyspaces;
                         keyspaces.mode(keyspaces.classify(key)) == Mode::Degraded
                     });
                     tracing::info!(keys = removed, "discarded local data of degraded keyspaces");

@@ -141,6 +141,9 @@ struct Busy {
     closing: bool,
     /// The vectors `process_input` gathers runs in, empty between calls.
     runs: Runs,
+    /// Requests were put back in the input after a reload (see [`Busy::replay`]): take the
+    /// new policy and read them again.
+    rejudge: bool,
 }
 
 /// Requests parsed from one read, gathered until the next one goes elsewhere.
@@ -150,6 +153,15 @@ struct Runs {
     shared: Vec<Request>,
     /// For the local store.
     local: Vec<Request>,
+}
+
+/// The parser's share of the configured limits.
+fn parser_limits(limits: &crate::config::Limits) -> ParserLimits {
+    ParserLimits {
+        max_bulk_len: limits.max_bulk_len,
+        max_multibulk_len: limits.max_multibulk_len,
+        max_inline_len: limits.max_inline_len,
+    }
 }
 
 struct IdleTimer {
@@ -232,6 +244,9 @@ impl Session {
                     &mut self.state,
                     &self.stream,
                 );
+                if std::mem::take(&mut b.rejudge) {
+                    continue;
+                }
                 if matches!(b.stalled, Some((_, Stall::Repick))) && b.pending.is_empty() {
                     if let Some((req, _)) = b.stalled.take() {
                         let resp3 = ClientState::resp3_of(&self.state);
@@ -378,18 +393,18 @@ impl Session {
             (Some(limit), None) => self.idle = Some(IdleTimer::new(limit)),
         }
         self.policy = new;
-        if kept {
-            return true;
+        if !kept {
+            // At once, as Redis frees such a client: what it still waits for (a blocked
+            // command, a request stalled behind earlier replies) must not run on its behalf.
+            tracing::info!("closing a client whose user a reload withdrew");
+            return false;
         }
-        tracing::info!("closing a client whose user a reload withdrew");
-        match self.busy.as_deref_mut() {
-            Some(b) => {
-                b.closing = true;
-                b.inbuf.clear();
-                true
-            }
-            None => false,
+        let ctx = Ctx::new(&self.server, &self.policy);
+        if let Some(b) = self.busy.as_deref_mut() {
+            b.parser.set_limits(parser_limits(&ctx.settings.limits));
+            b.rejudge_stalled(&ctx, &self.state);
         }
+        true
     }
 
     /// Waits for the next thing to do. One poll function instead of `select!`: its state is a
@@ -462,16 +477,11 @@ impl Session {
 
 impl Busy {
     fn new(ctx: &Ctx<'_>, key: usize, id: u64) -> Box<Busy> {
-        let limits = &ctx.settings.limits;
         Box::new(Busy {
             key,
             id,
             inbuf: BytesMut::new(),
-            parser: RequestParser::new(ParserLimits {
-                max_bulk_len: limits.max_bulk_len,
-                max_multibulk_len: limits.max_multibulk_len,
-                max_inline_len: limits.max_inline_len,
-            }),
+            parser: RequestParser::new(parser_limits(&ctx.settings.limits)),
             out: VecDeque::new(),
             out_len: 0,
             pending: VecDeque::new(),
@@ -479,7 +489,47 @@ impl Busy {
             stalled: None,
             closing: false,
             runs: Runs::default(),
+            rejudge: false,
         })
+    }
+
+    /// After a reload: the request waiting for earlier replies before it goes to the client's
+    /// own connection was let through by the old policy. It is checked again (permissions,
+    /// and where its keys now go), as a request not yet sent anywhere.
+    fn rejudge_stalled(&mut self, ctx: &Ctx<'_>, state: &Option<Box<ClientState>>) {
+        let Some((req, stall)) = self.stalled.take() else {
+            return;
+        };
+        if !matches!(stall, Stall::Dedicated(_) | Stall::Repick) {
+            self.stalled = Some((req, stall));
+            return;
+        }
+        if let Err(denied) = ctx.permit(&req, state) {
+            self.push_local(denied);
+            return;
+        }
+        // WATCH and UNWATCH were routed by the transaction code, INFO and repicked requests
+        // go to a shared connection: only stateful requests are routed again.
+        let stateful = matches!(stall, Stall::Dedicated(_))
+            && !req.name().eq_ignore_ascii_case(b"watch")
+            && !req.name().eq_ignore_ascii_case(b"unwatch");
+        if !stateful {
+            self.stalled = Some((req, stall));
+            return;
+        }
+        let available = ctx.monitor.snapshot().upstream_available();
+        match ctx.route(&req, available) {
+            Route::Upstream => self.stalled = Some((req, stall)),
+            Route::Local => {
+                let (db, resp3) = (ClientState::db_of(state), ClientState::resp3_of(state));
+                match ctx.serve_locally(std::slice::from_ref(&req), db, resp3, available) {
+                    Some(reply) => self.push_local(reply),
+                    // Yet another reload since: read it again under that one.
+                    None => self.replay([req]),
+                }
+            }
+            Route::Reject(refusal) => self.push_local(ctx.refusal(refusal, &req).to_reply()),
+        }
     }
 
     /// Nothing in flight and nothing buffered: the state can be dropped.
@@ -525,22 +575,33 @@ impl Busy {
         // Kept between reads: a pipelining client reuses the same two vectors.
         let mut runs = std::mem::take(&mut self.runs);
         let mut last = LastCommand::default();
-        while !self.closing && self.stalled.is_none() && !self.inbuf.is_empty() {
+        // Sends the runs gathered so far before `$req` is dispatched; if a reload made the
+        // local run stale, puts it and `$req` back to be judged again, and ends the batch.
+        macro_rules! flush_runs {
+            ($req:ident) => {
+                if self.send_runs(&mut runs, ctx, shared, inbox, state, available) {
+                    self.replay(runs.local.drain(..).chain([$req]));
+                    break;
+                }
+            };
+        }
+        while !self.closing && self.stalled.is_none() && !self.inbuf.is_empty() && !self.rejudge {
             let req = match self.parser.next(&mut self.inbuf) {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
                 Err(e) => {
+                    if self.send_runs(&mut runs, ctx, shared, inbox, state, available) {
+                        // Judged again first; the bad bytes are read again after them.
+                        self.replay(runs.local.drain(..));
+                        break;
+                    }
                     ctx.clients.record_protocol_error();
-                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
                     self.push_local(ProxyError::Protocol(e.to_string()).to_reply());
                     self.closing = true;
                     self.inbuf.clear();
                     break;
                 }
             };
-            // Subscribed or monitoring: everything goes to that connection, whose Redis answers
-            // (or refuses) connection and transaction commands in that context. The proxy
-            // still checks permissions and routes keys, and follows a RESET.
             let special = Special::of(&req);
             let counts = &ctx.clients.commands;
             // Subscribed or monitoring: everything goes to that connection, whose Redis answers
@@ -551,7 +612,7 @@ impl Busy {
             if (in_multi && !matches!(special, Special::Reset | Special::Quit))
                 || (!unpaired && special == Special::Transaction)
             {
-                self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                flush_runs!(req);
                 counts.record(&mut last, req.name(), Outcome::Proxy);
                 if let Some(req) = self.transaction(req, ctx, shared, inbox, state, available) {
                     // WATCH or UNWATCH for the client's upstream connection.
@@ -569,7 +630,7 @@ impl Busy {
             {
                 if let Err(denied) = ctx.permit(&req, state) {
                     counts.record(&mut last, req.name(), Outcome::Refused);
-                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    flush_runs!(req);
                     self.push_local(denied);
                     continue;
                 }
@@ -587,7 +648,7 @@ impl Busy {
                 Special::Reset if unpaired => {
                     // Redis answers it in order with what the subscription still sends; then
                     // the connection is dropped and the client starts afresh on shared ones.
-                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    flush_runs!(req);
                     counts.record(&mut last, req.name(), Outcome::Upstream);
                     self.follow_reset(&req, ctx, state);
                     if let Some(ded) = self.dedicated.as_mut() {
@@ -597,13 +658,13 @@ impl Busy {
                     continue;
                 }
                 Special::Connection | Special::Reset if !unpaired => {
-                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    flush_runs!(req);
                     let reply = self.answer_connection_command(&req, ctx, state, stream);
                     self.push_local(reply);
                     continue;
                 }
                 Special::Keywarden if !unpaired => {
-                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    flush_runs!(req);
                     let reply = match ctx.permit_admin(state) {
                         Ok(()) => info::keywarden_command(&req, *ctx, ClientState::resp3_of(state)),
                         Err(denied) => denied,
@@ -612,7 +673,7 @@ impl Busy {
                     continue;
                 }
                 Special::Info if !unpaired => {
-                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    flush_runs!(req);
                     self.info(req, ctx, shared, inbox, state, available);
                     continue;
                 }
@@ -627,7 +688,10 @@ impl Busy {
             counts.record(&mut last, req.name(), outcome);
             match route {
                 Route::Upstream if !runs.local.is_empty() => {
-                    self.send_local(&mut runs, ctx, state, available)
+                    if self.send_local(&mut runs, ctx, state, available) {
+                        self.replay(runs.local.drain(..).chain([req]));
+                        break;
+                    }
                 }
                 Route::Upstream => {}
                 Route::Local => {
@@ -636,7 +700,7 @@ impl Busy {
                     continue;
                 }
                 Route::Reject(refusal) => {
-                    self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+                    flush_runs!(req);
                     self.push_local(ctx.refusal(refusal, &req).to_reply());
                     continue;
                 }
@@ -679,7 +743,9 @@ impl Busy {
                 }
             }
         }
-        self.send_runs(&mut runs, ctx, shared, inbox, state, available);
+        if self.send_runs(&mut runs, ctx, shared, inbox, state, available) {
+            self.replay(runs.local.drain(..));
+        }
         self.runs = runs;
         if self.dedicated.is_some() {
             self.write_dedicated();
@@ -835,7 +901,7 @@ impl Busy {
                 }
                 fixed(b"+OK\r\n")
             }
-            (b"exec", true) => return self.exec(ctx, shared, inbox, state, available),
+            (b"exec", true) => return self.exec(req, ctx, shared, inbox, state, available),
             _ => self.queue_in_transaction(req, ctx, state, available),
         };
         self.push_local(reply);
@@ -906,6 +972,7 @@ impl Busy {
     /// EXEC: runs the queued transaction where its commands go, as one piece.
     fn exec(
         &mut self,
+        exec: Request,
         ctx: &Ctx<'_>,
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
@@ -920,9 +987,16 @@ impl Busy {
             self.push_local(Bytes::from_static(transaction::EXECABORT));
             return None;
         }
-        // Health may have changed since the commands were queued: route them again now.
+        // Health, or the configuration (a reload), may have changed since the commands were
+        // queued: check and route them again now. Redis too checks permissions again at EXEC;
+        // where it answers that command's element with -NOPERM and runs the others, the proxy
+        // discards the whole transaction with that error.
         let mut target = multi.target;
         for req in &multi.queued {
+            if let Err(denied) = ctx.permit_as(req, s.user) {
+                self.push_local(denied);
+                return None;
+            }
             let now = match ctx.route(req, available) {
                 _ if req.name().eq_ignore_ascii_case(b"select") => continue,
                 Route::Local => Target::Local,
@@ -949,15 +1023,24 @@ impl Busy {
             return None;
         }
         if !upstream {
+            let Some(txn) = ctx
+                .store
+                .lock_judged(server::unix_ms(), ctx.policy.generation)
+            else {
+                // A reload came between routing and running: EXEC is judged again.
+                s.multi = Some(multi);
+                s.watch = watch;
+                self.replay([exec]);
+                return None;
+            };
             let db_before = s.db;
             let mut out = BytesMut::new();
             s.db = engine::exec_transaction(
-                &ctx.store,
+                txn,
                 s.db,
                 s.resp3,
                 &multi.queued,
                 watch.as_mut(),
-                server::unix_ms(),
                 &mut out,
             );
             let db = ClientState::db_of(state);
@@ -1072,27 +1155,50 @@ impl Busy {
         inbox: &Arc<Inbox>,
         state: &Option<Box<ClientState>>,
         available: bool,
-    ) {
-        self.send_local(runs, ctx, state, available);
+    ) -> bool {
+        // At most one of the two runs is non-empty: each is sent before the other grows.
+        if self.send_local(runs, ctx, state, available) {
+            return true;
+        }
         self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
+        false
     }
 
-    /// Runs the batch of locally served requests and queues their replies as one.
+    /// Runs the batch of locally served requests and queues their replies as one. True when a
+    /// reload made the batch stale: nothing ran, and `runs.local` is left for [`Busy::replay`].
     fn send_local(
         &mut self,
         runs: &mut Runs,
         ctx: &Ctx<'_>,
         state: &Option<Box<ClientState>>,
         available: bool,
-    ) {
+    ) -> bool {
         if runs.local.is_empty() {
-            return;
+            return false;
         }
         let db = ClientState::db_of(state);
         let resp3 = ClientState::resp3_of(state);
-        let reply = ctx.serve_locally(&runs.local, db, resp3, available);
+        let Some(reply) = ctx.serve_locally(&runs.local, db, resp3, available) else {
+            return true;
+        };
         runs.local.clear();
         self.push_local(reply);
+        false
+    }
+
+    /// Puts `reqs` back in front of the unread input, to be parsed and judged again by the
+    /// policy a reload installed (the session takes it before its next batch). Their
+    /// per-command counts were already taken: a request replayed is counted twice, in the
+    /// rare race this covers.
+    fn replay(&mut self, reqs: impl IntoIterator<Item = Request>) {
+        let mut input = BytesMut::new();
+        for req in reqs {
+            input.extend_from_slice(req.raw());
+        }
+        input.extend_from_slice(&self.inbuf);
+        self.inbuf = input;
+        self.parser.restart();
+        self.rejudge = true;
     }
 
     /// One more reply is owed by the upstream connection the client is on.

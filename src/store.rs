@@ -167,6 +167,8 @@ enum Removal {
 
 struct Inner {
     max_bytes: usize,
+    /// The generation of the policy in force (see [`Store::lock_judged`]).
+    generation: u64,
     used: usize,
     /// Every key of every database, most recently used first.
     lru: LruCache<Bytes, Entry, RandomState>,
@@ -301,6 +303,7 @@ impl Store {
         Store {
             inner: Mutex::new(Inner {
                 max_bytes,
+                generation: 1,
                 used: 0,
                 lru: LruCache::unbounded_with_hasher(RandomState::new()),
                 dbs: BTreeMap::new(),
@@ -354,17 +357,31 @@ impl Store {
     /// when it shrinks), runs `install` and removes every key for which `discard(db, key)` is
     /// true, all under one lock, so that no command runs between the new policy taking effect
     /// and the discard. Returns how many keys were discarded.
+    ///
+    /// `generation` is the new policy's: from now on [`Store::lock_judged`] refuses commands
+    /// judged by an older one.
     pub fn reconfigure(
         &self,
         max_bytes: usize,
+        generation: u64,
         install: impl FnOnce(),
-        discard: impl Fn(u32, &[u8]) -> bool,
+        discard: Option<impl Fn(u32, &[u8]) -> bool>,
     ) -> usize {
         let mut inner = self.inner();
         inner.max_bytes = max_bytes;
+        inner.generation = generation;
         inner.make_room(0, crate::server::unix_ms());
         install();
-        inner.remove_where(discard)
+        discard.map_or(0, |discard| inner.remove_where(discard))
+    }
+
+    /// Locks the store for commands that were routed here by the policy of `generation`, or
+    /// `None` when a reload has installed a newer one since: their keys may no longer be local,
+    /// and the reload may already have discarded what they would touch, so they must be
+    /// judged again.
+    pub(crate) fn lock_judged(&self, now_ms: u64, generation: u64) -> Option<Txn<'_>> {
+        let inner = self.inner();
+        (inner.generation == generation).then(|| Txn::new(inner, now_ms))
     }
 
     /// The byte budget in force.
@@ -376,6 +393,18 @@ impl Store {
     /// keyspace's local writes when the upstream recovers).
     pub fn remove_where(&self, f: impl Fn(u32, &[u8]) -> bool) -> usize {
         self.inner().remove_where(f)
+    }
+
+    /// [`Store::remove_where`] with a judgement made while the store is locked: `judge` reads
+    /// the policy in force, which a reload cannot replace until the removal is done.
+    pub fn remove_judged<P>(
+        &self,
+        judge: impl FnOnce() -> P,
+        f: impl Fn(&P, u32, &[u8]) -> bool,
+    ) -> usize {
+        let mut inner = self.inner();
+        let policy = judge();
+        inner.remove_where(|db, key| f(&policy, db, key))
     }
 }
 

@@ -73,7 +73,7 @@ impl Upstream {
         let connects = Arc::new(AtomicUsize::new(0));
         let latency = Arc::new(Histogram::default());
         let timing = Arc::new(Timing::default());
-        timing.set(settings);
+        timing.set(settings, limits, keepalive);
         let mut pool = |resp3: bool, first_id: usize| -> Box<[Arc<SharedConn>]> {
             (0..settings.connections)
                 .map(|i| {
@@ -92,8 +92,6 @@ impl Upstream {
                         setup: setup_commands(settings, resp3),
                         settings: settings.clone(),
                         timing: timing.clone(),
-                        max_reply_depth: limits.max_reply_depth,
-                        keepalive,
                         reached: reached.clone(),
                         monitor: monitor.clone(),
                         version: version.clone(),
@@ -119,11 +117,17 @@ impl Upstream {
         })
     }
 
-    /// Applies the timeouts of `settings` (a reload) to every shared connection: the next
-    /// connect, backoff and timeout check use them. The address, credentials and pool size are
-    /// fixed for the life of the process.
-    pub fn retune(&self, settings: &UpstreamSettings) {
-        self.timing.set(settings);
+    /// Applies a reload's timeouts and limits to every shared connection: the next connect,
+    /// backoff and timeout check use the timeouts; the reply depth limit and keepalive apply
+    /// from the next connect. The address, credentials and pool size are fixed for the life
+    /// of the process.
+    pub fn retune(
+        &self,
+        settings: &UpstreamSettings,
+        limits: &Limits,
+        keepalive: Option<Duration>,
+    ) {
+        self.timing.set(settings, limits, keepalive);
     }
 
     /// Stops the connection tasks (at shutdown, once clients are gone).
@@ -378,23 +382,36 @@ struct InFlight {
     since: Instant,
 }
 
-/// The shared connections' timeouts, as nanoseconds, read at each use so a reload applies
-/// without reconnecting.
+/// The shared connections' timeouts (as nanoseconds) and limits, read at each use so that a
+/// reload applies without reconnecting.
 #[derive(Debug, Default)]
 struct Timing {
     connect_timeout: AtomicU64,
     command_timeout: AtomicU64,
     backoff_min: AtomicU64,
     backoff_max: AtomicU64,
+    /// 0 = off.
+    keepalive: AtomicU64,
+    max_reply_depth: AtomicUsize,
 }
 
 impl Timing {
-    fn set(&self, s: &UpstreamSettings) {
+    fn set(&self, s: &UpstreamSettings, limits: &Limits, keepalive: Option<Duration>) {
         let put = |to: &AtomicU64, d: Duration| to.store(d.as_nanos() as u64, Ordering::Relaxed);
         put(&self.connect_timeout, s.connect_timeout);
         put(&self.command_timeout, s.command_timeout);
         put(&self.backoff_min, s.reconnect_backoff_min);
         put(&self.backoff_max, s.reconnect_backoff_max);
+        put(&self.keepalive, keepalive.unwrap_or(Duration::ZERO));
+        (self.max_reply_depth).store(limits.max_reply_depth, Ordering::Relaxed);
+    }
+
+    fn keepalive(&self) -> Option<Duration> {
+        Some(Timing::get(&self.keepalive)).filter(|d| !d.is_zero())
+    }
+
+    fn max_reply_depth(&self) -> usize {
+        self.max_reply_depth.load(Ordering::Relaxed)
     }
 
     fn get(from: &AtomicU64) -> Duration {
@@ -424,10 +441,8 @@ struct ConnTask {
     /// Sent first on every new connection (see [`setup_commands`]).
     setup: Vec<Request>,
     settings: UpstreamSettings,
-    /// The timeouts in force (a reload changes them).
+    /// The timeouts and limits in force (a reload changes them).
     timing: Arc<Timing>,
-    max_reply_depth: usize,
-    keepalive: Option<Duration>,
     /// Signalled by any connection of the pool that reaches the upstream, so that the others
     /// retry at once instead of waiting out their backoff.
     reached: Arc<Notify>,
@@ -447,7 +462,7 @@ impl ConnTask {
         let mut was_up = true;
         loop {
             let attempt = Instant::now();
-            match socket::connect(addr, timing.connect_timeout(), self.keepalive).await {
+            match socket::connect(addr, timing.connect_timeout(), timing.keepalive()).await {
                 Ok(stream) => {
                     backoff = timing.backoff_min();
                     self.connects.fetch_add(1, Ordering::Relaxed);
@@ -457,7 +472,7 @@ impl ConnTask {
                     was_up = true;
                     let mut link = Connection::new(
                         stream,
-                        self.max_reply_depth,
+                        timing.max_reply_depth(),
                         self.version.clone(),
                         self.latency.clone(),
                     );

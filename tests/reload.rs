@@ -517,3 +517,244 @@ async fn without_a_file_there_is_nothing_to_reload() {
     assert_eq!(client.cmd(&["PING"]).await, b"+PONG\r\n");
     proxy.shutdown().await;
 }
+
+fn users(alice_categories: &str) -> String {
+    format!(
+        "{}{}",
+        user("ops", "ops-pw", "\"all\""),
+        user("alice", "alice-pw", alice_categories)
+    )
+}
+
+async fn login(addr: std::net::SocketAddr, name: &str, pw: &str) -> RawClient {
+    let mut c = RawClient::connect(addr).await;
+    assert_eq!(c.cmd(&["AUTH", name, pw]).await, b"+OK\r\n");
+    c
+}
+
+/// A client of a user the reload deletes, blocked in BLPOP, is closed at once: nothing pushed
+/// after the reload reaches it (found by review: it stayed blocked and popped the element).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_client_of_a_withdrawn_user_is_closed_at_once() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write(&users("\"all\""));
+    let proxy = Proxy::start(config.settings()).await;
+    let mut ops = login(proxy.addr, "ops", "ops-pw").await;
+    let mut alice = login(proxy.addr, "alice", "alice-pw").await;
+    alice.send(&[&["BLPOP", "q", "0"]]).await;
+    wait_until_blocked(&redis).await;
+
+    config.write(&user("ops", "ops-pw", "\"all\""));
+    assert_eq!(reload(&mut ops).await, b"+OK\r\n");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // alice was deleted: her connection should be closed by now. Push something.
+    let mut direct = RawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&["RPUSH", "q", "secret"]).await, b":1\r\n");
+    let got = alice.try_frame(Duration::from_secs(2)).await;
+    assert_eq!(
+        got,
+        None,
+        "deleted user's blocked BLPOP still popped after the reload: {:?}",
+        got.as_deref().map(show_bytes)
+    );
+    proxy.shutdown().await;
+}
+
+/// A command queued in MULTI before a reload that revokes its permission does not run at EXEC
+/// (Redis checks ACLs again at EXEC too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_checks_permissions_again_after_a_reload() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write(&users("\"all\""));
+    let proxy = Proxy::start(config.settings()).await;
+    let mut ops = login(proxy.addr, "ops", "ops-pw").await;
+    let mut alice = login(proxy.addr, "alice", "alice-pw").await;
+    assert_eq!(alice.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(alice.cmd(&["SET", "k", "written"]).await, b"+QUEUED\r\n");
+
+    // alice may only read from now on (same password: she keeps her connection).
+    config.write(&users("\"read\", \"connection\", \"transaction\""));
+    assert_eq!(reload(&mut ops).await, b"+OK\r\n");
+    let mut alice2 = login(proxy.addr, "alice", "alice-pw").await;
+    let denied = alice2.cmd(&["SET", "k2", "v"]).await;
+    assert!(denied.starts_with(b"-NOPERM"), "{}", show_bytes(&denied));
+    let exec = alice.cmd(&["EXEC"]).await;
+    assert!(
+        !upstream_has(&redis, "k").await,
+        "EXEC after the reload wrote k for a read-only user: {}",
+        show_bytes(&exec)
+    );
+    proxy.shutdown().await;
+}
+
+/// A request stalled (waiting for a dedicated connection) when its user is deleted is never
+/// sent upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_its_connection_is_judged_again() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write_with(&users("\"all\""), "5s");
+    let proxy = Proxy::start(config.settings()).await;
+    let mut ops = login(proxy.addr, "ops", "ops-pw").await;
+    let mut alice = login(proxy.addr, "alice", "alice-pw").await;
+    redis.hang();
+    // GET waits on the shared connection; SET (db 1) waits for it, then a dedicated one.
+    alice
+        .send(&[&["GET", "k"], &["SELECT", "1"], &["SET", "owned", "1"]])
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    config.write_with(&user("ops", "ops-pw", "\"all\""), "5s");
+    assert_eq!(reload(&mut ops).await, b"+OK\r\n");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.resume();
+    let seen = alice.bytes_until_closed().await;
+    let mut direct = RawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    let exists = direct.cmd(&["EXISTS", "owned"]).await;
+    assert_eq!(
+        exists,
+        b":0\r\n",
+        "deleted user's SET ran after the reload; client saw {}",
+        show_bytes(&seen)
+    );
+    proxy.shutdown().await;
+}
+
+/// A client on its own upstream connection never goes idle long enough to drop its parser: a
+/// reload that lowers `max_bulk_len` applies to it all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parser_limits_reach_clients_on_their_own_connections() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write("");
+    let proxy = Proxy::start(config.settings()).await;
+    let mut admin = RawClient::connect(proxy.addr).await;
+    let mut pinned = RawClient::connect(proxy.addr).await;
+    assert_eq!(pinned.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    assert_eq!(pinned.cmd(&["GET", "x"]).await, b"$-1\r\n"); // opens its dedicated connection
+    config.write("[limits]\nmax_bulk_len = \"1KiB\"\n");
+    assert_eq!(reload(&mut admin).await, b"+OK\r\n");
+    let big = "v".repeat(4096);
+    let mut fresh = RawClient::connect(proxy.addr).await;
+    let r = fresh.try_frame_of(&["SET", "big", &big]).await;
+    assert!(
+        r.as_deref()
+            .is_some_and(|r| r.starts_with(b"-ERR Protocol error")),
+        "{:?}",
+        r
+    );
+    let r = pinned.try_frame_of(&["SET", "big", &big]).await;
+    assert!(
+        r.as_deref()
+            .is_some_and(|r| r.starts_with(b"-ERR Protocol error")),
+        "old client still accepts 4 KiB bulks: {:?}",
+        r.as_deref().map(show_bytes)
+    );
+    proxy.shutdown().await;
+}
+
+/// A batch routed to the local store by the old policy must not write after the reload
+/// discarded that keyspace's keys and made it degraded (scratch data would linger as degraded
+/// cache entries): it is judged again instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_judged_before_a_reload_never_writes_after_its_discard() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    let degraded = "[[keyspace]]\nname = \"scratch\"\npatterns = [\"tmp:\"]\nmode = \"degraded\"\n";
+    config.write(SCRATCH);
+    let proxy = Proxy::start(config.settings()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let (stop, addr) = (stop.clone(), proxy.addr);
+        writers.push(tokio::spawn(async move {
+            let mut c = RawClient::connect(addr).await;
+            let keys: Vec<String> = (0..400).map(|i| format!("tmp:{w}:{i}")).collect();
+            let cmds: Vec<Vec<&str>> = keys
+                .iter()
+                .map(|k| vec!["SET", k.as_str(), "scratch"])
+                .collect();
+            let cmds: Vec<&[&str]> = cmds.iter().map(|c| c.as_slice()).collect();
+            while !stop.load(Ordering::Relaxed) {
+                for reply in c.run(&cmds).await {
+                    assert_eq!(reply, b"+OK\r\n");
+                }
+            }
+        }));
+    }
+    let mut admin = RawClient::connect(proxy.addr).await;
+    let mut leaked = 0;
+    for _ in 0..60 {
+        config.write(SCRATCH);
+        assert_eq!(reload(&mut admin).await, b"+OK\r\n");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        config.write(degraded);
+        assert_eq!(reload(&mut admin).await, b"+OK\r\n");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Under `degraded` with a healthy upstream nothing writes tmp: keys locally.
+        let keys: u64 = info_field(&mut admin, "local_store_keys")
+            .await
+            .parse()
+            .unwrap();
+        if keys > 0 {
+            leaked = keys;
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        leaked, 0,
+        "scratch keys written by a stale batch outlived the discard"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_a_withdrawn_user_is_closed() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write(&users("\"all\""));
+    let proxy = Proxy::start(config.settings()).await;
+    let mut ops = login(proxy.addr, "ops", "ops-pw").await;
+    let mut alice = login(proxy.addr, "alice", "alice-pw").await;
+    let sub = alice.cmd(&["SUBSCRIBE", "ch"]).await;
+    assert!(sub.starts_with(b"*3"), "{}", show_bytes(&sub));
+    config.write(&user("ops", "ops-pw", "\"all\""));
+    assert_eq!(reload(&mut ops).await, b"+OK\r\n");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = ops.cmd(&["PUBLISH", "ch", "after"]).await;
+    let seen = alice.bytes_until_closed().await;
+    assert_eq!(
+        show_bytes(&seen),
+        "",
+        "subscriber got messages after the reload"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shorter_idle_timeout_counts_from_the_last_request() {
+    let redis = RedisServer::start();
+    let config = ConfigFile::new(&redis);
+    config.write("client_idle_timeout = \"30s\"\n");
+    let proxy = Proxy::start(config.settings()).await;
+    let mut idle = RawClient::connect(proxy.addr).await;
+    assert_eq!(idle.cmd(&["PING"]).await, b"+PONG\r\n");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut admin = RawClient::connect(proxy.addr).await;
+    config.write("client_idle_timeout = \"1s\"\n");
+    let t = Instant::now();
+    assert_eq!(reload(&mut admin).await, b"+OK\r\n");
+    assert_eq!(idle.bytes_until_closed().await, b"");
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    proxy.shutdown().await;
+}
