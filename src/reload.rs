@@ -11,8 +11,11 @@
 //!   refuses a batch routed by an older one, which the session then puts back in front of its
 //!   input and reads again (the reload installs its policy and discards keys under the same
 //!   store lock, so nothing routed by the old policy writes after the discard);
-//! - a request waiting for earlier replies before it goes to the client's own connection;
-//! - a transaction's queued commands, at EXEC.
+//! - a request waiting for earlier replies before it goes to the client's own connection or
+//!   to one of the other protocol; a transaction waiting so is queued again and its EXEC read
+//!   again;
+//! - a transaction's queued commands, at EXEC (checked and routed from scratch);
+//! - requests pipelined behind `KEYWARDEN RELOAD`.
 //!
 //! A request already sent upstream finishes as it was sent.
 //!

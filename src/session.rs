@@ -44,7 +44,7 @@ use crate::server;
 use crate::server::{Ctx, Server};
 use crate::socket;
 use crate::store::Watch;
-use crate::transaction::{self, Target};
+use crate::transaction::{self, Multi, Target};
 use crate::upstream::{self, SharedConn};
 
 /// The first read of a burst takes a buffer this large; it doubles while a request needs more.
@@ -360,8 +360,8 @@ impl Session {
 
     /// Takes the configuration a reload installed. The client keeps its connection, and its
     /// user if one of the same name and password is still configured; otherwise it is closed
-    /// (after what it is owed), as Redis closes the clients of a deleted user. Returns false
-    /// when the session should end now.
+    /// at once, as Redis closes the clients of a deleted user. Returns false when the session
+    /// should end now.
     fn adopt_policy(&mut self) -> bool {
         let new = self.server.policy();
         let old_users = &self.policy.settings.users;
@@ -396,13 +396,18 @@ impl Session {
         if !kept {
             // At once, as Redis frees such a client: what it still waits for (a blocked
             // command, a request stalled behind earlier replies) must not run on its behalf.
+            // Replies already made go out if the socket takes them now (a reloading admin's
+            // own +OK).
             tracing::info!("closing a client whose user a reload withdrew");
+            if let Some(b) = self.busy.as_deref_mut() {
+                let _ = b.flush(&self.stream);
+            }
             return false;
         }
         let ctx = Ctx::new(&self.server, &self.policy);
         if let Some(b) = self.busy.as_deref_mut() {
             b.parser.set_limits(parser_limits(&ctx.settings.limits));
-            b.rejudge_stalled(&ctx, &self.state);
+            b.rejudge_stalled(&ctx, &mut self.state);
         }
         true
     }
@@ -493,27 +498,46 @@ impl Busy {
         })
     }
 
-    /// After a reload: the request waiting for earlier replies before it goes to the client's
-    /// own connection was let through by the old policy. It is checked again (permissions,
-    /// and where its keys now go), as a request not yet sent anywhere.
-    fn rejudge_stalled(&mut self, ctx: &Ctx<'_>, state: &Option<Box<ClientState>>) {
+    /// After a reload: the request waiting for earlier replies (to go to the client's own
+    /// connection, or to one of the other protocol) was let through by the old policy. It is
+    /// judged again, as a request not yet sent anywhere: its permissions and where its keys now
+    /// go. A waiting transaction is queued again and its EXEC read again, so that EXEC checks
+    /// and routes every command. RESET, always allowed, keeps waiting.
+    fn rejudge_stalled(&mut self, ctx: &Ctx<'_>, state: &mut Option<Box<ClientState>>) {
         let Some((req, stall)) = self.stalled.take() else {
             return;
         };
-        if !matches!(stall, Stall::Dedicated(_) | Stall::Repick) {
-            self.stalled = Some((req, stall));
-            return;
+        match stall {
+            Stall::Reset => {
+                self.stalled = Some((req, stall));
+                return;
+            }
+            Stall::Transaction(mut rest) => {
+                // `req` is its MULTI, `rest` the queued commands and EXEC. Nothing was sent:
+                // no dedicated connection exists yet, so nothing was WATCHed upstream either.
+                rest.pop();
+                ClientState::of(state, &ctx.settings.users).multi = Some(Box::new(Multi {
+                    queued: rest,
+                    target: None,
+                    aborted: false,
+                }));
+                self.replay([Request::from_args(&["EXEC"])]);
+                return;
+            }
+            Stall::Dedicated(_) | Stall::Repick => {}
         }
+        let is = |name: &[u8]| req.name().eq_ignore_ascii_case(name);
         if let Err(denied) = ctx.permit(&req, state) {
+            if is(b"watch") {
+                if let Some(s) = state.as_deref_mut() {
+                    s.watched_upstream = false;
+                }
+            }
             self.push_local(denied);
             return;
         }
-        // WATCH and UNWATCH were routed by the transaction code, INFO and repicked requests
-        // go to a shared connection: only stateful requests are routed again.
-        let stateful = matches!(stall, Stall::Dedicated(_))
-            && !req.name().eq_ignore_ascii_case(b"watch")
-            && !req.name().eq_ignore_ascii_case(b"unwatch");
-        if !stateful {
+        // INFO is never routed by keys; WATCH and UNWATCH were routed by the transaction code.
+        if is(b"info") || is(b"watch") || is(b"unwatch") {
             self.stalled = Some((req, stall));
             return;
         }
@@ -629,8 +653,8 @@ impl Busy {
                 && !matches!(special, Special::Quit | Special::Keywarden)
             {
                 if let Err(denied) = ctx.permit(&req, state) {
-                    counts.record(&mut last, req.name(), Outcome::Refused);
                     flush_runs!(req);
+                    counts.record(&mut last, req.name(), Outcome::Refused);
                     self.push_local(denied);
                     continue;
                 }
@@ -670,6 +694,8 @@ impl Busy {
                         Err(denied) => denied,
                     };
                     self.push_local(reply);
+                    // KEYWARDEN RELOAD: what follows in the input is read under the new policy.
+                    self.rejudge = ctx.live.generation() != ctx.policy.generation;
                     continue;
                 }
                 Special::Info if !unpaired => {
@@ -991,7 +1017,7 @@ impl Busy {
         // queued: check and route them again now. Redis too checks permissions again at EXEC;
         // where it answers that command's element with -NOPERM and runs the others, the proxy
         // discards the whole transaction with that error.
-        let mut target = multi.target;
+        let mut target = None;
         for req in &multi.queued {
             if let Err(denied) = ctx.permit_as(req, s.user) {
                 self.push_local(denied);

@@ -644,7 +644,7 @@ async fn exec_checks_permissions_again_after_a_reload() {
 /// A request stalled (waiting for a dedicated connection) when its user is deleted is never
 /// sent upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_waiting_for_its_connection_is_judged_again() {
+async fn a_waiting_request_of_a_withdrawn_user_never_runs() {
     let (
         Rig {
             redis,
@@ -818,4 +818,151 @@ async fn a_shorter_idle_timeout_counts_from_the_last_request() {
         t.elapsed()
     );
     proxy.shutdown().await;
+}
+
+/// Answers GET `key` through the proxy until it is forwarded (a nil reply, not an error).
+async fn wait_forwarding(client: &mut RawClient, key: &str) {
+    let deadline = Instant::now() + WAIT;
+    while client.cmd(&["GET", key]).await != b"$-1\r\n" {
+        assert!(Instant::now() < deadline, "the proxy never forwarded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts keywarden on `body`, logs two clients in with `login` (if users are configured),
+/// hangs Redis, sends `cmds` on one (the first waits on the hung upstream, so the rest wait
+/// inside keywarden), reloads `after` from the other, resumes Redis, and returns the
+/// `cmds.len()` replies.
+async fn judged_while_waiting(
+    body: &str,
+    after: &str,
+    login: Option<(&str, &str)>,
+    cmds: &[&[&str]],
+) -> (Rig, Vec<Vec<u8>>) {
+    let rig = Rig::start_with(body, "5s").await;
+    let mut admin = RawClient::connect(rig.proxy.addr).await;
+    let mut client = RawClient::connect(rig.proxy.addr).await;
+    if let Some((name, password)) = login {
+        for c in [&mut admin, &mut client] {
+            assert_eq!(c.cmd(&["AUTH", name, password]).await, b"+OK\r\n");
+        }
+    }
+    wait_forwarding(&mut client, "warm").await;
+    rig.redis.hang();
+    client.send(cmds).await;
+    // Time for keywarden to read the pipeline; nothing can be answered while Redis hangs.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rig.config.write_with(after, "5s");
+    assert_eq!(reload(&mut admin).await, b"+OK\r\n");
+    rig.redis.resume();
+    let mut replies = Vec::new();
+    for _ in cmds {
+        replies.push(client.frame().await);
+    }
+    (rig, replies)
+}
+
+/// Found by the second review: permissions, not only the user, are checked again for a
+/// request that waits for its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_is_checked_against_new_permissions() {
+    let (rig, replies) = judged_while_waiting(
+        &users("\"all\""),
+        &users("\"read\", \"connection\""),
+        Some(("alice", "alice-pw")),
+        &[&["GET", "k"], &["SELECT", "1"], &["SET", "owned", "1"]],
+    )
+    .await;
+    assert_eq!(replies[..2], [&b"$-1\r\n"[..], b"+OK\r\n"]);
+    assert!(
+        replies[2].starts_with(b"-NOPERM"),
+        "{}",
+        show_bytes(&replies[2])
+    );
+    let mut direct = RawClient::connect(rig.redis.addr()).await;
+    assert_eq!(direct.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    assert_eq!(direct.cmd(&["EXISTS", "owned"]).await, b":0\r\n");
+}
+
+/// A request waiting to move to a RESP3 connection goes where its key now belongs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_to_change_protocol_is_routed_again() {
+    let (rig, replies) = judged_while_waiting(
+        "",
+        SCRATCH,
+        None,
+        &[&["GET", "k"], &["HELLO", "3"], &["SET", "tmp:r", "1"]],
+    )
+    .await;
+    assert_eq!(replies[2], b"+OK\r\n");
+    assert!(!upstream_has(&rig.redis, "tmp:r").await);
+}
+
+/// A transaction waiting for its connection is queued again and its EXEC judged again: it runs
+/// where its keys now belong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_transaction_is_judged_again() {
+    let (rig, replies) = judged_while_waiting(
+        "",
+        SCRATCH,
+        None,
+        &[
+            &["GET", "k"],
+            &["SELECT", "1"],
+            &["MULTI"],
+            &["SET", "tmp:t", "1"],
+            &["EXEC"],
+        ],
+    )
+    .await;
+    assert_eq!(replies[4], b"*1\r\n+OK\r\n");
+    let mut direct = RawClient::connect(rig.redis.addr()).await;
+    assert_eq!(direct.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    assert_eq!(direct.cmd(&["EXISTS", "tmp:t"]).await, b":0\r\n");
+    let mut client = RawClient::connect(rig.proxy.addr).await;
+    let got = client.run(&[&["SELECT", "1"], &["GET", "tmp:t"]]).await;
+    assert_eq!(got[1], b"$1\r\n1\r\n");
+}
+
+/// A waiting INFO stays INFO: it is never routed by keys (here the default keyspace is
+/// `local_only`, where a keyless data command would be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_info_is_not_routed() {
+    let body = "default_mode = \"local_only\"\n[[keyspace]]\nname = \"up\"\npatterns = [\"up:\", \"warm\"]\nmode = \"fail_closed\"\n";
+    let (_rig, replies) = judged_while_waiting(
+        body,
+        body,
+        None,
+        &[&["GET", "up:k"], &["SELECT", "1"], &["INFO", "server"]],
+    )
+    .await;
+    assert!(replies[2].starts_with(b"$"), "{}", show_bytes(&replies[2]));
+}
+
+/// EXEC routes every queued command again from scratch: a transaction whose keys all moved
+/// upstream runs there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_runs_where_the_keys_moved() {
+    let rig = Rig::start(SCRATCH).await;
+    let mut client = RawClient::connect(rig.proxy.addr).await;
+    assert_eq!(client.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(client.cmd(&["SET", "tmp:m", "1"]).await, b"+QUEUED\r\n");
+    rig.config.write("");
+    let mut admin = RawClient::connect(rig.proxy.addr).await;
+    assert_eq!(reload(&mut admin).await, b"+OK\r\n");
+    assert_eq!(client.cmd(&["EXEC"]).await, b"*1\r\n+OK\r\n");
+    assert!(upstream_has(&rig.redis, "tmp:m").await);
+}
+
+/// Requests pipelined behind KEYWARDEN RELOAD are read under the configuration it installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_after_a_reload_in_one_pipeline_follow_it() {
+    let rig = Rig::start("").await;
+    let mut client = RawClient::connect(rig.proxy.addr).await;
+    rig.config.write(SCRATCH);
+    let replies = client
+        .run(&[&["KEYWARDEN", "RELOAD"], &["SET", "tmp:p", "1"]])
+        .await;
+    assert_eq!(replies, [&b"+OK\r\n"[..], b"+OK\r\n"]);
+    assert!(!upstream_has(&rig.redis, "tmp:p").await);
 }
