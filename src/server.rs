@@ -125,17 +125,21 @@ impl<'a> Ctx<'a> {
     /// degraded reply, unless it is `local_only` (the router never mixes the two), and a write
     /// it makes will be discarded on recovery.
     ///
-    /// `None` when a reload installed another policy since this one routed them: nothing ran,
-    /// and the requests must be judged again (see [`Store::lock_judged`]).
+    /// `recoveries` is [`Store::recoveries`] as read before the health snapshot that routed
+    /// them. `None` when a reload installed another policy since, or a recovery discarded the
+    /// degraded keyspaces' data: nothing ran, and the requests must be judged again (see
+    /// [`Store::lock_judged`]).
     pub fn serve_locally(
         &self,
         reqs: &[Request],
         db: u32,
         resp3: bool,
         upstream_available: bool,
+        recoveries: u64,
     ) -> Option<Bytes> {
         let mut out = BytesMut::with_capacity(64 * reqs.len());
-        let mut txn = self.store.lock_judged(unix_ms(), self.policy.generation)?;
+        let generation = self.policy.generation;
+        let mut txn = self.store.lock_judged(unix_ms(), generation, recoveries)?;
         if upstream_available || !self.settings.keyspaces.any_in(Mode::Degraded) {
             engine::execute_all_in(&mut txn, db, resp3, reqs, &mut out);
             return Some(out.freeze());
@@ -399,7 +403,8 @@ async fn housekeeping(server: Arc<Server>) {
                 if healthy && !was_healthy {
                     // Judged by the policy in force while the store is locked (a reload
                     // installs its policy under the same lock).
-                    let removed = server.store.remove_judged(|| server.policy(), |policy, _, key| {
+                    let judge = || server.policy();
+                    let removed = server.store.discard_on_recovery(judge, |policy, _, key| {
                         let keyspaces = &policy.settings.keyspaces;
                         keyspaces.mode(keyspaces.classify(key)) == Mode::Degraded
                     });

@@ -144,6 +144,9 @@ struct Busy {
     /// Requests were put back in the input after a reload (see [`Busy::replay`]): take the
     /// new policy and read them again.
     rejudge: bool,
+    /// [`Store::recoveries`](crate::store::Store::recoveries) when the current batch read the
+    /// health snapshot that routes it.
+    recoveries: u64,
 }
 
 /// Requests parsed from one read, gathered until the next one goes elsewhere.
@@ -495,6 +498,7 @@ impl Busy {
             closing: false,
             runs: Runs::default(),
             rejudge: false,
+            recoveries: 0,
         })
     }
 
@@ -541,12 +545,14 @@ impl Busy {
             self.stalled = Some((req, stall));
             return;
         }
+        let recoveries = ctx.store.recoveries();
         let available = ctx.monitor.snapshot().upstream_available();
         match ctx.route(&req, available) {
             Route::Upstream => self.stalled = Some((req, stall)),
             Route::Local => {
                 let (db, resp3) = (ClientState::db_of(state), ClientState::resp3_of(state));
-                match ctx.serve_locally(std::slice::from_ref(&req), db, resp3, available) {
+                let one = std::slice::from_ref(&req);
+                match ctx.serve_locally(one, db, resp3, available, recoveries) {
                     Some(reply) => self.push_local(reply),
                     // Yet another reload since: read it again under that one.
                     None => self.replay([req]),
@@ -594,7 +600,9 @@ impl Busy {
         if self.closing || self.stalled.is_some() || self.inbuf.is_empty() {
             return;
         }
-        // One read of the health snapshot per batch of requests.
+        // One read of the health snapshot per batch of requests, after the store's recovery
+        // count: a recovery after this read makes the batch's local work stale.
+        self.recoveries = ctx.store.recoveries();
         let available = ctx.monitor.snapshot().upstream_available();
         // Kept between reads: a pipelining client reuses the same two vectors.
         let mut runs = std::mem::take(&mut self.runs);
@@ -1049,11 +1057,12 @@ impl Busy {
             return None;
         }
         if !upstream {
-            let Some(txn) = ctx
-                .store
-                .lock_judged(server::unix_ms(), ctx.policy.generation)
+            let Some(txn) =
+                ctx.store
+                    .lock_judged(server::unix_ms(), ctx.policy.generation, self.recoveries)
             else {
-                // A reload came between routing and running: EXEC is judged again.
+                // A reload or a recovery came between routing and running: EXEC is judged
+                // again.
                 s.multi = Some(multi);
                 s.watch = watch;
                 self.replay([exec]);
@@ -1204,7 +1213,8 @@ impl Busy {
         }
         let db = ClientState::db_of(state);
         let resp3 = ClientState::resp3_of(state);
-        let Some(reply) = ctx.serve_locally(&runs.local, db, resp3, available) else {
+        let served = ctx.serve_locally(&runs.local, db, resp3, available, self.recoveries);
+        let Some(reply) = served else {
             return true;
         };
         runs.local.clear();

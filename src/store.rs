@@ -59,6 +59,7 @@ mod watch;
 // (as Redis's SipHash), and SipHash-1-3 was a fifth of the cost of a local GET.
 use ahash::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -99,6 +100,8 @@ pub enum Expiry {
 /// The local store, shared by every session as `Arc<Store>`.
 pub struct Store {
     inner: Mutex<Inner>,
+    /// Recoveries so far (see [`Store::discard_on_recovery`]); changed only under the lock.
+    recoveries: AtomicU64,
 }
 
 /// One key: its db-prefixed name (shared with the indexes), value and deadline.
@@ -314,6 +317,7 @@ impl Store {
                 expirations: 0,
                 watched: WatchTable::default(),
             }),
+            recoveries: AtomicU64::new(0),
         }
     }
 
@@ -375,13 +379,28 @@ impl Store {
         discard.map_or(0, |discard| inner.remove_where(discard))
     }
 
-    /// Locks the store for commands that were routed here by the policy of `generation`, or
-    /// `None` when a reload has installed a newer one since: their keys may no longer be local,
-    /// and the reload may already have discarded what they would touch, so they must be
-    /// judged again.
-    pub(crate) fn lock_judged(&self, now_ms: u64, generation: u64) -> Option<Txn<'_>> {
+    /// Locks the store for commands that were routed here by the policy of `generation` when
+    /// [`Store::recoveries`] was `recoveries`, or `None` when a reload has installed a newer
+    /// policy since, or a recovery discarded the degraded keyspaces' data: their keys may no
+    /// longer be local, and what they would write may already have been discarded, so they
+    /// must be judged again.
+    pub(crate) fn lock_judged(
+        &self,
+        now_ms: u64,
+        generation: u64,
+        recoveries: u64,
+    ) -> Option<Txn<'_>> {
         let inner = self.inner();
-        (inner.generation == generation).then(|| Txn::new(inner, now_ms))
+        // Both change only under the lock.
+        let current =
+            inner.generation == generation && self.recoveries.load(Ordering::Acquire) == recoveries;
+        current.then(|| Txn::new(inner, now_ms))
+    }
+
+    /// How many times [`Store::discard_on_recovery`] has run. Read it before the health
+    /// snapshot that routes a batch, and give it to [`Store::lock_judged`].
+    pub fn recoveries(&self) -> u64 {
+        self.recoveries.load(Ordering::Acquire)
     }
 
     /// The byte budget in force.
@@ -395,14 +414,17 @@ impl Store {
         self.inner().remove_where(f)
     }
 
-    /// [`Store::remove_where`] with a judgement made while the store is locked: `judge` reads
-    /// the policy in force, which a reload cannot replace until the removal is done.
-    pub fn remove_judged<P>(
+    /// The upstream is healthy again: removes what `f` says was written for it during the
+    /// outage, judged by the policy `judge` reads while the store is locked (a reload cannot
+    /// replace it until the removal is done), and counts a recovery, so that a batch routed
+    /// locally by a health snapshot from the outage cannot write after this.
+    pub fn discard_on_recovery<P>(
         &self,
         judge: impl FnOnce() -> P,
         f: impl Fn(&P, u32, &[u8]) -> bool,
     ) -> usize {
         let mut inner = self.inner();
+        self.recoveries.fetch_add(1, Ordering::Release);
         let policy = judge();
         inner.remove_where(|db, key| f(&policy, db, key))
     }
@@ -411,6 +433,26 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_judged_before_a_reload_or_a_recovery_is_refused() {
+        let store = Store::new(1 << 20);
+        let seen = store.recoveries();
+        assert!(store.lock_judged(0, 1, seen).is_some());
+        store.discard_on_recovery(|| (), |_, _, _| true);
+        assert!(
+            store.lock_judged(0, 1, seen).is_none(),
+            "a recovery came between"
+        );
+        let seen = store.recoveries();
+        assert!(store.lock_judged(0, 1, seen).is_some());
+        store.reconfigure(1 << 20, 2, || (), None::<fn(u32, &[u8]) -> bool>);
+        assert!(
+            store.lock_judged(0, 1, seen).is_none(),
+            "a reload came between"
+        );
+        assert!(store.lock_judged(0, 2, seen).is_some());
+    }
 
     fn s(v: &str) -> Value {
         Value::Str(v.as_bytes().to_vec())
