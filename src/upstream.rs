@@ -257,6 +257,30 @@ impl SharedConn {
         upstream_available: bool,
     ) -> Result<(), UpstreamFailure> {
         debug_assert!(!reqs.is_empty());
+        self.enqueue(reqs, inbox, upstream_available, 0)
+    }
+
+    /// Queues a transaction the proxy queued for the client: MULTI, the commands, EXEC, sent
+    /// in one piece so that no other client's request comes between them. Only EXEC's reply is
+    /// delivered (one frame); the others were answered by the proxy when the client queued.
+    pub fn send_transaction(
+        &self,
+        reqs: &[Request],
+        inbox: &Arc<Inbox>,
+        upstream_available: bool,
+    ) -> Result<(), UpstreamFailure> {
+        debug_assert!(reqs.len() >= 2);
+        self.enqueue(reqs, inbox, upstream_available, reqs.len() as u32 - 1)
+    }
+
+    /// Queues `reqs`, whose replies after the first `skip` go to `inbox` (see [`Self::send`]).
+    fn enqueue(
+        &self,
+        reqs: &[Request],
+        inbox: &Arc<Inbox>,
+        upstream_available: bool,
+        skip: u32,
+    ) -> Result<(), UpstreamFailure> {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         if let Link::Down(why) = q.link {
             if !upstream_available {
@@ -271,39 +295,8 @@ impl SharedConn {
         }
         q.waiters.push(Waiter {
             inbox: Some(inbox.clone()),
-            skip: 0,
-            remaining: reqs.len() as u32,
-        });
-        drop(q);
-        self.wake.notify_one();
-        Ok(())
-    }
-
-    /// Queues a transaction the proxy queued for the client: MULTI, the commands, EXEC, sent
-    /// in one piece so that no other client's request comes between them. Only EXEC's reply is
-    /// delivered (one frame); the others were answered by the proxy when the client queued.
-    pub fn send_transaction(
-        &self,
-        reqs: &[Request],
-        inbox: &Arc<Inbox>,
-        upstream_available: bool,
-    ) -> Result<(), UpstreamFailure> {
-        debug_assert!(reqs.len() >= 2);
-        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        if let Link::Down(why) = q.link {
-            if !upstream_available {
-                drop(q);
-                self.wake.notify_one();
-                return Err(why);
-            }
-        }
-        for r in reqs {
-            q.wbuf.put_slice(r.raw());
-        }
-        q.waiters.push(Waiter {
-            inbox: Some(inbox.clone()),
-            skip: reqs.len() as u32 - 1,
-            remaining: 1,
+            skip,
+            remaining: reqs.len() as u32 - skip,
         });
         drop(q);
         self.wake.notify_one();

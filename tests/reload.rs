@@ -159,11 +159,7 @@ async fn upstream_has(redis: &RedisServer, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_while_clients_pipeline_drops_nothing_and_applies_at_once() {
-    let Rig {
-        redis,
-        config,
-        proxy,
-    } = Rig::start(SCRATCH).await;
+    let rig = Rig::start(SCRATCH).await;
 
     // Clients pipelining against keys whose routing no reload below changes: upstream keys
     // (default keyspace, fail_closed) and local scratch keys. Every reply is checked.
@@ -171,7 +167,7 @@ async fn a_reload_while_clients_pipeline_drops_nothing_and_applies_at_once() {
     let rounds = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for c in 0..6 {
-        let (stop, rounds, addr) = (stop.clone(), rounds.clone(), proxy.addr);
+        let (stop, rounds, addr) = (stop.clone(), rounds.clone(), rig.proxy.addr);
         workers.push(tokio::spawn(async move {
             let mut client = RawClient::connect(addr).await;
             let mut n = 0u64;
@@ -202,7 +198,7 @@ async fn a_reload_while_clients_pipeline_drops_nothing_and_applies_at_once() {
         }));
     }
 
-    let mut admin = RawClient::connect(proxy.addr).await;
+    let mut admin = RawClient::connect(rig.proxy.addr).await;
     let wait_rounds = |at_least: u64| {
         let rounds = rounds.clone();
         async move {
@@ -221,7 +217,7 @@ async fn a_reload_while_clients_pipeline_drops_nothing_and_applies_at_once() {
         } else {
             SCRATCH.to_owned()
         };
-        config.write(&body);
+        rig.config.write(&body);
         assert_eq!(reload(&mut admin).await, b"+OK\r\n", "reload {i}");
     }
     wait_rounds(rounds.load(Ordering::Relaxed) + 20).await;
@@ -234,17 +230,17 @@ async fn a_reload_while_clients_pipeline_drops_nothing_and_applies_at_once() {
     }
 
     // The last file (i = 9) has no `sessions` keyspace: sess: keys go upstream again.
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut client = RawClient::connect(rig.proxy.addr).await;
     assert_eq!(client.cmd(&["SET", "sess:a", "1"]).await, b"+OK\r\n");
-    assert!(upstream_has(&redis, "sess:a").await);
-    // And with it, they stay in the proxy.
-    config.write(&format!("{SCRATCH}{SESSIONS}"));
+    assert!(upstream_has(&rig.redis, "sess:a").await);
+    // And with it, they stay in the rig.proxy.
+    rig.config.write(&format!("{SCRATCH}{SESSIONS}"));
     assert_eq!(reload(&mut admin).await, b"+OK\r\n");
     assert_eq!(client.cmd(&["SET", "sess:b", "1"]).await, b"+OK\r\n");
-    assert!(!upstream_has(&redis, "sess:b").await);
+    assert!(!upstream_has(&rig.redis, "sess:b").await);
     assert_eq!(client.cmd(&["GET", "sess:b"]).await, b"$1\r\n1\r\n");
 
-    let reloaded = config.events("CONFIG_RELOADED");
+    let reloaded = rig.config.events("CONFIG_RELOADED");
     assert_eq!(reloaded.len(), 11);
     let last = &reloaded[10];
     assert_eq!(last["generation"], 12);
@@ -255,23 +251,22 @@ async fn a_reload_while_clients_pipeline_drops_nothing_and_applies_at_once() {
         last["keyspaces"]["local_only"],
         serde_json::json!(["scratch", "sessions"])
     );
-    assert_eq!(last["source"], config.path().display().to_string().as_str());
+    assert_eq!(
+        last["source"],
+        rig.config.path().display().to_string().as_str()
+    );
     assert_eq!(info_field(&mut admin, "config_generation").await, "12");
     assert_eq!(info_field(&mut admin, "config_reloads").await, "11");
-    proxy.shutdown().await;
+    rig.proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_file_changes_nothing() {
-    let Rig {
-        redis,
-        config,
-        proxy,
-    } = Rig::start(SCRATCH).await;
-    let mut client = RawClient::connect(proxy.addr).await;
+    let rig = Rig::start(SCRATCH).await;
+    let mut client = RawClient::connect(rig.proxy.addr).await;
 
     // Two problems: a mode that does not exist, and a timeout without a unit.
-    config.write(
+    rig.config.write(
         r#"
         [[keyspace]]
         name = "scratch"
@@ -287,7 +282,7 @@ async fn an_invalid_file_changes_nothing() {
             && reply.contains("(and 1 more, see the log)"),
         "{reply}"
     );
-    let failed = config.events("CONFIG_RELOAD_FAILED");
+    let failed = rig.config.events("CONFIG_RELOAD_FAILED");
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["generation"], 1);
     let errors: Vec<String> = failed[0]["errors"]
@@ -308,25 +303,25 @@ async fn an_invalid_file_changes_nothing() {
 
     // The old rules hold: tmp: keys stay local.
     assert_eq!(client.cmd(&["SET", "tmp:a", "1"]).await, b"+OK\r\n");
-    assert!(!upstream_has(&redis, "tmp:a").await);
+    assert!(!upstream_has(&rig.redis, "tmp:a").await);
     assert_eq!(info_field(&mut client, "config_generation").await, "1");
     assert_eq!(info_field(&mut client, "config_last_reload_ok").await, "0");
 
     // Not TOML at all, then a missing file: the same.
-    config.write("[[keyspace]\n");
+    rig.config.write("[[keyspace]\n");
     assert!(reload(&mut client).await.starts_with(b"-ERR reload failed"));
-    std::fs::remove_file(config.path()).unwrap();
+    std::fs::remove_file(rig.config.path()).unwrap();
     let reply = String::from_utf8(reload(&mut client).await).unwrap();
     assert!(reply.contains("cannot read"), "{reply}");
-    assert_eq!(config.events("CONFIG_RELOAD_FAILED").len(), 3);
+    assert_eq!(rig.config.events("CONFIG_RELOAD_FAILED").len(), 3);
     assert_eq!(client.cmd(&["GET", "tmp:a"]).await, b"$1\r\n1\r\n");
 
     // Fixed: applies, and the last reload is good again.
-    config.write("");
+    rig.config.write("");
     assert_eq!(reload(&mut client).await, b"+OK\r\n");
     assert_eq!(info_field(&mut client, "config_generation").await, "2");
     assert_eq!(info_field(&mut client, "config_last_reload_ok").await, "1");
-    proxy.shutdown().await;
+    rig.proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,17 +408,14 @@ async fn users_follow_a_reload() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_timeouts_apply_to_open_connections() {
-    let Rig {
-        redis,
-        config,
-        proxy,
-    } = Rig::start("").await;
-    let mut admin = RawClient::connect(proxy.addr).await;
-    let mut idle = RawClient::connect(proxy.addr).await;
+    let rig = Rig::start("").await;
+    let mut admin = RawClient::connect(rig.proxy.addr).await;
+    let mut idle = RawClient::connect(rig.proxy.addr).await;
     assert_eq!(idle.cmd(&["PING"]).await, b"+PONG\r\n");
 
     // An idle timeout, which the connected idle clients get too; and a max_clients of 3.
-    config.write("client_idle_timeout = \"1s\"\nmax_clients = 3\n");
+    rig.config
+        .write("client_idle_timeout = \"1s\"\nmax_clients = 3\n");
     assert_eq!(reload(&mut admin).await, b"+OK\r\n");
     let t = Instant::now();
     assert_eq!(idle.bytes_until_closed().await, b"");
@@ -436,51 +428,47 @@ async fn limits_and_timeouts_apply_to_open_connections() {
     // Three clients fit, a fourth does not.
     let mut clients = Vec::new();
     for _ in 0..3 {
-        let mut c = RawClient::connect(proxy.addr).await;
+        let mut c = RawClient::connect(rig.proxy.addr).await;
         assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
         clients.push(c);
     }
-    let mut fourth = RawClient::connect(proxy.addr).await;
+    let mut fourth = RawClient::connect(rig.proxy.addr).await;
     assert_eq!(
         fourth.bytes_until_closed().await,
         b"-ERR max number of clients reached\r\n"
     );
 
     // A longer command timeout, seen on a hung upstream: the request waits for it.
-    config.write_with("", "1500ms");
+    rig.config.write_with("", "1500ms");
     assert_eq!(reload(&mut clients[0]).await, b"+OK\r\n");
     let client = &mut clients[1];
     assert_eq!(client.cmd(&["SET", "k", "1"]).await, b"+OK\r\n");
-    redis.hang();
+    rig.redis.hang();
     let t = Instant::now();
     let reply = client.cmd(&["GET", "k"]).await;
     let waited = t.elapsed();
-    redis.resume();
+    rig.redis.resume();
     assert!(reply.starts_with(b"-"), "{}", show_bytes(&reply));
     assert!(
         waited >= Duration::from_millis(1300) && waited < Duration::from_secs(4),
         "timed out after {waited:?}"
     );
-    proxy.shutdown().await;
+    rig.proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyspace_that_changes_mode_leaves_no_local_keys_behind() {
-    let Rig {
-        redis,
-        config,
-        proxy,
-    } = Rig::start(&format!("{SCRATCH}{SESSIONS}")).await;
-    let mut client = RawClient::connect(proxy.addr).await;
+    let mut rig = Rig::start(&format!("{SCRATCH}{SESSIONS}")).await;
+    let mut client = RawClient::connect(rig.proxy.addr).await;
     for key in ["tmp:a", "tmp:b", "sess:a"] {
         assert_eq!(client.cmd(&["SET", key, "local"]).await, b"+OK\r\n");
     }
     // tmp: becomes degraded (served by the upstream while it is up); sess: is unchanged.
-    config.write(&format!(
+    rig.config.write(&format!(
         "{SESSIONS}\n[[keyspace]]\nname = \"scratch\"\npatterns = [\"tmp:\"]\nmode = \"degraded\"\n"
     ));
     assert_eq!(reload(&mut client).await, b"+OK\r\n");
-    let event = config.events("CONFIG_RELOADED").pop().unwrap();
+    let event = rig.config.events("CONFIG_RELOADED").pop().unwrap();
     assert_eq!(event["discarded_local_keys"], 2);
     assert_eq!(
         event["keyspaces"]["degraded"],
@@ -490,8 +478,7 @@ async fn a_keyspace_that_changes_mode_leaves_no_local_keys_behind() {
     assert_eq!(client.cmd(&["GET", "sess:a"]).await, b"$5\r\nlocal\r\n");
 
     // During an outage the old local scratch values must not come back as degraded replies.
-    let mut redis = redis;
-    redis.kill();
+    rig.redis.kill();
     let deadline = Instant::now() + WAIT;
     loop {
         let reply = client.cmd(&["GET", "tmp:a"]).await;
@@ -506,7 +493,7 @@ async fn a_keyspace_that_changes_mode_leaves_no_local_keys_behind() {
     let big = "x".repeat(2000);
     assert_eq!(client.cmd(&["SET", "sess:big", &big]).await, b"+OK\r\n");
     assert_eq!(info_field(&mut client, "local_store_keys").await, "2");
-    config.write(&format!(
+    rig.config.write(&format!(
         "{SESSIONS}\n[local_store]\nmax_bytes = \"1KiB\"\n"
     ));
     assert_eq!(reload(&mut client).await, b"+OK\r\n");
@@ -516,25 +503,21 @@ async fn a_keyspace_that_changes_mode_leaves_no_local_keys_behind() {
     );
     assert_eq!(info_field(&mut client, "local_store_keys").await, "0");
     assert_eq!(info_field(&mut client, "local_store_evictions").await, "2");
-    proxy.shutdown().await;
+    rig.proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_fixed_at_startup_are_kept_and_named() {
-    let Rig {
-        redis,
-        config,
-        proxy,
-    } = Rig::start(SCRATCH).await;
-    let mut client = RawClient::connect(proxy.addr).await;
-    config.write(&format!("max_clients = 77\n{SCRATCH}"));
-    let text = std::fs::read_to_string(config.path()).unwrap();
+    let rig = Rig::start(SCRATCH).await;
+    let mut client = RawClient::connect(rig.proxy.addr).await;
+    rig.config.write(&format!("max_clients = 77\n{SCRATCH}"));
+    let text = std::fs::read_to_string(rig.config.path()).unwrap();
     let moved = text
         .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"")
-        .replace(&redis.addr(), "127.0.0.1:2");
-    std::fs::write(config.path(), moved).unwrap();
+        .replace(&rig.redis.addr(), "127.0.0.1:2");
+    std::fs::write(rig.config.path(), moved).unwrap();
     assert_eq!(reload(&mut client).await, b"+OK\r\n");
-    let event = config.events("CONFIG_RELOADED").pop().unwrap();
+    let event = rig.config.events("CONFIG_RELOADED").pop().unwrap();
     assert_eq!(
         event["restart_required"],
         serde_json::json!(["listen", "upstream.address"])
@@ -542,8 +525,8 @@ async fn settings_fixed_at_startup_are_kept_and_named() {
     assert_eq!(event["applied"], serde_json::json!(["max_clients"]));
     // Still on the same upstream.
     assert_eq!(client.cmd(&["SET", "k", "1"]).await, b"+OK\r\n");
-    assert!(upstream_has(&redis, "k").await);
-    proxy.shutdown().await;
+    assert!(upstream_has(&rig.redis, "k").await);
+    rig.proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -575,24 +558,16 @@ async fn login(addr: std::net::SocketAddr, name: &str, pw: &str) -> RawClient {
 /// after the reload reaches it (found by review: it stayed blocked and popped the element).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_client_of_a_withdrawn_user_is_closed_at_once() {
-    let (
-        Rig {
-            redis,
-            config,
-            proxy,
-        },
-        mut ops,
-        mut alice,
-    ) = Rig::with_alice("500ms").await;
+    let (rig, mut ops, mut alice) = Rig::with_alice("500ms").await;
     alice.send(&[&["BLPOP", "q", "0"]]).await;
-    wait_until_blocked(&redis).await;
+    wait_until_blocked(&rig.redis).await;
 
-    config.write(&user("ops", "ops-pw", "\"all\""));
+    rig.config.write(&user("ops", "ops-pw", "\"all\""));
     assert_eq!(reload(&mut ops).await, b"+OK\r\n");
     // alice was deleted: her connection closes with nothing more, and her BLPOP is gone from
     // the upstream, so what is pushed next stays in the list.
     assert_eq!(alice.bytes_until_closed().await, b"");
-    let mut direct = RawClient::connect(redis.addr()).await;
+    let mut direct = RawClient::connect(rig.redis.addr()).await;
     let deadline = Instant::now() + WAIT;
     loop {
         let info = direct.cmd(&["INFO", "clients"]).await;
@@ -607,64 +582,50 @@ async fn a_blocked_client_of_a_withdrawn_user_is_closed_at_once() {
     }
     assert_eq!(direct.cmd(&["RPUSH", "q", "secret"]).await, b":1\r\n");
     assert_eq!(direct.cmd(&["LLEN", "q"]).await, b":1\r\n");
-    proxy.shutdown().await;
+    rig.proxy.shutdown().await;
 }
 
 /// A command queued in MULTI before a reload that revokes its permission does not run at EXEC
 /// (Redis checks ACLs again at EXEC too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_checks_permissions_again_after_a_reload() {
-    let (
-        Rig {
-            redis,
-            config,
-            proxy,
-        },
-        mut ops,
-        mut alice,
-    ) = Rig::with_alice("500ms").await;
+    let (rig, mut ops, mut alice) = Rig::with_alice("500ms").await;
     assert_eq!(alice.cmd(&["MULTI"]).await, b"+OK\r\n");
     assert_eq!(alice.cmd(&["SET", "k", "written"]).await, b"+QUEUED\r\n");
 
     // alice may only read from now on (same password: she keeps her connection).
-    config.write(&users("\"read\", \"connection\", \"transaction\""));
+    rig.config
+        .write(&users("\"read\", \"connection\", \"transaction\""));
     assert_eq!(reload(&mut ops).await, b"+OK\r\n");
-    let mut alice2 = login(proxy.addr, "alice", "alice-pw").await;
+    let mut alice2 = login(rig.proxy.addr, "alice", "alice-pw").await;
     let denied = alice2.cmd(&["SET", "k2", "v"]).await;
     assert!(denied.starts_with(b"-NOPERM"), "{}", show_bytes(&denied));
     let exec = alice.cmd(&["EXEC"]).await;
     assert!(
-        !upstream_has(&redis, "k").await,
+        !upstream_has(&rig.redis, "k").await,
         "EXEC after the reload wrote k for a read-only user: {}",
         show_bytes(&exec)
     );
-    proxy.shutdown().await;
+    rig.proxy.shutdown().await;
 }
 
 /// A request stalled (waiting for a dedicated connection) when its user is deleted is never
 /// sent upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_waiting_request_of_a_withdrawn_user_never_runs() {
-    let (
-        Rig {
-            redis,
-            config,
-            proxy,
-        },
-        mut ops,
-        mut alice,
-    ) = Rig::with_alice("5s").await;
-    redis.hang();
+    let (rig, mut ops, mut alice) = Rig::with_alice("5s").await;
+    rig.redis.hang();
     // GET waits on the shared connection; SET (db 1) waits for it, then a dedicated one.
     alice
         .send(&[&["GET", "k"], &["SELECT", "1"], &["SET", "owned", "1"]])
         .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    config.write_with(&user("ops", "ops-pw", "\"all\""), "5s");
+    rig.config
+        .write_with(&user("ops", "ops-pw", "\"all\""), "5s");
     assert_eq!(reload(&mut ops).await, b"+OK\r\n");
-    redis.resume();
+    rig.redis.resume();
     let seen = alice.bytes_until_closed().await;
-    let mut direct = RawClient::connect(redis.addr()).await;
+    let mut direct = RawClient::connect(rig.redis.addr()).await;
     assert_eq!(direct.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
     let exists = direct.cmd(&["EXISTS", "owned"]).await;
     assert_eq!(
@@ -673,26 +634,22 @@ async fn a_waiting_request_of_a_withdrawn_user_never_runs() {
         "deleted user's SET ran after the reload; client saw {}",
         show_bytes(&seen)
     );
-    proxy.shutdown().await;
+    rig.proxy.shutdown().await;
 }
 
 /// A client on its own upstream connection never goes idle long enough to drop its parser: a
 /// reload that lowers `max_bulk_len` applies to it all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parser_limits_reach_clients_on_their_own_connections() {
-    let Rig {
-        redis: _redis,
-        config,
-        proxy,
-    } = Rig::start("").await;
-    let mut admin = RawClient::connect(proxy.addr).await;
-    let mut pinned = RawClient::connect(proxy.addr).await;
+    let rig = Rig::start("").await;
+    let mut admin = RawClient::connect(rig.proxy.addr).await;
+    let mut pinned = RawClient::connect(rig.proxy.addr).await;
     assert_eq!(pinned.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
     assert_eq!(pinned.cmd(&["GET", "x"]).await, b"$-1\r\n"); // opens its dedicated connection
-    config.write("[limits]\nmax_bulk_len = \"1KiB\"\n");
+    rig.config.write("[limits]\nmax_bulk_len = \"1KiB\"\n");
     assert_eq!(reload(&mut admin).await, b"+OK\r\n");
     let big = "v".repeat(4096);
-    let mut fresh = RawClient::connect(proxy.addr).await;
+    let mut fresh = RawClient::connect(rig.proxy.addr).await;
     let r = fresh.try_frame_of(&["SET", "big", &big]).await;
     assert!(
         r.as_deref()
@@ -707,7 +664,7 @@ async fn parser_limits_reach_clients_on_their_own_connections() {
         "old client still accepts 4 KiB bulks: {:?}",
         r.as_deref().map(show_bytes)
     );
-    proxy.shutdown().await;
+    rig.proxy.shutdown().await;
 }
 
 /// A batch routed to the local store by the old policy must not write after the reload
@@ -771,18 +728,10 @@ async fn a_batch_judged_before_a_reload_never_writes_after_its_discard() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_of_a_withdrawn_user_is_closed() {
-    let (
-        Rig {
-            redis: _redis,
-            config,
-            proxy,
-        },
-        mut ops,
-        mut alice,
-    ) = Rig::with_alice("500ms").await;
+    let (rig, mut ops, mut alice) = Rig::with_alice("500ms").await;
     let sub = alice.cmd(&["SUBSCRIBE", "ch"]).await;
     assert!(sub.starts_with(b"*3"), "{}", show_bytes(&sub));
-    config.write(&user("ops", "ops-pw", "\"all\""));
+    rig.config.write(&user("ops", "ops-pw", "\"all\""));
     assert_eq!(reload(&mut ops).await, b"+OK\r\n");
     assert_eq!(alice.bytes_until_closed().await, b"");
     // And its subscription ends upstream with the connection that held it.
@@ -794,21 +743,17 @@ async fn a_subscriber_of_a_withdrawn_user_is_closed() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    proxy.shutdown().await;
+    rig.proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shorter_idle_timeout_counts_from_the_last_request() {
-    let Rig {
-        redis: _redis,
-        config,
-        proxy,
-    } = Rig::start("client_idle_timeout = \"30s\"\n").await;
-    let mut idle = RawClient::connect(proxy.addr).await;
+    let rig = Rig::start("client_idle_timeout = \"30s\"\n").await;
+    let mut idle = RawClient::connect(rig.proxy.addr).await;
     assert_eq!(idle.cmd(&["PING"]).await, b"+PONG\r\n");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let mut admin = RawClient::connect(proxy.addr).await;
-    config.write("client_idle_timeout = \"1s\"\n");
+    let mut admin = RawClient::connect(rig.proxy.addr).await;
+    rig.config.write("client_idle_timeout = \"1s\"\n");
     let t = Instant::now();
     assert_eq!(reload(&mut admin).await, b"+OK\r\n");
     assert_eq!(idle.bytes_until_closed().await, b"");
@@ -817,7 +762,7 @@ async fn a_shorter_idle_timeout_counts_from_the_last_request() {
         "{:?}",
         t.elapsed()
     );
-    proxy.shutdown().await;
+    rig.proxy.shutdown().await;
 }
 
 /// Answers GET `key` through the proxy until it is forwarded (a nil reply, not an error).
