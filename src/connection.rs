@@ -393,7 +393,7 @@ fn client(
         (b"setinfo", _) => arity("client|setinfo"),
         (b"info", 2) => {
             let line = info_line(ClientState::of(state, users), env, &peer());
-            verbatim(&line, resp3)
+            crate::info::reply(&line, resp3)
         }
         (b"info", _) => arity("client|info"),
         (b"list", _) => list(req, env, resp3),
@@ -408,34 +408,21 @@ fn client(
     }
 }
 
-/// A text reply as Redis sends CLIENT INFO and LIST: bulk, or verbatim for RESP3.
-fn verbatim(text: &str, resp3: bool) -> Bytes {
-    let mut out = BytesMut::with_capacity(text.len() + 16);
-    if resp3 {
-        let _ = write!(out, "={}\r\ntxt:", text.len() + 4);
-    } else {
-        let _ = write!(out, "${}\r\n", text.len());
-    }
-    out.put_slice(text.as_bytes());
-    out.put_slice(b"\r\n");
-    out.freeze()
-}
-
 /// `CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id [id ...]]`: the proxy's own
 /// clients. Every client of the proxy counts as `normal`.
 fn list(req: &Request, env: &Env<'_>, resp3: bool) -> Bytes {
     let args: Vec<&[u8]> = req.args().skip(2).collect();
     let is = |a: &[u8], w: &str| a.eq_ignore_ascii_case(w.as_bytes());
     match args.as_slice() {
-        [] => verbatim(&env.clients.list(None), resp3),
+        [] => crate::info::reply(&env.clients.list(None), resp3),
         [t, kind] if is(t, "type") => {
             if is(kind, "normal") {
-                verbatim(&env.clients.list(None), resp3)
+                crate::info::reply(&env.clients.list(None), resp3)
             } else if ["master", "replica", "slave", "pubsub"]
                 .iter()
                 .any(|k| is(kind, k))
             {
-                verbatim("", resp3)
+                crate::info::reply("", resp3)
             } else {
                 let shown = String::from_utf8_lossy(engine::c_str(kind)).into_owned();
                 error(&format!("ERR Unknown client type '{shown}'"))
@@ -449,7 +436,7 @@ fn list(req: &Request, env: &Env<'_>, resp3: bool) -> Bytes {
                     _ => return error("ERR Invalid client ID"),
                 }
             }
-            verbatim(&env.clients.list(Some(&wanted)), resp3)
+            crate::info::reply(&env.clients.list(Some(&wanted)), resp3)
         }
         _ => error("ERR syntax error"),
     }

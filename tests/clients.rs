@@ -32,32 +32,6 @@ const PASSWORD: &str = "pw";
 /// A client that keeps each reply as the exact bytes received (see `support::RawClient`).
 type Raw = RawClient;
 
-/// Bytes as they would be written in a Rust byte string, for failure messages.
-fn show(bytes: &[u8]) -> String {
-    bytes.escape_ascii().to_string()
-}
-
-/// HELLO's reply with the `id` value replaced by `<id>` (after checking it is a positive
-/// integer): the one field whose value differs between two servers.
-fn mask_id(reply: &[u8]) -> Vec<u8> {
-    const FIELD: &[u8] = b"$2\r\nid\r\n:";
-    let Some(at) = reply.windows(FIELD.len()).position(|w| w == FIELD) else {
-        return reply.to_vec();
-    };
-    let start = at + FIELD.len();
-    let len = reply[start..]
-        .iter()
-        .position(|&b| b == b'\r')
-        .expect("id line ends");
-    let id = std::str::from_utf8(&reply[start..start + len]).expect("id is ASCII");
-    assert!(
-        id.parse::<u64>().is_ok_and(|id| id > 0),
-        "HELLO id {id:?} in {}",
-        show(reply)
-    );
-    [&reply[..start], b"<id>", &reply[start + len..]].concat()
-}
-
 /// The version the installed redis-server reports (`redis-server --version`: `v=7.0.15`).
 fn installed_redis_version() -> String {
     let out = Command::new("redis-server")
@@ -103,8 +77,8 @@ async fn assert_same(proxy: SocketAddr, reference: &str, cmds: &[&[&str]]) {
         if got != want {
             differences.push(format!(
                 "{cmd:?}\n  keywarden:    {}\n  redis-server: {}",
-                show(&got),
-                show(&want)
+                show_bytes(&got),
+                show_bytes(&want)
             ));
         }
     }
@@ -266,11 +240,11 @@ async fn wait_until_served_locally(proxy: &Proxy) {
         if reply == b"$-1\r\n" {
             return;
         }
-        assert!(reply.starts_with(b"-"), "{}", show(&reply));
+        assert!(reply.starts_with(b"-"), "{}", show_bytes(&reply));
         assert!(
             tokio::time::Instant::now() < deadline,
             "the cache keyspace was never served locally: {}",
-            show(&reply)
+            show_bytes(&reply)
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -798,7 +772,7 @@ async fn permissions_hold_in_every_mode_and_while_the_upstream_is_down() {
     // HELLO 3 AUTH while down, then RESET: unauthenticated again.
     let mut c = Raw::connect(proxy.addr).await;
     let hello = c.cmd(&["HELLO", "3", "AUTH", "reader", PASSWORD]).await;
-    assert!(hello.starts_with(b"%7\r\n"), "{}", show(&hello));
+    assert!(hello.starts_with(b"%7\r\n"), "{}", show_bytes(&hello));
     assert_eq!(
         c.run(&[
             &["GET", "cache:x"],
@@ -842,7 +816,7 @@ async fn permissions_hold_in_every_mode_and_while_the_upstream_is_down() {
     assert!(
         got[5].starts_with(b"-FAILCLOSED keyspace 'rl'"),
         "{}",
-        show(&got[5])
+        show_bytes(&got[5])
     );
     // Connection state still works while down: databases and RESP3 in the local store.
     let got = admin
@@ -858,7 +832,7 @@ async fn permissions_hold_in_every_mode_and_while_the_upstream_is_down() {
             &["GET", "tmp:x"],
         ])
         .await;
-    assert!(got[3].starts_with(b"%7\r\n"), "{}", show(&got[3]));
+    assert!(got[3].starts_with(b"%7\r\n"), "{}", show_bytes(&got[3]));
     assert_eq!(
         [&got[..3], &got[4..]].concat(),
         [

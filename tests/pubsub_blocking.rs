@@ -92,20 +92,6 @@ fn array(kind: u8, items: &[Item]) -> Vec<u8> {
     out
 }
 
-/// HELLO's reply with the `id` value replaced by `<id>`: the one field that differs.
-fn mask_id(reply: &[u8]) -> Vec<u8> {
-    const FIELD: &[u8] = b"$2\r\nid\r\n:";
-    let Some(at) = reply.windows(FIELD.len()).position(|w| w == FIELD) else {
-        return reply.to_vec();
-    };
-    let start = at + FIELD.len();
-    let len = reply[start..]
-        .iter()
-        .position(|&b| b == b'\r')
-        .expect("id line ends");
-    [&reply[..start], b"<id>", &reply[start + len..]].concat()
-}
-
 /// A field of the upstream's `INFO clients`, read straight from the server.
 async fn info_clients_field(redis: &RedisServer, field: &str) -> i64 {
     let mut direct = Client::connect(redis.addr()).await;

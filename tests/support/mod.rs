@@ -500,3 +500,24 @@ pub fn events_in(path: &std::path::Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("each event is one JSON object per line"))
         .collect()
 }
+
+/// HELLO's reply with the `id` value replaced by `<id>` (after checking it is a positive
+/// integer): the one field whose value differs between two servers.
+pub fn mask_id(reply: &[u8]) -> Vec<u8> {
+    const FIELD: &[u8] = b"$2\r\nid\r\n:";
+    let Some(at) = reply.windows(FIELD.len()).position(|w| w == FIELD) else {
+        return reply.to_vec();
+    };
+    let start = at + FIELD.len();
+    let len = reply[start..]
+        .iter()
+        .position(|&b| b == b'\r')
+        .expect("id line ends");
+    let id = std::str::from_utf8(&reply[start..start + len]).expect("id is ASCII");
+    assert!(
+        id.parse::<u64>().is_ok_and(|id| id > 0),
+        "HELLO id {id:?} in {}",
+        show_bytes(reply)
+    );
+    [&reply[..start], b"<id>", &reply[start + len..]].concat()
+}
