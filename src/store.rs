@@ -26,7 +26,7 @@
 //! Each key counts `key.len() + value bytes + ENTRY_OVERHEAD` ([`entry_bytes`]), where a
 //! string's value bytes are its length and a hash's are, per field, `field.len() +
 //! value.len() + FIELD_OVERHEAD`. The overheads approximate this map's own structures (the LRU
-//! node and its table slot, the key's shared buffer, the SCAN index and deadline index
+//! node and its table slot, a long key's shared buffer, the SCAN index and deadline index
 //! entries), so the budget tracks real memory within a small factor for tiny keys and closely
 //! for large ones; spare capacity of a string grown by APPEND is not counted.
 //!
@@ -51,6 +51,7 @@
 //! whole scan exactly once, whatever is written or deleted meanwhile (a page never splits a run
 //! of equal hashes, so it always advances).
 
+mod key;
 mod txn;
 mod value;
 mod watch;
@@ -62,19 +63,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use bytes::Bytes;
+use key::Key;
 use lru::LruCache;
 use smallvec::SmallVec;
 
 pub(crate) use txn::Txn;
-pub use value::{Hash, Value, FIELD_OVERHEAD, HASH_MAX_LISTPACK_ENTRIES, HASH_MAX_LISTPACK_VALUE};
+pub use value::{
+    Hash, Str, Value, FIELD_OVERHEAD, HASH_MAX_LISTPACK_ENTRIES, HASH_MAX_LISTPACK_VALUE,
+};
 pub use watch::Watch;
 use watch::WatchTable;
 
 /// Bytes counted for each key on top of its key and value bytes. Measured shape on x86-64: the
-/// LRU node (key handle 32 + [`Entry`] 112 + list links 16 = 160), its hash table slot (~25),
-/// the shared key buffer's header (~32) and the SCAN index entry (40 in a B-tree, ~60 with node
-/// slack): about 270 in all, counted as 256 (a key with a deadline costs ~60 more, uncounted).
+/// LRU node (key 40 + [`Entry`] 80 + list links 16 = 136), its hash table slot (~25) and the
+/// SCAN index entry (48 in a B-tree, ~70 with node slack): about 230, counted as 256. Keys of up
+/// to 34 bytes and string values of up to 48 are held inside these; a longer key adds one
+/// shared buffer (~32 + its length) and a longer value its own (its length, as counted), and a
+/// key with a deadline ~70 more, uncounted.
 pub const ENTRY_OVERHEAD: usize = 256;
 
 /// Bytes a key of `key_len` bytes holding `value_bytes` (see [`Value::bytes`]) counts for.
@@ -104,10 +109,9 @@ pub struct Store {
     recoveries: AtomicU64,
 }
 
-/// One key: its db-prefixed name (shared with the indexes), value and deadline.
+/// What one key holds: its value and deadline (the key itself is the map's).
 #[derive(Debug)]
 pub struct Entry {
-    full: Bytes,
     value: Value,
     expire_at: Option<u64>,
 }
@@ -127,16 +131,9 @@ impl Entry {
         self.value
     }
 
-    fn key(&self) -> &[u8] {
-        &self.full[DB_PREFIX..]
-    }
-
-    fn db(&self) -> u32 {
-        db_of(&self.full)
-    }
-
-    fn bytes(&self) -> usize {
-        entry_bytes(self.full.len() - DB_PREFIX, self.value.bytes())
+    /// Bytes counted for this entry under the db-prefixed key `full`.
+    fn bytes(&self, full: &[u8]) -> usize {
+        entry_bytes(full.len() - DB_PREFIX, self.value.bytes())
     }
 
     /// Past its deadline at `now` (Redis's `keyIsExpired`), whether or not removed yet.
@@ -174,11 +171,11 @@ struct Inner {
     generation: u64,
     used: usize,
     /// Every key of every database, most recently used first.
-    lru: LruCache<Bytes, Entry, RandomState>,
+    lru: LruCache<Key, Entry, RandomState>,
     /// Per database, its keys ordered by (scan hash, full key): SCAN, KEYS, RANDOMKEY, DBSIZE.
-    dbs: BTreeMap<u32, BTreeSet<(u64, Bytes)>>,
+    dbs: BTreeMap<u32, BTreeSet<(u64, Key)>>,
     /// Keys with a deadline, soonest first.
-    deadlines: BTreeSet<(u64, Bytes)>,
+    deadlines: BTreeSet<(u64, Key)>,
     scan_hasher: RandomState,
     rng: u64,
     evictions: u64,
@@ -192,32 +189,32 @@ impl Inner {
         self.scan_hasher.hash_one(key)
     }
 
-    /// Takes a detached entry out of the indexes and the byte count, and tells its watchers:
-    /// every removal but FLUSHDB's passes here (delete, expiry, eviction).
-    fn forget(&mut self, entry: &Entry, why: Removal) {
-        let hash = self.scan_hash(entry.key());
-        let db = entry.db();
-        if let Some(index) = self.dbs.get_mut(&db) {
-            index.remove(&(hash, entry.full.clone()));
-            if index.is_empty() {
-                self.dbs.remove(&db);
-            }
-        }
-        if let Some(at) = entry.expire_at {
-            self.deadlines.remove(&(at, entry.full.clone()));
-        }
-        self.used -= entry.bytes();
+    /// Takes the entry detached from under `full` out of the indexes and the byte count, and
+    /// tells its watchers: every removal but FLUSHDB's passes here (delete, expiry, eviction).
+    fn forget(&mut self, full: Key, entry: &Entry, why: Removal) {
+        let hash = self.scan_hash(&full[DB_PREFIX..]);
+        let db = db_of(&full);
+        self.used -= entry.bytes(&full);
         match why {
             Removal::Deleted => {}
             Removal::Expired => self.expirations += 1,
             Removal::Evicted => self.evictions += 1,
         }
-        self.signal_modified(&entry.full, true);
+        self.signal_modified(&full, true);
+        if let Some(at) = entry.expire_at {
+            self.deadlines.remove(&(at, full.clone()));
+        }
+        if let Some(index) = self.dbs.get_mut(&db) {
+            index.remove(&(hash, full));
+            if index.is_empty() {
+                self.dbs.remove(&db);
+            }
+        }
     }
 
     fn remove_full(&mut self, full: &[u8], why: Removal) -> Option<Entry> {
-        let entry = self.lru.pop(full)?;
-        self.forget(&entry, why);
+        let (full, entry) = self.lru.pop_entry(full)?;
+        self.forget(full, &entry, why);
         Some(entry)
     }
 
@@ -250,7 +247,7 @@ impl Inner {
     }
 
     fn remove_where(&mut self, f: impl Fn(u32, &[u8]) -> bool) -> usize {
-        let doomed: Vec<Bytes> = self
+        let doomed: Vec<Key> = self
             .lru
             .iter()
             .filter(|(full, _)| f(db_of(full), &full[DB_PREFIX..]))
@@ -268,14 +265,14 @@ impl Inner {
             if self.expire_some(now, 1) == 1 {
                 continue;
             }
-            let Some((_, victim)) = self.lru.pop_lru() else {
+            let Some((full, victim)) = self.lru.pop_lru() else {
                 break;
             };
-            self.forget(&victim, Removal::Evicted);
+            self.forget(full, &victim, Removal::Evicted);
         }
     }
 
-    fn set_deadline(&mut self, full: &Bytes, old: Option<u64>, new: Option<u64>) {
+    fn set_deadline(&mut self, full: &Key, old: Option<u64>, new: Option<u64>) {
         if old == new {
             return;
         }
@@ -455,7 +452,7 @@ mod tests {
     }
 
     fn s(v: &str) -> Value {
-        Value::Str(v.as_bytes().to_vec())
+        Value::Str(Str::from_slice(v.as_bytes()))
     }
 
     fn get(store: &Store, db: u32, key: &str, now: u64) -> Option<Value> {
@@ -564,7 +561,7 @@ mod tests {
         assert_eq!(get(&store, 0, "c", 0), Some(s("3")));
         // Bigger than the whole budget: refused, nothing evicted.
         let before = store.keys();
-        let big = Value::Str(vec![b'x'; room_for(2)]);
+        let big = Value::Str(Str::from_elem(b'x', room_for(2)));
         assert_eq!(
             store.lock(0).insert(0, b"z", big.clone(), Expiry::Persist),
             Err(OutOfMemory)
@@ -754,7 +751,7 @@ mod tests {
         put(&store, 0, "a2", "v", 0);
         put(&store, 0, "b1", "v", 0);
         let keys = store.lock(5).keys_where(0, |k| k.starts_with(b"a"));
-        assert_eq!(keys, vec![Bytes::from_static(b"a2")]);
+        assert_eq!(keys, vec![bytes::Bytes::from_static(b"a2")]);
     }
 
     #[test]

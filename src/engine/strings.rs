@@ -6,7 +6,7 @@
 use super::number::string2ll;
 use super::reply::format_i64;
 use super::{as_str, float, is_option, Ctx, Error, PROTO_MAX_BULK_LEN};
-use crate::store::{Expiry, Value};
+use crate::store::{Expiry, Str, Value};
 
 /// SET/GETEX option flags, as in t_string.c (`OBJ_SET_NX`...).
 const NX: u16 = 1;
@@ -126,7 +126,7 @@ fn set_generic(
         None => Expiry::Persist,
     };
     c.txn
-        .insert(c.db, key, Value::Str(value.to_vec()), expiry)?;
+        .insert(c.db, key, Value::Str(Str::from_slice(value)), expiry)?;
     if flags & GET == 0 {
         if counted {
             c.out.int(1);
@@ -168,8 +168,12 @@ pub(super) fn getset(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
         Some(old) => c.out.bulk(old),
         None => c.out.null(),
     }
-    c.txn
-        .insert(c.db, key, Value::Str(c.arg(2).to_vec()), Expiry::Persist)?;
+    c.txn.insert(
+        c.db,
+        key,
+        Value::Str(Str::from_slice(c.arg(2))),
+        Expiry::Persist,
+    )?;
     Ok(())
 }
 
@@ -245,7 +249,7 @@ fn mset_generic(c: &mut Ctx<'_, '_>, nx: bool) -> Result<(), Error> {
         c.txn.check_fits(c.arg(i).len(), c.arg(i + 1).len())?;
     }
     for i in (1..c.argc()).step_by(2) {
-        let value = Value::Str(c.arg(i + 1).to_vec());
+        let value = Value::Str(Str::from_slice(c.arg(i + 1)));
         c.txn.insert(c.db, c.arg(i), value, Expiry::Persist)?;
     }
     if nx {
@@ -272,8 +276,12 @@ fn incr_by(c: &mut Ctx<'_, '_>, incr: i64) -> Result<(), Error> {
         None => 0,
     };
     let new = old.checked_add(incr).ok_or(Error::Overflow)?;
-    c.txn
-        .insert(c.db, key, Value::Str(format_i64(new)), Expiry::Keep)?;
+    c.txn.insert(
+        c.db,
+        key,
+        Value::Str(Str::from_vec(format_i64(new))),
+        Expiry::Keep,
+    )?;
     c.out.int(new);
     Ok(())
 }
@@ -313,7 +321,8 @@ pub(super) fn incrbyfloat(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     }
     let text = float::format_human(new);
     c.out.bulk(&text);
-    c.txn.insert(c.db, key, Value::Str(text), Expiry::Keep)?;
+    c.txn
+        .insert(c.db, key, Value::Str(Str::from_vec(text)), Expiry::Keep)?;
     Ok(())
 }
 
@@ -322,7 +331,7 @@ pub(super) fn append(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     let tail = c.arg(2);
     let Some(old_len) = as_str(c.txn.get(c.db, key))?.map(<[u8]>::len) else {
         c.txn
-            .insert(c.db, key, Value::Str(tail.to_vec()), Expiry::Keep)?;
+            .insert(c.db, key, Value::Str(Str::from_slice(tail)), Expiry::Keep)?;
         c.out.int(tail.len() as i64);
         return Ok(());
     };
@@ -399,7 +408,7 @@ pub(super) fn setrange(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     c.txn.check_fits(key.len(), new_len)?;
     match existing {
         None => {
-            let mut s = vec![0; end];
+            let mut s = Str::from_elem(0, end);
             s[offset..].copy_from_slice(patch);
             c.txn.insert(c.db, key, Value::Str(s), Expiry::Keep)?;
         }

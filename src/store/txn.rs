@@ -12,7 +12,7 @@ use std::sync::MutexGuard;
 use bytes::Bytes;
 
 use super::{
-    entry_bytes, full_key, Entry, Expiry, FullKey, Inner, OutOfMemory, Removal, Value, Watch,
+    entry_bytes, full_key, Entry, Expiry, FullKey, Inner, Key, OutOfMemory, Removal, Value, Watch,
     DB_PREFIX,
 };
 
@@ -125,7 +125,7 @@ impl<'a> Txn<'a> {
         let now = self.now;
         let inner = &mut *self.inner;
         // A live key is replaced in place, found with one lookup.
-        if let Some(entry) = inner.lru.get_mut(&full[..]) {
+        if let Some((stored, entry)) = inner.lru.get_key_value_mut(&full[..]) {
             if entry.expire_at.is_none_or(|at| now <= at) {
                 let before = entry.value.bytes();
                 let after = value.bytes();
@@ -137,35 +137,37 @@ impl<'a> Txn<'a> {
                     Expiry::At(at) => Some(at),
                 };
                 entry.expire_at = new;
-                let full = entry.full.clone();
                 inner.used = inner.used - before + after;
-                inner.set_deadline(&full, old, new);
+                if old != new {
+                    let stored = stored.clone();
+                    inner.set_deadline(&stored, old, new);
+                }
                 inner.signal_modified(&full, false);
                 return Ok(());
             }
         }
         inner.expire_if_needed(&full, now);
         let entry = Entry {
-            full: Bytes::copy_from_slice(&full),
             value,
             expire_at: match expiry {
                 Expiry::At(at) => Some(at),
                 Expiry::Keep | Expiry::Persist => None,
             },
         };
-        let bytes = entry.bytes();
+        let bytes = entry.bytes(&full);
         inner.make_room(bytes, now);
+        let stored = Key::new(&full);
         let hash = inner.scan_hash(key);
         inner
             .dbs
             .entry(db)
             .or_default()
-            .insert((hash, entry.full.clone()));
+            .insert((hash, stored.clone()));
         if let Some(at) = entry.expire_at {
-            inner.deadlines.insert((at, entry.full.clone()));
+            inner.deadlines.insert((at, stored.clone()));
         }
         inner.used += bytes;
-        inner.lru.push(entry.full.clone(), entry);
+        inner.lru.push(stored, entry);
         inner.signal_modified(&full, false);
         Ok(())
     }
@@ -193,8 +195,9 @@ impl<'a> Txn<'a> {
         let inner = &mut *self.inner;
         let entry = inner.lru.peek_mut(&full[..])?;
         let old = std::mem::replace(&mut entry.expire_at, at);
-        let full = entry.full.clone();
-        inner.set_deadline(&full, old, at);
+        if old != at {
+            inner.set_deadline(&Key::new(&full), old, at);
+        }
         if at.is_some() || old.is_some() {
             inner.signal_modified(&full, false);
         }
@@ -216,7 +219,7 @@ impl<'a> Txn<'a> {
         };
         for (_, full) in index {
             if let Some(entry) = self.inner.lru.pop(&full[..]) {
-                self.inner.used -= entry.bytes();
+                self.inner.used -= entry.bytes(&full);
                 self.inner.signal_modified(&full, true);
                 if let Some(at) = entry.expire_at {
                     self.inner.deadlines.remove(&(at, full));
@@ -246,11 +249,11 @@ impl<'a> Txn<'a> {
         };
         let mut keys = Vec::new();
         let mut last_hash = None;
-        for (hash, full) in index.range((cursor, Bytes::new())..) {
+        for (hash, full) in index.range((cursor, Key::empty())..) {
             if keys.len() >= count.max(1) && last_hash != Some(*hash) {
                 return (*hash, keys);
             }
-            keys.push(full.slice(DB_PREFIX..));
+            keys.push(full.slice_from(DB_PREFIX));
             last_hash = Some(*hash);
         }
         (0, keys)
@@ -270,7 +273,7 @@ impl<'a> Txn<'a> {
                     .peek(&full[..])
                     .is_some_and(|e| e.expire_at.is_none_or(|at| self.now <= at))
             })
-            .map(|(_, full)| full.slice(DB_PREFIX..))
+            .map(|(_, full)| full.slice_from(DB_PREFIX))
             .collect()
     }
 
@@ -280,13 +283,13 @@ impl<'a> Txn<'a> {
             let r = self.inner.next_random();
             let index = self.inner.dbs.get(&db)?;
             let (_, full) = index
-                .range((r, Bytes::new())..)
+                .range((r, Key::empty())..)
                 .next()
                 .or_else(|| index.iter().next())?;
             let full = full.clone();
             let now = self.now;
             if !self.inner.expire_if_needed(&full, now) {
-                return Some(full.slice(DB_PREFIX..));
+                return Some(full.slice_from(DB_PREFIX));
             }
         }
     }

@@ -18,10 +18,18 @@ pub const HASH_MAX_LISTPACK_VALUE: usize = 64;
 /// vectors and the table slot).
 pub const FIELD_OVERHEAD: usize = 64;
 
+/// A string value: up to [`STR_INLINE`] bytes live inside the entry itself, so reading a short
+/// value touches no memory beyond the entry (see the module docs of `store` on why that counts).
+pub type Str = smallvec::SmallVec<[u8; STR_INLINE]>;
+
+/// The longest string value kept inline: what fits in the room a hash takes anyway, so
+/// [`Value`] is no larger for it.
+pub const STR_INLINE: usize = 48;
+
 /// The value of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
-    Str(Vec<u8>),
+    Str(Str),
     Hash(Hash),
 }
 
@@ -213,6 +221,14 @@ impl Hash {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_inline_string_makes_no_value_larger_than_a_hash_does() {
+        assert_eq!(std::mem::size_of::<Value>(), 64);
+        assert!(Str::from_slice(&[b'x'; STR_INLINE]).len() == STR_INLINE);
+        assert!(!Str::from_slice(&[b'x'; STR_INLINE]).spilled());
+        assert!(Str::from_slice(&[b'x'; STR_INLINE + 1]).spilled());
+    }
 
     #[test]
     fn listpack_keeps_insertion_order_through_updates_and_deletes() {

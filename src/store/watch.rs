@@ -253,11 +253,11 @@ impl WatchTable {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Expiry, Hash, Value};
+    use super::super::{Expiry, Hash, Str, Value};
     use super::*;
 
     fn s(v: &str) -> Value {
-        Value::Str(v.as_bytes().to_vec())
+        Value::Str(Str::from_slice(v.as_bytes()))
     }
 
     fn new_store() -> Arc<Store> {
@@ -404,7 +404,7 @@ mod tests {
             assert_eq!(txn.set_expire(0, b"missing", Some(10)), None);
             assert!(txn.update(0, b"missing", |_| ()).is_none());
             assert_eq!(txn.set_expire(0, b"k", None), None);
-            let huge = Value::Str(vec![b'x'; 1 << 20]);
+            let huge = Value::Str(Str::from_elem(b'x', 1 << 20));
             assert!(txn.insert(0, b"k", huge, Expiry::Persist).is_err());
             // Other keys, and the same name in another database.
             txn.insert(0, b"other", s("w"), Expiry::Persist).unwrap();

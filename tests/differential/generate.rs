@@ -59,10 +59,27 @@ const KEYS: &[&[u8]] = &[
     b"\xc3\xa9t\xc3\xa9",
     b"a:b:c",
     b"[k]",
+    // Either side of the longest key the store holds inline (34 bytes), and a long one.
+    b"ratelimit:user:4242:window:0000034",
+    b"ratelimit:user:4242:window:00000035",
+    b"session:7f3a9c2e-5b1d-4e8a-9f60-2c4d8b1a7e35:profile:settings:v2",
 ];
 
-const STRING_KEYS: &[&[u8]] = &[b"k1", b"k2", b"n", b"", b"bin\x00\r\n\xff"];
-const HASH_KEYS: &[&[u8]] = &[b"h1", b"h2", b"bin\x00\r\n\xff"];
+const STRING_KEYS: &[&[u8]] = &[
+    b"k1",
+    b"k2",
+    b"n",
+    b"",
+    b"bin\x00\r\n\xff",
+    b"ratelimit:user:4242:window:0000034",
+    b"ratelimit:user:4242:window:00000035",
+];
+const HASH_KEYS: &[&[u8]] = &[
+    b"h1",
+    b"h2",
+    b"bin\x00\r\n\xff",
+    b"session:7f3a9c2e-5b1d-4e8a-9f60-2c4d8b1a7e35:profile:settings:v2",
+];
 
 const FIELDS: &[&[u8]] = &[
     b"f1",
