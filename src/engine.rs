@@ -188,11 +188,12 @@ pub(crate) fn execute_all_in(
     out: &mut BytesMut,
 ) {
     let mut reply = Reply::continuing(std::mem::take(out), resp3);
+    let mut last = None;
     for (i, req) in reqs.iter().enumerate() {
         if i > 0 {
             reply.begin();
         }
-        run_one(txn, db, req, &mut reply);
+        run_one(txn, db, req, &mut reply, &mut last);
     }
     *out = reply.into_buf();
 }
@@ -220,6 +221,7 @@ pub(crate) fn exec_transaction(
     let mut reply = Reply::continuing(std::mem::take(out), resp3);
     reply.array(reqs.len());
     let mut db = db;
+    let mut last = None;
     for req in reqs {
         reply.begin();
         if req.name().eq_ignore_ascii_case(b"select") {
@@ -235,20 +237,38 @@ pub(crate) fn exec_transaction(
             reply.ok();
             continue;
         }
-        run_one(&mut txn, db, req, &mut reply);
+        run_one(&mut txn, db, req, &mut reply, &mut last);
     }
     *out = reply.into_buf();
     db
 }
 
 /// Runs one command on the locked store, its reply appended to `out`.
-fn run_one(txn: &mut Txn<'_>, db: u32, req: &Request, out: &mut Reply) {
-    let Some(index) = lookup(req.name()) else {
-        out.error(&Error::UnknownCommand {
-            name: req.name().to_vec(),
-            args: req.args().skip(1).map(<[u8]>::to_vec).collect(),
-        });
-        return;
+///
+/// `last` is the previous request's name and where [`lookup`] found it: a pipelined batch
+/// mostly repeats one command, and comparing a few bytes costs less than looking the name up
+/// again (115 instructions under callgrind, about a twentieth of a local GET).
+fn run_one<'r>(
+    txn: &mut Txn<'_>,
+    db: u32,
+    req: &'r Request,
+    out: &mut Reply,
+    last: &mut Option<(&'r [u8], usize)>,
+) {
+    let name = req.name();
+    let index = match *last {
+        Some((seen, index)) if seen == name => index,
+        _ => {
+            let Some(index) = lookup(name) else {
+                out.error(&Error::UnknownCommand {
+                    name: name.to_vec(),
+                    args: req.args().skip(1).map(<[u8]>::to_vec).collect(),
+                });
+                return;
+            };
+            *last = Some((name, index));
+            index
+        }
     };
     let command = &COMMANDS[index];
     let argc = req.argc() as i32;
