@@ -136,9 +136,11 @@ pub struct LastCommand {
 impl CommandCounts {
     /// Counts one request of command `name` with `outcome`.
     pub fn record(&self, last: &mut LastCommand, name: &[u8], outcome: Outcome) {
+        // Byte for byte first: clients repeat a command in the case they first wrote it.
         let cached = last.len > 0
             && usize::from(last.len) == name.len()
-            && name.eq_ignore_ascii_case(&last.name[..name.len()]);
+            && (last.name[..name.len()] == *name
+                || name.eq_ignore_ascii_case(&last.name[..name.len()]));
         if !cached {
             last.index = crate::command::position(name).unwrap_or(crate::command::commands().len());
             if name.len() <= last.name.len() {

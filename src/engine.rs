@@ -33,7 +33,7 @@ use bytes::{Bytes, BytesMut};
 
 pub(crate) use number::string2ll;
 
-use crate::command::name_index::NameIndex;
+use crate::command::name_index::{Memo, NameIndex};
 use crate::request::Request;
 use crate::store::{Entry, Hash, OutOfMemory, Store, Txn, Value, Watch};
 pub(crate) use reply::c_str;
@@ -124,11 +124,13 @@ const fn cmd(name: &'static str, arity: i32, run: Handler) -> Command {
     Command { name, arity, run }
 }
 
-fn lookup(name: &[u8]) -> Option<usize> {
+fn index() -> &'static NameIndex {
     static INDEX: OnceLock<NameIndex> = OnceLock::new();
-    INDEX
-        .get_or_init(|| NameIndex::new(COMMANDS.iter().map(|c| c.name).collect()))
-        .find(name)
+    INDEX.get_or_init(|| NameIndex::new(COMMANDS.iter().map(|c| c.name).collect()))
+}
+
+fn lookup(name: &[u8]) -> Option<usize> {
+    index().find(name)
 }
 
 /// Redis's reply to a command it does not know, quoting the request as Redis does.
@@ -144,6 +146,18 @@ pub fn unknown_command(req: &Request) -> Bytes {
 /// Whether the engine implements this command (case-insensitive name; subcommand-less).
 pub fn supports(name: &[u8]) -> bool {
     lookup(name).is_some()
+}
+
+/// Whether the engine implements a command, remembering the last name it was asked about
+/// (one is kept per batch of requests).
+#[derive(Debug, Default)]
+pub struct Supports(Memo);
+
+impl Supports {
+    /// Whether the engine implements `name` (any case; subcommand-less).
+    pub fn check(&mut self, name: &[u8]) -> bool {
+        self.0.find(index(), name).is_some()
+    }
 }
 
 /// Executes one command for database `db` at unix time `now_ms` and returns the exact RESP2
@@ -366,6 +380,7 @@ mod tests {
     fn supports_is_case_insensitive_and_strict() {
         for yes in ["get", "GET", "gEt", "hincrbyfloat", "PING", "pexpiretime"] {
             assert!(supports(yes.as_bytes()), "{yes}");
+            assert!(Supports::default().check(yes.as_bytes()), "{yes}");
         }
         for no in [
             "",
@@ -384,6 +399,7 @@ mod tests {
             "SWAPDB",
         ] {
             assert!(!supports(no.as_bytes()), "{no}");
+            assert!(!Supports::default().check(no.as_bytes()), "{no}");
         }
     }
 

@@ -76,6 +76,22 @@ impl std::ops::Deref for Ctx<'_> {
     }
 }
 
+/// What the router needs to know about `req` besides its keys.
+fn view<'k>(
+    req: &Request,
+    keys: &'k [&'k [u8]],
+    supports: &mut engine::Supports,
+) -> router::Request<'k> {
+    // Every command the engine runs is known: skip the table lookup for those. WATCH is run
+    // against the local store by the session.
+    let local = supports.check(req.name()) || req.name().eq_ignore_ascii_case(b"watch");
+    router::Request {
+        keys,
+        known: local || command::lookup_request(req).is_some(),
+        local,
+    }
+}
+
 impl<'a> Ctx<'a> {
     pub fn new(server: &'a Server, policy: &'a Policy) -> Ctx<'a> {
         Ctx {
@@ -88,15 +104,25 @@ impl<'a> Ctx<'a> {
     /// Where `req` goes, given whether the upstream is available (read once per batch from
     /// the health snapshot).
     pub fn route(&self, req: &Request, upstream_available: bool) -> Route {
+        self.route_in(req, upstream_available, &mut engine::Supports::default())
+    }
+
+    /// [`Ctx::route`] for one of a batch of requests, which share `supports`.
+    pub fn route_in(
+        &self,
+        req: &Request,
+        upstream_available: bool,
+        supports: &mut engine::Supports,
+    ) -> Route {
         let keyspaces = &self.settings.keyspaces;
         if keyspaces.is_empty() {
             // Every key is in the default keyspace: the keys do not matter, skip finding them.
             return match keyspaces.default_mode() {
                 Mode::LocalOnly => {
-                    router::route(keyspaces, upstream_available, self.view(req, &[]))
+                    router::route(keyspaces, upstream_available, view(req, &[], supports))
                 }
                 _ if upstream_available => Route::Upstream,
-                _ => router::route(keyspaces, false, self.view(req, &[])),
+                _ => router::route(keyspaces, false, view(req, &[], supports)),
             };
         }
         // A command whose keys cannot be found (wrong arity, bad numkeys) goes by the default
@@ -106,18 +132,7 @@ impl<'a> Ctx<'a> {
             .iter()
             .filter_map(|&i| req.arg(i as usize))
             .collect();
-        router::route(keyspaces, upstream_available, self.view(req, &keys))
-    }
-
-    fn view<'k>(&self, req: &Request, keys: &'k [&'k [u8]]) -> router::Request<'k> {
-        // Every command the engine runs is known: skip the table lookup for those. WATCH is
-        // run against the local store by the session.
-        let local = engine::supports(req.name()) || req.name().eq_ignore_ascii_case(b"watch");
-        router::Request {
-            keys,
-            known: local || command::lookup_request(req).is_some(),
-            local,
-        }
+        router::route(keyspaces, upstream_available, view(req, &keys, supports))
     }
 
     /// Runs `reqs` against the local store in database `db`, with the store locked once, and

@@ -607,6 +607,7 @@ impl Busy {
         // Kept between reads: a pipelining client reuses the same two vectors.
         let mut runs = std::mem::take(&mut self.runs);
         let mut last = LastCommand::default();
+        let mut supports = engine::Supports::default();
         // Sends the runs gathered so far before `$req` is dispatched; if a reload made the
         // local run stale, puts it and `$req` back to be judged again, and ends the batch.
         macro_rules! flush_runs {
@@ -713,7 +714,7 @@ impl Busy {
                 }
                 _ => {}
             }
-            let route = ctx.route(&req, available);
+            let route = ctx.route_in(&req, available, &mut supports);
             let outcome = match route {
                 Route::Upstream => Outcome::Upstream,
                 Route::Local => Outcome::Local,

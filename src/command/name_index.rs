@@ -122,9 +122,62 @@ fn letter(b: u8) -> usize {
     usize::from(b.to_ascii_lowercase() & 31)
 }
 
+/// The last name looked up in one [`NameIndex`] and the answer: a pipelined batch mostly
+/// repeats one command, and comparing its bytes costs less than a lookup. Its owner must ask
+/// the same index every time (wrap it in a type that does).
+#[derive(Debug, Default)]
+pub struct Memo {
+    name: [u8; MEMO_NAME],
+    len: u8,
+    found: Option<usize>,
+}
+
+/// Longest name a [`Memo`] remembers.
+const MEMO_NAME: usize = 16;
+
+impl Memo {
+    /// `index.find(name)`, from the memo when `name` is, byte for byte, the last one asked.
+    pub fn find(&mut self, index: &NameIndex, name: &[u8]) -> Option<usize> {
+        let len = usize::from(self.len);
+        if len != 0 && len == name.len() && self.name[..len] == *name {
+            return self.found;
+        }
+        let found = index.find(name);
+        if !name.is_empty() && name.len() <= MEMO_NAME {
+            self.name[..name.len()].copy_from_slice(name);
+            self.len = name.len() as u8;
+            self.found = found;
+        }
+        found
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memo_answers_as_its_index_does() {
+        let index = NameIndex::new(vec!["get", "set", "averyveryverylongname"]);
+        let mut memo = Memo::default();
+        for name in [
+            &b"GET"[..],
+            b"GET",
+            b"get",
+            b"set",
+            b"nope",
+            b"nope",
+            b"",
+            b"",
+            b"averyveryverylongname",
+            b"AVERYVERYVERYLONGNAME",
+            b"GET",
+            b"ge",
+            b"gett",
+        ] {
+            assert_eq!(memo.find(&index, name), index.find(name), "{name:?}");
+        }
+    }
 
     #[test]
     fn finds_every_name_in_any_case_and_nothing_else() {
