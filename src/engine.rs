@@ -129,10 +129,6 @@ fn index() -> &'static NameIndex {
     INDEX.get_or_init(|| NameIndex::new(COMMANDS.iter().map(|c| c.name).collect()))
 }
 
-fn lookup(name: &[u8]) -> Option<usize> {
-    index().find(name)
-}
-
 /// Redis's reply to a command it does not know, quoting the request as Redis does.
 pub fn unknown_command(req: &Request) -> Bytes {
     let mut out = Reply::continuing(BytesMut::new(), false);
@@ -145,7 +141,7 @@ pub fn unknown_command(req: &Request) -> Bytes {
 
 /// Whether the engine implements this command (case-insensitive name; subcommand-less).
 pub fn supports(name: &[u8]) -> bool {
-    lookup(name).is_some()
+    index().find(name).is_some()
 }
 
 /// Whether the engine implements a command, remembering the last name it was asked about
@@ -156,7 +152,12 @@ pub struct Supports(Memo);
 impl Supports {
     /// Whether the engine implements `name` (any case; subcommand-less).
     pub fn check(&mut self, name: &[u8]) -> bool {
-        self.0.find(index(), name).is_some()
+        self.position(name).is_some()
+    }
+
+    /// Where `name` is in [`COMMANDS`].
+    fn position(&mut self, name: &[u8]) -> Option<usize> {
+        self.0.find(index(), name)
     }
 }
 
@@ -202,12 +203,12 @@ pub(crate) fn execute_all_in(
     out: &mut BytesMut,
 ) {
     let mut reply = Reply::continuing(std::mem::take(out), resp3);
-    let mut last = None;
+    let mut names = Supports::default();
     for (i, req) in reqs.iter().enumerate() {
         if i > 0 {
             reply.begin();
         }
-        run_one(txn, db, req, &mut reply, &mut last);
+        run_one(txn, db, req, &mut reply, &mut names);
     }
     *out = reply.into_buf();
 }
@@ -235,7 +236,7 @@ pub(crate) fn exec_transaction(
     let mut reply = Reply::continuing(std::mem::take(out), resp3);
     reply.array(reqs.len());
     let mut db = db;
-    let mut last = None;
+    let mut names = Supports::default();
     for req in reqs {
         reply.begin();
         if req.name().eq_ignore_ascii_case(b"select") {
@@ -251,7 +252,7 @@ pub(crate) fn exec_transaction(
             reply.ok();
             continue;
         }
-        run_one(&mut txn, db, req, &mut reply, &mut last);
+        run_one(&mut txn, db, req, &mut reply, &mut names);
     }
     *out = reply.into_buf();
     db
@@ -259,30 +260,16 @@ pub(crate) fn exec_transaction(
 
 /// Runs one command on the locked store, its reply appended to `out`.
 ///
-/// `last` is the previous request's name and where [`lookup`] found it: a pipelined batch
-/// mostly repeats one command, and comparing a few bytes costs less than looking the name up
-/// again (115 instructions under callgrind, about a twentieth of a local GET).
-fn run_one<'r>(
-    txn: &mut Txn<'_>,
-    db: u32,
-    req: &'r Request,
-    out: &mut Reply,
-    last: &mut Option<(&'r [u8], usize)>,
-) {
-    let name = req.name();
-    let index = match *last {
-        Some((seen, index)) if seen == name => index,
-        _ => {
-            let Some(index) = lookup(name) else {
-                out.error(&Error::UnknownCommand {
-                    name: name.to_vec(),
-                    args: req.args().skip(1).map(<[u8]>::to_vec).collect(),
-                });
-                return;
-            };
-            *last = Some((name, index));
-            index
-        }
+/// `names` is shared by the requests of a batch, which mostly repeat one command: comparing
+/// its name with the last one costs less than looking it up again (115 instructions under
+/// callgrind, about a twentieth of a local GET).
+fn run_one(txn: &mut Txn<'_>, db: u32, req: &Request, out: &mut Reply, names: &mut Supports) {
+    let Some(index) = names.position(req.name()) else {
+        out.error(&Error::UnknownCommand {
+            name: req.name().to_vec(),
+            args: req.args().skip(1).map(<[u8]>::to_vec).collect(),
+        });
+        return;
     };
     let command = &COMMANDS[index];
     let argc = req.argc() as i32;
