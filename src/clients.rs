@@ -126,33 +126,17 @@ impl Default for CommandCounts {
 }
 
 /// The command counted last, so that a pipeline of the same command looks its name up once.
-#[derive(Debug, Default)]
-pub struct LastCommand {
-    name: [u8; 16],
-    len: u8,
-    index: usize,
-}
+pub type LastCommand = crate::command::Positions;
 
 impl CommandCounts {
     /// Counts one request of command `name` with `outcome`.
     pub fn record(&self, last: &mut LastCommand, name: &[u8], outcome: Outcome) {
-        // Byte for byte first: clients repeat a command in the case they first wrote it.
-        let cached = last.len > 0
-            && usize::from(last.len) == name.len()
-            && (last.name[..name.len()] == *name
-                || name.eq_ignore_ascii_case(&last.name[..name.len()]));
-        if !cached {
-            last.index = crate::command::position(name).unwrap_or(crate::command::commands().len());
-            if name.len() <= last.name.len() {
-                last.name[..name.len()].copy_from_slice(name);
-                last.len = name.len() as u8;
-            } else {
-                last.len = 0;
-            }
-        }
+        let index = last
+            .position(name)
+            .unwrap_or(crate::command::commands().len());
         if let Some(c) = self
             .counts
-            .get(last.index * Outcome::ALL.len() + outcome as usize)
+            .get(index * Outcome::ALL.len() + outcome as usize)
         {
             c.fetch_add(1, Ordering::Relaxed);
         }

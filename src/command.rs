@@ -81,7 +81,7 @@ use std::fmt;
 use std::sync::OnceLock;
 
 use crate::request::Request;
-use name_index::{NameIndex, MAX_NAME};
+use name_index::{Memo, NameIndex, MAX_NAME};
 
 pub use disposition::{disposition, Disposition, Stateful};
 pub use keys::{keys, KeyError, Keys};
@@ -421,10 +421,23 @@ pub fn lookup(name: &[u8], sub: Option<&[u8]>) -> Option<&'static CommandInfo> {
 
 /// Where the top-level command `name` (any case) is in [`commands`].
 pub fn position(name: &[u8]) -> Option<usize> {
+    name_index().find(name)
+}
+
+fn name_index() -> &'static NameIndex {
     static INDEX: OnceLock<NameIndex> = OnceLock::new();
-    INDEX
-        .get_or_init(|| NameIndex::new(table::COMMANDS.iter().map(CommandInfo::name).collect()))
-        .find(name)
+    INDEX.get_or_init(|| NameIndex::new(table::COMMANDS.iter().map(CommandInfo::name).collect()))
+}
+
+/// [`position`] remembering the last name it was asked about (one is kept per batch of
+/// requests, which mostly repeat one command).
+#[derive(Debug, Default)]
+pub struct Positions(Memo);
+
+impl Positions {
+    pub fn position(&mut self, name: &[u8]) -> Option<usize> {
+        self.0.find(name_index(), name)
+    }
 }
 
 /// The command a request runs (its subcommand for a container), or `None` if Redis does not
