@@ -15,6 +15,7 @@
 //! every idle client's task). An idle client costs its socket registration, a small task and
 //! an inbox.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -120,6 +121,27 @@ impl Drop for Session {
         self.server.clients.leave(self.key);
     }
 }
+
+thread_local! {
+    /// Busy states of clients that went quiet, for the next client on this thread with bytes
+    /// in flight. A pipelining client goes quiet after every batch it is answered; taking a
+    /// spare keeps the capacity its input buffer and queues had, instead of allocating all of
+    /// them again for every batch. At most [`SPARE_BUSY_MAX`] per thread, each holding at most
+    /// [`SPARE_INBUF`] of input buffer, so idle clients still hold none of it (Redis 7.4
+    /// likewise lends idle clients one query buffer per thread).
+    // Boxed as sessions hold them: taking or giving back one moves a pointer.
+    #[allow(clippy::vec_box)]
+    static SPARE_BUSY: RefCell<Vec<Box<Busy>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How many quiet busy states a thread keeps.
+const SPARE_BUSY_MAX: usize = 16;
+
+/// Largest input buffer a spare keeps (a few reads' worth).
+const SPARE_INBUF: usize = 4 * READ_CHUNK;
+
+/// Largest capacity, in entries, a spare keeps in each of its queues.
+const SPARE_QUEUE: usize = 64;
 
 /// A session's state while anything is in flight.
 struct Busy {
@@ -284,8 +306,11 @@ impl Session {
                     return Poll::Ready(Ok(()));
                 }
                 if b.is_quiet() {
-                    // Give everything back while the client is quiet.
-                    self.busy = None;
+                    // Give everything back while the client is quiet (to this thread's
+                    // spares, for the next client with bytes in flight).
+                    if let Some(b) = self.busy.take() {
+                        b.retire();
+                    }
                 }
             }
             let event = ready!(self.poll_event(cx))?;
@@ -484,12 +509,23 @@ impl Session {
 }
 
 impl Busy {
+    /// A fresh busy state: a spare one of this thread's if there is one (see [`SPARE_BUSY`]).
     fn new(ctx: &Ctx<'_>, key: usize, id: u64) -> Box<Busy> {
+        let limits = parser_limits(&ctx.settings.limits);
+        if let Some(mut b) = SPARE_BUSY.with_borrow_mut(Vec::pop) {
+            debug_assert!(b.is_quiet() && b.runs.shared.is_empty() && b.runs.local.is_empty());
+            b.key = key;
+            b.id = id;
+            b.parser = RequestParser::new(limits);
+            b.rejudge = false;
+            b.recoveries = 0;
+            return b;
+        }
         Box::new(Busy {
             key,
             id,
             inbuf: BytesMut::new(),
-            parser: RequestParser::new(parser_limits(&ctx.settings.limits)),
+            parser: RequestParser::new(limits),
             out: VecDeque::new(),
             out_len: 0,
             pending: VecDeque::new(),
@@ -785,10 +821,35 @@ impl Busy {
         if self.dedicated.is_some() {
             self.write_dedicated();
         }
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 {
-            // Give the buffer back between bursts.
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 0 && !self.owes_nothing() {
+            // Give the buffer back while waiting for replies (which may take long: a blocked
+            // command, a subscription). A client answered in full keeps it until it goes
+            // quiet, and then it goes with the busy state to the spares.
             self.inbuf = BytesMut::new();
         }
+    }
+
+    /// Puts a quiet busy state (see [`Busy::is_quiet`]) with this thread's spares, with what
+    /// it keeps bounded, or drops it when there are enough.
+    fn retire(mut self: Box<Busy>) {
+        debug_assert!(self.is_quiet() && self.out_len == 0);
+        if !self.runs.shared.is_empty() || !self.runs.local.is_empty() {
+            return;
+        }
+        // The input buffer only if nothing else holds a part of it (a request still queued
+        // upstream) and a burst did not grow it past a few reads.
+        if self.inbuf.capacity() > SPARE_INBUF || !self.inbuf.try_reclaim(READ_CHUNK) {
+            self.inbuf = BytesMut::new();
+        }
+        self.out.shrink_to(SPARE_QUEUE);
+        self.pending.shrink_to(SPARE_QUEUE);
+        self.runs.shared.shrink_to(SPARE_QUEUE);
+        self.runs.local.shrink_to(SPARE_QUEUE);
+        SPARE_BUSY.with_borrow_mut(|spares| {
+            if spares.len() < SPARE_BUSY_MAX {
+                spares.push(self);
+            }
+        });
     }
 
     /// INFO: the upstream's sections with the proxy's own appended; the proxy's alone when
