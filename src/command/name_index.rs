@@ -139,7 +139,9 @@ impl Memo {
     /// `index.find(name)`, from the memo when `name` is, byte for byte, the last one asked.
     pub fn find(&mut self, index: &NameIndex, name: &[u8]) -> Option<usize> {
         let len = usize::from(self.len);
-        if len != 0 && len == name.len() && self.name[..len] == *name {
+        // Byte by byte rather than `==`, which calls `memcmp`: command names are a few bytes,
+        // shorter than the call.
+        if len != 0 && len == name.len() && name.iter().zip(&self.name).all(|(a, b)| a == b) {
             return self.found;
         }
         let found = index.find(name);
