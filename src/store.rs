@@ -60,6 +60,7 @@ mod watch;
 // (as Redis's SipHash), and SipHash-1-3 was a fifth of the cost of a local GET.
 use ahash::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -75,7 +76,7 @@ pub use watch::Watch;
 use watch::WatchTable;
 
 /// Bytes counted for each key on top of its key and value bytes. Measured shape on x86-64: the
-/// LRU node (key 40 + [`Entry`] 80 + list links 16 = 136), its hash table slot (~25) and the
+/// LRU node (key 40 + [`Entry`] 72 + list links 16 = 128), its hash table slot (~25) and the
 /// SCAN index entry (48 in a B-tree, ~70 with node slack): about 230, counted as 256. Keys of up
 /// to 34 bytes and string values of up to 48 are held inside these; a longer key adds one
 /// shared buffer (~32 + its length) and a longer value its own (its length, as counted), and a
@@ -110,20 +111,42 @@ pub struct Store {
 }
 
 /// What one key holds: its value and deadline (the key itself is the map's).
+///
+/// 72 bytes: with the 40-byte [`Key`] and the list's two links, an LRU node is 128 bytes, two
+/// cache lines (a GET reads the key, the deadline and the value, and relinks the node).
 #[derive(Debug)]
 pub struct Entry {
     value: Value,
-    expire_at: Option<u64>,
+    /// Never 0, so that `Option` takes no room of its own (see [`Entry::set_expire_at`]).
+    deadline: Option<NonZeroU64>,
 }
 
 impl Entry {
+    fn new(value: Value, expire_at: Option<u64>) -> Entry {
+        let mut entry = Entry {
+            value,
+            deadline: None,
+        };
+        entry.set_expire_at(expire_at);
+        entry
+    }
+
     pub fn value(&self) -> &Value {
         &self.value
     }
 
     /// Unix time in milliseconds after which the key is gone, if it has one.
     pub fn expire_at(&self) -> Option<u64> {
-        self.expire_at
+        self.deadline.map(NonZeroU64::get)
+    }
+
+    /// Sets the deadline and returns the previous one. A deadline of 0 is kept as 1: both are
+    /// long past at any time the store runs (commands refuse or delete at once such
+    /// deadlines, so neither is ever seen).
+    fn set_expire_at(&mut self, at: Option<u64>) -> Option<u64> {
+        let old = self.expire_at();
+        self.deadline = at.map(|at| NonZeroU64::new(at).unwrap_or(NonZeroU64::MIN));
+        old
     }
 
     /// The value, taking the entry apart (RENAME moves it).
@@ -138,7 +161,7 @@ impl Entry {
 
     /// Past its deadline at `now` (Redis's `keyIsExpired`), whether or not removed yet.
     fn is_expired(&self, now: u64) -> bool {
-        self.expire_at.is_some_and(|at| now > at)
+        self.expire_at().is_some_and(|at| now > at)
     }
 }
 
@@ -212,7 +235,7 @@ impl Inner {
             Removal::Evicted => self.evictions += 1,
         }
         self.signal_modified(&full, true);
-        if let Some(at) = entry.expire_at {
+        if let Some(at) = entry.expire_at() {
             self.deadlines.remove(&(at, full.clone()));
         }
         if let Some(index) = self.dbs.get_mut(&db) {
@@ -233,7 +256,7 @@ impl Inner {
     fn expire_if_needed(&mut self, full: &[u8], now: u64) -> bool {
         match self.lru.peek(full) {
             None => true,
-            Some(e) if e.expire_at.is_some_and(|at| now > at) => {
+            Some(e) if e.expire_at().is_some_and(|at| now > at) => {
                 self.remove_full(full, Removal::Expired);
                 true
             }
@@ -441,6 +464,22 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_lru_node_is_two_cache_lines() {
+        // Key, entry and the list's two links: what ENTRY_OVERHEAD counts the node as.
+        let node = std::mem::size_of::<Key>() + std::mem::size_of::<Entry>() + 16;
+        assert_eq!(node, 128);
+    }
+
+    #[test]
+    fn a_deadline_of_zero_is_kept_as_long_past() {
+        let mut entry = Entry::new(Value::Str(Default::default()), Some(0));
+        assert_eq!(entry.expire_at(), Some(1));
+        assert!(entry.is_expired(2));
+        assert_eq!(entry.set_expire_at(None), Some(1));
+        assert_eq!(entry.expire_at(), None);
+    }
 
     #[test]
     fn work_judged_before_a_reload_or_a_recovery_is_refused() {
@@ -796,7 +835,7 @@ mod model_tests {
                 .entry(db_of(k))
                 .or_default()
                 .insert((inner.scan_hash(&k[DB_PREFIX..]), k.to_vec()));
-            if let Some(at) = e.expire_at {
+            if let Some(at) = e.expire_at() {
                 want_dl.insert((at, k.to_vec()));
             }
             // A lookup by bytes finds it, whichever its form.

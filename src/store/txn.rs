@@ -66,7 +66,7 @@ impl<'a> Txn<'a> {
         let full = full_key(db, key);
         let now = self.now;
         let entry = self.inner.lru.get(&full[..])?;
-        if entry.expire_at.is_some_and(|at| now > at) {
+        if entry.expire_at().is_some_and(|at| now > at) {
             self.expired.push(full);
             return None;
         }
@@ -79,7 +79,7 @@ impl<'a> Txn<'a> {
         let full = full_key(db, key);
         let now = self.now;
         let entry = self.inner.lru.peek(&full[..])?;
-        if entry.expire_at.is_some_and(|at| now > at) {
+        if entry.expire_at().is_some_and(|at| now > at) {
             self.expired.push(full);
             return None;
         }
@@ -126,17 +126,18 @@ impl<'a> Txn<'a> {
         let inner = &mut *self.inner;
         // A live key is replaced in place, found with one lookup.
         if let Some((stored, entry)) = inner.lru.get_key_value_mut(&full[..]) {
-            if entry.expire_at.is_none_or(|at| now <= at) {
+            if entry.expire_at().is_none_or(|at| now <= at) {
                 let before = entry.value.bytes();
                 let after = value.bytes();
                 entry.value = value;
-                let old = entry.expire_at;
+                let old = entry.expire_at();
                 let new = match expiry {
                     Expiry::Keep => old,
                     Expiry::Persist => None,
                     Expiry::At(at) => Some(at),
                 };
-                entry.expire_at = new;
+                entry.set_expire_at(new);
+                let new = entry.expire_at();
                 inner.used = inner.used - before + after;
                 if old != new {
                     let stored = stored.clone();
@@ -147,13 +148,13 @@ impl<'a> Txn<'a> {
             }
         }
         inner.expire_if_needed(&full, now);
-        let entry = Entry {
+        let entry = Entry::new(
             value,
-            expire_at: match expiry {
+            match expiry {
                 Expiry::At(at) => Some(at),
                 Expiry::Keep | Expiry::Persist => None,
             },
-        };
+        );
         let bytes = entry.bytes(&full);
         inner.make_room(bytes, now);
         let stored = Key::new(&full);
@@ -163,7 +164,7 @@ impl<'a> Txn<'a> {
             .entry(db)
             .or_default()
             .insert((hash, stored.clone()));
-        if let Some(at) = entry.expire_at {
+        if let Some(at) = entry.expire_at() {
             inner.deadlines.insert((at, stored.clone()));
         }
         inner.used += bytes;
@@ -194,7 +195,8 @@ impl<'a> Txn<'a> {
         }
         let inner = &mut *self.inner;
         let entry = inner.lru.peek_mut(&full[..])?;
-        let old = std::mem::replace(&mut entry.expire_at, at);
+        let old = entry.set_expire_at(at);
+        let at = entry.expire_at();
         if old != at {
             inner.set_deadline(&Key::new(&full), old, at);
         }
@@ -221,7 +223,7 @@ impl<'a> Txn<'a> {
             if let Some(entry) = self.inner.lru.pop(&full[..]) {
                 self.inner.used -= entry.bytes(&full);
                 self.inner.signal_modified(&full, true);
-                if let Some(at) = entry.expire_at {
+                if let Some(at) = entry.expire_at() {
                     self.inner.deadlines.remove(&(at, full));
                 }
             }
@@ -271,7 +273,7 @@ impl<'a> Txn<'a> {
                 self.inner
                     .lru
                     .peek(&full[..])
-                    .is_some_and(|e| e.expire_at.is_none_or(|at| self.now <= at))
+                    .is_some_and(|e| e.expire_at().is_none_or(|at| self.now <= at))
             })
             .map(|(_, full)| full.slice_from(DB_PREFIX))
             .collect()
