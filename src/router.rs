@@ -90,6 +90,30 @@ pub fn route(keyspaces: &Keyspaces, upstream_available: bool, req: Request<'_>) 
     }
 }
 
+/// [`route`] when no keyspace is configured: every key is in the default keyspace, so only
+/// the command matters, and its keys need not be found. `known` is asked only when the answer
+/// depends on it (a `degraded` default while the upstream is unavailable).
+pub fn route_default(
+    default_mode: Mode,
+    upstream_available: bool,
+    local: bool,
+    known: impl FnOnce() -> bool,
+) -> Route {
+    let here = if local {
+        Route::Local
+    } else {
+        Route::Reject(Refusal::Unsupported(Membership::Default))
+    };
+    match default_mode {
+        Mode::LocalOnly => here,
+        _ if upstream_available => Route::Upstream,
+        Mode::Degraded if local || known() => here,
+        Mode::Degraded | Mode::FailClosed => {
+            Route::Reject(Refusal::FailClosed(Membership::Default))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +308,26 @@ mod tests {
                 },
             );
             assert_eq!(got, *want, "default {default}, up {up}, keys {keys:?}");
+        }
+    }
+
+    #[test]
+    fn without_keyspaces_only_the_command_matters() {
+        let none = |mode| Keyspaces::new(Vec::new(), mode);
+        for mode in [Mode::FailClosed, Mode::Degraded, Mode::LocalOnly] {
+            for up in [true, false] {
+                // `local` implies `known`: the engine runs only commands Redis has.
+                for (known, local) in [(true, true), (true, false), (false, false)] {
+                    for keys in [&[][..], &[&b"k"[..]][..], &[&b"tmp:1"[..], b"rl:1"][..]] {
+                        let want = route(&none(mode), up, Request { keys, known, local });
+                        let got = route_default(mode, up, local, || known);
+                        assert_eq!(
+                            got, want,
+                            "default {mode}, up {up}, known {known}, local {local}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

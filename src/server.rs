@@ -76,15 +76,20 @@ impl std::ops::Deref for Ctx<'_> {
     }
 }
 
+/// Whether the local store can run `req`: a command the engine runs, or WATCH (which the
+/// session runs against the local store).
+fn runs_locally(req: &Request, supports: &mut engine::Supports) -> bool {
+    supports.check(req.name()) || req.name().eq_ignore_ascii_case(b"watch")
+}
+
 /// What the router needs to know about `req` besides its keys.
 fn view<'k>(
     req: &Request,
     keys: &'k [&'k [u8]],
     supports: &mut engine::Supports,
 ) -> router::Request<'k> {
-    // Every command the engine runs is known: skip the table lookup for those. WATCH is run
-    // against the local store by the session.
-    let local = supports.check(req.name()) || req.name().eq_ignore_ascii_case(b"watch");
+    // Every command the engine runs is known: skip the table lookup for those.
+    let local = runs_locally(req, supports);
     router::Request {
         keys,
         known: local || command::lookup_request(req).is_some(),
@@ -117,13 +122,14 @@ impl<'a> Ctx<'a> {
         let keyspaces = &self.settings.keyspaces;
         if keyspaces.is_empty() {
             // Every key is in the default keyspace: the keys do not matter, skip finding them.
-            return match keyspaces.default_mode() {
-                Mode::LocalOnly => {
-                    router::route(keyspaces, upstream_available, view(req, &[], supports))
-                }
-                _ if upstream_available => Route::Upstream,
-                _ => router::route(keyspaces, false, view(req, &[], supports)),
-            };
+            let mode = keyspaces.default_mode();
+            if upstream_available && mode != Mode::LocalOnly {
+                return Route::Upstream;
+            }
+            let local = runs_locally(req, supports);
+            return router::route_default(mode, upstream_available, local, || {
+                command::lookup_request(req).is_some()
+            });
         }
         // A command whose keys cannot be found (wrong arity, bad numkeys) goes by the default
         // keyspace: upstream, Redis answers it with its own error.
