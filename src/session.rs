@@ -10,7 +10,8 @@
 //! has arrived (so its commands are still applied upstream in the order it sent them).
 //!
 //! Memory: everything a session needs only while bytes are in flight (buffers, parser, reply
-//! queues) lives in a boxed [`Busy`] that is dropped whenever the client goes quiet, and the
+//! queues) lives in a boxed [`Busy`] that the session gives up whenever the client goes quiet
+//! (to a short per-thread list of spares, for the next client with bytes in flight), and the
 //! session waits with one `poll_fn` rather than a `select!` (whose branch futures would sit in
 //! every idle client's task). An idle client costs its socket registration, a small task and
 //! an inbox.
