@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use keywarden::cli::{check_config, Cli, CliCommand};
+use keywarden::config::cli::{check_config, Cli, CliCommand};
 use keywarden::config::{LogFormat, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -54,7 +54,7 @@ fn run(settings: Settings) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
-        keywarden::server::run(settings, listener, shutdown_signal()).await
+        keywarden::proxy::server::run(settings, listener, shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keywarden::auth::{CommandAccess, KeyAccess, PasswordHash, User, Users};
 use keywarden::command::Categories;
 use keywarden::config::Settings;
-use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+use keywarden::policy::auth::{CommandAccess, KeyAccess, PasswordHash, User, Users};
+use keywarden::policy::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::{ErrorKind, Value};
@@ -70,8 +70,8 @@ async fn assert_same(proxy: SocketAddr, reference: &str, cmds: &[&[&str]]) {
     let mut differences = Vec::new();
     for ((cmd, got), want) in cmds.iter().zip(&got).zip(&want) {
         let (mut got, mut want) = (mask_id(got), mask_id(want));
-        if redis_version != keywarden::connection::SERVER_VERSION {
-            got = mask_version(&got, keywarden::connection::SERVER_VERSION);
+        if redis_version != keywarden::proxy::session::connection::SERVER_VERSION {
+            got = mask_version(&got, keywarden::proxy::session::connection::SERVER_VERSION);
             want = mask_version(&want, &redis_version);
         }
         if got != want {

@@ -8,7 +8,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 
 use keywarden::command::{self, BeginSearch, CommandInfo, FindKeys, Flags, KeyError, KeySpec};
-use keywarden::request::Request;
+use keywarden::protocol::request::Request;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use support::*;

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use keywarden::keyspace::Mode;
+use keywarden::policy::keyspace::Mode;
 use support::*;
 use tokio::time::Instant;
 

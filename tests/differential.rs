@@ -35,10 +35,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use bytes::BytesMut;
 use generate::{corpus, generate, now_ms, Check, Cmd, HashRead, PATTERNS, TYPES, TYPES_NOT_NONE};
-use keywarden::engine;
-use keywarden::reply::ReplyScanner;
-use keywarden::request::Request;
-use keywarden::store::Store;
+use keywarden::local::engine;
+use keywarden::local::store::Store;
+use keywarden::protocol::request::Request;
+use keywarden::protocol::scanner::ReplyScanner;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -576,8 +576,10 @@ async fn engine_replies_like_redis() {
 async fn local_only_keyspace_through_keywarden_replies_like_redis() {
     let server = RedisServer::start();
     let mut settings = support::settings(&server.addr());
-    settings.keyspaces =
-        keywarden::keyspace::Keyspaces::new(Vec::new(), keywarden::keyspace::Mode::LocalOnly);
+    settings.keyspaces = keywarden::policy::keyspace::Keyspaces::new(
+        Vec::new(),
+        keywarden::policy::keyspace::Mode::LocalOnly,
+    );
     let proxy = Proxy::start(settings).await;
     let mut redis = Redis {
         client: Client::connect(server.addr()).await,

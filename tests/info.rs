@@ -3,7 +3,7 @@
 
 mod support;
 
-use keywarden::keyspace::Mode;
+use keywarden::policy::keyspace::Mode;
 use support::*;
 use tokio::io::AsyncReadExt;
 
@@ -95,7 +95,7 @@ async fn info_in_resp3_is_a_verbatim_string() {
     // Read until three whole replies are in, split with the proxy's own reply scanner.
     let mut raw = Vec::new();
     let mut frames: Vec<Vec<u8>> = Vec::new();
-    let mut scanner = keywarden::reply::ReplyScanner::new(16);
+    let mut scanner = keywarden::protocol::scanner::ReplyScanner::new(16);
     let mut at = 0;
     while frames.len() < 3 {
         match scanner.scan(&raw[at..]).unwrap() {
@@ -130,8 +130,8 @@ async fn info_in_resp3_is_a_verbatim_string() {
 /// `admin` category (or every command).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keywarden_admin_command() {
-    use keywarden::auth::{CommandAccess, KeyAccess, PasswordHash, User, Users};
     use keywarden::command::Categories;
+    use keywarden::policy::auth::{CommandAccess, KeyAccess, PasswordHash, User, Users};
     let redis = RedisServer::start();
     let mut settings = settings(&redis.addr());
     settings.keyspaces = scratch_keyspace(Mode::Degraded);

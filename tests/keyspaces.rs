@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use keywarden::config::Settings;
-use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+use keywarden::policy::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
 use support::*;
 use tokio::time::Instant;
 

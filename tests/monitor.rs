@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keywarden::events::{AffectedKeyspaces, Events};
-use keywarden::health::{Cause, Outcome, State};
-use keywarden::monitor::{
+use keywarden::ops::events::{AffectedKeyspaces, Events};
+use keywarden::upstream::health::{Cause, Outcome, State};
+use keywarden::upstream::monitor::{
     HealthSnapshot, Monitor, MonitorHandle, MonitorSettings, PingProbe, Probe, ProbeTimeouts,
 };
 use support::*;

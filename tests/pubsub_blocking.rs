@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use keywarden::config::Settings;
-use keywarden::keyspace::Mode;
+use keywarden::policy::keyspace::Mode;
 use support::*;
 use tokio::time::Instant;
 

@@ -182,7 +182,7 @@ async fn select_errors_match_redis() {
 /// (local keyspace, refusals) in order with the upstream's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_replies_stay_in_order_on_a_dedicated_connection() {
-    use keywarden::keyspace::Mode;
+    use keywarden::policy::keyspace::Mode;
     let redis = RedisServer::start();
     let mut settings = settings(&redis.addr());
     settings.keyspaces = scratch_keyspace(Mode::FailClosed);
@@ -343,7 +343,7 @@ async fn command_monitor_and_client_switches_go_to_redis() {
 /// refused (the local store runs no scripts), and script management goes upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_are_routed_by_their_keys() {
-    use keywarden::keyspace::Mode;
+    use keywarden::policy::keyspace::Mode;
     let redis = RedisServer::start();
     let mut settings = settings(&redis.addr());
     settings.keyspaces = scratch_keyspace(Mode::FailClosed);

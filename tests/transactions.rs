@@ -3,7 +3,7 @@
 
 mod support;
 
-use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+use keywarden::policy::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
 use support::*;
 
 fn keyspaces(redis: &RedisServer) -> keywarden::config::Settings {

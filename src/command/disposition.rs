@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use super::name_index::NameIndex;
 use super::search;
-use crate::request::Request;
+use crate::protocol::request::Request;
 
 /// How a command is carried upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use smallvec::SmallVec;
 
 use super::{lookup_request, BeginSearch, CommandInfo, FindKeys, Flags, GetKeys, KeyFlags};
-use crate::request::Request;
+use crate::protocol::request::Request;
 
 /// Argument indices of keys (0 is the command name), in the order Redis lists them.
 pub type Keys = SmallVec<[u32; 4]>;

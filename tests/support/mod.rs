@@ -7,11 +7,11 @@ use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keywarden::reply::ReplyScanner;
+use keywarden::protocol::scanner::ReplyScanner;
 
 use bytes::BytesMut;
 use keywarden::config::Settings;
-use keywarden::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+use keywarden::policy::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -188,9 +188,13 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(keywarden::server::run(settings, listener, async move {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(keywarden::proxy::server::run(
+            settings,
+            listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
         Proxy {
             addr,
             stop: Some(stop),

@@ -1,0 +1,4 @@
+//! The local store and the engine that gives it Redis's semantics.
+
+pub mod engine;
+pub mod store;

@@ -1,0 +1,378 @@
+//! The configuration in force, and hot reload (SIGHUP, `KEYWARDEN RELOAD`).
+//!
+//! A [`Policy`] is everything a request is judged by: keyspaces, users, limits and timeouts.
+//! Sessions hold the policy they started with and check one atomic generation number before
+//! each batch of requests; when a reload installed a newer one, they take it between batches,
+//! so a request is never routed by one configuration and counted or refused by another, and
+//! no connection is dropped for it.
+//!
+//! Requests that a reload catches inside keywarden are judged again by the new policy:
+//! - a local batch: the store knows the generation in force ([`Store::lock_judged`]) and
+//!   refuses a batch routed by an older one, which the session then puts back in front of its
+//!   input and reads again (the reload installs its policy and discards keys under the same
+//!   store lock, so nothing routed by the old policy writes after the discard);
+//! - a request waiting for earlier replies before it goes to the client's own connection or
+//!   to one of the other protocol; a transaction waiting so is queued again and its EXEC read
+//!   again;
+//! - a transaction's queued commands, at EXEC (checked and routed from scratch);
+//! - requests pipelined behind `KEYWARDEN RELOAD`.
+//!
+//! A request already sent upstream finishes as it was sent.
+//!
+//! [`Store::lock_judged`]: crate::local::store::Store::lock_judged
+//!
+//! A reload reads the same file again, with the same command-line flags, and goes through the
+//! same checks as at startup. An invalid file changes nothing: the errors go to the log and a
+//! `CONFIG_RELOAD_FAILED` event. A valid one is installed whole and a `CONFIG_RELOADED` event
+//! says which settings changed.
+//!
+//! What a reload changes, and how:
+//! - **keyspaces and the default mode**: from the next batch of every client. Local keys whose
+//!   keyspace changed mode are discarded in the same step (a `local_only` scratch key must not
+//!   be served as a degraded cache entry, nor linger under a `fail_closed` keyspace).
+//! - **users and `requirepass_sha256`**: a client keeps its connection and user when a user of
+//!   the same name with the same password exists, and gets that user's new permissions at
+//!   once. A client whose user is gone or whose password changed is closed at once, blocked
+//!   or subscribed, as Redis closes the clients of a deleted user, so credentials withdrawn by
+//!   a reload stop working at once (a client that never logged in while no password was
+//!   required counts as `default` without a password).
+//! - **limits**, `max_clients`, `client_idle_timeout` (existing clients too), `tcp_keepalive`
+//!   and `shutdown_timeout`: at once, for what they govern next (`max_reply_depth` and
+//!   keepalive for upstream connections made afterwards).
+//! - **upstream timeouts** (connect, command, reconnect backoff): on every connection, from
+//!   its next connect or timeout check.
+//! - **health** (probe interval and timeout, thresholds): from the next probe.
+//! - **the local store budget**: at once; a smaller one evicts least recently used keys.
+//!
+//! Settings fixed for the life of the process (`listen`, `threads`, the upstream's address,
+//! pool size and credentials, `admin.listen`, `events.file`, `instance_id`, `log`) keep their
+//! values; a reload that changes one applies the rest and names it in `restart_required`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::config::Settings;
+use crate::ops::events::{AffectedKeyspaces, ReloadEvent, ReloadOutcome};
+use crate::policy::keyspace::PerKeyspace;
+use crate::proxy::server::Server;
+use crate::upstream::monitor::MonitorSettings;
+
+/// One configuration, whole: what a batch of requests is judged by.
+pub struct Policy {
+    /// 1 for the configuration the process started with, one more per applied reload.
+    pub generation: u64,
+    pub settings: Settings,
+    /// Refusals and degraded replies per keyspace, indexed like `settings.keyspaces`.
+    pub per_keyspace: PerKeyspace,
+}
+
+/// The policy in force, replaced whole by a reload.
+pub struct Live {
+    current: RwLock<Arc<Policy>>,
+    /// The current policy's generation, read without the lock on every batch.
+    generation: AtomicU64,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Signal,
+    Command,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::Command => "KEYWARDEN RELOAD",
+        }
+    }
+}
+
+/// A reload that changed nothing: why, each problem as `place: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub errors: Vec<String>,
+}
+
+/// An applied reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub generation: u64,
+    pub applied: Vec<&'static str>,
+    pub restart_required: Vec<&'static str>,
+    pub discarded_local_keys: usize,
+}
+
+impl Live {
+    pub fn new(settings: Settings) -> Live {
+        let per_keyspace = PerKeyspace::new(&settings.keyspaces);
+        Live {
+            current: RwLock::new(Arc::new(Policy {
+                generation: 1,
+                settings,
+                per_keyspace,
+            })),
+            generation: AtomicU64::new(1),
+            reloading: Mutex::new(()),
+        }
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> Arc<Policy> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The generation of the policy in force: a session whose policy is older takes the new
+    /// one before its next batch.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn install(&self, policy: Policy) {
+        let generation = policy.generation;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        self.generation.store(generation, Ordering::Release);
+    }
+}
+
+/// The new settings to install, and what changed. Settings that cannot change while running
+/// keep their current values in `settings` and are named in `restart_required`.
+#[derive(Debug)]
+pub struct Plan {
+    pub settings: Settings,
+    pub applied: Vec<&'static str>,
+    pub restart_required: Vec<&'static str>,
+}
+
+/// Compares `new` with `current`, setting by setting.
+pub fn plan(current: &Settings, mut new: Settings) -> Plan {
+    let mut restart_required = Vec::new();
+    macro_rules! fixed {
+        ($($name:literal => $($field:ident).+;)*) => {$(
+            if new.$($field).+ != current.$($field).+ {
+                restart_required.push($name);
+                new.$($field).+ = current.$($field).+.clone();
+            }
+        )*};
+    }
+    fixed! {
+        "listen" => listen;
+        "threads" => threads;
+        "upstream.address" => upstream.address;
+        "upstream.connections" => upstream.connections;
+        "upstream.username" => upstream.username;
+        "upstream.password" => upstream.password;
+        "admin.listen" => admin.listen;
+        "events.file" => events.file;
+        "instance_id" => instance_id;
+        "log" => log;
+    }
+    let mut applied = Vec::new();
+    macro_rules! changed {
+        ($($name:literal => $($field:ident).+;)*) => {$(
+            if new.$($field).+ != current.$($field).+ {
+                applied.push($name);
+            }
+        )*};
+    }
+    changed! {
+        "keyspaces" => keyspaces;
+        "users" => users;
+        "max_clients" => max_clients;
+        "client_idle_timeout" => client_idle_timeout;
+        "tcp_keepalive" => tcp_keepalive;
+        "shutdown_timeout" => shutdown_timeout;
+        "limits" => limits;
+        "upstream.connect_timeout" => upstream.connect_timeout;
+        "upstream.command_timeout" => upstream.command_timeout;
+        "upstream.reconnect_backoff_min" => upstream.reconnect_backoff_min;
+        "upstream.reconnect_backoff_max" => upstream.reconnect_backoff_max;
+        "health" => health;
+        "local_store" => local_store;
+    }
+    Plan {
+        settings: new,
+        applied,
+        restart_required,
+    }
+}
+
+/// Reads the configuration again and installs it, or leaves the one in force when the new one
+/// is invalid. Emits `CONFIG_RELOADED` or `CONFIG_RELOAD_FAILED` either way.
+pub fn reload(server: &Server, trigger: Trigger) -> Result<Applied, Rejected> {
+    let _one_at_a_time = server
+        .live
+        .reloading
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let current = server.live.current();
+    let source = current.settings.source.as_ref();
+    let origin = source.map_or_else(
+        || "built-in defaults".to_owned(),
+        |s| s.path.display().to_string(),
+    );
+    let loaded = match source {
+        Some(source) => source.load().map_err(|e| Rejected {
+            errors: e.problems.iter().map(ToString::to_string).collect(),
+        }),
+        None => Err(Rejected {
+            errors: vec![
+                "keywarden was started without a config file: there is nothing to reload"
+                    .to_owned(),
+            ],
+        }),
+    };
+    let new = match loaded {
+        Ok(new) => new,
+        Err(rejected) => {
+            server.reloads.record_reload(false);
+            server.events.emit_reload(&ReloadEvent {
+                source: &origin,
+                trigger: trigger.as_str(),
+                generation: current.generation,
+                outcome: ReloadOutcome::Failed {
+                    errors: &rejected.errors,
+                },
+            });
+            return Err(rejected);
+        }
+    };
+    let Plan {
+        settings,
+        applied,
+        restart_required,
+    } = plan(&current.settings, new);
+    let (old_keyspaces, new_keyspaces) = (&current.settings.keyspaces, &settings.keyspaces);
+    let per_keyspace =
+        PerKeyspace::carried(new_keyspaces, Some((old_keyspaces, &current.per_keyspace)));
+    let affected = AffectedKeyspaces::of(new_keyspaces);
+    (server.upstream).retune(&settings.upstream, &settings.limits, settings.tcp_keepalive);
+    server
+        .monitor
+        .reconfigure(&MonitorSettings::from_settings(&settings), affected.clone());
+    let generation = current.generation + 1;
+    let max_bytes = settings.local_store.max_bytes;
+    // A key stays only while its keyspace keeps its mode (no need to look when the keyspaces
+    // did not change). Both lists are owned here: the new one moves into the policy while the
+    // store is locked.
+    let (before, after) = (old_keyspaces.clone(), new_keyspaces.clone());
+    let discard = (before != after).then_some(move |_: u32, key: &[u8]| {
+        before.mode(before.classify(key)) != after.mode(after.classify(key))
+    });
+    let mut policy = Some(Policy {
+        generation,
+        settings,
+        per_keyspace,
+    });
+    let discarded_local_keys = server.store.reconfigure(
+        max_bytes,
+        generation,
+        || server.live.install(policy.take().expect("installed once")),
+        discard,
+    );
+    if discarded_local_keys > 0 {
+        tracing::info!(
+            keys = discarded_local_keys,
+            "discarded local keys whose keyspace changed mode"
+        );
+    }
+    // Idle clients take the new policy now: a withdrawn user is closed, a new idle timeout
+    // starts counting.
+    server.clients.wake_all();
+    server.reloads.record_reload(true);
+    server.events.emit_reload(&ReloadEvent {
+        source: &origin,
+        trigger: trigger.as_str(),
+        generation,
+        outcome: ReloadOutcome::Applied {
+            applied: &applied,
+            restart_required: &restart_required,
+            keyspaces: &affected,
+            discarded_local_keys,
+        },
+    });
+    Ok(Applied {
+        generation,
+        applied,
+        restart_required,
+        discarded_local_keys,
+    })
+}
+
+/// Reloads since the start, for the metrics and INFO.
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    applied: AtomicU64,
+    failed: AtomicU64,
+    /// Whether the last reload failed (the file on disk is not what runs).
+    last_failed: std::sync::atomic::AtomicBool,
+}
+
+impl ReloadCounts {
+    fn record_reload(&self, ok: bool) {
+        let counter = if ok { &self.applied } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.last_failed.store(!ok, Ordering::Relaxed);
+    }
+
+    /// (applied, failed, whether the last one failed).
+    pub fn totals(&self) -> (u64, u64, bool) {
+        (
+            self.applied.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.last_failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+    use std::time::Duration;
+
+    #[test]
+    fn fixed_settings_keep_their_values_and_are_named() {
+        let current = Settings::default();
+        let mut new = current.clone();
+        new.listen = "127.0.0.1:1".parse().unwrap();
+        new.upstream.address = "elsewhere:6379".into();
+        new.upstream.command_timeout = Duration::from_secs(9);
+        new.max_clients = 7;
+        new.keyspaces = Keyspaces::new(
+            vec![Keyspace {
+                name: "scratch".into(),
+                patterns: vec![Pattern::parse(b"tmp:")],
+                mode: Mode::LocalOnly,
+            }],
+            Mode::FailClosed,
+        );
+        let plan = plan(&current, new.clone());
+        assert_eq!(plan.restart_required, ["listen", "upstream.address"]);
+        assert_eq!(
+            plan.applied,
+            ["keyspaces", "max_clients", "upstream.command_timeout"]
+        );
+        assert_eq!(plan.settings.listen, current.listen);
+        assert_eq!(plan.settings.upstream.address, current.upstream.address);
+        assert_eq!(
+            plan.settings.upstream.command_timeout,
+            Duration::from_secs(9)
+        );
+        assert_eq!(plan.settings.keyspaces, new.keyspaces);
+    }
+
+    #[test]
+    fn the_same_settings_change_nothing() {
+        let current = Settings::default();
+        let plan = plan(&current, current.clone());
+        assert!(plan.applied.is_empty() && plan.restart_required.is_empty());
+        assert_eq!(plan.settings, current);
+    }
+}

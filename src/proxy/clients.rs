@@ -1,0 +1,322 @@
+//! The connected clients, as the server sees them: how many there are (for `max_clients`), the
+//! proxy's phase (running, draining, stopping), a way to wake every one of them when the
+//! phase changes, and what CLIENT LIST shows and CLIENT KILL matches.
+//!
+//! Each client costs one slab slot: its inbox, id, address and connect time, plus a boxed
+//! [`Listed`] only once it set a name, database, protocol or user.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use slab::Slab;
+use tokio::sync::Notify;
+
+use crate::upstream::inbox::Inbox;
+
+/// Where the proxy is in its life, as sessions see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    Run = 0,
+    /// Shutdown began: answer what was asked, read nothing new.
+    Drain = 1,
+    /// The drain deadline passed: close now.
+    Stop = 2,
+}
+
+#[derive(Debug, Default)]
+pub struct Clients {
+    phase: AtomicU8,
+    /// Connections accepted, refused at `max_clients`, and closed for protocol errors, since
+    /// the start (read by the metrics at scrape time).
+    accepted: AtomicU64,
+    rejected: AtomicU64,
+    protocol_errors: AtomicU64,
+    /// Requests by command and outcome.
+    pub commands: CommandCounts,
+    entries: Mutex<Slab<Entry>>,
+    /// Signalled when the last client leaves.
+    empty: Notify,
+}
+
+/// One connected client.
+#[derive(Debug)]
+struct Entry {
+    inbox: Arc<Inbox>,
+    id: u64,
+    addr: Option<SocketAddr>,
+    /// Unix seconds at connect.
+    since: u32,
+    listed: Option<Box<Listed>>,
+}
+
+/// What a client set on its connection, as CLIENT LIST shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listed {
+    pub name: Option<Bytes>,
+    pub db: u32,
+    pub user: Option<String>,
+    pub resp3: bool,
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
+}
+
+/// CLIENT KILL's filters; every one given must match.
+#[derive(Debug, Default)]
+pub struct KillFilter {
+    pub id: Option<u64>,
+    pub addr: Option<String>,
+    pub user: Option<String>,
+    /// Spare this client (SKIPME yes, the default).
+    pub skip: Option<u64>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What became of a request, for the per-command counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Outcome {
+    /// Sent to the upstream.
+    Upstream = 0,
+    /// Served by the local store.
+    Local = 1,
+    /// Answered by the proxy itself (connection, transaction and admin commands).
+    Proxy = 2,
+    /// Refused by the proxy: fail-closed, keyspace, unsupported, permission.
+    Refused = 3,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Upstream,
+        Outcome::Local,
+        Outcome::Proxy,
+        Outcome::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Upstream => "upstream",
+            Outcome::Local => "local",
+            Outcome::Proxy => "proxy",
+            Outcome::Refused => "refused",
+        }
+    }
+}
+
+/// Requests by command (Redis's command table, plus one slot for commands it does not know)
+/// and outcome: one relaxed atomic add per request.
+#[derive(Debug)]
+pub struct CommandCounts {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Default for CommandCounts {
+    fn default() -> CommandCounts {
+        let slots = (crate::command::commands().len() + 1) * Outcome::ALL.len();
+        CommandCounts {
+            counts: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+/// The command counted last, so that a pipeline of the same command looks its name up once.
+pub type LastCommand = crate::command::Positions;
+
+impl CommandCounts {
+    /// Counts one request of command `name` with `outcome`.
+    pub fn record(&self, last: &mut LastCommand, name: &[u8], outcome: Outcome) {
+        let index = last
+            .position(name)
+            .unwrap_or(crate::command::commands().len());
+        if let Some(c) = self
+            .counts
+            .get(index * Outcome::ALL.len() + outcome as usize)
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (command, outcome, count) for every non-zero count; `unknown` for commands Redis does
+    /// not know.
+    pub fn totals(&self) -> Vec<(&'static str, Outcome, u64)> {
+        let table = crate::command::commands();
+        let mut out = Vec::new();
+        for (i, c) in self.counts.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n == 0 {
+                continue;
+            }
+            let command = table
+                .get(i / Outcome::ALL.len())
+                .map_or("unknown", |c| c.name());
+            out.push((command, Outcome::ALL[i % Outcome::ALL.len()], n));
+        }
+        out
+    }
+}
+
+fn unix_secs() -> u32 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
+impl Clients {
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Registers a client: its key is for [`Clients::leave`], its id is CLIENT ID.
+    pub fn join(&self, inbox: Arc<Inbox>, addr: Option<SocketAddr>) -> (usize, u64) {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        let key = self.lock().insert(Entry {
+            inbox,
+            id,
+            addr,
+            since: unix_secs(),
+            listed: None,
+        });
+        (key, id)
+    }
+
+    /// A connection refused at `max_clients`.
+    pub fn record_rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client closed for sending something that is not RESP.
+    pub fn record_protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (accepted, rejected, protocol errors) since the start.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.accepted.load(Ordering::Relaxed),
+            self.rejected.load(Ordering::Relaxed),
+            self.protocol_errors.load(Ordering::Relaxed),
+        )
+    }
+
+    pub fn leave(&self, key: usize) {
+        let mut entries = self.lock();
+        entries.try_remove(key);
+        if entries.is_empty() {
+            self.empty.notify_waiters();
+        }
+    }
+
+    /// Records what a client set on its connection, for CLIENT LIST.
+    pub fn publish(&self, key: usize, listed: Listed) {
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.listed = (listed != Listed::default()).then(|| Box::new(listed));
+        }
+    }
+
+    /// CLIENT LIST: one line per client (those in `ids` only, when given), in connect order.
+    pub fn list(&self, ids: Option<&[u64]>) -> String {
+        let now = unix_secs();
+        let entries = self.lock();
+        let mut rows: Vec<&Entry> = entries
+            .iter()
+            .map(|(_, e)| e)
+            .filter(|e| ids.is_none_or(|ids| ids.contains(&e.id)))
+            .collect();
+        rows.sort_by_key(|e| e.id);
+        let mut out = String::new();
+        for e in rows {
+            let none = Listed::default();
+            let l = e.listed.as_deref().unwrap_or(&none);
+            let text = |b: &Option<Bytes>| {
+                b.as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default()
+            };
+            out.push_str(&format!(
+                "id={} addr={} name={} age={} db={} user={} lib-name={} lib-ver={} resp={}\n",
+                e.id,
+                e.addr.map(|a| a.to_string()).unwrap_or_default(),
+                text(&l.name),
+                now.saturating_sub(e.since),
+                l.db,
+                l.user
+                    .as_deref()
+                    .unwrap_or(crate::policy::auth::DEFAULT_USER),
+                text(&l.lib_name),
+                text(&l.lib_ver),
+                if l.resp3 { 3 } else { 2 },
+            ));
+        }
+        out
+    }
+
+    /// CLIENT KILL: closes every client matching `filter`; how many.
+    pub fn kill(&self, filter: &KillFilter) -> usize {
+        let entries = self.lock();
+        let mut killed = 0;
+        for (_, e) in entries.iter() {
+            let user = e
+                .listed
+                .as_ref()
+                .and_then(|l| l.user.as_deref())
+                .unwrap_or(crate::policy::auth::DEFAULT_USER);
+            let matches = filter.id.is_none_or(|id| id == e.id)
+                && filter
+                    .addr
+                    .as_ref()
+                    .is_none_or(|a| e.addr.is_some_and(|ea| ea.to_string() == *a))
+                && filter.user.as_ref().is_none_or(|u| u == user)
+                && filter.skip != Some(e.id);
+            if matches {
+                e.inbox.kill();
+                killed += 1;
+            }
+        }
+        killed
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Acquire) {
+            0 => Phase::Run,
+            1 => Phase::Drain,
+            _ => Phase::Stop,
+        }
+    }
+
+    /// Moves every client to `phase` and wakes each one so it notices.
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Wakes every client's session (a phase change, a reload).
+    pub fn wake_all(&self) {
+        for (_, entry) in self.lock().iter() {
+            entry.inbox.poke();
+        }
+    }
+
+    /// Resolves once no client is connected.
+    pub async fn all_gone(&self) {
+        loop {
+            let notified = self.empty.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slab<Entry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

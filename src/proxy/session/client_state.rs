@@ -1,0 +1,73 @@
+//! What the proxy remembers of one client connection's state: the selected database, the
+//! protocol version, the client's name and library, the user it authenticated as. The proxy
+//! answers the commands that set these itself (SELECT, HELLO, AUTH, CLIENT SETNAME...), so they
+//! work whatever the upstream's health, and it brings an upstream connection in line with them
+//! when the client needs one of its own.
+
+use bytes::Bytes;
+
+use crate::local::store::Watch;
+use crate::policy::auth::{UserId, Users};
+use crate::proxy::session::transaction::Multi;
+
+/// Connection state that differs from a fresh connection's. A session holds it boxed, and
+/// only once something differs, so a plain client pays one pointer.
+pub struct ClientState {
+    /// The selected database (SELECT).
+    pub db: u32,
+    /// Replies in RESP3, after HELLO 3.
+    pub resp3: bool,
+    /// The user the client acts as; `None` before it authenticates when a password is required.
+    pub user: Option<UserId>,
+    /// CLIENT SETNAME or HELLO ... SETNAME.
+    pub name: Option<Bytes>,
+    /// CLIENT SETINFO LIB-NAME / LIB-VER.
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
+    /// Between MULTI and EXEC/DISCARD.
+    pub multi: Option<Box<Multi>>,
+    /// Keys watched in the local store.
+    pub watch: Option<Watch>,
+    /// WATCH went upstream (on the client's own connection).
+    pub watched_upstream: bool,
+}
+
+impl ClientState {
+    /// A fresh connection's state: database 0, RESP2, the default user if there is one.
+    pub fn new(users: &Users) -> ClientState {
+        ClientState {
+            db: 0,
+            resp3: false,
+            user: users.default_user(),
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            multi: None,
+            watch: None,
+            watched_upstream: false,
+        }
+    }
+
+    /// The session's state, made if it had none.
+    pub fn of<'a>(state: &'a mut Option<Box<ClientState>>, users: &Users) -> &'a mut ClientState {
+        state.get_or_insert_with(|| Box::new(ClientState::new(users)))
+    }
+
+    /// The selected database of a session's state, 0 when it has none.
+    pub fn db_of(state: &Option<Box<ClientState>>) -> u32 {
+        state.as_ref().map_or(0, |s| s.db)
+    }
+
+    /// Whether a session's state asks for RESP3.
+    pub fn resp3_of(state: &Option<Box<ClientState>>) -> bool {
+        state.as_ref().is_some_and(|s| s.resp3)
+    }
+
+    /// The user a session acts as.
+    pub fn user_of(state: &Option<Box<ClientState>>, users: &Users) -> Option<UserId> {
+        match state {
+            Some(s) => s.user,
+            None => users.default_user(),
+        }
+    }
+}

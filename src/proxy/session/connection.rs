@@ -1,0 +1,537 @@
+//! The connection commands the proxy answers itself: HELLO, AUTH, SELECT, RESET and the CLIENT
+//! subcommands that only concern this connection. They set [`ClientState`], so the answer is
+//! the same whatever the upstream's health, and a client's upstream connections are brought in
+//! line with it (see [`Sync`]). Texts and checks are Redis 7.0's (CLIENT SETINFO is 7.2's).
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::local::engine;
+use crate::policy::auth::{AuthError, Users};
+use crate::protocol::request::Request;
+use crate::proxy::clients::{Clients, KillFilter, Listed};
+use crate::proxy::session::client_state::ClientState;
+
+/// What the client's own upstream connection must be told after a command the proxy answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    Nothing,
+    /// SELECT this database.
+    Select(u32),
+    /// Switch to this protocol version.
+    Hello(u8),
+    /// RESET.
+    Reset,
+}
+
+/// The proxy's answer to a connection command.
+pub struct Answer {
+    pub reply: Bytes,
+    pub sync: Sync,
+}
+
+/// What the proxy knows of the socket, for CLIENT INFO.
+pub struct Peer {
+    pub addr: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+}
+
+/// What answering needs beyond the client's own state.
+pub struct Env<'a> {
+    pub users: &'a Users,
+    /// The version HELLO reports.
+    pub version: &'a str,
+    /// This client's CLIENT ID.
+    pub id: u64,
+    /// Every client, for CLIENT LIST and CLIENT KILL.
+    pub clients: &'a Clients,
+}
+
+/// What a session must do with a request before routing it, decided once from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Special {
+    /// Routed by its keys.
+    None,
+    /// A connection command the proxy answers (see [`answer`]), RESET included.
+    Connection,
+    Reset,
+    Quit,
+    Info,
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH.
+    Transaction,
+    /// The proxy's admin command.
+    Keywarden,
+}
+
+impl Special {
+    /// Classifies `req`, at the cost of a length check for almost every request.
+    pub fn of(req: &Request) -> Special {
+        let name = req.name();
+        let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+        match name.len() {
+            4 if is(b"auth") => Special::Connection,
+            4 if is(b"quit") => Special::Quit,
+            4 if is(b"info") => Special::Info,
+            4 if is(b"exec") => Special::Transaction,
+            5 if is(b"hello") => Special::Connection,
+            5 if is(b"reset") => Special::Reset,
+            5 if is(b"multi") || is(b"watch") => Special::Transaction,
+            6 if is(b"select") => Special::Connection,
+            6 if is(b"client") && req.arg(1).is_some_and(is_our_client_subcommand) => {
+                Special::Connection
+            }
+            // Client ids given to Redis would name Redis's connections, not the proxy's.
+            6 if is(b"client") && names_client_ids(req) => Special::Connection,
+            7 if is(b"discard") || is(b"unwatch") => Special::Transaction,
+            9 if is(b"keywarden") => Special::Keywarden,
+            _ => Special::None,
+        }
+    }
+}
+
+/// Whether answering `req` may change what CLIENT LIST shows of the client.
+pub fn may_change_listing(req: &Request) -> bool {
+    !req.name().eq_ignore_ascii_case(b"client")
+        || req.arg(1).is_some_and(|sub| {
+            sub.eq_ignore_ascii_case(b"setname") || sub.eq_ignore_ascii_case(b"setinfo")
+        })
+}
+
+/// CLIENT UNBLOCK, and CLIENT TRACKING ... REDIRECT: both name a client by id.
+fn names_client_ids(req: &Request) -> bool {
+    let Some(sub) = req.arg(1) else {
+        return false;
+    };
+    sub.eq_ignore_ascii_case(b"unblock")
+        || (sub.eq_ignore_ascii_case(b"tracking")
+            && req.args().any(|a| a.eq_ignore_ascii_case(b"redirect")))
+}
+
+fn is_our_client_subcommand(sub: &[u8]) -> bool {
+    CLIENT_SUBCOMMANDS
+        .iter()
+        .any(|s| sub.eq_ignore_ascii_case(s.as_bytes()))
+}
+
+/// CLIENT subcommands about this connection, or the proxy's clients (LIST, KILL); the others
+/// (TRACKING, REPLY, PAUSE...) go upstream as before.
+const CLIENT_SUBCOMMANDS: &[&str] = &[
+    "setname", "getname", "id", "setinfo", "info", "list", "kill",
+];
+
+/// Answers a connection command (one [`Special::of`] calls `Connection` or `Reset`).
+pub fn answer(
+    req: &Request,
+    state: &mut Option<Box<ClientState>>,
+    env: &Env<'_>,
+    peer: impl FnOnce() -> Peer,
+) -> Answer {
+    let users = env.users;
+    let name = req.name().to_ascii_lowercase();
+    let plain = |reply: Bytes| Answer {
+        reply,
+        sync: Sync::Nothing,
+    };
+    match name.as_slice() {
+        b"auth" => plain(auth(req, state, users)),
+        b"hello" => hello(req, state, users, env.version, env.id),
+        b"select" => select(req, state, users),
+        b"reset" if req.argc() != 1 => plain(arity("reset")),
+        b"reset" => {
+            let lib = state
+                .as_ref()
+                .map(|s| (s.lib_name.clone(), s.lib_ver.clone()));
+            *state = None;
+            if let Some(lib) = lib.filter(|l| l.0.is_some() || l.1.is_some()) {
+                // The connection keeps its library, as in Redis.
+                let s = ClientState::of(state, users);
+                (s.lib_name, s.lib_ver) = lib;
+            }
+            Answer {
+                reply: Bytes::from_static(b"+RESET\r\n"),
+                sync: Sync::Reset,
+            }
+        }
+        _ => plain(client(req, state, env, peer)),
+    }
+}
+
+fn error(text: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(text.len() + 3);
+    out.put_u8(b'-');
+    out.put_slice(text.as_bytes());
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+fn arity(command: &str) -> Bytes {
+    error(&format!(
+        "ERR wrong number of arguments for '{command}' command"
+    ))
+}
+
+fn ok() -> Bytes {
+    Bytes::from_static(b"+OK\r\n")
+}
+
+/// `AUTH [username] password`.
+fn auth(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> Bytes {
+    let (username, password) = match req.argc() {
+        2 => (None, req.arg(1).unwrap_or_default()),
+        3 => (req.arg(1), req.arg(2).unwrap_or_default()),
+        1 => return arity("auth"),
+        _ => return error("ERR syntax error"),
+    };
+    match users.auth(username, password) {
+        Ok(id) => {
+            ClientState::of(state, users).user = Some(id);
+            ok()
+        }
+        Err(e) => error(&e.to_string()),
+    }
+}
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`, checked in Redis's order:
+/// the version, then the options one by one (AUTH takes effect at once), then that the client
+/// is authenticated.
+fn hello(
+    req: &Request,
+    state: &mut Option<Box<ClientState>>,
+    users: &Users,
+    version: &str,
+    id: u64,
+) -> Answer {
+    let fail = |reply: Bytes| Answer {
+        reply,
+        sync: Sync::Nothing,
+    };
+    let mut protocol = None;
+    if let Some(arg) = req.arg(1) {
+        match engine::string2ll(arg) {
+            Some(v @ 2..=3) => protocol = Some(v as u8),
+            Some(_) => return fail(error("NOPROTO unsupported protocol version")),
+            None => {
+                return fail(error(
+                    "ERR Protocol version is not an integer or out of range",
+                ))
+            }
+        }
+    }
+    let mut j = 2;
+    while j < req.argc() {
+        let opt = req.arg(j).unwrap_or_default();
+        let more = req.argc() - 1 - j;
+        if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+            let (user, pass) = (req.arg(j + 1), req.arg(j + 2).unwrap_or_default());
+            match users.authenticate(user.unwrap_or_default(), pass) {
+                Some(id) => ClientState::of(state, users).user = Some(id),
+                None => return fail(error(&AuthError::WrongPass.to_string())),
+            }
+            j += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+            if let Err(e) = set_name(state, users, req.arg(j + 1).unwrap_or_default()) {
+                return fail(e);
+            }
+            j += 2;
+        } else {
+            let shown = String::from_utf8_lossy(engine::c_str(opt)).into_owned();
+            return fail(error(&format!(
+                "ERR Syntax error in HELLO option '{shown}'"
+            )));
+        }
+    }
+    if ClientState::user_of(state, users).is_none() {
+        return fail(error(&AuthError::HelloNoAuth.to_string()));
+    }
+    let s = ClientState::of(state, users);
+    let switched = protocol.is_some_and(|v| (v == 3) != s.resp3);
+    if let Some(v) = protocol {
+        s.resp3 = v == 3;
+    }
+    let mut out = BytesMut::with_capacity(160);
+    if s.resp3 {
+        out.put_slice(b"%7\r\n");
+    } else {
+        out.put_slice(b"*14\r\n");
+    }
+    let bulk = |out: &mut BytesMut, text: &[u8]| {
+        let _ = write!(out, "${}\r\n", text.len());
+        out.put_slice(text);
+        out.put_slice(b"\r\n");
+    };
+    bulk(&mut out, b"server");
+    bulk(&mut out, b"redis");
+    bulk(&mut out, b"version");
+    bulk(&mut out, version.as_bytes());
+    bulk(&mut out, b"proto");
+    let _ = write!(out, ":{}\r\n", if s.resp3 { 3 } else { 2 });
+    bulk(&mut out, b"id");
+    let _ = write!(out, ":{id}\r\n");
+    bulk(&mut out, b"mode");
+    bulk(&mut out, b"standalone");
+    bulk(&mut out, b"role");
+    bulk(&mut out, b"master");
+    bulk(&mut out, b"modules");
+    out.put_slice(b"*0\r\n");
+    Answer {
+        reply: out.freeze(),
+        sync: if switched {
+            Sync::Hello(if s.resp3 { 3 } else { 2 })
+        } else {
+            Sync::Nothing
+        },
+    }
+}
+
+/// The Redis version HELLO reports before the proxy has learned the upstream's: the one whose
+/// behaviour its command table and local engine follow.
+pub const SERVER_VERSION: &str = "7.0.15";
+
+/// SELECT: the database applies to the local store at once, and upstream through the client's
+/// own connection (shared connections stay in database 0).
+fn select(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> Answer {
+    let fail = |reply: Bytes| Answer {
+        reply,
+        sync: Sync::Nothing,
+    };
+    if req.argc() != 2 {
+        return fail(arity("select"));
+    }
+    let arg = req.arg(1).unwrap_or_default();
+    let Some(db) = engine::string2ll(arg) else {
+        return fail(error("ERR value is not an integer or out of range"));
+    };
+    let Ok(db) = i32::try_from(db) else {
+        return fail(error(
+            "ERR value is out of range, value must between -2147483648 and 2147483647",
+        ));
+    };
+    let db = match u32::try_from(db) {
+        Ok(db) if db < engine::DATABASES => db,
+        _ => return fail(error("ERR DB index is out of range")),
+    };
+    if db == ClientState::db_of(state) {
+        return fail(ok());
+    }
+    ClientState::of(state, users).db = db;
+    Answer {
+        reply: ok(),
+        sync: Sync::Select(db),
+    }
+}
+
+/// Redis's rule for client names and library fields: printable ASCII without spaces.
+fn valid_name(name: &[u8]) -> bool {
+    name.iter().all(|&b| (b'!'..=b'~').contains(&b))
+}
+
+fn set_name(state: &mut Option<Box<ClientState>>, users: &Users, name: &[u8]) -> Result<(), Bytes> {
+    if !valid_name(name) {
+        return Err(error(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ));
+    }
+    let s = ClientState::of(state, users);
+    s.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
+    Ok(())
+}
+
+fn client(
+    req: &Request,
+    state: &mut Option<Box<ClientState>>,
+    env: &Env<'_>,
+    peer: impl FnOnce() -> Peer,
+) -> Bytes {
+    let users = env.users;
+    let sub = req.arg(1).unwrap_or_default().to_ascii_lowercase();
+    let resp3 = ClientState::resp3_of(state);
+    match (sub.as_slice(), req.argc()) {
+        (b"setname", 3) => match set_name(state, users, req.arg(2).unwrap_or_default()) {
+            Ok(()) => ok(),
+            Err(e) => e,
+        },
+        (b"setname", _) => arity("client|setname"),
+        (b"getname", 2) => match state.as_ref().and_then(|s| s.name.as_ref()) {
+            Some(name) => {
+                let mut out = BytesMut::new();
+                let _ = write!(out, "${}\r\n", name.len());
+                out.put_slice(name);
+                out.put_slice(b"\r\n");
+                out.freeze()
+            }
+            None if resp3 => Bytes::from_static(b"_\r\n"),
+            None => Bytes::from_static(b"$-1\r\n"),
+        },
+        (b"getname", _) => arity("client|getname"),
+        (b"id", 2) => Bytes::from(format!(":{}\r\n", env.id)),
+        (b"id", _) => arity("client|id"),
+        (b"setinfo", 4) => {
+            let attr = req.arg(2).unwrap_or_default();
+            let value = req.arg(3).unwrap_or_default();
+            let is_name = attr.eq_ignore_ascii_case(b"lib-name");
+            if !is_name && !attr.eq_ignore_ascii_case(b"lib-ver") {
+                let shown = String::from_utf8_lossy(engine::c_str(attr)).into_owned();
+                return error(&format!("ERR Unrecognized option '{shown}'"));
+            }
+            if !valid_name(value) {
+                let which = if is_name { "lib-name" } else { "lib-ver" };
+                return error(&format!(
+                    "ERR {which} cannot contain spaces, newlines or special characters."
+                ));
+            }
+            let s = ClientState::of(state, users);
+            let value = (!value.is_empty()).then(|| Bytes::copy_from_slice(value));
+            if is_name {
+                s.lib_name = value;
+            } else {
+                s.lib_ver = value;
+            }
+            ok()
+        }
+        (b"setinfo", _) => arity("client|setinfo"),
+        (b"info", 2) => {
+            let line = info_line(ClientState::of(state, users), env, &peer());
+            crate::ops::info::reply(&line, resp3)
+        }
+        (b"info", _) => arity("client|info"),
+        (b"list", _) => list(req, env, resp3),
+        (b"tracking", _) => error(
+            "UNSUPPORTED 'client|tracking' with REDIRECT names a Redis connection; keywarden's client ids are its own",
+        ),
+        (b"unblock", _) => error(
+            "UNSUPPORTED 'client|unblock' names a Redis connection; keywarden's client ids are its own",
+        ),
+        (b"kill", _) => kill(req, env),
+        _ => arity("client"),
+    }
+}
+
+/// `CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id [id ...]]`: the proxy's own
+/// clients. Every client of the proxy counts as `normal`.
+fn list(req: &Request, env: &Env<'_>, resp3: bool) -> Bytes {
+    let args: Vec<&[u8]> = req.args().skip(2).collect();
+    let is = |a: &[u8], w: &str| a.eq_ignore_ascii_case(w.as_bytes());
+    match args.as_slice() {
+        [] => crate::ops::info::reply(&env.clients.list(None), resp3),
+        [t, kind] if is(t, "type") => {
+            if is(kind, "normal") {
+                crate::ops::info::reply(&env.clients.list(None), resp3)
+            } else if ["master", "replica", "slave", "pubsub"]
+                .iter()
+                .any(|k| is(kind, k))
+            {
+                crate::ops::info::reply("", resp3)
+            } else {
+                let shown = String::from_utf8_lossy(engine::c_str(kind)).into_owned();
+                error(&format!("ERR Unknown client type '{shown}'"))
+            }
+        }
+        [i, ids @ ..] if is(i, "id") && !ids.is_empty() => {
+            let mut wanted = Vec::with_capacity(ids.len());
+            for id in ids {
+                match engine::string2ll(id) {
+                    Some(n) if n > 0 => wanted.push(n as u64),
+                    _ => return error("ERR Invalid client ID"),
+                }
+            }
+            crate::ops::info::reply(&env.clients.list(Some(&wanted)), resp3)
+        }
+        _ => error("ERR syntax error"),
+    }
+}
+
+/// `CLIENT KILL addr:port` (old form: `+OK`, or an error when no client matches) or
+/// `CLIENT KILL <filter> <value> ...` with ID, ADDR, USER, SKIPME (new form: how many).
+fn kill(req: &Request, env: &Env<'_>) -> Bytes {
+    let args: Vec<&[u8]> = req.args().skip(2).collect();
+    if args.is_empty() {
+        return arity("client|kill");
+    }
+    let text = |a: &[u8]| String::from_utf8_lossy(a).into_owned();
+    if let [addr] = args.as_slice() {
+        let filter = KillFilter {
+            addr: Some(text(addr)),
+            ..KillFilter::default()
+        };
+        return match env.clients.kill(&filter) {
+            0 => error("ERR No such client"),
+            _ => ok(),
+        };
+    }
+    if !args.len().is_multiple_of(2) {
+        return error("ERR syntax error");
+    }
+    let mut filter = KillFilter {
+        skip: Some(env.id),
+        ..KillFilter::default()
+    };
+    for pair in args.chunks(2) {
+        let (opt, value) = (pair[0], pair[1]);
+        let is = |w: &str| opt.eq_ignore_ascii_case(w.as_bytes());
+        if is("id") {
+            match engine::string2ll(value) {
+                Some(n) if n > 0 => filter.id = Some(n as u64),
+                _ => return error("ERR client-id should be greater than 0"),
+            }
+        } else if is("addr") {
+            filter.addr = Some(text(value));
+        } else if is("user") {
+            filter.user = Some(text(value));
+        } else if is("skipme") {
+            if value.eq_ignore_ascii_case(b"yes") {
+                filter.skip = Some(env.id);
+            } else if value.eq_ignore_ascii_case(b"no") {
+                filter.skip = None;
+            } else {
+                return error("ERR syntax error");
+            }
+        } else {
+            return error("ERR syntax error");
+        }
+    }
+    Bytes::from(format!(":{}\r\n", env.clients.kill(&filter)))
+}
+
+/// What CLIENT LIST shows of a client's state.
+pub fn listed(state: &Option<Box<ClientState>>, users: &Users) -> Listed {
+    let Some(s) = state else {
+        return Listed::default();
+    };
+    Listed {
+        name: s.name.clone(),
+        db: s.db,
+        user: s.user.map(|id| users.user(id).name().to_owned()),
+        resp3: s.resp3,
+        lib_name: s.lib_name.clone(),
+        lib_ver: s.lib_ver.clone(),
+    }
+}
+
+/// This client's CLIENT INFO line, with the fields the proxy knows.
+fn info_line(s: &ClientState, env: &Env<'_>, peer: &Peer) -> String {
+    let users = env.users;
+    let show = |b: &Option<Bytes>| {
+        b.as_ref()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
+    };
+    let addr = |a: Option<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+    let user = s
+        .user
+        .map(|id| users.user(id).name().to_owned())
+        .unwrap_or_else(|| crate::policy::auth::DEFAULT_USER.to_owned());
+    format!(
+        "id={} addr={} laddr={} name={} db={} user={} lib-name={} lib-ver={} resp={}\n",
+        env.id,
+        addr(peer.addr),
+        addr(peer.local),
+        show(&s.name),
+        s.db,
+        user,
+        show(&s.lib_name),
+        show(&s.lib_ver),
+        if s.resp3 { 3 } else { 2 }
+    )
+}

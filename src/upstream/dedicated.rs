@@ -1,0 +1,343 @@
+//! A dedicated upstream connection: one client's own, for the rest of its life, once it issues
+//! a command that depends on connection state (MULTI, WATCH, SELECT n, blocking pops, Pub/Sub,
+//! CLIENT SETNAME...). Everything then behaves exactly as against Redis, because it *is* a
+//! connection to Redis.
+//!
+//! Replies are forwarded as raw bytes. While requests and replies still pair one to one, the
+//! connection counts them, so that a hung upstream can be detected (the command timeout, except
+//! for blocking commands) and every unanswered request gets an error reply when the connection
+//! fails. After a command that ends the pairing (SUBSCRIBE, MONITOR, CLIENT REPLY) the bytes are
+//! piped unframed, and a lost upstream closes the client so its library reconnects and
+//! resubscribes.
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Interval};
+
+use crate::command::Stateful;
+use crate::error::UpstreamFailure;
+use crate::protocol::request::Request;
+use crate::protocol::scanner::ReplyScanner;
+use crate::upstream::shared::timeout_tick;
+use crate::upstream::socket;
+
+const READ_CHUNK: usize = 16 * 1024;
+
+pub struct Dedicated {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    written: usize,
+    scanner: ReplyScanner,
+    /// Bytes of `rbuf` framed but not yet handed on.
+    framed: usize,
+    /// False once a command broke the one-request-one-reply pairing.
+    paired: bool,
+    /// Requests without a reply yet (only tracked while paired).
+    outstanding: VecDeque<Outstanding>,
+    last_read: Instant,
+    /// Paces command-timeout checks (a timer per request would cost more than it saves).
+    tick: Interval,
+    /// Unpaired, a RESET was sent, followed by an ECHO of a nonce: the raw stream is framed
+    /// until that echo (this exact frame) arrives; since when.
+    awaiting_reset: Option<(Bytes, Instant)>,
+}
+
+struct Outstanding {
+    blocking: bool,
+    /// Sent by the proxy to set the connection up (SELECT, HELLO): its reply is checked and
+    /// kept from the client.
+    silent: bool,
+    /// Its reply is kept from the client whatever it is (a queued command of a transaction,
+    /// already answered `+QUEUED` by the proxy).
+    discard: bool,
+    since: Instant,
+}
+
+impl Dedicated {
+    pub async fn open(
+        addr: String,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+        keepalive: Option<Duration>,
+        max_reply_depth: usize,
+    ) -> Result<Dedicated, UpstreamFailure> {
+        let stream = socket::connect(&addr, connect_timeout, keepalive)
+            .await
+            .map_err(|_| UpstreamFailure::Unavailable)?;
+        Ok(Dedicated {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            written: 0,
+            scanner: ReplyScanner::new(max_reply_depth),
+            framed: 0,
+            paired: true,
+            outstanding: VecDeque::new(),
+            last_read: Instant::now(),
+            tick: timeout_tick(command_timeout),
+            awaiting_reset: None,
+        })
+    }
+
+    /// Queues a request; call [`Dedicated::write`] to send it.
+    pub fn queue(&mut self, req: &Request, props: Stateful) {
+        self.wbuf.put_slice(req.raw());
+        if self.paired {
+            if props.unpaired {
+                // Replies still owed before this one are framed as before (see `take_raw`).
+                self.paired = false;
+            } else {
+                self.outstanding.push_back(Outstanding {
+                    blocking: props.blocking,
+                    silent: false,
+                    discard: false,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+
+    /// Queues a command of the proxy's own that brings the connection's state in line with the
+    /// client's (SELECT after the client selected a database, HELLO after a protocol switch).
+    /// Its reply never reaches the client; an error reply fails the connection. Nothing is sent
+    /// once unpaired: a subscribed connection has no database or protocol left to follow.
+    pub fn queue_silent(&mut self, req: &Request) {
+        if !self.paired {
+            return;
+        }
+        self.wbuf.put_slice(req.raw());
+        self.outstanding.push_back(Outstanding {
+            blocking: false,
+            silent: true,
+            discard: false,
+            since: Instant::now(),
+        });
+    }
+
+    /// Queues a request whose reply the client must not see, whatever it is: MULTI and the
+    /// queued commands of a transaction the proxy sends at EXEC.
+    pub fn queue_discarded(&mut self, req: &Request) {
+        if !self.paired {
+            return;
+        }
+        self.queue_silent(req);
+        if let Some(last) = self.outstanding.back_mut() {
+            last.discard = true;
+        }
+    }
+
+    pub fn wants_write(&self) -> bool {
+        self.written < self.wbuf.len()
+    }
+
+    /// Requests written whose replies have not come back (once unpaired, only those sent
+    /// before).
+    pub fn unanswered(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    pub fn is_paired(&self) -> bool {
+        self.paired
+    }
+
+    /// True while the client waits on a blocking command or listens to pushes: Redis exempts
+    /// such clients from its idle timeout, and so does the proxy.
+    pub fn is_waiting(&self) -> bool {
+        !self.paired || self.outstanding.iter().any(|o| o.blocking)
+    }
+
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream.poll_read_ready(cx)
+    }
+
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream.poll_write_ready(cx)
+    }
+
+    /// Ready when a command-timeout check is due (never while no timed request is waiting).
+    pub fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.timing() {
+            return Poll::Pending;
+        }
+        self.tick.poll_tick(cx).map(|_| ())
+    }
+
+    pub fn write(&mut self) -> Result<(), UpstreamFailure> {
+        while self.wants_write() {
+            match self.stream.try_write(&self.wbuf[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(UpstreamFailure::ConnectionLost),
+            }
+        }
+        self.wbuf.clear();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Reads what the upstream has sent; false when nothing was there. `Err` when the
+    /// upstream closed.
+    pub fn fill(&mut self) -> Result<bool, UpstreamFailure> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
+        }
+        match socket::read_available(&self.stream, &mut self.rbuf) {
+            Ok(0) => Err(UpstreamFailure::ConnectionLost),
+            Ok(_) => {
+                self.last_read = Instant::now();
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(_) => Err(UpstreamFailure::ConnectionLost),
+        }
+    }
+
+    /// Once unpaired: sends `reset` and, behind it, an ECHO of a nonce, then frames the raw
+    /// stream until that echo comes back. Everything before it (RESET's own reply included,
+    /// or none after CLIENT REPLY SKIP) goes to the client; the echo does not. A `+RESET`
+    /// cannot mark the end: a script may return one, and CLIENT REPLY may suppress it.
+    pub fn queue_reset(&mut self, reset: &Request) {
+        use std::hash::BuildHasher;
+        let nonce = format!(
+            "keywarden-reset-{:016x}",
+            std::collections::hash_map::RandomState::new().hash_one(Instant::now())
+        );
+        self.wbuf.put_slice(reset.raw());
+        self.wbuf
+            .put_slice(Request::from_args(&["ECHO", nonce.as_str()]).raw());
+        let echo = Bytes::from(format!("${}\r\n{nonce}\r\n", nonce.len()));
+        self.awaiting_reset = Some((echo, Instant::now()));
+    }
+
+    /// Once unpaired: every byte read, as it came, once the replies owed from before are out
+    /// (those are framed, so that replies to the proxy's own setup commands stay hidden).
+    /// True with the bytes that end in the `+RESET` awaited (see [`Dedicated::expect_reset`]).
+    pub fn take_raw(&mut self) -> Result<(Option<Bytes>, bool), UpstreamFailure> {
+        debug_assert!(!self.paired);
+        let mut owed = BytesMut::new();
+        while !self.outstanding.is_empty() {
+            match self.next_replies(u32::MAX)? {
+                Some((data, _)) => owed.extend_from_slice(&data),
+                None => break,
+            }
+        }
+        let mut reset = false;
+        if self.outstanding.is_empty() {
+            if let Some((echo, _)) = &self.awaiting_reset {
+                self.framed = 0;
+                loop {
+                    match self.scanner.scan(&self.rbuf[self.framed..]) {
+                        Ok(Some(frame)) => {
+                            let end = self.framed + frame.len;
+                            if self.rbuf[self.framed..end] == echo[..] {
+                                owed.extend_from_slice(&self.rbuf.split_to(self.framed));
+                                let _ = self.rbuf.split_to(frame.len);
+                                self.framed = 0;
+                                reset = true;
+                                break;
+                            }
+                            self.framed = end;
+                        }
+                        Ok(None) => break,
+                        Err(_) => return Err(UpstreamFailure::BadReply),
+                    }
+                }
+                if reset {
+                    self.awaiting_reset = None;
+                } else {
+                    owed.extend_from_slice(&self.rbuf.split_to(self.framed));
+                    self.framed = 0;
+                }
+            } else {
+                self.framed = 0;
+                owed.extend_from_slice(&self.rbuf.split());
+            }
+        }
+        Ok(((!owed.is_empty()).then(|| owed.freeze()), reset))
+    }
+
+    /// While paired: the complete replies read so far that answer at most `limit` of the
+    /// client's requests, with how many they answer. Replies to the proxy's own silent
+    /// commands are taken out, and RESP3 pushes (client tracking) ride along, answering
+    /// nothing. `Err` when the upstream sent something that is not RESP or refused a silent
+    /// command.
+    pub fn next_replies(&mut self, limit: u32) -> Result<Option<(Bytes, u32)>, UpstreamFailure> {
+        let mut answered = 0;
+        // Client bytes framed before a silent reply, when one sits between two of them.
+        let mut kept: Option<BytesMut> = None;
+        while self.framed < self.rbuf.len() {
+            let is_push = self.rbuf[self.framed] == b'>';
+            // The proxy's own replies are taken whatever the limit: left unread, one would
+            // look like a request the upstream never answered.
+            let next_silent = self.outstanding.front().is_some_and(|o| o.silent);
+            if answered == limit && !is_push && !next_silent {
+                break;
+            }
+            let frame = match self.scanner.scan(&self.rbuf[self.framed..]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => return Err(UpstreamFailure::BadReply),
+            };
+            let (silent, discard) = match frame.push {
+                true => (false, false),
+                false => self
+                    .outstanding
+                    .pop_front()
+                    .map_or((false, false), |o| (o.silent, o.discard)),
+            };
+            if !silent {
+                self.framed += frame.len;
+                answered += u32::from(!frame.push);
+                continue;
+            }
+            // A queued command's error is Redis's answer (EXEC will say EXECABORT); a setup
+            // command's error means the connection is not what the client needs.
+            if !discard && self.rbuf[self.framed] == b'-' {
+                return Err(UpstreamFailure::SetupRefused);
+            }
+            if self.framed > 0 {
+                let before = self.rbuf.split_to(self.framed);
+                kept.get_or_insert_with(BytesMut::new)
+                    .extend_from_slice(&before);
+                self.framed = 0;
+            }
+            let _ = self.rbuf.split_to(frame.len);
+        }
+        let data = self.rbuf.split_to(self.framed);
+        self.framed = 0;
+        let data = match kept {
+            Some(mut kept) => {
+                kept.extend_from_slice(&data);
+                kept
+            }
+            None => data,
+        };
+        Ok((!data.is_empty()).then(|| (data.freeze(), answered)))
+    }
+
+    /// Fails when the oldest unanswered request is not blocking and nothing has arrived for
+    /// `timeout` since it was sent.
+    pub fn check_timeout(&self, timeout: Duration) -> Result<(), UpstreamFailure> {
+        if let Some((_, since)) = &self.awaiting_reset {
+            if since.max(&self.last_read).elapsed() >= timeout {
+                return Err(UpstreamFailure::Timeout(timeout));
+            }
+        }
+        match self.outstanding.front() {
+            Some(o) if !o.blocking && o.since.max(self.last_read).elapsed() >= timeout => {
+                Err(UpstreamFailure::Timeout(timeout))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a timeout check is worth scheduling.
+    fn timing(&self) -> bool {
+        self.awaiting_reset.is_some() || self.outstanding.front().is_some_and(|o| !o.blocking)
+    }
+}

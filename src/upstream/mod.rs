@@ -1,0 +1,10 @@
+//! The upstream Redis: shared and dedicated connections, their sockets, and its health.
+
+pub mod dedicated;
+pub mod handshake;
+pub mod health;
+pub mod histogram;
+pub mod inbox;
+pub mod monitor;
+pub mod shared;
+pub mod socket;

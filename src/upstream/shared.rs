@@ -1,0 +1,733 @@
+//! The upstream multiplexer: a few shared connections to the upstream Redis, each carrying the
+//! requests of many clients.
+//!
+//! A session appends the raw bytes of a run of requests to a connection's write buffer and, in
+//! the same lock hold, a [`Waiter`] saying how many replies it expects and where to deliver them.
+//! Bytes and waiters therefore leave in the same order, and since Redis answers a connection in
+//! order, replies come back as contiguous runs: the connection task frames them with the
+//! [`ReplyScanner`] and hands each run, as raw bytes, to the waiting session's [`Inbox`].
+//!
+//! Each connection is one task that owns its socket:
+//!
+//! ```text
+//!   connecting ──ok──▶ up ──read/write error, EOF, timeout, bad reply──▶ down
+//!       ▲                                                                  │
+//!       └──────────── backoff (or sooner when a request arrives) ◀────────┘
+//! ```
+//!
+//! While a connection is down, `send` fails at once, so no request waits on a connect timeout.
+//! When a connection fails, every request queued or in flight on it gets an error reply; none is
+//! retried, because the proxy cannot know whether a write was applied.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use crate::config::{Limits, UpstreamSettings};
+use crate::error::{ProxyError, UpstreamFailure};
+use crate::protocol::request::Request;
+use crate::protocol::scanner::ReplyScanner;
+use crate::upstream::handshake::setup_commands;
+use crate::upstream::health::{Cause, Outcome};
+use crate::upstream::histogram::Histogram;
+use crate::upstream::inbox::{Chunk, Inbox};
+use crate::upstream::monitor::MonitorHandle;
+use crate::upstream::socket;
+
+/// Read buffer growth step for upstream replies.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// The pools of shared connections to one upstream: one for RESP2 clients and one for RESP3
+/// clients (the two never share a connection, since replies are forwarded as they come).
+pub struct Upstream {
+    /// The timeouts every shared connection reads (see [`Upstream::retune`]).
+    timing: Arc<Timing>,
+    conns: Box<[Arc<SharedConn>]>,
+    conns3: Box<[Arc<SharedConn>]>,
+    /// The upstream's `redis_version`, as its HELLO reply gave it on a RESP3 connection.
+    version: Arc<Mutex<Option<Arc<str>>>>,
+    /// Shared connections made (first connects and reconnects), for the metrics.
+    connects: Arc<AtomicUsize>,
+    /// How long runs of requests waited for their replies on shared connections.
+    latency: Arc<Histogram>,
+    next: AtomicUsize,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Upstream {
+    /// Starts the connection tasks on the current runtime.
+    pub fn start(
+        settings: &UpstreamSettings,
+        limits: &Limits,
+        keepalive: Option<Duration>,
+        monitor: MonitorHandle,
+    ) -> Arc<Upstream> {
+        let mut tasks = Vec::with_capacity(2 * settings.connections);
+        let reached = Arc::new(Notify::new());
+        let version = Arc::new(Mutex::new(None));
+        let connects = Arc::new(AtomicUsize::new(0));
+        let latency = Arc::new(Histogram::default());
+        let timing = Arc::new(Timing::default());
+        timing.set(settings, limits, keepalive);
+        let mut pool = |resp3: bool, first_id: usize| -> Box<[Arc<SharedConn>]> {
+            (0..settings.connections)
+                .map(|i| {
+                    let conn = Arc::new(SharedConn {
+                        queue: Mutex::new(Queue {
+                            link: Link::Connecting,
+                            wbuf: BytesMut::new(),
+                            waiters: Vec::new(),
+                        }),
+                        wake: Notify::new(),
+                        resp3,
+                    });
+                    let task = ConnTask {
+                        id: first_id + i,
+                        conn: conn.clone(),
+                        setup: setup_commands(settings, resp3),
+                        settings: settings.clone(),
+                        timing: timing.clone(),
+                        reached: reached.clone(),
+                        monitor: monitor.clone(),
+                        version: version.clone(),
+                        connects: connects.clone(),
+                        latency: latency.clone(),
+                    };
+                    tasks.push(tokio::spawn(task.run()));
+                    conn
+                })
+                .collect()
+        };
+        let conns = pool(false, 0);
+        let conns3 = pool(true, settings.connections);
+        Arc::new(Upstream {
+            timing,
+            conns,
+            conns3,
+            version,
+            connects,
+            latency,
+            next: AtomicUsize::new(0),
+            tasks,
+        })
+    }
+
+    /// Applies a reload's timeouts and limits to every shared connection: the next connect,
+    /// backoff and timeout check use the timeouts; the reply depth limit and keepalive apply
+    /// from the next connect. The address, credentials and pool size are fixed for the life
+    /// of the process.
+    pub fn retune(
+        &self,
+        settings: &UpstreamSettings,
+        limits: &Limits,
+        keepalive: Option<Duration>,
+    ) {
+        self.timing.set(settings, limits, keepalive);
+    }
+
+    /// Stops the connection tasks (at shutdown, once clients are gone).
+    pub fn stop(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+
+    /// The connection a client session uses for all its shared requests (in the pool of its
+    /// protocol). A client stays on one connection so that its own requests are applied in the
+    /// order it sent them.
+    pub fn pick(&self, resp3: bool) -> Arc<SharedConn> {
+        let pool = self.pool(resp3);
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
+        pool[i].clone()
+    }
+
+    /// A connection that is up, for a session whose own connection is down and that has no
+    /// reply outstanding (so moving cannot reorder anything). None if every one is down.
+    pub fn pick_up(&self, resp3: bool) -> Option<Arc<SharedConn>> {
+        let pool = self.pool(resp3);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..pool.len())
+            .map(|k| &pool[(start + k) % pool.len()])
+            .find(|c| c.is_up())
+            .cloned()
+    }
+
+    /// Reply latency of requests on shared connections: from being written to the upstream
+    /// to the last reply of their run.
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
+    }
+
+    /// Shared connections made since the start (first connects and reconnects).
+    pub fn connects(&self) -> u64 {
+        self.connects.load(Ordering::Relaxed) as u64
+    }
+
+    /// The upstream's version, once a connection has learned it.
+    pub fn version(&self) -> Option<Arc<str>> {
+        self.version
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn pool(&self, resp3: bool) -> &[Arc<SharedConn>] {
+        if resp3 {
+            &self.conns3
+        } else {
+            &self.conns
+        }
+    }
+}
+
+/// One shared upstream connection, as sessions see it.
+pub struct SharedConn {
+    queue: Mutex<Queue>,
+    /// Wakes the connection task: work queued, or a request arrived while down.
+    wake: Notify,
+    /// Speaks RESP3 (set up with HELLO 3).
+    resp3: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// Never connected yet: requests queue and go out once connected.
+    Connecting,
+    Up,
+    Down(UpstreamFailure),
+}
+
+/// Work handed from sessions to the connection task.
+struct Queue {
+    link: Link,
+    wbuf: BytesMut,
+    waiters: Vec<Waiter>,
+}
+
+/// A run of requests from one session, waiting for its replies; `inbox` is `None` for the
+/// proxy's own setup commands, whose replies are checked and dropped.
+struct Waiter {
+    inbox: Option<Arc<Inbox>>,
+    /// Replies to drop before the ones delivered (a transaction's +OK and +QUEUED, which the
+    /// proxy already answered).
+    skip: u32,
+    remaining: u32,
+}
+
+impl SharedConn {
+    /// Queues `reqs` (all from one session, in order) for the upstream; their replies will be
+    /// delivered to `inbox`, in order, as chunks summing to `reqs.len()` frames.
+    ///
+    /// While this connection is down: if the health monitor says the upstream is unavailable,
+    /// fails at once, queueing nothing (no request waits on a connect); if the monitor says it
+    /// is back (a probe got through before this connection reconnected), the requests wait
+    /// for the reconnect, which they trigger at once.
+    pub fn send(
+        &self,
+        reqs: &[Request],
+        inbox: &Arc<Inbox>,
+        upstream_available: bool,
+    ) -> Result<(), UpstreamFailure> {
+        debug_assert!(!reqs.is_empty());
+        self.enqueue(reqs, inbox, upstream_available, 0)
+    }
+
+    /// Queues a transaction the proxy queued for the client: MULTI, the commands, EXEC, sent
+    /// in one piece so that no other client's request comes between them. Only EXEC's reply is
+    /// delivered (one frame); the others were answered by the proxy when the client queued.
+    pub fn send_transaction(
+        &self,
+        reqs: &[Request],
+        inbox: &Arc<Inbox>,
+        upstream_available: bool,
+    ) -> Result<(), UpstreamFailure> {
+        debug_assert!(reqs.len() >= 2);
+        self.enqueue(reqs, inbox, upstream_available, reqs.len() as u32 - 1)
+    }
+
+    /// Queues `reqs`, whose replies after the first `skip` go to `inbox` (see [`Self::send`]).
+    fn enqueue(
+        &self,
+        reqs: &[Request],
+        inbox: &Arc<Inbox>,
+        upstream_available: bool,
+        skip: u32,
+    ) -> Result<(), UpstreamFailure> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if let Link::Down(why) = q.link {
+            if !upstream_available {
+                drop(q);
+                // Ask for a reconnect attempt now rather than at the end of the backoff.
+                self.wake.notify_one();
+                return Err(why);
+            }
+        }
+        for r in reqs {
+            q.wbuf.put_slice(r.raw());
+        }
+        q.waiters.push(Waiter {
+            inbox: Some(inbox.clone()),
+            skip,
+            remaining: reqs.len() as u32 - skip,
+        });
+        drop(q);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Whether this connection speaks RESP3.
+    pub fn is_resp3(&self) -> bool {
+        self.resp3
+    }
+
+    fn is_up(&self) -> bool {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).link == Link::Up
+    }
+
+    /// Sets the link state; going down drops the queued bytes and returns the queued waiters,
+    /// which the caller fails.
+    fn set_link(&self, link: Link) -> Vec<Waiter> {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        q.link = link;
+        if matches!(link, Link::Down(_)) {
+            q.wbuf.clear();
+            std::mem::take(&mut q.waiters)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Moves queued work into the task's own buffers (swapping write buffers keeps both
+    /// allocations alive, so a busy connection does not reallocate).
+    fn take(&self, wbuf: &mut BytesMut, into: &mut VecDeque<InFlight>, now: Instant) {
+        let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if wbuf.is_empty() {
+            std::mem::swap(wbuf, &mut q.wbuf);
+        } else {
+            wbuf.put_slice(&q.wbuf);
+            q.wbuf.clear();
+        }
+        into.extend(
+            q.waiters
+                .drain(..)
+                .map(|waiter| InFlight { waiter, since: now }),
+        );
+    }
+}
+
+/// Replies every waiter with `why`, in order.
+fn fail_all(waiters: impl IntoIterator<Item = Waiter>, why: UpstreamFailure) {
+    let err = ProxyError::from(why).to_reply();
+    for w in waiters {
+        let Some(inbox) = w.inbox else {
+            continue;
+        };
+        inbox.deliver(Chunk {
+            data: repeat(&err, w.remaining as usize),
+            frames: w.remaining,
+        });
+    }
+}
+
+fn repeat(reply: &Bytes, n: usize) -> Bytes {
+    if n == 1 {
+        return reply.clone();
+    }
+    let mut out = BytesMut::with_capacity(reply.len() * n);
+    for _ in 0..n {
+        out.put_slice(reply);
+    }
+    out.freeze()
+}
+
+/// A waiter whose requests have been taken by the connection task.
+struct InFlight {
+    waiter: Waiter,
+    /// When its requests were taken for writing, for the command timeout.
+    since: Instant,
+}
+
+/// The shared connections' timeouts (as nanoseconds) and limits, read at each use so that a
+/// reload applies without reconnecting.
+#[derive(Debug, Default)]
+struct Timing {
+    connect_timeout: AtomicU64,
+    command_timeout: AtomicU64,
+    backoff_min: AtomicU64,
+    backoff_max: AtomicU64,
+    /// 0 = off.
+    keepalive: AtomicU64,
+    max_reply_depth: AtomicUsize,
+}
+
+impl Timing {
+    fn set(&self, s: &UpstreamSettings, limits: &Limits, keepalive: Option<Duration>) {
+        let put = |to: &AtomicU64, d: Duration| to.store(d.as_nanos() as u64, Ordering::Relaxed);
+        put(&self.connect_timeout, s.connect_timeout);
+        put(&self.command_timeout, s.command_timeout);
+        put(&self.backoff_min, s.reconnect_backoff_min);
+        put(&self.backoff_max, s.reconnect_backoff_max);
+        put(&self.keepalive, keepalive.unwrap_or(Duration::ZERO));
+        (self.max_reply_depth).store(limits.max_reply_depth, Ordering::Relaxed);
+    }
+
+    fn keepalive(&self) -> Option<Duration> {
+        Some(Timing::get(&self.keepalive)).filter(|d| !d.is_zero())
+    }
+
+    fn max_reply_depth(&self) -> usize {
+        self.max_reply_depth.load(Ordering::Relaxed)
+    }
+
+    fn get(from: &AtomicU64) -> Duration {
+        Duration::from_nanos(from.load(Ordering::Relaxed))
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Timing::get(&self.connect_timeout)
+    }
+
+    fn command_timeout(&self) -> Duration {
+        Timing::get(&self.command_timeout)
+    }
+
+    fn backoff_min(&self) -> Duration {
+        Timing::get(&self.backoff_min)
+    }
+
+    fn backoff_max(&self) -> Duration {
+        Timing::get(&self.backoff_max)
+    }
+}
+
+struct ConnTask {
+    id: usize,
+    conn: Arc<SharedConn>,
+    /// Sent first on every new connection (see [`setup_commands`](crate::upstream::handshake::setup_commands)).
+    setup: Vec<Request>,
+    settings: UpstreamSettings,
+    /// The timeouts and limits in force (a reload changes them).
+    timing: Arc<Timing>,
+    /// Signalled by any connection of the pool that reaches the upstream, so that the others
+    /// retry at once instead of waiting out their backoff.
+    reached: Arc<Notify>,
+    /// Told of every connection failure (never of a request's error reply: that is an answer).
+    monitor: MonitorHandle,
+    /// Where a setup HELLO's `version` goes (see [`Upstream::version`]).
+    version: Arc<Mutex<Option<Arc<str>>>>,
+    connects: Arc<AtomicUsize>,
+    latency: Arc<Histogram>,
+}
+
+impl ConnTask {
+    async fn run(self) {
+        let addr = self.settings.address.as_str();
+        let timing = &*self.timing;
+        let mut backoff = timing.backoff_min();
+        let mut was_up = true;
+        loop {
+            let attempt = Instant::now();
+            match socket::connect(addr, timing.connect_timeout(), timing.keepalive()).await {
+                Ok(stream) => {
+                    backoff = timing.backoff_min();
+                    self.connects.fetch_add(1, Ordering::Relaxed);
+                    self.conn.set_link(Link::Up);
+                    self.reached.notify_waiters();
+                    tracing::info!(conn = self.id, upstream = addr, "upstream connected");
+                    was_up = true;
+                    let mut link = Connection::new(
+                        stream,
+                        timing.max_reply_depth(),
+                        self.version.clone(),
+                        self.latency.clone(),
+                    );
+                    link.set_up(&self.setup);
+                    let why = link.serve(&self.conn, timing).await;
+                    tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
+                    // A connection that closes with nothing in flight (Redis's idle timeout,
+                    // CLIENT KILL) says little; the reconnect right after reports a refusal if
+                    // the upstream is really gone.
+                    // A refused setup is a configuration problem, not an outage.
+                    let quiet = why == UpstreamFailure::ConnectionLost && link.in_flight.is_empty();
+                    if !quiet && why != UpstreamFailure::SetupRefused {
+                        self.monitor.report(Outcome::Failure(why.into()));
+                    }
+                    // In-flight work first: it was queued before anything still in the queue.
+                    fail_all(link.in_flight.into_iter().map(|f| f.waiter), why);
+                    let queued = self.conn.set_link(Link::Down(why));
+                    fail_all(queued, why);
+                }
+                Err(e) => {
+                    self.monitor
+                        .report(Outcome::Failure(Cause::of_connect_error(&e)));
+                    let queued = self.conn.set_link(Link::Down(UpstreamFailure::Unavailable));
+                    fail_all(queued, UpstreamFailure::Unavailable);
+                    if was_up {
+                        tracing::warn!(conn = self.id, upstream = addr, error = %e, "upstream connect failed");
+                        was_up = false;
+                    }
+                    // Wait out the backoff, or less if a client is waiting: then only the
+                    // minimum spacing between attempts applies.
+                    let min = attempt + timing.backoff_min();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = async {
+                            tokio::select! {
+                                _ = self.conn.wake.notified() => {}
+                                _ = self.reached.notified() => {}
+                            }
+                            tokio::time::sleep_until(min).await;
+                        } => {}
+                    }
+                    backoff = (backoff * 2).min(timing.backoff_max());
+                }
+            }
+        }
+    }
+}
+
+/// The task's side of one live upstream socket.
+struct Connection {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    written: usize,
+    in_flight: VecDeque<InFlight>,
+    scanner: ReplyScanner,
+    /// Bytes of `rbuf` already framed for the head waiter but not yet delivered.
+    framed: usize,
+    last_read: Instant,
+    version: Arc<Mutex<Option<Arc<str>>>>,
+    latency: Arc<Histogram>,
+}
+
+enum Event {
+    Readable,
+    Writable,
+    Work,
+    Tick,
+}
+
+impl Connection {
+    fn new(
+        stream: TcpStream,
+        max_reply_depth: usize,
+        version: Arc<Mutex<Option<Arc<str>>>>,
+        latency: Arc<Histogram>,
+    ) -> Connection {
+        Connection {
+            version,
+            latency,
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            written: 0,
+            in_flight: VecDeque::new(),
+            scanner: ReplyScanner::new(max_reply_depth),
+            framed: 0,
+            last_read: Instant::now(),
+        }
+    }
+
+    /// Queues the proxy's setup commands ahead of any client request.
+    fn set_up(&mut self, setup: &[Request]) {
+        if setup.is_empty() {
+            return;
+        }
+        for req in setup {
+            self.wbuf.put_slice(req.raw());
+        }
+        self.in_flight.push_back(InFlight {
+            waiter: Waiter {
+                inbox: None,
+                skip: 0,
+                remaining: setup.len() as u32,
+            },
+            since: Instant::now(),
+        });
+    }
+
+    /// Carries requests and replies until the connection fails, and says why.
+    async fn serve(&mut self, conn: &SharedConn, timing: &Timing) -> UpstreamFailure {
+        // Timeouts are checked on a tick rather than with a timer per request: arming a timer
+        // for every batch would cost more than the requests themselves. The tick's period is
+        // set by the timeout when the connection opens; each check reads the one in force.
+        let mut tick = timeout_tick(timing.command_timeout());
+        // Work queued while connecting: its wake-up may have been spent ending the backoff.
+        conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
+        if let Err(why) = self.write() {
+            return why;
+        }
+        loop {
+            let pending_write = self.written < self.wbuf.len();
+            let event = tokio::select! {
+                biased;
+                r = self.stream.readable() => match r {
+                    Ok(()) => Event::Readable,
+                    Err(_) => return UpstreamFailure::ConnectionLost,
+                },
+                r = self.stream.writable(), if pending_write => match r {
+                    Ok(()) => Event::Writable,
+                    Err(_) => return UpstreamFailure::ConnectionLost,
+                },
+                _ = conn.wake.notified(), if !pending_write => Event::Work,
+                _ = tick.tick(), if !self.in_flight.is_empty() => Event::Tick,
+            };
+            let result = match event {
+                Event::Readable => self.read(),
+                Event::Writable => self.write(),
+                Event::Work => {
+                    conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
+                    self.write()
+                }
+                Event::Tick => self.check_timeout(timing.command_timeout()),
+            };
+            if let Err(why) = result {
+                return why;
+            }
+        }
+    }
+
+    fn write(&mut self) -> Result<(), UpstreamFailure> {
+        while self.written < self.wbuf.len() {
+            match self.stream.try_write(&self.wbuf[self.written..]) {
+                Ok(n) => self.written += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(UpstreamFailure::ConnectionLost),
+            }
+        }
+        self.wbuf.clear();
+        self.written = 0;
+        Ok(())
+    }
+
+    fn read(&mut self) -> Result<(), UpstreamFailure> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
+            self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
+        }
+        match socket::read_available(&self.stream, &mut self.rbuf) {
+            Ok(0) => Err(UpstreamFailure::ConnectionLost),
+            Ok(_) => {
+                self.last_read = Instant::now();
+                self.deliver()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(_) => Err(UpstreamFailure::ConnectionLost),
+        }
+    }
+
+    /// Frames the replies read so far and hands each waiter the ones that are its own.
+    fn deliver(&mut self) -> Result<(), UpstreamFailure> {
+        while let Some(head) = self.in_flight.front_mut() {
+            while head.waiter.skip > 0 {
+                match self.scanner.scan(&self.rbuf) {
+                    Ok(Some(frame)) => {
+                        let _ = self.rbuf.split_to(frame.len);
+                        head.waiter.skip -= 1;
+                    }
+                    Ok(None) => return Ok(()),
+                    Err(_) => return Err(UpstreamFailure::BadReply),
+                }
+            }
+            let mut frames = 0;
+            while frames < head.waiter.remaining {
+                match self.scanner.scan(&self.rbuf[self.framed..]) {
+                    Ok(Some(frame)) => {
+                        if head.waiter.inbox.is_none() {
+                            let reply = &self.rbuf[self.framed..self.framed + frame.len];
+                            if reply[0] == b'-' {
+                                tracing::warn!(
+                                    "upstream refused the proxy's connection setup (AUTH or HELLO 3)"
+                                );
+                                return Err(UpstreamFailure::SetupRefused);
+                            }
+                            if let Some(v) = hello_version(reply) {
+                                *self.version.lock().unwrap_or_else(|e| e.into_inner()) =
+                                    Some(v.into());
+                            }
+                        }
+                        self.framed += frame.len;
+                        frames += 1;
+                    }
+                    Ok(None) => break,
+                    Err(_) => return Err(UpstreamFailure::BadReply),
+                }
+            }
+            if frames > 0 {
+                let data = self.rbuf.split_to(self.framed).freeze();
+                self.framed = 0;
+                if let Some(inbox) = &head.waiter.inbox {
+                    inbox.deliver(Chunk { data, frames });
+                    // Each reply delivered here waited this long since its run was taken.
+                    self.latency.record(head.since.elapsed(), u64::from(frames));
+                }
+                head.waiter.remaining -= frames;
+            }
+            if head.waiter.remaining > 0 {
+                return Ok(());
+            }
+            self.in_flight.pop_front();
+        }
+        if self.rbuf.is_empty() {
+            Ok(())
+        } else {
+            // Bytes nobody asked for: the pairing of requests and replies can no longer be
+            // trusted, so the connection must go.
+            Err(UpstreamFailure::BadReply)
+        }
+    }
+
+    /// Fails the connection when its oldest request has waited `timeout` with no reply bytes
+    /// arriving meanwhile (a long reply that keeps streaming is progress, not a hang).
+    fn check_timeout(&mut self, timeout: Duration) -> Result<(), UpstreamFailure> {
+        let Some(head) = self.in_flight.front() else {
+            return Ok(());
+        };
+        let waiting_since = head.since.max(self.last_read);
+        if waiting_since.elapsed() >= timeout {
+            Err(UpstreamFailure::Timeout(timeout))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The `version` field of a HELLO reply (a RESP3 map or RESP2 array of bulk strings).
+fn hello_version(reply: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"$7\r\nversion\r\n$";
+    let at = reply.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let rest = &reply[at..];
+    let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+    let len: usize = std::str::from_utf8(&rest[..eol]).ok()?.parse().ok()?;
+    let value = rest.get(eol + 2..eol + 2 + len)?;
+    std::str::from_utf8(value).ok()
+}
+
+/// An interval for checking a command timeout: a tenth of it, between 1 ms and 100 ms.
+pub fn timeout_tick(timeout: Duration) -> Interval {
+    let period = (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(100));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_from_hello_replies() {
+        let resp3 = b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$6\r\n7.2.11\r\n$5\r\nproto\r\n:3\r\n";
+        assert_eq!(hello_version(resp3), Some("7.2.11"));
+        let resp2 = b"*14\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n$5\r\n7.0.0\r\n";
+        assert_eq!(hello_version(resp2), Some("7.0.0"));
+        assert_eq!(hello_version(b"+OK\r\n"), None);
+        assert_eq!(hello_version(b"%1\r\n$7\r\nversion\r\n$9\r\n7.0\r\n"), None);
+    }
+}
