@@ -1,4 +1,5 @@
 //! The local store and the engine that gives it Redis's semantics.
 
+pub mod clock;
 pub mod engine;
 pub mod store;

@@ -31,75 +31,17 @@
 //! [`Events::emit`] writes it to the log (a `tracing` event with target `keywarden::events`, its
 //! fields as tracing fields) and, when configured, appends the line to a JSONL file.
 
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Write};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::policy::keyspace::{Keyspaces, Mode};
-use crate::upstream::health::Cause;
-
-/// The event catalogue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventKind {
-    UnavailableAtStartup,
-    Degraded,
-    Recovered,
-}
-
-/// Keyspace names by mode: every keyspace an upstream's state affects. The caller fills it
-/// from the configuration ([`AffectedKeyspaces::of`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct AffectedKeyspaces {
-    pub fail_closed: Vec<String>,
-    pub degraded: Vec<String>,
-    pub local_only: Vec<String>,
-}
-
-/// What a RECOVERED reports about the outage it closes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Outage {
-    pub outage_ms: u64,
-    #[serde(flatten)]
-    pub counts: Counts,
-}
-
-/// What the data path did for clients during an outage.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Counts {
-    /// Requests refused because a fail-closed keyspace's upstream was unavailable.
-    pub refused: u64,
-    /// Replies served from the local store in a degraded keyspace.
-    pub degraded_replies: u64,
-    /// Writes made locally in degraded keyspaces, discarded when the upstream returns.
-    pub discarded_writes: u64,
-}
-
-/// Running totals of [`Counts`] for one upstream, bumped by the data path (one relaxed atomic
-/// add each); the monitor subtracts the totals at the start of an outage from those at its end.
-#[derive(Debug, Default)]
-pub struct Counters {
-    refused: AtomicU64,
-    degraded_replies: AtomicU64,
-    discarded_writes: AtomicU64,
-}
-
-/// One event to emit.
-#[derive(Debug, Clone, Copy)]
-pub struct Event<'a> {
-    pub kind: EventKind,
-    pub upstream: &'a str,
-    pub cause: Cause,
-    pub keyspaces: &'a AffectedKeyspaces,
-    /// Present for `Recovered` only.
-    pub outage: Option<Outage>,
-}
+use crate::upstream::outage::OutageEvents;
+pub use crate::upstream::outage::{AffectedKeyspaces, Counters, Counts, Event, EventKind, Outage};
 
 /// A configuration reload's outcome: `CONFIG_RELOADED` or `CONFIG_RELOAD_FAILED`.
 #[derive(Debug, Clone, Copy)]
@@ -185,73 +127,6 @@ struct Line<'a> {
     keyspaces: &'a AffectedKeyspaces,
     #[serde(flatten)]
     outage: Option<Outage>,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::UnavailableAtStartup => "BACKEND_UNAVAILABLE_AT_STARTUP",
-            EventKind::Degraded => "BACKEND_DEGRADED",
-            EventKind::Recovered => "BACKEND_RECOVERED",
-        }
-    }
-}
-
-impl fmt::Display for EventKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl AffectedKeyspaces {
-    /// Every configured keyspace, the default one included, by mode.
-    pub fn of(keyspaces: &Keyspaces) -> AffectedKeyspaces {
-        AffectedKeyspaces {
-            fail_closed: keyspaces.names_in(Mode::FailClosed),
-            degraded: keyspaces.names_in(Mode::Degraded),
-            local_only: keyspaces.names_in(Mode::LocalOnly),
-        }
-    }
-}
-
-impl Counts {
-    /// What happened between `earlier` and `self` (totals only grow; saturating all the same).
-    pub fn since(self, earlier: Counts) -> Counts {
-        Counts {
-            refused: self.refused.saturating_sub(earlier.refused),
-            degraded_replies: self
-                .degraded_replies
-                .saturating_sub(earlier.degraded_replies),
-            discarded_writes: self
-                .discarded_writes
-                .saturating_sub(earlier.discarded_writes),
-        }
-    }
-}
-
-impl Counters {
-    /// A request answered with a fail-closed error because the upstream is unavailable.
-    pub fn record_refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A reply served from the local store for a degraded keyspace.
-    pub fn record_degraded_reply(&self) {
-        self.degraded_replies.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Local writes in degraded keyspaces that recovery will discard.
-    pub fn record_discarded_writes(&self, n: u64) {
-        self.discarded_writes.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn totals(&self) -> Counts {
-        Counts {
-            refused: self.refused.load(Ordering::Relaxed),
-            degraded_replies: self.degraded_replies.load(Ordering::Relaxed),
-            discarded_writes: self.discarded_writes.load(Ordering::Relaxed),
-        }
-    }
 }
 
 /// The id events carry: the configured one, or one generated on first use and kept for the
@@ -426,9 +301,17 @@ impl Events {
     }
 }
 
+impl OutageEvents for Events {
+    fn emit(&self, event: &Event<'_>) {
+        Events::emit(self, event);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::keyspace::{Keyspaces, Mode};
+    use crate::upstream::health::Cause;
     use serde_json::{json, Value};
     use std::time::Duration;
 

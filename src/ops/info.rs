@@ -9,6 +9,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::ops::events;
 use crate::protocol::request::Request;
+use crate::protocol::resp;
 use crate::proxy::server::Ctx;
 
 /// What an INFO request asks of the proxy.
@@ -85,19 +86,6 @@ pub fn section(ctx: Ctx<'_>) -> String {
     format!("# Keywarden\r\n{out}")
 }
 
-/// INFO's reply holding `text`: a bulk string, or a verbatim string for RESP3, as Redis sends.
-pub fn reply(text: &str, resp3: bool) -> Bytes {
-    let mut out = BytesMut::with_capacity(text.len() + 16);
-    if resp3 {
-        let _ = write!(out, "={}\r\ntxt:", text.len() + 4);
-    } else {
-        let _ = write!(out, "${}\r\n", text.len());
-    }
-    out.put_slice(text.as_bytes());
-    out.put_slice(b"\r\n");
-    out.freeze()
-}
-
 /// The upstream's INFO reply with `section` appended; anything that is not a bulk or
 /// verbatim string (an error) is passed on as it is.
 pub fn append(reply: &[u8], section: &str) -> Bytes {
@@ -124,7 +112,7 @@ pub fn append(reply: &[u8], section: &str) -> Bytes {
         text.push_str("\r\n");
     }
     text.push_str(section);
-    self::reply(&text, resp3)
+    resp::text(&text, resp3)
 }
 
 /// `KEYWARDEN <subcommand>` (the caller checked the admin permission).
@@ -260,7 +248,7 @@ mod tests {
         );
         assert_eq!(
             &append(b"$0\r\n\r\n", section)[..],
-            &reply(section, false)[..]
+            &resp::text(section, false)[..]
         );
         let err = b"-ERR nope\r\n";
         assert_eq!(&append(err, section)[..], err);

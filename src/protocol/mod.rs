@@ -2,4 +2,5 @@
 
 pub mod parser;
 pub mod request;
+pub mod resp;
 pub mod scanner;

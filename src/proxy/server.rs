@@ -20,6 +20,7 @@ use crate::command;
 use crate::command::Categories;
 use crate::config::Settings;
 use crate::error::ProxyError;
+use crate::local::clock::unix_ms;
 use crate::local::engine;
 use crate::local::store::Store;
 use crate::ops::admin::{self, Admin};
@@ -435,13 +436,6 @@ async fn housekeeping(server: Arc<Server>) {
             }
         }
     }
-}
-
-/// Unix time in milliseconds, as the local engine's clock.
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Tells a client over the limit why, as Redis does, and closes it.

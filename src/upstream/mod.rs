@@ -6,5 +6,6 @@ pub mod health;
 pub mod histogram;
 pub mod inbox;
 pub mod monitor;
+pub mod outage;
 pub mod shared;
 pub mod socket;

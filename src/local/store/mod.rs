@@ -405,7 +405,7 @@ impl Store {
         let mut inner = self.inner();
         inner.max_bytes = max_bytes;
         inner.generation = generation;
-        inner.make_room(0, crate::proxy::server::unix_ms());
+        inner.make_room(0, crate::local::clock::unix_ms());
         install();
         discard.map_or(0, |discard| inner.remove_where(discard))
     }

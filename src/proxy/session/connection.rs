@@ -11,6 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::local::engine;
 use crate::policy::auth::{AuthError, Users};
 use crate::protocol::request::Request;
+use crate::protocol::resp;
 use crate::proxy::clients::{Clients, KillFilter, Listed};
 use crate::proxy::session::client_state::ClientState;
 
@@ -393,7 +394,7 @@ fn client(
         (b"setinfo", _) => arity("client|setinfo"),
         (b"info", 2) => {
             let line = info_line(ClientState::of(state, users), env, &peer());
-            crate::ops::info::reply(&line, resp3)
+            resp::text(&line, resp3)
         }
         (b"info", _) => arity("client|info"),
         (b"list", _) => list(req, env, resp3),
@@ -414,15 +415,15 @@ fn list(req: &Request, env: &Env<'_>, resp3: bool) -> Bytes {
     let args: Vec<&[u8]> = req.args().skip(2).collect();
     let is = |a: &[u8], w: &str| a.eq_ignore_ascii_case(w.as_bytes());
     match args.as_slice() {
-        [] => crate::ops::info::reply(&env.clients.list(None), resp3),
+        [] => resp::text(&env.clients.list(None), resp3),
         [t, kind] if is(t, "type") => {
             if is(kind, "normal") {
-                crate::ops::info::reply(&env.clients.list(None), resp3)
+                resp::text(&env.clients.list(None), resp3)
             } else if ["master", "replica", "slave", "pubsub"]
                 .iter()
                 .any(|k| is(kind, k))
             {
-                crate::ops::info::reply("", resp3)
+                resp::text("", resp3)
             } else {
                 let shown = String::from_utf8_lossy(engine::c_str(kind)).into_owned();
                 error(&format!("ERR Unknown client type '{shown}'"))
@@ -436,7 +437,7 @@ fn list(req: &Request, env: &Env<'_>, resp3: bool) -> Bytes {
                     _ => return error("ERR Invalid client ID"),
                 }
             }
-            crate::ops::info::reply(&env.clients.list(Some(&wanted)), resp3)
+            resp::text(&env.clients.list(Some(&wanted)), resp3)
         }
         _ => error("ERR syntax error"),
     }

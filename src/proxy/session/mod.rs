@@ -35,6 +35,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::command::{self, Disposition, Stateful};
 use crate::error::{ProxyError, UpstreamFailure};
+use crate::local::clock::unix_ms;
 use crate::local::engine;
 use crate::local::store::Watch;
 use crate::ops::info;
@@ -42,8 +43,8 @@ use crate::ops::reload::Policy;
 use crate::policy::router::Route;
 use crate::protocol::parser::{ParserLimits, RequestParser};
 use crate::protocol::request::Request;
+use crate::protocol::resp;
 use crate::proxy::clients::{LastCommand, Outcome, Phase};
-use crate::proxy::server;
 use crate::proxy::server::{Ctx, Server};
 use crate::proxy::session::client_state::ClientState;
 use crate::upstream::dedicated::Dedicated;
@@ -872,7 +873,7 @@ impl Busy {
         let wants = info::wants(&req);
         let resp3 = ClientState::resp3_of(state);
         if wants == info::Wants::KeywardenOnly || (!available && wants == info::Wants::Both) {
-            self.push_local(info::reply(&info::section(*ctx), resp3));
+            self.push_local(resp::text(&info::section(*ctx), resp3));
             return;
         }
         let slot = match wants {
@@ -987,7 +988,7 @@ impl Busy {
                     let s = ClientState::of(state, users);
                     let watch = s.watch.get_or_insert_with(|| Watch::new(ctx.store.clone()));
                     for key in req.args().skip(1) {
-                        watch.add(db, key, server::unix_ms());
+                        watch.add(db, key, unix_ms());
                     }
                     fixed(b"+OK\r\n")
                 }
@@ -1127,7 +1128,7 @@ impl Busy {
         if !upstream {
             let Some(txn) =
                 ctx.store
-                    .lock_judged(server::unix_ms(), ctx.policy.generation, self.recoveries)
+                    .lock_judged(unix_ms(), ctx.policy.generation, self.recoveries)
             else {
                 // A reload or a recovery came between routing and running: EXEC is judged
                 // again.
