@@ -54,7 +54,7 @@ fn run(settings: Settings) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(settings.listen).await?;
-        keywarden::proxy::server::run(settings, listener, shutdown_signal()).await
+        keywarden::proxy::listener::run(settings, listener, shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -491,7 +491,7 @@ async fn a_busy_admin_port_stops_startup() {
     let mut settings = settings("127.0.0.1:1");
     settings.admin.listen = Some(taken.local_addr().unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let run = keywarden::proxy::server::run(settings, listener, std::future::pending());
+    let run = keywarden::proxy::listener::run(settings, listener, std::future::pending());
     let error = tokio::time::timeout(WAIT, run)
         .await
         .expect("fails at once")

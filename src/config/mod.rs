@@ -26,6 +26,7 @@
 //! values and a test keeps the two equal.
 
 pub mod cli;
+pub mod live;
 
 use std::fmt;
 use std::net::{Ipv6Addr, SocketAddr};

@@ -32,11 +32,11 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::config::live::Policy;
 use crate::ops::events::{self, Counts};
 use crate::ops::metrics::{Metrics, Sample, StoreUsage};
 use crate::policy::keyspace::Pattern;
-use crate::proxy::clients::Phase;
-use crate::proxy::server::{Ctx, Server};
+use crate::upstream::monitor::MonitorHandle;
 
 /// Admin connections open at once; more are closed at accept. A Prometheus server keeps one.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -52,9 +52,22 @@ pub struct Admin {
     tasks: [JoinHandle<()>; 2],
 }
 
+/// The running proxy as the admin listener reads it; the proxy's shared state implements it,
+/// so that operations code is given what it shows and never reaches into the proxy.
+pub trait Proxy: Send + Sync + 'static {
+    /// The metrics' state now.
+    fn sample(&self) -> Sample;
+    /// The configuration in force.
+    fn policy(&self) -> Arc<Policy>;
+    /// Whether new clients are served: false once shutdown began.
+    fn ready(&self) -> bool;
+    /// The upstream's health.
+    fn health(&self) -> &MonitorHandle;
+}
+
 /// What every admin request reads.
 struct Shared {
-    server: Arc<Server>,
+    proxy: Arc<dyn Proxy>,
     metrics: Metrics,
 }
 
@@ -67,12 +80,13 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 impl Admin {
-    /// Serves `listener` for `server` until stopped. Its metrics start from the health the
-    /// server has now, so call this as soon as the server exists.
-    pub fn start(listener: TcpListener, server: Arc<Server>) -> io::Result<Admin> {
+    /// Serves `listener` for `proxy` until stopped. Its metrics start from the health the
+    /// proxy has now, so call this as soon as the proxy's shared state exists.
+    pub fn start(listener: TcpListener, proxy: Arc<dyn Proxy>) -> io::Result<Admin> {
         let addr = listener.local_addr()?;
-        let metrics = Metrics::new(server.monitor.upstream(), server.monitor.snapshot());
-        let shared = Arc::new(Shared { server, metrics });
+        let health = proxy.health();
+        let metrics = Metrics::new(health.upstream(), health.snapshot());
+        let shared = Arc::new(Shared { proxy, metrics });
         let tasks = [
             tokio::spawn(watch_health(shared.clone())),
             tokio::spawn(accept(listener, shared)),
@@ -102,7 +116,7 @@ impl Drop for Admin {
 /// Counts health transitions as they happen, so that an outage shorter than the scrape
 /// interval is counted too.
 async fn watch_health(shared: Arc<Shared>) {
-    let mut health = shared.server.monitor.subscribe();
+    let mut health = shared.proxy.health().subscribe();
     while health.changed().await.is_ok() {
         let snapshot = *health.borrow_and_update();
         shared.metrics.observe_health(snapshot);
@@ -159,18 +173,18 @@ fn respond(shared: &Shared, method: &Method, path: &str) -> Response<Full<Bytes>
             .insert(ALLOW, HeaderValue::from_static("GET"));
         return response;
     }
-    let server = &shared.server;
+    let proxy = &shared.proxy;
     match path {
         "/metrics" => {
-            let text = shared.metrics.render(&Sample::of(server));
+            let text = shared.metrics.render(&proxy.sample());
             reply(StatusCode::OK, METRICS_CONTENT_TYPE, text)
         }
         "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
-        "/readyz" if server.clients.phase() == Phase::Run => reply(StatusCode::OK, TEXT, "ready\n"),
+        "/readyz" if proxy.ready() => reply(StatusCode::OK, TEXT, "ready\n"),
         "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n"),
         _ => {
-            let policy = server.policy();
-            let status = Status::of(Ctx::new(server, &policy));
+            let policy = proxy.policy();
+            let status = Status::of(proxy.sample(), &policy, proxy.ready());
             let json = serde_json::to_string(&status).expect("status always encodes");
             reply(StatusCode::OK, "application/json", json)
         }
@@ -238,16 +252,16 @@ pub struct KeyspaceStatus<'a> {
 }
 
 impl<'a> Status<'a> {
-    pub fn of(ctx: Ctx<'a>) -> Status<'a> {
-        let (server, settings) = (ctx.server, ctx.settings);
-        let sample = Sample::of(server);
-        let (reloads_applied, reloads_failed, last_reload_failed) = server.reloads.totals();
+    /// The status shown for `sample`, taken under `policy`; `ready` as `/readyz`.
+    pub fn of(sample: Sample, policy: &'a Policy, ready: bool) -> Status<'a> {
+        let settings = &policy.settings;
+        let (reloads_applied, reloads_failed, last_reload_failed) = sample.reloads;
         Status {
             instance: events::instance_id(settings.instance_id.as_deref()),
             version: env!("CARGO_PKG_VERSION"),
-            ready: server.clients.phase() == Phase::Run,
+            ready,
             upstreams: vec![UpstreamStatus {
-                address: server.monitor.upstream(),
+                address: &settings.upstream.address,
                 state: sample.health.state.as_str(),
                 since_ms: sample.health.since.elapsed().as_millis() as u64,
             }],
@@ -266,7 +280,7 @@ impl<'a> Status<'a> {
             counts: sample.counts,
             config: ConfigStatus {
                 source: (settings.source.as_ref()).map(|s| s.path.display().to_string()),
-                generation: ctx.policy.generation,
+                generation: policy.generation,
                 reloads_applied,
                 reloads_failed,
                 last_reload_failed,

@@ -1,16 +1,16 @@
 //! INFO through keywarden: the upstream's sections plus a `# Keywarden` section with the
 //! proxy's own state (health, keyspaces, counters, local store). `INFO keywarden`, and INFO
-//! while the upstream is unavailable, are answered by the proxy alone. Also the proxy's own
-//! admin command, `KEYWARDEN STATUS | KEYSPACES | HELP`.
+//! while the upstream is unavailable, are answered by the proxy alone.
 
 use std::fmt::Write;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
+use crate::config::live::Policy;
 use crate::ops::events;
+use crate::ops::metrics::Sample;
 use crate::protocol::request::Request;
 use crate::protocol::resp;
-use crate::proxy::server::Ctx;
 
 /// What an INFO request asks of the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,11 +42,9 @@ pub fn wants(req: &Request) -> Wants {
 }
 
 /// The `# Keywarden` section, CRLF-terminated lines as Redis writes INFO.
-pub fn section(ctx: Ctx<'_>) -> String {
-    let (server, settings) = (ctx.server, ctx.settings);
-    let snapshot = server.monitor.snapshot();
-    let counts = server.monitor.counters().totals();
-    let store = &server.store;
+pub fn section(sample: &Sample, policy: &Policy) -> String {
+    let settings = &policy.settings;
+    let (snapshot, counts, store) = (sample.health, sample.counts, &sample.store);
     let mut out = String::with_capacity(512);
     let mut line = |key: &str, value: &dyn std::fmt::Display| {
         let _ = write!(out, "{key}:{value}\r\n");
@@ -62,7 +60,7 @@ pub fn section(ctx: Ctx<'_>) -> String {
         "upstream_state_since_ms",
         &snapshot.since.elapsed().as_millis(),
     );
-    line("connected_clients", &server.clients.count());
+    line("connected_clients", &sample.clients);
     line("default_mode", &settings.keyspaces.default_mode().as_str());
     for (i, ks) in settings.keyspaces.iter().enumerate() {
         line(
@@ -73,13 +71,13 @@ pub fn section(ctx: Ctx<'_>) -> String {
     line("fail_closed_refusals", &counts.refused);
     line("degraded_replies", &counts.degraded_replies);
     line("discarded_writes", &counts.discarded_writes);
-    line("local_store_keys", &store.keys());
-    line("local_store_used_bytes", &store.used_bytes());
-    line("local_store_max_bytes", &store.max_bytes());
-    line("local_store_evictions", &store.evictions());
-    line("local_store_expirations", &store.expirations());
-    let (applied, failed, last_failed) = server.reloads.totals();
-    line("config_generation", &ctx.policy.generation);
+    line("local_store_keys", &store.keys);
+    line("local_store_used_bytes", &store.used_bytes);
+    line("local_store_max_bytes", &store.max_bytes);
+    line("local_store_evictions", &store.evictions);
+    line("local_store_expirations", &store.expirations);
+    let (applied, failed, last_failed) = sample.reloads;
+    line("config_generation", &policy.generation);
     line("config_reloads", &applied);
     line("config_reload_failures", &failed);
     line("config_last_reload_ok", &u8::from(!last_failed));
@@ -113,104 +111,6 @@ pub fn append(reply: &[u8], section: &str) -> Bytes {
     }
     text.push_str(section);
     resp::text(&text, resp3)
-}
-
-/// `KEYWARDEN <subcommand>` (the caller checked the admin permission).
-pub fn keywarden_command(req: &Request, ctx: Ctx<'_>, resp3: bool) -> Bytes {
-    let Some(sub) = req.arg(1) else {
-        return Bytes::from_static(b"-ERR wrong number of arguments for 'keywarden' command\r\n");
-    };
-    let is = |w: &str| sub.eq_ignore_ascii_case(w.as_bytes());
-    let mut out = BytesMut::new();
-    if is("status") && req.argc() == 2 {
-        let json = serde_json::to_string(&crate::ops::admin::Status::of(ctx)).unwrap_or_default();
-        let _ = write!(out, "${}\r\n{json}\r\n", json.len());
-    } else if is("keyspaces") && req.argc() == 2 {
-        let keyspaces = &ctx.settings.keyspaces;
-        let bulk = |out: &mut BytesMut, text: &[u8]| {
-            let _ = write!(out, "${}\r\n", text.len());
-            out.put_slice(text);
-            out.put_slice(b"\r\n");
-        };
-        let mut rows: Vec<(&str, &str, Vec<&[u8]>)> = keyspaces
-            .iter()
-            .map(|ks| {
-                let patterns = ks
-                    .patterns
-                    .iter()
-                    .map(|p| match p {
-                        crate::policy::keyspace::Pattern::Prefix(b)
-                        | crate::policy::keyspace::Pattern::Glob(b) => &b[..],
-                    })
-                    .collect();
-                (ks.name.as_str(), ks.mode.as_str(), patterns)
-            })
-            .collect();
-        rows.push(("default", keyspaces.default_mode().as_str(), Vec::new()));
-        let _ = write!(out, "*{}\r\n", rows.len());
-        for (name, mode, patterns) in rows {
-            let _ = if resp3 {
-                write!(out, "%3\r\n")
-            } else {
-                write!(out, "*6\r\n")
-            };
-            bulk(&mut out, b"name");
-            bulk(&mut out, name.as_bytes());
-            bulk(&mut out, b"mode");
-            bulk(&mut out, mode.as_bytes());
-            bulk(&mut out, b"patterns");
-            let _ = write!(out, "*{}\r\n", patterns.len());
-            for p in patterns {
-                bulk(&mut out, p);
-            }
-        }
-    } else if is("reload") && req.argc() == 2 {
-        match crate::ops::reload::reload(ctx.server, crate::ops::reload::Trigger::Command) {
-            Ok(_) => out.put_slice(b"+OK\r\n"),
-            Err(rejected) => {
-                let first = rejected.errors.first().map_or("", String::as_str);
-                let more = match rejected.errors.len() {
-                    0 | 1 => String::new(),
-                    n => format!(" (and {} more, see the log)", n - 1),
-                };
-                let text = format!(
-                    "-ERR reload failed, the configuration in force is unchanged: {first}{more}"
-                );
-                out.put_slice(text.replace(['\r', '\n'], " ").as_bytes());
-                out.put_slice(b"\r\n");
-            }
-        }
-    } else if is("help") && req.argc() == 2 {
-        const HELP: &[&str] = &[
-            "KEYWARDEN <subcommand>. Subcommands are:",
-            "STATUS",
-            "    The proxy's state as JSON: upstream health, keyspaces, local store, counts.",
-            "KEYSPACES",
-            "    Each keyspace with its mode and patterns; 'default' is every other key.",
-            "RELOAD",
-            "    Read the config file again and apply it; an invalid file changes nothing.",
-            "HELP",
-            "    Print this help.",
-        ];
-        let _ = write!(out, "*{}\r\n", HELP.len());
-        for line in HELP {
-            let _ = write!(out, "+{line}\r\n");
-        }
-    } else if is("status") || is("keyspaces") || is("reload") || is("help") {
-        let name = String::from_utf8_lossy(sub).to_lowercase();
-        let _ = write!(
-            out,
-            "-ERR wrong number of arguments for 'keywarden|{name}' command\r\n"
-        );
-    } else {
-        let shown =
-            String::from_utf8_lossy(crate::local::engine::c_str(sub)).replace(['\r', '\n'], " ");
-        let _ = write!(
-            out,
-            "-ERR unknown subcommand '{shown}'. Try KEYWARDEN HELP.\r\n"
-        );
-    }
-    out.freeze()
 }
 
 #[cfg(test)]

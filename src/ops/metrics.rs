@@ -28,7 +28,6 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::ops::events::{Counts, EventKind};
-use crate::proxy::server::Server;
 use crate::upstream::health::State;
 use crate::upstream::monitor::HealthSnapshot;
 
@@ -245,45 +244,6 @@ pub struct Sample {
     pub store: StoreUsage,
     /// Reloads applied, reloads failed, and whether the last one failed.
     pub reloads: (u64, u64, bool),
-}
-
-impl Sample {
-    /// Reads `server`'s state: the health snapshot and counters are lock-free; the client
-    /// table and the store are each locked once, briefly.
-    pub fn of(server: &Server) -> Sample {
-        let store = &server.store;
-        let policy = server.policy();
-        let (accepted, rejected, protocol_errors) = server.clients.totals();
-        Sample {
-            clients: server.clients.count(),
-            accepted,
-            rejected,
-            protocol_errors,
-            upstream_connects: server.upstream.connects(),
-            per_keyspace: policy.per_keyspace.totals(&policy.settings.keyspaces),
-            latency: server.upstream.latency().render(
-                UPSTREAM_REQUEST_DURATION.name,
-                &format!("upstream=\"{}\"", server.monitor.upstream()),
-            ),
-            commands: server
-                .clients
-                .commands
-                .totals()
-                .into_iter()
-                .map(|(c, o, n)| (c, o.as_str(), n))
-                .collect(),
-            health: server.monitor.snapshot(),
-            counts: server.monitor.counters().totals(),
-            store: StoreUsage {
-                keys: store.keys(),
-                used_bytes: store.used_bytes(),
-                max_bytes: store.max_bytes(),
-                evictions: store.evictions(),
-                expirations: store.expirations(),
-            },
-            reloads: server.reloads.totals(),
-        }
-    }
 }
 
 /// The last health snapshot the transition counters were brought up to date with.

@@ -49,31 +49,16 @@
 //! values; a reload that changes one applies the rest and names it in `restart_required`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 
+use crate::config::live::{Live, Policy};
 use crate::config::Settings;
+use crate::local::store::Store;
+use crate::ops::events::Events;
 use crate::ops::events::{AffectedKeyspaces, ReloadEvent, ReloadOutcome};
 use crate::policy::keyspace::PerKeyspace;
-use crate::proxy::server::Server;
+use crate::upstream::monitor::MonitorHandle;
 use crate::upstream::monitor::MonitorSettings;
-
-/// One configuration, whole: what a batch of requests is judged by.
-pub struct Policy {
-    /// 1 for the configuration the process started with, one more per applied reload.
-    pub generation: u64,
-    pub settings: Settings,
-    /// Refusals and degraded replies per keyspace, indexed like `settings.keyspaces`.
-    pub per_keyspace: PerKeyspace,
-}
-
-/// The policy in force, replaced whole by a reload.
-pub struct Live {
-    current: RwLock<Arc<Policy>>,
-    /// The current policy's generation, read without the lock on every batch.
-    generation: AtomicU64,
-    /// One reload at a time.
-    reloading: Mutex<()>,
-}
+use crate::upstream::shared::Upstream;
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,41 +89,6 @@ pub struct Applied {
     pub applied: Vec<&'static str>,
     pub restart_required: Vec<&'static str>,
     pub discarded_local_keys: usize,
-}
-
-impl Live {
-    pub fn new(settings: Settings) -> Live {
-        let per_keyspace = PerKeyspace::new(&settings.keyspaces);
-        Live {
-            current: RwLock::new(Arc::new(Policy {
-                generation: 1,
-                settings,
-                per_keyspace,
-            })),
-            generation: AtomicU64::new(1),
-            reloading: Mutex::new(()),
-        }
-    }
-
-    /// The policy in force.
-    pub fn current(&self) -> Arc<Policy> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// The generation of the policy in force: a session whose policy is older takes the new
-    /// one before its next batch.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    fn install(&self, policy: Policy) {
-        let generation = policy.generation;
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
-        self.generation.store(generation, Ordering::Release);
-    }
 }
 
 /// The new settings to install, and what changed. Settings that cannot change while running
@@ -203,15 +153,23 @@ pub fn plan(current: &Settings, mut new: Settings) -> Plan {
     }
 }
 
+/// What a reload changes: every part of the running proxy that holds a setting.
+pub struct Parts<'a> {
+    pub live: &'a Live,
+    pub upstream: &'a Upstream,
+    pub monitor: &'a MonitorHandle,
+    pub store: &'a Store,
+    pub events: &'a Events,
+    pub counts: &'a ReloadCounts,
+    /// Wakes every client, so that idle ones take the new policy now.
+    pub wake_clients: &'a dyn Fn(),
+}
+
 /// Reads the configuration again and installs it, or leaves the one in force when the new one
 /// is invalid. Emits `CONFIG_RELOADED` or `CONFIG_RELOAD_FAILED` either way.
-pub fn reload(server: &Server, trigger: Trigger) -> Result<Applied, Rejected> {
-    let _one_at_a_time = server
-        .live
-        .reloading
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let current = server.live.current();
+pub fn reload(parts: &Parts<'_>, trigger: Trigger) -> Result<Applied, Rejected> {
+    let _one_at_a_time = parts.live.one_at_a_time();
+    let current = parts.live.current();
     let source = current.settings.source.as_ref();
     let origin = source.map_or_else(
         || "built-in defaults".to_owned(),
@@ -231,8 +189,8 @@ pub fn reload(server: &Server, trigger: Trigger) -> Result<Applied, Rejected> {
     let new = match loaded {
         Ok(new) => new,
         Err(rejected) => {
-            server.reloads.record_reload(false);
-            server.events.emit_reload(&ReloadEvent {
+            parts.counts.record_reload(false);
+            parts.events.emit_reload(&ReloadEvent {
                 source: &origin,
                 trigger: trigger.as_str(),
                 generation: current.generation,
@@ -252,8 +210,10 @@ pub fn reload(server: &Server, trigger: Trigger) -> Result<Applied, Rejected> {
     let per_keyspace =
         PerKeyspace::carried(new_keyspaces, Some((old_keyspaces, &current.per_keyspace)));
     let affected = AffectedKeyspaces::of(new_keyspaces);
-    (server.upstream).retune(&settings.upstream, &settings.limits, settings.tcp_keepalive);
-    server
+    parts
+        .upstream
+        .retune(&settings.upstream, &settings.limits, settings.tcp_keepalive);
+    parts
         .monitor
         .reconfigure(&MonitorSettings::from_settings(&settings), affected.clone());
     let generation = current.generation + 1;
@@ -270,10 +230,10 @@ pub fn reload(server: &Server, trigger: Trigger) -> Result<Applied, Rejected> {
         settings,
         per_keyspace,
     });
-    let discarded_local_keys = server.store.reconfigure(
+    let discarded_local_keys = parts.store.reconfigure(
         max_bytes,
         generation,
-        || server.live.install(policy.take().expect("installed once")),
+        || parts.live.install(policy.take().expect("installed once")),
         discard,
     );
     if discarded_local_keys > 0 {
@@ -284,9 +244,9 @@ pub fn reload(server: &Server, trigger: Trigger) -> Result<Applied, Rejected> {
     }
     // Idle clients take the new policy now: a withdrawn user is closed, a new idle timeout
     // starts counting.
-    server.clients.wake_all();
-    server.reloads.record_reload(true);
-    server.events.emit_reload(&ReloadEvent {
+    (parts.wake_clients)();
+    parts.counts.record_reload(true);
+    parts.events.emit_reload(&ReloadEvent {
         source: &origin,
         trigger: trigger.as_str(),
         generation,

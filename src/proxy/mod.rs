@@ -1,5 +1,6 @@
 //! The proxy: the listener, the state every session shares, the clients, and the sessions.
 
 pub mod clients;
+pub mod listener;
 pub mod server;
 pub mod session;

@@ -1,42 +1,31 @@
-//! The listener: accepts clients, enforces `max_clients`, and runs graceful shutdown.
-//!
-//! `run` takes its listener and its shutdown signal as arguments, so the binary and the tests
-//! start the proxy the same way. It also starts and stops the [admin listener](crate::ops::admin)
-//! when one is configured.
+//! What every session shares ([`Server`]), and the server as one batch of requests sees it
+//! ([`Ctx`]): routing, permissions and refusals judged by the policy the batch holds.
 
-use std::future::Future;
-use std::io;
 use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{signal, SignalKind};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::command;
 use crate::command::Categories;
+use crate::config::live::{Live, Policy};
 use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::local::clock::unix_ms;
 use crate::local::engine;
 use crate::local::store::Store;
-use crate::ops::admin::{self, Admin};
-use crate::ops::events::{self, AffectedKeyspaces, Events};
-use crate::ops::reload::{self, Live, Policy, ReloadCounts, Trigger};
+use crate::ops::admin;
+use crate::ops::events::Events;
+use crate::ops::metrics::{self, Sample, StoreUsage};
+use crate::ops::reload::{self, Applied, Rejected, ReloadCounts, Trigger};
 use crate::policy::auth::{CommandAccess, Denial, UserId};
 use crate::policy::keyspace::{Membership, Mode};
 use crate::policy::router::{self, Refusal, Route};
 use crate::protocol::request::Request;
 use crate::proxy::clients::{Clients, Phase};
 use crate::proxy::session::client_state::ClientState;
-use crate::proxy::session::Session;
-use crate::upstream::health::State;
-use crate::upstream::monitor::{Monitor, MonitorHandle, MonitorSettings};
+use crate::upstream::monitor::MonitorHandle;
 use crate::upstream::shared::Upstream;
-use crate::upstream::socket;
 
 /// What every session of one server shares.
 pub struct Server {
@@ -56,6 +45,81 @@ impl Server {
     /// The configuration in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.live.current()
+    }
+
+    /// The metrics' state now: the health snapshot and counters are lock-free; the client
+    /// table and the store are each locked once, briefly.
+    pub fn sample(&self) -> Sample {
+        let server = self;
+        let store = &server.store;
+        let policy = server.policy();
+        let (accepted, rejected, protocol_errors) = server.clients.totals();
+        Sample {
+            clients: server.clients.count(),
+            accepted,
+            rejected,
+            protocol_errors,
+            upstream_connects: server.upstream.connects(),
+            per_keyspace: policy.per_keyspace.totals(&policy.settings.keyspaces),
+            latency: server.upstream.latency().render(
+                metrics::UPSTREAM_REQUEST_DURATION.name,
+                &format!("upstream=\"{}\"", server.monitor.upstream()),
+            ),
+            commands: server
+                .clients
+                .commands
+                .totals()
+                .into_iter()
+                .map(|(c, o, n)| (c, o.as_str(), n))
+                .collect(),
+            health: server.monitor.snapshot(),
+            counts: server.monitor.counters().totals(),
+            store: StoreUsage {
+                keys: store.keys(),
+                used_bytes: store.used_bytes(),
+                max_bytes: store.max_bytes(),
+                evictions: store.evictions(),
+                expirations: store.expirations(),
+            },
+            reloads: server.reloads.totals(),
+        }
+    }
+
+    /// Reads the configuration file again and installs it (see [`reload::reload`]).
+    pub fn reload(&self, trigger: Trigger) -> Result<Applied, Rejected> {
+        let parts = reload::Parts {
+            live: &self.live,
+            upstream: &self.upstream,
+            monitor: &self.monitor,
+            store: &self.store,
+            events: &self.events,
+            counts: &self.reloads,
+            wake_clients: &|| self.clients.wake_all(),
+        };
+        reload::reload(&parts, trigger)
+    }
+
+    /// Whether new clients are served: false once shutdown began.
+    pub fn ready(&self) -> bool {
+        self.clients.phase() == Phase::Run
+    }
+}
+
+impl admin::Proxy for Server {
+    fn sample(&self) -> Sample {
+        Server::sample(self)
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        Server::policy(self)
+    }
+
+    fn ready(&self) -> bool {
+        Server::ready(self)
+    }
+
+    fn health(&self) -> &MonitorHandle {
+        &self.monitor
     }
 }
 
@@ -277,169 +341,4 @@ impl<'a> Ctx<'a> {
             },
         }
     }
-}
-
-/// Serves clients from `listener` until `shutdown` resolves, then drains: stops accepting,
-/// lets in-flight requests finish within `shutdown_timeout`, and closes every connection.
-/// With `[admin] listen` set, the admin listener serves from startup until the drain ends
-/// (`/readyz` answers 503 while draining); failing to bind it is an error, before anything
-/// starts. SIGHUP [reloads](crate::ops::reload) the configuration.
-pub async fn run(
-    settings: Settings,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> io::Result<()> {
-    // SIGHUP reloads the config file. Registered first (a SIGHUP during startup must not end
-    // the process), and even without a file, so that a stray one is a failed reload; one
-    // that comes before the listener serves is handled once it does.
-    let mut hangup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with KEYWARDEN RELOAD");
-            None
-        }
-    };
-    let admin_listener = match settings.admin.listen {
-        Some(addr) => Some(admin::bind(addr).await?),
-        None => None,
-    };
-    let events = Arc::new(Events::new(
-        events::instance_id(settings.instance_id.as_deref()),
-        settings.events.file.as_deref(),
-    )?);
-    let monitor = Monitor::start(
-        MonitorSettings::from_settings(&settings),
-        events.clone(),
-        AffectedKeyspaces::of(&settings.keyspaces),
-    )
-    .await;
-    let upstream = Upstream::start(
-        &settings.upstream,
-        &settings.limits,
-        settings.tcp_keepalive,
-        monitor.handle(),
-    );
-    let store = Arc::new(Store::new(settings.local_store.max_bytes));
-    tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
-    let server = Arc::new(Server {
-        live: Live::new(settings),
-        upstream: upstream.clone(),
-        clients: Clients::default(),
-        monitor: monitor.handle(),
-        store: store.clone(),
-        events,
-        reloads: ReloadCounts::default(),
-    });
-    let housekeeping = tokio::spawn(housekeeping(server.clone()));
-    let admin = match admin_listener {
-        Some(l) => Some(Admin::start(l, server.clone())?),
-        None => None,
-    };
-    let mut policy = server.policy();
-
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            Some(()) = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                let _ = reload::reload(&server, Trigger::Signal);
-                continue;
-            }
-            _ = &mut shutdown => break,
-        };
-        if policy.generation != server.live.generation() {
-            policy = server.policy();
-        }
-        let settings = &policy.settings;
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
-            Err(e) => {
-                // Out of file descriptors and similar: back off briefly instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if server.clients.count() >= settings.max_clients {
-            server.clients.record_rejected();
-            tokio::spawn(refuse(stream));
-            continue;
-        }
-        if let Err(e) = socket::tune(&stream, settings.tcp_keepalive) {
-            tracing::debug!(error = %e, "client socket setup failed");
-            continue;
-        }
-        tokio::spawn(Session::new(stream, server.clone(), policy.clone()));
-    }
-
-    drop(listener);
-    let clients = &server.clients;
-    tracing::info!(clients = clients.count(), "shutting down: draining clients");
-    clients.set_phase(Phase::Drain);
-    let shutdown_timeout = server.policy().settings.shutdown_timeout;
-    if tokio::time::timeout(shutdown_timeout, clients.all_gone())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            clients = clients.count(),
-            "shutdown deadline passed: closing remaining clients"
-        );
-        clients.set_phase(Phase::Stop);
-        let _ = tokio::time::timeout(Duration::from_secs(1), clients.all_gone()).await;
-    }
-    housekeeping.abort();
-    if let Some(admin) = admin {
-        admin.stop();
-    }
-    upstream.stop();
-    monitor.stop();
-    tracing::info!("keywarden stopped");
-    Ok(())
-}
-
-/// Background work on the local store: active expiry, and discarding what degraded keyspaces
-/// wrote locally once the upstream is healthy again (the upstream's data is the truth).
-async fn housekeeping(server: Arc<Server>) {
-    let mut health = server.monitor.subscribe();
-    let mut was_healthy = health.borrow().state == State::Healthy;
-    let mut expiry = tokio::time::interval(Duration::from_millis(100));
-    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = expiry.tick() => {
-                // Redis's active expiry samples 20 keys per cycle, 10 times a second; a few
-                // hundred per tick keeps up with far more and never holds the lock long.
-                server.store.expire_some(unix_ms(), 256);
-            }
-            changed = health.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let healthy = health.borrow_and_update().state == State::Healthy;
-                if healthy && !was_healthy {
-                    // Judged by the policy in force while the store is locked (a reload
-                    // installs its policy under the same lock).
-                    let judge = || server.policy();
-                    let removed = server.store.discard_on_recovery(judge, |policy, _, key| {
-                        let keyspaces = &policy.settings.keyspaces;
-                        keyspaces.mode(keyspaces.classify(key)) == Mode::Degraded
-                    });
-                    tracing::info!(keys = removed, "discarded local data of degraded keyspaces");
-                }
-                was_healthy = healthy;
-            }
-        }
-    }
-}
-
-/// Tells a client over the limit why, as Redis does, and closes it.
-async fn refuse(mut stream: TcpStream) {
-    let reply = ProxyError::MaxClients.to_reply();
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await;
 }

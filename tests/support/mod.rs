@@ -188,7 +188,7 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(keywarden::proxy::server::run(
+        let task = tokio::spawn(keywarden::proxy::listener::run(
             settings,
             listener,
             async move {

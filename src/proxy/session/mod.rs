@@ -18,6 +18,7 @@
 
 pub mod client_state;
 pub mod connection;
+pub mod keywarden;
 pub mod transaction;
 
 use std::cell::RefCell;
@@ -34,12 +35,12 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::command::{self, Disposition, Stateful};
+use crate::config::live::Policy;
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::local::clock::unix_ms;
 use crate::local::engine;
 use crate::local::store::Watch;
 use crate::ops::info;
-use crate::ops::reload::Policy;
 use crate::policy::router::Route;
 use crate::protocol::parser::{ParserLimits, RequestParser};
 use crate::protocol::request::Request;
@@ -742,7 +743,7 @@ impl Busy {
                 Special::Keywarden if !unpaired => {
                     flush_runs!(req);
                     let reply = match ctx.permit_admin(state) {
-                        Ok(()) => info::keywarden_command(&req, *ctx, ClientState::resp3_of(state)),
+                        Ok(()) => keywarden::run(&req, *ctx, ClientState::resp3_of(state)),
                         Err(denied) => denied,
                     };
                     self.push_local(reply);
@@ -873,11 +874,11 @@ impl Busy {
         let wants = info::wants(&req);
         let resp3 = ClientState::resp3_of(state);
         if wants == info::Wants::KeywardenOnly || (!available && wants == info::Wants::Both) {
-            self.push_local(resp::text(&info::section(*ctx), resp3));
+            self.push_local(resp::text(&info::section(&ctx.sample(), ctx.policy), resp3));
             return;
         }
         let slot = match wants {
-            info::Wants::Both => Slot::Info(info::section(*ctx)),
+            info::Wants::Both => Slot::Info(info::section(&ctx.sample(), ctx.policy)),
             _ => Slot::Upstream(1),
         };
         if let Some(ded) = self.dedicated.as_mut() {
@@ -1384,7 +1385,8 @@ impl Busy {
                     ded.queue(exec, props);
                 }
                 if info {
-                    self.pending.push_back(Slot::Info(info::section(*ctx)));
+                    self.pending
+                        .push_back(Slot::Info(info::section(&ctx.sample(), ctx.policy)));
                 } else if ded.is_paired() {
                     self.expect_upstream(1);
                 }
@@ -1611,7 +1613,7 @@ mod tests {
                 monitor.handle(),
             );
             let server = Arc::new(Server {
-                live: crate::ops::reload::Live::new(settings),
+                live: crate::config::live::Live::new(settings),
                 upstream,
                 clients: Default::default(),
                 monitor: monitor.handle(),

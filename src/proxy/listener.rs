@@ -1,0 +1,196 @@
+//! The listener: accepts clients, enforces `max_clients`, and runs graceful shutdown.
+//!
+//! `run` takes its listener and its shutdown signal as arguments, so the binary and the tests
+//! start the proxy the same way. It also starts and stops the [admin listener](crate::ops::admin)
+//! when one is configured.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::live::Live;
+use crate::config::Settings;
+use crate::error::ProxyError;
+use crate::local::clock::unix_ms;
+use crate::local::store::Store;
+use crate::ops::admin::{self, Admin};
+use crate::ops::events::{self, AffectedKeyspaces, Events};
+use crate::ops::reload::{ReloadCounts, Trigger};
+use crate::policy::keyspace::Mode;
+use crate::proxy::clients::{Clients, Phase};
+use crate::proxy::server::Server;
+use crate::proxy::session::Session;
+use crate::upstream::health::State;
+use crate::upstream::monitor::{Monitor, MonitorSettings};
+use crate::upstream::shared::Upstream;
+use crate::upstream::socket;
+
+/// Serves clients from `listener` until `shutdown` resolves, then drains: stops accepting,
+/// lets in-flight requests finish within `shutdown_timeout`, and closes every connection.
+/// With `[admin] listen` set, the admin listener serves from startup until the drain ends
+/// (`/readyz` answers 503 while draining); failing to bind it is an error, before anything
+/// starts. SIGHUP [reloads](crate::ops::reload) the configuration.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    // SIGHUP reloads the config file. Registered first (a SIGHUP during startup must not end
+    // the process), and even without a file, so that a stray one is a failed reload; one
+    // that comes before the listener serves is handled once it does.
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: reload with KEYWARDEN RELOAD");
+            None
+        }
+    };
+    let admin_listener = match settings.admin.listen {
+        Some(addr) => Some(admin::bind(addr).await?),
+        None => None,
+    };
+    let events = Arc::new(Events::new(
+        events::instance_id(settings.instance_id.as_deref()),
+        settings.events.file.as_deref(),
+    )?);
+    let monitor = Monitor::start(
+        MonitorSettings::from_settings(&settings),
+        events.clone(),
+        AffectedKeyspaces::of(&settings.keyspaces),
+    )
+    .await;
+    let upstream = Upstream::start(
+        &settings.upstream,
+        &settings.limits,
+        settings.tcp_keepalive,
+        monitor.handle(),
+    );
+    let store = Arc::new(Store::new(settings.local_store.max_bytes));
+    tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
+    let server = Arc::new(Server {
+        live: Live::new(settings),
+        upstream: upstream.clone(),
+        clients: Clients::default(),
+        monitor: monitor.handle(),
+        store: store.clone(),
+        events,
+        reloads: ReloadCounts::default(),
+    });
+    let housekeeping = tokio::spawn(housekeeping(server.clone()));
+    let admin = match admin_listener {
+        Some(l) => Some(Admin::start(l, server.clone())?),
+        None => None,
+    };
+    let mut policy = server.policy();
+
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let _ = server.reload(Trigger::Signal);
+                continue;
+            }
+            _ = &mut shutdown => break,
+        };
+        if policy.generation != server.live.generation() {
+            policy = server.policy();
+        }
+        let settings = &policy.settings;
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors and similar: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if server.clients.count() >= settings.max_clients {
+            server.clients.record_rejected();
+            tokio::spawn(refuse(stream));
+            continue;
+        }
+        if let Err(e) = socket::tune(&stream, settings.tcp_keepalive) {
+            tracing::debug!(error = %e, "client socket setup failed");
+            continue;
+        }
+        tokio::spawn(Session::new(stream, server.clone(), policy.clone()));
+    }
+
+    drop(listener);
+    let clients = &server.clients;
+    tracing::info!(clients = clients.count(), "shutting down: draining clients");
+    clients.set_phase(Phase::Drain);
+    let shutdown_timeout = server.policy().settings.shutdown_timeout;
+    if tokio::time::timeout(shutdown_timeout, clients.all_gone())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            clients = clients.count(),
+            "shutdown deadline passed: closing remaining clients"
+        );
+        clients.set_phase(Phase::Stop);
+        let _ = tokio::time::timeout(Duration::from_secs(1), clients.all_gone()).await;
+    }
+    housekeeping.abort();
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    upstream.stop();
+    monitor.stop();
+    tracing::info!("keywarden stopped");
+    Ok(())
+}
+
+/// Background work on the local store: active expiry, and discarding what degraded keyspaces
+/// wrote locally once the upstream is healthy again (the upstream's data is the truth).
+async fn housekeeping(server: Arc<Server>) {
+    let mut health = server.monitor.subscribe();
+    let mut was_healthy = health.borrow().state == State::Healthy;
+    let mut expiry = tokio::time::interval(Duration::from_millis(100));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = expiry.tick() => {
+                // Redis's active expiry samples 20 keys per cycle, 10 times a second; a few
+                // hundred per tick keeps up with far more and never holds the lock long.
+                server.store.expire_some(unix_ms(), 256);
+            }
+            changed = health.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let healthy = health.borrow_and_update().state == State::Healthy;
+                if healthy && !was_healthy {
+                    // Judged by the policy in force while the store is locked (a reload
+                    // installs its policy under the same lock).
+                    let judge = || server.policy();
+                    let removed = server.store.discard_on_recovery(judge, |policy, _, key| {
+                        let keyspaces = &policy.settings.keyspaces;
+                        keyspaces.mode(keyspaces.classify(key)) == Mode::Degraded
+                    });
+                    tracing::info!(keys = removed, "discarded local data of degraded keyspaces");
+                }
+                was_healthy = healthy;
+            }
+        }
+    }
+}
+
+/// Tells a client over the limit why, as Redis does, and closes it.
+async fn refuse(mut stream: TcpStream) {
+    let reply = ProxyError::MaxClients.to_reply();
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await;
+}
