@@ -4,7 +4,7 @@
 //! A key lives in three places: the LRU node, the SCAN index and, with a deadline, the
 //! deadline index. Inline, a short key costs no allocation of its own in any of them, and a
 //! lookup compares it where the node already is instead of following a pointer to another
-//! cache line, a miss per request with 100,000 keys (see the README's benchmark section).
+//! cache line, a miss per request with 100,000 keys (see docs/benchmarks.md).
 //! A longer key is one allocation, shared by the places that take it from the node (a
 //! deadline set later by EXPIRE & co. gets a copy of its own, as `lru` offers no peek that
 //! yields the stored key).
