@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::local::store::Watch;
 use crate::policy::auth::{UserId, Users};
-use crate::proxy::session::transaction::Multi;
+use crate::protocol::request::Request;
 
 /// Connection state that differs from a fresh connection's. A session holds it boxed, and
 /// only once something differs, so a plain client pays one pointer.
@@ -70,4 +70,21 @@ impl ClientState {
             None => users.default_user(),
         }
     }
+}
+
+/// Where a transaction runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Local,
+    Upstream,
+}
+
+/// A transaction being queued (between MULTI and EXEC or DISCARD).
+#[derive(Debug, Default)]
+pub struct Multi {
+    pub queued: Vec<Request>,
+    /// Where its commands go, once one has said.
+    pub target: Option<Target>,
+    /// A queue-time error happened: EXEC answers EXECABORT.
+    pub aborted: bool,
 }

@@ -4,24 +4,25 @@
 //! MULTI, the commands, EXEC — where a lost upstream makes EXEC fail and never leaves a part
 //! applied. A transaction runs in one place: every command in it must go to the same one.
 
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::client_state::Target;
+use super::connection;
+use crate::command::{self, Stateful};
+use crate::error::ProxyError;
+use crate::local::clock::unix_ms;
+use crate::local::engine;
+use crate::local::store::Watch;
+use crate::policy::router::Route;
 use crate::protocol::request::Request;
+use crate::proxy::server::Ctx;
+use crate::proxy::session::client_state::ClientState;
+use crate::upstream::inbox::Inbox;
+use crate::upstream::shared::SharedConn;
 
-/// Where a transaction runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
-    Local,
-    Upstream,
-}
-
-/// A transaction being queued (between MULTI and EXEC or DISCARD).
-#[derive(Debug, Default)]
-pub struct Multi {
-    pub queued: Vec<Request>,
-    /// Where its commands go, once one has said.
-    pub target: Option<Target>,
-    /// A queue-time error happened: EXEC answers EXECABORT.
-    pub aborted: bool,
-}
+use super::busy::{Busy, Stall};
 
 pub const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
 pub const NESTED: &[u8] = b"-ERR MULTI calls can not be nested\r\n";
@@ -54,4 +55,287 @@ pub fn refused_inside(name: &[u8]) -> bool {
         b"replconf",
     ];
     REFUSED.iter().any(|r| name.eq_ignore_ascii_case(r))
+}
+
+impl Busy {
+    /// Sends a request that needs the client's own upstream connection (WATCH, UNWATCH there).
+    pub(super) fn forward_stateful(&mut self, req: Request) {
+        let props = Stateful::default();
+        match self.dedicated.as_mut() {
+            Some(ded) => {
+                ded.queue(&req, props);
+                if ded.is_paired() {
+                    self.expect_upstream(1);
+                }
+            }
+            None => self.stalled = Some((req, Stall::Dedicated(props))),
+        }
+    }
+
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH, and every request while a transaction is being
+    /// queued. Returns a WATCH or UNWATCH that must go to the client's upstream connection.
+    pub(super) fn transaction(
+        &mut self,
+        req: Request,
+        ctx: &Ctx<'_>,
+        shared: &mut Arc<SharedConn>,
+        inbox: &Arc<Inbox>,
+        state: &mut Option<Box<ClientState>>,
+        available: bool,
+    ) -> Option<Request> {
+        let users = &ctx.settings.users;
+        let name = req.name().to_ascii_lowercase();
+        let in_multi = state.as_ref().is_some_and(|s| s.multi.is_some());
+        let fixed = |b: &'static [u8]| Bytes::from_static(b);
+        if let Err(denied) = ctx.permit(&req, state) {
+            if in_multi && name != b"exec" && name != b"discard" {
+                if let Some(m) = state.as_mut().and_then(|s| s.multi.as_mut()) {
+                    m.aborted = true;
+                }
+            }
+            self.push_local(denied);
+            return None;
+        }
+        let reply = match (name.as_slice(), in_multi) {
+            (b"multi", false) => {
+                ClientState::of(state, users).multi = Some(Box::default());
+                fixed(b"+OK\r\n")
+            }
+            (b"multi", true) => fixed(NESTED),
+            (b"watch", true) => fixed(WATCH_INSIDE),
+            (b"exec", false) => fixed(EXEC_WITHOUT),
+            (b"discard", false) => fixed(DISCARD_WITHOUT),
+            (b"discard", true) => {
+                let s = ClientState::of(state, users);
+                s.multi = None;
+                s.watch = None;
+                if std::mem::take(&mut s.watched_upstream) {
+                    if let Some(ded) = self.dedicated.as_mut() {
+                        ded.queue_discarded(&Request::from_args(&["UNWATCH"]));
+                    }
+                }
+                fixed(b"+OK\r\n")
+            }
+            (b"watch", false) => match ctx.route(&req, available) {
+                Route::Local => {
+                    let db = ClientState::db_of(state);
+                    let s = ClientState::of(state, users);
+                    let watch = s.watch.get_or_insert_with(|| Watch::new(ctx.store.clone()));
+                    for key in req.args().skip(1) {
+                        watch.add(db, key, unix_ms());
+                    }
+                    fixed(b"+OK\r\n")
+                }
+                Route::Upstream => return Some(req),
+                Route::Reject(refusal) => ctx.refusal(refusal, &req).to_reply(),
+            },
+            (b"unwatch", false) => {
+                if let Some(s) = state.as_mut() {
+                    s.watch = None;
+                }
+                if self.dedicated.is_some() {
+                    return Some(req);
+                }
+                fixed(b"+OK\r\n")
+            }
+            (b"exec", true) => return self.exec(req, ctx, shared, inbox, state, available),
+            _ => self.queue_in_transaction(req, ctx, state, available),
+        };
+        self.push_local(reply);
+        None
+    }
+
+    /// One command between MULTI and EXEC: checked as Redis checks it when queueing (and for
+    /// where it runs), then `+QUEUED`, or an error that makes EXEC abort.
+    pub(super) fn queue_in_transaction(
+        &mut self,
+        req: Request,
+        ctx: &Ctx<'_>,
+        state: &mut Option<Box<ClientState>>,
+        available: bool,
+    ) -> Bytes {
+        let checked = (|| {
+            if refused_inside(req.name()) {
+                return Err(Bytes::from_static(NOT_ALLOWED));
+            }
+            let Some(cmd) = command::lookup_request(&req) else {
+                return Err(engine::unknown_command(&req));
+            };
+            if !cmd.arity_ok(req.argc()) {
+                let text = format!(
+                    "-ERR wrong number of arguments for '{}' command\r\n",
+                    cmd.name()
+                );
+                return Err(Bytes::from(text));
+            }
+            if req.name().eq_ignore_ascii_case(b"select") {
+                let valid = req
+                    .arg(1)
+                    .and_then(engine::string2ll)
+                    .is_some_and(|n| (0..i64::from(engine::DATABASES)).contains(&n));
+                return if valid {
+                    Ok(None)
+                } else {
+                    Err(Bytes::from_static(b"-ERR DB index is out of range\r\n"))
+                };
+            }
+            match ctx.route(&req, available) {
+                Route::Local => Ok(Some(Target::Local)),
+                Route::Upstream => Ok(Some(Target::Upstream)),
+                Route::Reject(refusal) => Err(ctx.refusal(refusal, &req).to_reply()),
+            }
+        })();
+        let Some(multi) = state.as_mut().and_then(|s| s.multi.as_mut()) else {
+            return Bytes::from_static(EXEC_WITHOUT);
+        };
+        let target = match checked {
+            Ok(target) => target,
+            Err(reply) => {
+                multi.aborted = true;
+                return reply;
+            }
+        };
+        if let Some(t) = target {
+            if multi.target.is_some_and(|have| have != t) {
+                multi.aborted = true;
+                return Bytes::from_static(MIXED);
+            }
+            multi.target = Some(t);
+        }
+        multi.queued.push(req);
+        Bytes::from_static(b"+QUEUED\r\n")
+    }
+
+    /// EXEC: runs the queued transaction where its commands go, as one piece.
+    pub(super) fn exec(
+        &mut self,
+        exec: Request,
+        ctx: &Ctx<'_>,
+        shared: &mut Arc<SharedConn>,
+        inbox: &Arc<Inbox>,
+        state: &mut Option<Box<ClientState>>,
+        available: bool,
+    ) -> Option<Request> {
+        let s = ClientState::of(state, &ctx.settings.users);
+        let multi = s.multi.take().expect("EXEC runs inside MULTI");
+        let mut watch = s.watch.take();
+        let watched_upstream = std::mem::take(&mut s.watched_upstream);
+        if multi.aborted {
+            self.push_local(Bytes::from_static(EXECABORT));
+            return None;
+        }
+        // Health, or the configuration (a reload), may have changed since the commands were
+        // queued: check and route them again now. Redis too checks permissions again at EXEC;
+        // where it answers that command's element with -NOPERM and runs the others, the proxy
+        // discards the whole transaction with that error.
+        let mut target = None;
+        for req in &multi.queued {
+            if let Err(denied) = ctx.permit_as(req, s.user) {
+                self.push_local(denied);
+                return None;
+            }
+            let now = match ctx.route(req, available) {
+                _ if req.name().eq_ignore_ascii_case(b"select") => continue,
+                Route::Local => Target::Local,
+                Route::Upstream => Target::Upstream,
+                Route::Reject(refusal) => {
+                    self.push_local(ctx.refusal(refusal, req).to_reply());
+                    return None;
+                }
+            };
+            if target.is_some_and(|t| t != now) {
+                self.push_local(Bytes::from_static(MIXED));
+                return None;
+            }
+            target = Some(now);
+        }
+        let local_watch = watch.is_some();
+        let upstream = match target {
+            Some(Target::Upstream) => true,
+            Some(Target::Local) => false,
+            None => watched_upstream,
+        };
+        if (upstream && local_watch) || (!upstream && watched_upstream) {
+            self.push_local(Bytes::from_static(MIXED));
+            return None;
+        }
+        if !upstream {
+            let Some(txn) =
+                ctx.store
+                    .lock_judged(unix_ms(), ctx.policy.generation, self.recoveries)
+            else {
+                // A reload or a recovery came between routing and running: EXEC is judged
+                // again.
+                s.multi = Some(multi);
+                s.watch = watch;
+                self.replay([exec]);
+                return None;
+            };
+            let db_before = s.db;
+            let mut out = BytesMut::new();
+            s.db = engine::exec_transaction(
+                txn,
+                s.db,
+                s.resp3,
+                &multi.queued,
+                watch.as_mut(),
+                &mut out,
+            );
+            let db = ClientState::db_of(state);
+            if db != db_before {
+                if let Some(ded) = self.dedicated.as_mut() {
+                    ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()]));
+                }
+                ctx.clients
+                    .publish(self.key, connection::listed(state, &ctx.settings.users));
+            }
+            // Ran (not aborted by WATCH) while the upstream is away: degraded replies, and
+            // writes that recovery will discard (a command failing inside EXEC still counts).
+            if !available && out.first() == Some(&b'*') && !out.starts_with(b"*-1") {
+                for req in &multi.queued {
+                    ctx.count_degraded(req, true);
+                }
+            }
+            self.push_local(out.freeze());
+            return None;
+        }
+        if multi
+            .queued
+            .iter()
+            .any(|r| r.name().eq_ignore_ascii_case(b"select"))
+        {
+            self.push_local(Bytes::from_static(SELECT_UPSTREAM));
+            return None;
+        }
+        let mut reqs = Vec::with_capacity(multi.queued.len() + 2);
+        reqs.push(Request::from_args(&["MULTI"]));
+        reqs.extend(multi.queued);
+        reqs.push(Request::from_args(&["EXEC"]));
+        if let Some(ded) = self.dedicated.as_mut() {
+            let exec = reqs.pop().expect("EXEC is last");
+            for req in &reqs {
+                ded.queue_discarded(req);
+            }
+            ded.queue(&exec, Stateful::default());
+            if ded.is_paired() {
+                self.expect_upstream(1);
+            }
+            return None;
+        }
+        let resp3 = s.resp3;
+        if s.db != 0 || (shared.is_resp3() != resp3 && !self.pending.is_empty()) {
+            // Upstream in another database, or in the other protocol while replies are still
+            // owed on the shared connection: on the client's own connection.
+            self.stalled = Some((reqs.remove(0), Stall::Transaction(reqs)));
+            return None;
+        }
+        if shared.is_resp3() != resp3 {
+            *shared = ctx.upstream.pick(resp3);
+        }
+        match shared.send_transaction(&reqs, inbox, available) {
+            Ok(()) => self.expect_upstream(1),
+            Err(why) => self.push_local(ProxyError::from(why).to_reply()),
+        }
+        None
+    }
 }

@@ -1,0 +1,156 @@
+//! The client's own upstream connection: opened once every reply owed on the shared one has
+//! arrived, brought to the client's database and protocol, read, written, and lost.
+
+use std::time::Duration;
+
+use crate::command::Stateful;
+use crate::error::{ProxyError, UpstreamFailure};
+use crate::ops::info;
+use crate::protocol::request::Request;
+use crate::proxy::server::Ctx;
+use crate::proxy::session::client_state::ClientState;
+use crate::upstream::dedicated::Dedicated;
+use crate::upstream::handshake;
+
+use super::busy::{Busy, Slot, Stall};
+
+impl Busy {
+    /// The dedicated connection for the stalled request is open (or could not be): bring it
+    /// to the client's database, then send the request.
+    pub(super) fn opened(
+        &mut self,
+        opened: Result<Dedicated, UpstreamFailure>,
+        ctx: &Ctx<'_>,
+        state: &Option<Box<ClientState>>,
+    ) {
+        let (req, props, rest) = match self.stalled.take() {
+            Some((req, Stall::Dedicated(props))) => (req, props, Vec::new()),
+            Some((req, Stall::Transaction(rest))) => (req, Stateful::default(), rest),
+            _ => return,
+        };
+        match opened {
+            Ok(mut ded) => {
+                let resp3 = ClientState::resp3_of(state);
+                for setup in handshake::setup_commands(&ctx.settings.upstream, resp3) {
+                    ded.queue_silent(&setup);
+                }
+                let db = ClientState::db_of(state);
+                if db != 0 {
+                    ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()]));
+                }
+                let info = req.name().eq_ignore_ascii_case(b"info")
+                    && info::wants(&req) == info::Wants::Both;
+                if rest.is_empty() {
+                    ded.queue(&req, props);
+                } else {
+                    ded.queue_discarded(&req);
+                    let (exec, queued) = rest.split_last().expect("a transaction ends in EXEC");
+                    for r in queued {
+                        ded.queue_discarded(r);
+                    }
+                    ded.queue(exec, props);
+                }
+                if info {
+                    self.pending
+                        .push_back(Slot::Info(info::section(&ctx.sample(), ctx.policy)));
+                } else if ded.is_paired() {
+                    self.expect_upstream(1);
+                }
+                self.dedicated = Some(ded);
+                self.write_dedicated();
+            }
+            // The client stays on the shared connection; its next stateful command tries again.
+            Err(why) => self.push_local(ProxyError::from(why).to_reply()),
+        }
+    }
+
+    pub(super) fn read_dedicated(&mut self) {
+        let Some(ded) = self.dedicated.as_mut() else {
+            return;
+        };
+        match ded.fill() {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(why) => return self.lose_dedicated(why),
+        }
+        if !ded.is_paired() {
+            // Unpaired (Pub/Sub, MONITOR): bytes go out as they come, and whatever the proxy
+            // answered meanwhile follows them.
+            match ded.take_raw() {
+                Ok((data, reset)) => {
+                    if let Some(data) = data {
+                        self.push_out(data);
+                    }
+                    if reset {
+                        // +RESET arrived: the connection served its purpose.
+                        self.dedicated = None;
+                        if matches!(self.stalled, Some((_, Stall::Reset))) {
+                            self.stalled = None;
+                        }
+                    }
+                }
+                Err(why) => return self.lose_dedicated(why),
+            }
+            for slot in std::mem::take(&mut self.pending) {
+                if let Slot::Local(reply) = slot {
+                    self.push_out(reply);
+                }
+            }
+            return;
+        }
+        // Reply by reply slot, so the proxy's own replies queued between them go out in place.
+        loop {
+            let limit = match self.pending.front() {
+                Some(Slot::Upstream(owed)) => *owed,
+                Some(Slot::Info(_)) => 1,
+                _ => 0,
+            };
+            let Some(ded) = self.dedicated.as_mut() else {
+                return;
+            };
+            match ded.next_replies(limit) {
+                Ok(Some((data, frames))) => self.arrived(data, frames),
+                Ok(None) => return,
+                Err(why) => return self.lose_dedicated(why),
+            }
+        }
+    }
+
+    pub(super) fn write_dedicated(&mut self) {
+        if let Some(Err(why)) = self.dedicated.as_mut().map(|d| d.write()) {
+            self.lose_dedicated(why);
+        }
+    }
+
+    pub(super) fn check_dedicated_timeout(&mut self, timeout: Duration) {
+        if let Some(Err(why)) = self.dedicated.as_ref().map(|d| d.check_timeout(timeout)) {
+            self.lose_dedicated(why);
+        }
+    }
+
+    /// The dedicated connection failed: every unanswered request gets an error reply, in order
+    /// with the proxy's own replies, then the client is closed, since the state it built
+    /// upstream (transaction, subscriptions, blocking) is gone and its library must start over.
+    pub(super) fn lose_dedicated(&mut self, why: UpstreamFailure) {
+        self.dedicated = None;
+        let err = ProxyError::from(why).to_reply();
+        if matches!(self.stalled, Some((_, Stall::Reset))) {
+            // The RESET sent to that connection is owed a reply too.
+            self.stalled = None;
+            self.pending.push_back(Slot::Upstream(1));
+        }
+        for slot in std::mem::take(&mut self.pending) {
+            match slot {
+                Slot::Upstream(n) => {
+                    for _ in 0..n {
+                        self.push_out(err.clone());
+                    }
+                }
+                Slot::Info(_) => self.push_out(err.clone()),
+                Slot::Local(reply) => self.push_out(reply),
+            }
+        }
+        self.closing = true;
+        self.inbuf.clear();
+    }
+}
