@@ -1,0 +1,29 @@
+//! Step 2 of the pipeline: command-line flags, each replacing the file's value before the
+//! checks, so that a value given as a flag is checked as the file's would be.
+
+use crate::config::file::RawSettings;
+
+/// Values from command-line flags; each one given replaces the file's value before validation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    /// `--listen`: replaces `listen`.
+    pub listen: Option<String>,
+    /// `--upstream`: replaces `upstream.address`.
+    pub upstream: Option<String>,
+    /// `--admin-listen`: replaces `admin.listen`.
+    pub admin_listen: Option<String>,
+}
+
+impl RawSettings {
+    pub(super) fn merge(&mut self, overrides: &Overrides) {
+        if let Some(listen) = &overrides.listen {
+            self.listen = listen.clone();
+        }
+        if let Some(upstream) = &overrides.upstream {
+            self.upstream.address = upstream.clone();
+        }
+        if let Some(admin) = &overrides.admin_listen {
+            self.admin.listen = admin.clone();
+        }
+    }
+}

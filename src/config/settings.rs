@@ -1,0 +1,161 @@
+//! Step 4 of the pipeline: the typed settings the proxy runs with, and their parts. Only the
+//! checks build them, from a file that had no problem.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::config::ConfigSource;
+use crate::policy::auth;
+use crate::policy::keyspace::Keyspaces;
+
+/// The typed, validated configuration the proxy runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Connections beyond this are answered `-ERR max number of clients reached` and closed.
+    pub max_clients: usize,
+    /// Close a client idle this long; `None` = never (Redis's `timeout 0`).
+    pub client_idle_timeout: Option<Duration>,
+    /// TCP keepalive interval on client and upstream sockets; `None` = off.
+    pub tcp_keepalive: Option<Duration>,
+    /// How long shutdown waits for in-flight requests before closing connections.
+    pub shutdown_timeout: Duration,
+    /// Runtime worker threads; 0 = one per core.
+    pub threads: usize,
+    pub upstream: UpstreamSettings,
+    pub limits: Limits,
+    pub log: LogSettings,
+    /// This proxy's name in events; generated once per process when not configured.
+    pub instance_id: Option<String>,
+    /// The configured keyspaces, in config order, and the default mode.
+    pub keyspaces: Keyspaces,
+    /// Who may connect and what each user may do; open (no password) unless configured.
+    pub users: auth::Users,
+    pub local_store: LocalStoreSettings,
+    pub health: HealthSettings,
+    pub events: EventSettings,
+    pub admin: AdminSettings,
+    /// Where these settings were read from, to read them again on a reload; `None` for
+    /// settings that came from text (the built-in defaults, tests).
+    pub source: Option<ConfigSource>,
+}
+
+/// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, `/status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminSettings {
+    /// Where it listens; `None` (the default) = no admin listener.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The local store serving `degraded` and `local_only` keyspaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalStoreSettings {
+    /// Byte budget; beyond it the least recently used keys are evicted.
+    pub max_bytes: usize,
+}
+
+/// How upstream health is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSettings {
+    /// How often the active probe PINGs the upstream.
+    pub probe_interval: Duration,
+    /// A probe without `+PONG` within this long failed.
+    pub probe_timeout: Duration,
+    /// Consecutive failed results (timeouts, probes) that make a healthy upstream unavailable.
+    /// A refused connection or a closed socket flips it at once.
+    pub failure_threshold: u32,
+    /// Consecutive successes that make a recovering upstream healthy again.
+    pub success_threshold: u32,
+}
+
+/// Where events go besides the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventSettings {
+    /// Append every event, one JSON object per line, to this file.
+    pub file: Option<std::path::PathBuf>,
+}
+
+/// `Debug` is written by hand so that the password never appears in it.
+#[derive(Clone, PartialEq)]
+pub struct UpstreamSettings {
+    /// `host:port` of the upstream Redis.
+    pub address: String,
+    /// Shared (multiplexed) connections to the upstream.
+    pub connections: usize,
+    pub connect_timeout: Duration,
+    /// A request without a reply after this long fails, and its connection is dropped.
+    pub command_timeout: Duration,
+    pub reconnect_backoff_min: Duration,
+    pub reconnect_backoff_max: Duration,
+    /// The ACL user the proxy logs in as on its own upstream connections (`AUTH username
+    /// password`); `None` = `default` (`AUTH password`), when a password is set.
+    pub username: Option<String>,
+    /// The password for those connections, in plain text because the proxy must send it;
+    /// `None` = no AUTH. Never shown by `Debug`.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for UpstreamSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be left out of the output unnoticed.
+        let UpstreamSettings {
+            address,
+            connections,
+            connect_timeout,
+            command_timeout,
+            reconnect_backoff_min,
+            reconnect_backoff_max,
+            username,
+            password,
+        } = self;
+        f.debug_struct("UpstreamSettings")
+            .field("address", address)
+            .field("connections", connections)
+            .field("connect_timeout", connect_timeout)
+            .field("command_timeout", command_timeout)
+            .field("reconnect_backoff_min", reconnect_backoff_min)
+            .field("reconnect_backoff_max", reconnect_backoff_max)
+            .field("username", username)
+            .field("password", &password.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
+/// What `Debug` shows in place of a password or a password digest.
+pub(super) const REDACTED: &str = "<redacted>";
+
+/// Sizes bounded as Redis bounds them, with Redis's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `proto-max-bulk-len`: 512 MiB.
+    pub max_bulk_len: usize,
+    /// Largest multibulk count accepted.
+    pub max_multibulk_len: usize,
+    /// `PROTO_INLINE_MAX_SIZE`: 64 KiB for an inline command or a length line.
+    pub max_inline_len: usize,
+    /// `client-query-buffer-limit`: 1 GiB of unparsed input per client.
+    pub max_query_buffer: usize,
+    /// Reply bytes waiting to be written to one client before the proxy stops reading its
+    /// requests (backpressure; the client is never disconnected for it).
+    pub max_pending_output: usize,
+    /// Deepest nesting of aggregate replies the reply scanner follows.
+    pub max_reply_depth: usize,
+}
+
+/// Redis refuses a multibulk count above `INT_MAX` ("invalid multibulk length").
+pub(super) const MAX_MULTIBULK_LEN: usize = i32::MAX as usize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `keywarden=debug`; `RUST_LOG` overrides it.
+    pub level: String,
+}
