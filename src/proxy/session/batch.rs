@@ -1,12 +1,13 @@
-//! One batch: every complete request in the input, classified, admitted, answered or routed,
-//! and queued (to the shared connection as one run, to the local store as one locked batch, or
-//! to the client's own connection).
+//! One batch: every complete request in the input, each taken through the same steps
+//! (classify → admit → answer or route → queue), and queued: to the shared connection as one
+//! run, to the local store as one locked batch, or to the client's own connection.
 
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
+use super::busy::{Busy, Runs, Slot, Stall};
 use super::connection::{self, Special, Sync};
 use super::keywarden;
 use crate::command::{self, Disposition, Stateful};
@@ -14,6 +15,7 @@ use crate::error::ProxyError;
 use crate::local::engine;
 use crate::ops::info;
 use crate::policy::router::Route;
+use crate::protocol::parser::ProtocolError;
 use crate::protocol::request::Request;
 use crate::protocol::resp;
 use crate::proxy::clients::{LastCommand, Outcome};
@@ -23,7 +25,57 @@ use crate::upstream::handshake;
 use crate::upstream::inbox::Inbox;
 use crate::upstream::shared::SharedConn;
 
-use super::busy::{Busy, Runs, Slot, Stall};
+/// What every step of one batch works with: the server as the batch sees it, the session's
+/// connection to the shared pool and its inbox, the client's connection state, and the
+/// upstream's health, read once for the whole batch.
+pub(super) struct Batch<'a> {
+    pub(super) ctx: Ctx<'a>,
+    pub(super) shared: &'a mut Arc<SharedConn>,
+    pub(super) inbox: &'a Arc<Inbox>,
+    pub(super) state: &'a mut Option<Box<ClientState>>,
+    pub(super) stream: &'a TcpStream,
+    /// Whether requests go upstream (healthy or recovering).
+    pub(super) available: bool,
+    /// The last command counted, so a repeated name is counted without a lookup.
+    last: LastCommand,
+    /// Whether the local engine runs a command, remembered while the name repeats.
+    supports: engine::Supports,
+}
+
+impl<'a> Batch<'a> {
+    pub(super) fn new(
+        ctx: Ctx<'a>,
+        shared: &'a mut Arc<SharedConn>,
+        inbox: &'a Arc<Inbox>,
+        state: &'a mut Option<Box<ClientState>>,
+        stream: &'a TcpStream,
+        available: bool,
+    ) -> Batch<'a> {
+        Batch {
+            ctx,
+            shared,
+            inbox,
+            state,
+            stream,
+            available,
+            last: LastCommand::default(),
+            supports: engine::Supports::default(),
+        }
+    }
+
+    /// Counts one request of command `name` for the per-command metrics.
+    fn count(&mut self, name: &[u8], outcome: Outcome) {
+        self.ctx
+            .clients
+            .commands
+            .record(&mut self.last, name, outcome);
+    }
+}
+
+/// A step's verdict when it cannot go on: the local run gathered so far was made stale by a
+/// reload (see [`Busy::send_local`]); the request, which did nothing yet, goes back with it to
+/// be judged again.
+type Stale = Request;
 
 impl Busy {
     /// Parses every complete request in the input and dispatches it, as far as allowed.
@@ -31,7 +83,7 @@ impl Busy {
     /// buffer); consecutive shared requests go upstream as one run.
     pub(super) fn process_input(
         &mut self,
-        ctx: &Ctx<'_>,
+        ctx: Ctx<'_>,
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
         state: &mut Option<Box<ClientState>>,
@@ -44,181 +96,24 @@ impl Busy {
         // count: a recovery after this read makes the batch's local work stale.
         self.recoveries = ctx.store.recoveries();
         let available = ctx.monitor.snapshot().upstream_available();
+        let mut b = Batch::new(ctx, shared, inbox, state, stream, available);
         // Kept between reads: a pipelining client reuses the same two vectors.
         let mut runs = std::mem::take(&mut self.runs);
-        let mut last = LastCommand::default();
-        let mut supports = engine::Supports::default();
-        // Sends the runs gathered so far before `$req` is dispatched; if a reload made the
-        // local run stale, puts it and `$req` back to be judged again, and ends the batch.
-        macro_rules! flush_runs {
-            ($req:ident) => {
-                if self.send_runs(&mut runs, ctx, shared, inbox, state, available) {
-                    self.replay(runs.local.drain(..).chain([$req]));
-                    break;
-                }
-            };
-        }
         while !self.closing && self.stalled.is_none() && !self.inbuf.is_empty() && !self.rejudge {
             let req = match self.parser.next(&mut self.inbuf) {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
                 Err(e) => {
-                    if self.send_runs(&mut runs, ctx, shared, inbox, state, available) {
-                        // Judged again first; the bad bytes are read again after them.
-                        self.replay(runs.local.drain(..));
-                        break;
-                    }
-                    ctx.clients.record_protocol_error();
-                    self.push_local(ProxyError::Protocol(e.to_string()).to_reply());
-                    self.closing = true;
-                    self.inbuf.clear();
+                    self.protocol_error(e, &mut runs, &mut b);
                     break;
                 }
             };
-            let special = Special::of(&req);
-            let counts = &ctx.clients.commands;
-            // Subscribed or monitoring: everything goes to that connection, whose Redis answers
-            // (or refuses) connection and transaction commands in that context. The proxy
-            // still checks permissions and routes keys, and follows a RESET.
-            let unpaired = self.dedicated.as_ref().is_some_and(|d| !d.is_paired());
-            let in_multi = !unpaired && state.as_ref().is_some_and(|s| s.multi.is_some());
-            if (in_multi && !matches!(special, Special::Reset | Special::Quit))
-                || (!unpaired && special == Special::Transaction)
-            {
-                flush_runs!(req);
-                counts.record(&mut last, req.name(), Outcome::Proxy);
-                if let Some(req) = self.transaction(req, ctx, shared, inbox, state, available) {
-                    // WATCH or UNWATCH for the client's upstream connection.
-                    let watch = req.name().eq_ignore_ascii_case(b"watch");
-                    ClientState::of(state, &ctx.settings.users).watched_upstream = watch;
-                    self.forward_stateful(req);
-                }
-                continue;
-            }
-            // Authentication and permissions first, connection commands included (AUTH,
-            // HELLO and RESET are allowed before authenticating; QUIT always is).
-            // (KEYWARDEN, not in Redis's command table, is checked on its own below.)
-            if ctx.settings.users.required()
-                && !matches!(special, Special::Quit | Special::Keywarden)
-            {
-                if let Err(denied) = ctx.permit(&req, state) {
-                    flush_runs!(req);
-                    counts.record(&mut last, req.name(), Outcome::Refused);
-                    self.push_local(denied);
-                    continue;
-                }
-            }
-            let answered = match special {
-                Special::Reset | Special::Connection | Special::Keywarden | Special::Info => {
-                    !unpaired
-                }
-                _ => false,
-            };
-            if answered {
-                counts.record(&mut last, req.name(), Outcome::Proxy);
-            }
-            match special {
-                Special::Reset if unpaired => {
-                    // Redis answers it in order with what the subscription still sends; then
-                    // the connection is dropped and the client starts afresh on shared ones.
-                    flush_runs!(req);
-                    counts.record(&mut last, req.name(), Outcome::Upstream);
-                    self.follow_reset(&req, ctx, state);
-                    if let Some(ded) = self.dedicated.as_mut() {
-                        ded.queue_reset(&req);
-                    }
-                    self.stalled = Some((req, Stall::Reset));
-                    continue;
-                }
-                Special::Connection | Special::Reset if !unpaired => {
-                    flush_runs!(req);
-                    let reply = self.answer_connection_command(&req, ctx, state, stream);
-                    self.push_local(reply);
-                    continue;
-                }
-                Special::Keywarden if !unpaired => {
-                    flush_runs!(req);
-                    let reply = match ctx.permit_admin(state) {
-                        Ok(()) => keywarden::run(&req, *ctx, ClientState::resp3_of(state)),
-                        Err(denied) => denied,
-                    };
-                    self.push_local(reply);
-                    // KEYWARDEN RELOAD: what follows in the input is read under the new policy.
-                    self.rejudge = ctx.live.generation() != ctx.policy.generation;
-                    continue;
-                }
-                Special::Info if !unpaired => {
-                    flush_runs!(req);
-                    self.info(req, ctx, shared, inbox, state, available);
-                    continue;
-                }
-                _ => {}
-            }
-            let route = ctx.route_in(&req, available, &mut supports);
-            let outcome = match route {
-                Route::Upstream => Outcome::Upstream,
-                Route::Local => Outcome::Local,
-                Route::Reject(_) => Outcome::Refused,
-            };
-            counts.record(&mut last, req.name(), outcome);
-            match route {
-                Route::Upstream if !runs.local.is_empty() => {
-                    if self.send_local(&mut runs, ctx, state, available) {
-                        self.replay(runs.local.drain(..).chain([req]));
-                        break;
-                    }
-                }
-                Route::Upstream => {}
-                Route::Local => {
-                    self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
-                    runs.local.push(req);
-                    continue;
-                }
-                Route::Reject(refusal) => {
-                    flush_runs!(req);
-                    self.push_local(ctx.refusal(refusal, &req).to_reply());
-                    continue;
-                }
-            }
-            let mut disposition = command::disposition(&req);
-            if disposition == Disposition::Shared && ClientState::db_of(state) != 0 {
-                // Shared connections stay in database 0.
-                disposition = Disposition::Dedicated(Stateful::default());
-            }
-            if let Some(ded) = self.dedicated.as_mut() {
-                let props = match disposition {
-                    Disposition::Dedicated(props) => props,
-                    Disposition::Shared | Disposition::Quit => Stateful::default(),
-                };
-                ded.queue(&req, props);
-                if ded.is_paired() {
-                    self.expect_upstream(1);
-                }
-                continue;
-            }
-            match disposition {
-                Disposition::Shared if shared.is_resp3() != ClientState::resp3_of(state) => {
-                    self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
-                    if self.pending.is_empty() {
-                        *shared = ctx.upstream.pick(ClientState::resp3_of(state));
-                        runs.shared.push(req);
-                    } else {
-                        self.stalled = Some((req, Stall::Repick));
-                    }
-                }
-                Disposition::Shared => runs.shared.push(req),
-                Disposition::Quit => {
-                    self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
-                    self.push_local(Bytes::from_static(b"+OK\r\n"));
-                    self.closing = true;
-                }
-                Disposition::Dedicated(props) => {
-                    self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
-                    self.stalled = Some((req, Stall::Dedicated(props)));
-                }
+            if let Err(req) = self.dispatch(req, &mut runs, &mut b) {
+                self.replay(runs.local.drain(..).chain([req]));
+                break;
             }
         }
-        if self.send_runs(&mut runs, ctx, shared, inbox, state, available) {
+        if self.send_runs(&mut runs, &mut b) {
             self.replay(runs.local.drain(..));
         }
         self.runs = runs;
@@ -233,17 +128,207 @@ impl Busy {
         }
     }
 
-    /// INFO: the upstream's sections with the proxy's own appended; the proxy's alone when
-    /// only those are asked for or the upstream is unavailable.
-    pub(super) fn info(
+    /// Bytes that are not RESP: what came before is sent, the error is the last reply, and
+    /// the connection closes once it is written, as Redis does.
+    fn protocol_error(&mut self, e: ProtocolError, runs: &mut Runs, b: &mut Batch<'_>) {
+        if self.send_runs(runs, b) {
+            // Judged again first; the bad bytes are read again after them.
+            self.replay(runs.local.drain(..));
+            return;
+        }
+        b.ctx.clients.record_protocol_error();
+        self.push_local(ProxyError::Protocol(e.to_string()).to_reply());
+        self.closing = true;
+        self.inbuf.clear();
+    }
+
+    /// One request through the steps: classify it; a transaction's, to the transaction;
+    /// admit it (authentication, permissions); answer it if the proxy does (connection
+    /// commands, KEYWARDEN, INFO); otherwise route it by its keys and queue it.
+    fn dispatch(&mut self, req: Request, runs: &mut Runs, b: &mut Batch<'_>) -> Result<(), Stale> {
+        let special = Special::of(&req);
+        // Subscribed or monitoring: everything goes to that connection, whose Redis answers
+        // (or refuses) connection and transaction commands in that context. The proxy still
+        // checks permissions and routes keys, and follows a RESET.
+        let unpaired = self.dedicated.as_ref().is_some_and(|d| !d.is_paired());
+        let in_multi = !unpaired && b.state.as_ref().is_some_and(|s| s.multi.is_some());
+        if (in_multi && !matches!(special, Special::Reset | Special::Quit))
+            || (!unpaired && special == Special::Transaction)
+        {
+            let req = self.flush_runs(runs, b, req)?;
+            b.count(req.name(), Outcome::Proxy);
+            self.transaction_command(req, b);
+            return Ok(());
+        }
+        // Authentication and permissions first, connection commands included (AUTH, HELLO
+        // and RESET are allowed before authenticating; QUIT always is). KEYWARDEN, not in
+        // Redis's command table, is checked when it is answered.
+        if b.ctx.settings.users.required() && !matches!(special, Special::Quit | Special::Keywarden)
+        {
+            if let Err(denied) = b.ctx.permit(&req, b.state) {
+                let req = self.flush_runs(runs, b, req)?;
+                b.count(req.name(), Outcome::Refused);
+                self.push_local(denied);
+                return Ok(());
+            }
+        }
+        let req = match special {
+            Special::Reset | Special::Connection | Special::Keywarden | Special::Info => {
+                match self.answer(req, special, unpaired, runs, b)? {
+                    Some(req) => req,
+                    None => return Ok(()),
+                }
+            }
+            _ => req,
+        };
+        self.route(req, runs, b)
+    }
+
+    /// Sends the runs gathered so far, before a request that does not join them.
+    fn flush_runs(
+        &mut self,
+        runs: &mut Runs,
+        b: &mut Batch<'_>,
+        req: Request,
+    ) -> Result<Request, Stale> {
+        match self.send_runs(runs, b) {
+            true => Err(req),
+            false => Ok(req),
+        }
+    }
+
+    /// A transaction command, or any command while one is queued; a WATCH or UNWATCH for the
+    /// client's upstream connection goes there.
+    fn transaction_command(&mut self, req: Request, b: &mut Batch<'_>) {
+        if let Some(req) = self.transaction(req, b) {
+            let watch = req.name().eq_ignore_ascii_case(b"watch");
+            ClientState::of(b.state, &b.ctx.settings.users).watched_upstream = watch;
+            self.forward_stateful(req);
+        }
+    }
+
+    /// The commands the proxy answers itself, unless the client's connection is unpaired
+    /// (subscribed, MONITOR), where Redis answers them. `Some(req)`: not answered here, to be
+    /// routed as any other.
+    fn answer(
         &mut self,
         req: Request,
-        ctx: &Ctx<'_>,
-        shared: &mut Arc<SharedConn>,
-        inbox: &Arc<Inbox>,
-        state: &Option<Box<ClientState>>,
-        available: bool,
-    ) {
+        special: Special,
+        unpaired: bool,
+        runs: &mut Runs,
+        b: &mut Batch<'_>,
+    ) -> Result<Option<Request>, Stale> {
+        if unpaired {
+            if special != Special::Reset {
+                return Ok(Some(req));
+            }
+            // Redis answers it in order with what the subscription still sends; then the
+            // connection is dropped and the client starts afresh on shared ones.
+            let req = self.flush_runs(runs, b, req)?;
+            b.count(req.name(), Outcome::Upstream);
+            self.follow_reset(&req, b);
+            if let Some(ded) = self.dedicated.as_mut() {
+                ded.queue_reset(&req);
+            }
+            self.stalled = Some((req, Stall::Reset));
+            return Ok(None);
+        }
+        b.count(req.name(), Outcome::Proxy);
+        let req = self.flush_runs(runs, b, req)?;
+        match special {
+            Special::Keywarden => {
+                let reply = match b.ctx.permit_admin(b.state) {
+                    Ok(()) => keywarden::run(&req, b.ctx, ClientState::resp3_of(b.state)),
+                    Err(denied) => denied,
+                };
+                self.push_local(reply);
+                // KEYWARDEN RELOAD: what follows in the input is read under the new policy.
+                self.rejudge = b.ctx.live.generation() != b.ctx.policy.generation;
+            }
+            Special::Info => self.info(req, b),
+            _ => {
+                let reply = self.answer_connection_command(&req, b);
+                self.push_local(reply);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Routes `req` by its keys and the upstream's health: to a run (local or shared), to the
+    /// client's own connection, or refused.
+    fn route(&mut self, req: Request, runs: &mut Runs, b: &mut Batch<'_>) -> Result<(), Stale> {
+        let route = (b.ctx).route_in(&req, b.available, &mut b.supports);
+        let outcome = match route {
+            Route::Upstream => Outcome::Upstream,
+            Route::Local => Outcome::Local,
+            Route::Reject(_) => Outcome::Refused,
+        };
+        b.count(req.name(), outcome);
+        match route {
+            Route::Upstream => {
+                if !runs.local.is_empty() && self.send_local(runs, b) {
+                    return Err(req);
+                }
+                self.queue_upstream(req, runs, b);
+            }
+            Route::Local => {
+                self.send_shared(&mut runs.shared, b);
+                runs.local.push(req);
+            }
+            Route::Reject(refusal) => {
+                let req = self.flush_runs(runs, b, req)?;
+                self.push_local(b.ctx.refusal(refusal, &req).to_reply());
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a request for the upstream: on the client's own connection if it has one or the
+    /// request needs one, else in the run for the shared connection.
+    fn queue_upstream(&mut self, req: Request, runs: &mut Runs, b: &mut Batch<'_>) {
+        let mut disposition = command::disposition(&req);
+        if disposition == Disposition::Shared && ClientState::db_of(b.state) != 0 {
+            // Shared connections stay in database 0.
+            disposition = Disposition::Dedicated(Stateful::default());
+        }
+        if let Some(ded) = self.dedicated.as_mut() {
+            let props = match disposition {
+                Disposition::Dedicated(props) => props,
+                Disposition::Shared | Disposition::Quit => Stateful::default(),
+            };
+            ded.queue(&req, props);
+            if ded.is_paired() {
+                self.expect_upstream(1);
+            }
+            return;
+        }
+        match disposition {
+            Disposition::Shared if b.shared.is_resp3() != ClientState::resp3_of(b.state) => {
+                self.send_shared(&mut runs.shared, b);
+                if self.pending.is_empty() {
+                    *b.shared = b.ctx.upstream.pick(ClientState::resp3_of(b.state));
+                    runs.shared.push(req);
+                } else {
+                    self.stalled = Some((req, Stall::Repick));
+                }
+            }
+            Disposition::Shared => runs.shared.push(req),
+            Disposition::Quit => {
+                self.send_shared(&mut runs.shared, b);
+                self.push_local(Bytes::from_static(b"+OK\r\n"));
+                self.closing = true;
+            }
+            Disposition::Dedicated(props) => {
+                self.send_shared(&mut runs.shared, b);
+                self.stalled = Some((req, Stall::Dedicated(props)));
+            }
+        }
+    }
+
+    /// INFO: the upstream's sections with the proxy's own appended; the proxy's alone when
+    /// only those are asked for or the upstream is unavailable.
+    pub(super) fn info(&mut self, req: Request, b: &mut Batch<'_>) {
+        let (ctx, available, state) = (b.ctx, b.available, &*b.state);
         let wants = info::wants(&req);
         let resp3 = ClientState::resp3_of(state);
         if wants == info::Wants::KeywardenOnly || (!available && wants == info::Wants::Both) {
@@ -266,15 +351,18 @@ impl Busy {
             self.stalled = Some((req, Stall::Dedicated(Stateful::default())));
             return;
         }
-        if shared.is_resp3() != resp3 {
+        if b.shared.is_resp3() != resp3 {
             if !self.pending.is_empty() {
                 self.stalled = Some((req, Stall::Repick));
                 return;
             }
-            *shared = ctx.upstream.pick(resp3);
+            *b.shared = ctx.upstream.pick(resp3);
         }
         // Alone in its run, so its reply arrives as one chunk of one frame.
-        match shared.send(std::slice::from_ref(&req), inbox, available) {
+        match b
+            .shared
+            .send(std::slice::from_ref(&req), b.inbox, available)
+        {
             Ok(()) => self.pending.push_back(slot),
             Err(why) => self.push_local(ProxyError::from(why).to_reply()),
         }
@@ -282,12 +370,8 @@ impl Busy {
 
     /// A RESET going to a subscribed client's connection: Redis answers it there; the proxy
     /// resets its own view of the client too.
-    pub(super) fn follow_reset(
-        &self,
-        req: &Request,
-        ctx: &Ctx<'_>,
-        state: &mut Option<Box<ClientState>>,
-    ) {
+    fn follow_reset(&self, req: &Request, b: &mut Batch<'_>) {
+        let (ctx, state) = (b.ctx, &mut *b.state);
         let peer = || connection::Peer {
             addr: None,
             local: None,
@@ -305,13 +389,8 @@ impl Busy {
 
     /// A connection command, answered by the proxy; the client's own upstream connection, if
     /// it has one, follows the change.
-    pub(super) fn answer_connection_command(
-        &mut self,
-        req: &Request,
-        ctx: &Ctx<'_>,
-        state: &mut Option<Box<ClientState>>,
-        stream: &TcpStream,
-    ) -> Bytes {
+    fn answer_connection_command(&mut self, req: &Request, b: &mut Batch<'_>) -> Bytes {
+        let (ctx, state, stream) = (b.ctx, &mut *b.state, b.stream);
         let peer = || connection::Peer {
             addr: stream.peer_addr().ok(),
             local: stream.local_addr().ok(),
@@ -349,38 +428,24 @@ impl Busy {
 
     /// Sends both runs: the local one first, since a run is only ever started after the other
     /// one was sent.
-    pub(super) fn send_runs(
-        &mut self,
-        runs: &mut Runs,
-        ctx: &Ctx<'_>,
-        shared: &mut Arc<SharedConn>,
-        inbox: &Arc<Inbox>,
-        state: &Option<Box<ClientState>>,
-        available: bool,
-    ) -> bool {
+    pub(super) fn send_runs(&mut self, runs: &mut Runs, b: &mut Batch<'_>) -> bool {
         // At most one of the two runs is non-empty: each is sent before the other grows.
-        if self.send_local(runs, ctx, state, available) {
+        if self.send_local(runs, b) {
             return true;
         }
-        self.send_shared(&mut runs.shared, ctx, shared, inbox, available);
+        self.send_shared(&mut runs.shared, b);
         false
     }
 
     /// Runs the batch of locally served requests and queues their replies as one. True when a
     /// reload made the batch stale: nothing ran, and `runs.local` is left for [`Busy::replay`].
-    pub(super) fn send_local(
-        &mut self,
-        runs: &mut Runs,
-        ctx: &Ctx<'_>,
-        state: &Option<Box<ClientState>>,
-        available: bool,
-    ) -> bool {
+    fn send_local(&mut self, runs: &mut Runs, b: &Batch<'_>) -> bool {
         if runs.local.is_empty() {
             return false;
         }
-        let db = ClientState::db_of(state);
-        let resp3 = ClientState::resp3_of(state);
-        let served = ctx.serve_locally(&runs.local, db, resp3, available, self.recoveries);
+        let db = ClientState::db_of(b.state);
+        let resp3 = ClientState::resp3_of(b.state);
+        let served = (b.ctx).serve_locally(&runs.local, db, resp3, b.available, self.recoveries);
         let Some(reply) = served else {
             return true;
         };
@@ -390,17 +455,11 @@ impl Busy {
     }
 
     /// Sends a run of requests on the shared connection.
-    pub(super) fn send_shared(
-        &mut self,
-        run: &mut Vec<Request>,
-        ctx: &Ctx<'_>,
-        shared: &mut Arc<SharedConn>,
-        inbox: &Arc<Inbox>,
-        available: bool,
-    ) {
+    pub(super) fn send_shared(&mut self, run: &mut Vec<Request>, b: &mut Batch<'_>) {
         if run.is_empty() {
             return;
         }
+        let (ctx, shared, inbox, available) = (b.ctx, &mut *b.shared, b.inbox, b.available);
         let n = run.len() as u32;
         let mut sent = shared.send(run, inbox, available);
         if sent.is_err() && self.pending.is_empty() {

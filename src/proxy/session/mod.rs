@@ -25,6 +25,7 @@ mod batch;
 mod busy;
 mod own_conn;
 
+use batch::Batch;
 use busy::{Busy, Stall};
 
 use std::future::Future;
@@ -182,7 +183,7 @@ impl Session {
             }
             if let Some(b) = self.busy.as_deref_mut() {
                 b.process_input(
-                    &ctx,
+                    ctx,
                     &mut self.shared,
                     &self.inbox,
                     &mut self.state,
@@ -196,11 +197,18 @@ impl Session {
                         let resp3 = ClientState::resp3_of(&self.state);
                         self.shared = ctx.upstream.pick(resp3);
                         let available = ctx.monitor.snapshot().upstream_available();
-                        let (shared, inbox) = (&mut self.shared, &self.inbox);
+                        let mut batch = Batch::new(
+                            ctx,
+                            &mut self.shared,
+                            &self.inbox,
+                            &mut self.state,
+                            &self.stream,
+                            available,
+                        );
                         if req.name().eq_ignore_ascii_case(b"info") {
-                            b.info(req, &ctx, shared, inbox, &self.state, available);
+                            b.info(req, &mut batch);
                         } else {
-                            b.send_shared(&mut vec![req], &ctx, shared, inbox, available);
+                            b.send_shared(&mut vec![req], &mut batch);
                         }
                     }
                     continue;

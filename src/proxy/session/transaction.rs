@@ -4,8 +4,6 @@
 //! MULTI, the commands, EXEC — where a lost upstream makes EXEC fail and never leaves a part
 //! applied. A transaction runs in one place: every command in it must go to the same one.
 
-use std::sync::Arc;
-
 use bytes::{Bytes, BytesMut};
 
 use super::client_state::Target;
@@ -17,11 +15,9 @@ use crate::local::engine;
 use crate::local::store::Watch;
 use crate::policy::router::Route;
 use crate::protocol::request::Request;
-use crate::proxy::server::Ctx;
 use crate::proxy::session::client_state::ClientState;
-use crate::upstream::inbox::Inbox;
-use crate::upstream::shared::SharedConn;
 
+use super::batch::Batch;
 use super::busy::{Busy, Stall};
 
 pub const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
@@ -74,15 +70,8 @@ impl Busy {
 
     /// MULTI, EXEC, DISCARD, WATCH, UNWATCH, and every request while a transaction is being
     /// queued. Returns a WATCH or UNWATCH that must go to the client's upstream connection.
-    pub(super) fn transaction(
-        &mut self,
-        req: Request,
-        ctx: &Ctx<'_>,
-        shared: &mut Arc<SharedConn>,
-        inbox: &Arc<Inbox>,
-        state: &mut Option<Box<ClientState>>,
-        available: bool,
-    ) -> Option<Request> {
+    pub(super) fn transaction(&mut self, req: Request, b: &mut Batch<'_>) -> Option<Request> {
+        let (ctx, available, state) = (b.ctx, b.available, &mut *b.state);
         let users = &ctx.settings.users;
         let name = req.name().to_ascii_lowercase();
         let in_multi = state.as_ref().is_some_and(|s| s.multi.is_some());
@@ -138,8 +127,8 @@ impl Busy {
                 }
                 fixed(b"+OK\r\n")
             }
-            (b"exec", true) => return self.exec(req, ctx, shared, inbox, state, available),
-            _ => self.queue_in_transaction(req, ctx, state, available),
+            (b"exec", true) => return self.exec(req, b),
+            _ => self.queue_in_transaction(req, b),
         };
         self.push_local(reply);
         None
@@ -147,13 +136,8 @@ impl Busy {
 
     /// One command between MULTI and EXEC: checked as Redis checks it when queueing (and for
     /// where it runs), then `+QUEUED`, or an error that makes EXEC abort.
-    pub(super) fn queue_in_transaction(
-        &mut self,
-        req: Request,
-        ctx: &Ctx<'_>,
-        state: &mut Option<Box<ClientState>>,
-        available: bool,
-    ) -> Bytes {
+    fn queue_in_transaction(&mut self, req: Request, b: &mut Batch<'_>) -> Bytes {
+        let (ctx, available, state) = (b.ctx, b.available, &mut *b.state);
         let checked = (|| {
             if refused_inside(req.name()) {
                 return Err(Bytes::from_static(NOT_ALLOWED));
@@ -207,15 +191,9 @@ impl Busy {
     }
 
     /// EXEC: runs the queued transaction where its commands go, as one piece.
-    pub(super) fn exec(
-        &mut self,
-        exec: Request,
-        ctx: &Ctx<'_>,
-        shared: &mut Arc<SharedConn>,
-        inbox: &Arc<Inbox>,
-        state: &mut Option<Box<ClientState>>,
-        available: bool,
-    ) -> Option<Request> {
+    fn exec(&mut self, exec: Request, b: &mut Batch<'_>) -> Option<Request> {
+        let (ctx, available, inbox) = (b.ctx, b.available, b.inbox);
+        let (state, shared) = (&mut *b.state, &mut *b.shared);
         let s = ClientState::of(state, &ctx.settings.users);
         let multi = s.multi.take().expect("EXEC runs inside MULTI");
         let mut watch = s.watch.take();
