@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::error::ProxyError;
 use crate::local::clock::unix_ms;
 use crate::local::engine;
-use crate::local::store::Store;
+use crate::local::store::{Store, Txn, Watch};
 use crate::ops::admin;
 use crate::ops::events::Events;
 use crate::ops::metrics::{self, Sample, StoreUsage};
@@ -224,8 +224,7 @@ impl<'a> Ctx<'a> {
         recoveries: u64,
     ) -> Option<Bytes> {
         let mut out = BytesMut::with_capacity(64 * reqs.len());
-        let generation = self.policy.generation;
-        let mut txn = self.store.lock_judged(unix_ms(), generation, recoveries)?;
+        let mut txn = self.lock_store(recoveries)?;
         if upstream_available || !self.settings.keyspaces.any_in(Mode::Degraded) {
             engine::execute_all_in(&mut txn, db, resp3, reqs, &mut out);
             return Some(out.freeze());
@@ -237,6 +236,40 @@ impl<'a> Ctx<'a> {
             self.count_degraded(req, out[start] != b'-');
         }
         Some(out.freeze())
+    }
+
+    /// Runs a transaction's `queued` commands against the local store, as EXEC: locked and
+    /// judged as [`Ctx::serve_locally`] judges a batch (`None`: nothing ran, and EXEC must be
+    /// judged again), aborted if a key in `watch` changed. Returns EXEC's reply and the
+    /// client's database afterwards (a queued SELECT moves it). Run while the upstream is
+    /// unavailable, every queued command counts as a degraded reply, and its writes as ones
+    /// recovery will discard (a command failing inside EXEC still counts).
+    pub fn exec_locally(
+        &self,
+        queued: &[Request],
+        db: u32,
+        resp3: bool,
+        watch: Option<&mut Watch>,
+        upstream_available: bool,
+        recoveries: u64,
+    ) -> Option<(Bytes, u32)> {
+        let txn = self.lock_store(recoveries)?;
+        let mut out = BytesMut::new();
+        let db = engine::exec_transaction(txn, db, resp3, queued, watch, &mut out);
+        let ran = out.first() == Some(&b'*') && !out.starts_with(b"*-1");
+        if !upstream_available && ran {
+            for req in queued {
+                self.count_degraded(req, true);
+            }
+        }
+        Some((out.freeze(), db))
+    }
+
+    /// The local store, locked for requests routed by this batch's policy and by a health
+    /// snapshot read when the store had seen `recoveries` recoveries; `None` when a reload or
+    /// a recovery has come since (see [`Store::lock_judged`]).
+    fn lock_store(&self, recoveries: u64) -> Option<Txn<'_>> {
+        (self.store).lock_judged(unix_ms(), self.policy.generation, recoveries)
     }
 
     /// Counts `req`, served locally while the upstream is unavailable, as a degraded reply if

@@ -4,7 +4,7 @@
 //! MULTI, the commands, EXEC — where a lost upstream makes EXEC fail and never leaves a part
 //! applied. A transaction runs in one place: every command in it must go to the same one.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::client_state::Target;
 use super::connection;
@@ -238,10 +238,15 @@ impl Busy {
             return None;
         }
         if !upstream {
-            let Some(txn) =
-                ctx.store
-                    .lock_judged(unix_ms(), ctx.policy.generation, self.recoveries)
-            else {
+            let ran = ctx.exec_locally(
+                &multi.queued,
+                s.db,
+                s.resp3,
+                watch.as_mut(),
+                available,
+                self.recoveries,
+            );
+            let Some((reply, db)) = ran else {
                 // A reload or a recovery came between routing and running: EXEC is judged
                 // again.
                 s.multi = Some(multi);
@@ -249,32 +254,15 @@ impl Busy {
                 self.replay([exec]);
                 return None;
             };
-            let db_before = s.db;
-            let mut out = BytesMut::new();
-            s.db = engine::exec_transaction(
-                txn,
-                s.db,
-                s.resp3,
-                &multi.queued,
-                watch.as_mut(),
-                &mut out,
-            );
-            let db = ClientState::db_of(state);
-            if db != db_before {
+            if db != s.db {
+                s.db = db;
                 if let Some(ded) = self.dedicated.as_mut() {
                     ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()]));
                 }
                 ctx.clients
                     .publish(self.key, connection::listed(state, &ctx.settings.users));
             }
-            // Ran (not aborted by WATCH) while the upstream is away: degraded replies, and
-            // writes that recovery will discard (a command failing inside EXEC still counts).
-            if !available && out.first() == Some(&b'*') && !out.starts_with(b"*-1") {
-                for req in &multi.queued {
-                    ctx.count_degraded(req, true);
-                }
-            }
-            self.push_local(out.freeze());
+            self.push_local(reply);
             return None;
         }
         if multi
