@@ -3,7 +3,7 @@
 //! selected database, blocking, Pub/Sub, client settings).
 //!
 //! SELECT, AUTH, HELLO, RESET and MULTI are not here: the session answers them and keeps the
-//! state itself (see `connection`, `transaction` and `client_state`).
+//! state itself (see `proxy::session`: `connection_commands`, `transaction` and `client_state`).
 //!
 //! These short lists are kept apart from the command table's flags because the flags are not
 //! exact for this question: WAIT is not flagged `blocking`; PUBLISH is `pubsub` but shares;

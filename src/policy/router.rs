@@ -39,7 +39,7 @@ pub enum Refusal {
 
 /// What the router needs to know about one command.
 #[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
+pub struct Query<'a> {
     /// The command's keys, as the command table finds them.
     pub keys: &'a [&'a [u8]],
     /// Redis knows the command (it is in the command table).
@@ -48,7 +48,7 @@ pub struct Request<'a> {
     pub local: bool,
 }
 
-pub fn route(keyspaces: &Keyspaces, upstream_available: bool, req: Request<'_>) -> Route {
+pub fn route(keyspaces: &Keyspaces, upstream_available: bool, query: Query<'_>) -> Route {
     let mut first_local: Option<Membership> = None;
     let mut first_remote: Option<(Membership, Mode)> = None;
     let mut first_fail_closed: Option<Membership> = None;
@@ -63,15 +63,15 @@ pub fn route(keyspaces: &Keyspaces, upstream_available: bool, req: Request<'_>) 
             }
         }
     };
-    if req.keys.is_empty() || !req.known {
+    if query.keys.is_empty() || !query.known {
         visit(Membership::Default);
     }
-    for key in req.keys {
+    for key in query.keys {
         visit(keyspaces.classify(key));
     }
 
     let local = |m: Membership| {
-        if req.local {
+        if query.local {
             Route::Local
         } else {
             Route::Reject(Refusal::Unsupported(m))
@@ -81,7 +81,7 @@ pub fn route(keyspaces: &Keyspaces, upstream_available: bool, req: Request<'_>) 
         (Some(_), Some(_)) => Route::Reject(Refusal::MixedLocalOnly),
         (Some(m), None) => local(m),
         (None, _) if upstream_available => Route::Upstream,
-        (None, _) if !req.known => Route::Reject(Refusal::FailClosed(Membership::Default)),
+        (None, _) if !query.known => Route::Reject(Refusal::FailClosed(Membership::Default)),
         (None, _) => match (first_fail_closed, first_remote) {
             (Some(m), _) => Route::Reject(Refusal::FailClosed(m)),
             (None, Some((m, _))) => local(m),
@@ -301,7 +301,7 @@ mod tests {
             let got = route(
                 &spaces(*default),
                 *up,
-                Request {
+                Query {
                     keys: &keys,
                     known: *known,
                     local: *local,
@@ -319,7 +319,7 @@ mod tests {
                 // `local` implies `known`: the engine runs only commands Redis has.
                 for (known, local) in [(true, true), (true, false), (false, false)] {
                     for keys in [&[][..], &[&b"k"[..]][..], &[&b"tmp:1"[..], b"rl:1"][..]] {
-                        let want = route(&none(mode), up, Request { keys, known, local });
+                        let want = route(&none(mode), up, Query { keys, known, local });
                         let got = route_default(mode, up, local, || known);
                         assert_eq!(
                             got, want,

@@ -80,7 +80,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// What became of a request, for the per-command counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
-pub enum Outcome {
+pub enum CommandOutcome {
     /// Sent to the upstream.
     Upstream = 0,
     /// Served by the local store.
@@ -91,20 +91,20 @@ pub enum Outcome {
     Refused = 3,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 4] = [
-        Outcome::Upstream,
-        Outcome::Local,
-        Outcome::Proxy,
-        Outcome::Refused,
+impl CommandOutcome {
+    pub const ALL: [CommandOutcome; 4] = [
+        CommandOutcome::Upstream,
+        CommandOutcome::Local,
+        CommandOutcome::Proxy,
+        CommandOutcome::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Upstream => "upstream",
-            Outcome::Local => "local",
-            Outcome::Proxy => "proxy",
-            Outcome::Refused => "refused",
+            CommandOutcome::Upstream => "upstream",
+            CommandOutcome::Local => "local",
+            CommandOutcome::Proxy => "proxy",
+            CommandOutcome::Refused => "refused",
         }
     }
 }
@@ -118,7 +118,7 @@ pub struct CommandCounts {
 
 impl Default for CommandCounts {
     fn default() -> CommandCounts {
-        let slots = (crate::command::commands().len() + 1) * Outcome::ALL.len();
+        let slots = (crate::command::commands().len() + 1) * CommandOutcome::ALL.len();
         CommandCounts {
             counts: (0..slots).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -130,13 +130,13 @@ pub type LastCommand = crate::command::Positions;
 
 impl CommandCounts {
     /// Counts one request of command `name` with `outcome`.
-    pub fn record(&self, last: &mut LastCommand, name: &[u8], outcome: Outcome) {
+    pub fn record(&self, last: &mut LastCommand, name: &[u8], outcome: CommandOutcome) {
         let index = last
             .position(name)
             .unwrap_or(crate::command::commands().len());
         if let Some(c) = self
             .counts
-            .get(index * Outcome::ALL.len() + outcome as usize)
+            .get(index * CommandOutcome::ALL.len() + outcome as usize)
         {
             c.fetch_add(1, Ordering::Relaxed);
         }
@@ -144,7 +144,7 @@ impl CommandCounts {
 
     /// (command, outcome, count) for every non-zero count; `unknown` for commands Redis does
     /// not know.
-    pub fn totals(&self) -> Vec<(&'static str, Outcome, u64)> {
+    pub fn totals(&self) -> Vec<(&'static str, CommandOutcome, u64)> {
         let table = crate::command::commands();
         let mut out = Vec::new();
         for (i, c) in self.counts.iter().enumerate() {
@@ -153,9 +153,13 @@ impl CommandCounts {
                 continue;
             }
             let command = table
-                .get(i / Outcome::ALL.len())
+                .get(i / CommandOutcome::ALL.len())
                 .map_or("unknown", |c| c.name());
-            out.push((command, Outcome::ALL[i % Outcome::ALL.len()], n));
+            out.push((
+                command,
+                CommandOutcome::ALL[i % CommandOutcome::ALL.len()],
+                n,
+            ));
         }
         out
     }

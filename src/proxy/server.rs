@@ -23,7 +23,7 @@ use crate::policy::keyspace::{Membership, Mode};
 use crate::policy::router::{self, Refusal, Route};
 use crate::protocol::request::Request;
 use crate::proxy::clients::{Clients, Phase};
-use crate::proxy::session::client_state::ClientState;
+use crate::proxy::session::client_state::SessionState;
 use crate::upstream::monitor::MonitorHandle;
 use crate::upstream::shared::Upstream;
 
@@ -152,10 +152,10 @@ fn view<'k>(
     req: &Request,
     keys: &'k [&'k [u8]],
     supports: &mut engine::Supports,
-) -> router::Request<'k> {
+) -> router::Query<'k> {
     // Every command the engine runs is known: skip the table lookup for those.
     let local = runs_locally(req, supports);
-    router::Request {
+    router::Query {
         keys,
         known: local || command::lookup_request(req).is_some(),
         local,
@@ -299,12 +299,12 @@ impl<'a> Ctx<'a> {
     /// to its user. Checked before routing, so it holds in every mode and health state. The
     /// reply to send when not. Costs nothing when no password is configured (everyone is the
     /// all-permission default user).
-    pub fn permit(&self, req: &Request, state: &Option<Box<ClientState>>) -> Result<(), Bytes> {
+    pub fn permit(&self, req: &Request, state: &SessionState) -> Result<(), Bytes> {
         let users = &self.settings.users;
         if !users.required() {
             return Ok(());
         }
-        self.permit_as(req, ClientState::user_of(state, users))
+        self.permit_as(req, state.user(users))
     }
 
     /// [`Ctx::permit`] for a client acting as `who`.
@@ -339,9 +339,9 @@ impl<'a> Ctx<'a> {
 
     /// Whether the client may run the proxy's admin command: a user with every command or the
     /// `admin` category.
-    pub fn permit_admin(&self, state: &Option<Box<ClientState>>) -> Result<(), Bytes> {
+    pub fn permit_admin(&self, state: &SessionState) -> Result<(), Bytes> {
         let users = &self.settings.users;
-        let Some(who) = ClientState::user_of(state, users) else {
+        let Some(who) = state.user(users) else {
             return Err(Bytes::from(format!("-{}\r\n", Denial::NoAuth)));
         };
         match users.user(who).commands() {

@@ -1,11 +1,11 @@
 //! Expiry commands: EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT (with NX, XX, GT, LT), TTL, PTTL,
 //! EXPIRETIME, PEXPIRETIME, PERSIST. Deadlines are absolute unix milliseconds, as in Redis.
 
-use super::{is_option, Ctx, Error};
+use super::{is_option, Call, Error};
 
 /// Redis's `expireGenericCommand`. `relative`: the time is from now (EXPIRE, PEXPIRE);
 /// `seconds`: the unit (EXPIRE, EXPIREAT). A deadline not in the future deletes the key.
-fn expire_generic(c: &mut Ctx<'_, '_>, relative: bool, seconds: bool) -> Result<(), Error> {
+fn expire_generic(c: &mut Call<'_, '_>, relative: bool, seconds: bool) -> Result<(), Error> {
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for j in 3..c.argc() {
         let opt = c.arg(j);
@@ -58,25 +58,25 @@ fn expire_generic(c: &mut Ctx<'_, '_>, relative: bool, seconds: bool) -> Result<
     Ok(())
 }
 
-pub(super) fn expire(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn expire(c: &mut Call<'_, '_>) -> Result<(), Error> {
     expire_generic(c, true, true)
 }
 
-pub(super) fn pexpire(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn pexpire(c: &mut Call<'_, '_>) -> Result<(), Error> {
     expire_generic(c, true, false)
 }
 
-pub(super) fn expireat(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn expireat(c: &mut Call<'_, '_>) -> Result<(), Error> {
     expire_generic(c, false, true)
 }
 
-pub(super) fn pexpireat(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn pexpireat(c: &mut Call<'_, '_>) -> Result<(), Error> {
     expire_generic(c, false, false)
 }
 
 /// Redis's `ttlGenericCommand`: -2 without a key, -1 without a deadline; seconds round to
 /// nearest. Not a use of the key.
-fn ttl_generic(c: &mut Ctx<'_, '_>, millis: bool, absolute: bool) -> Result<(), Error> {
+fn ttl_generic(c: &mut Call<'_, '_>, millis: bool, absolute: bool) -> Result<(), Error> {
     let Some(deadline) = c.txn.peek(c.db, c.arg(1)).map(|e| e.expire_at()) else {
         c.out.int(-2);
         return Ok(());
@@ -97,23 +97,23 @@ fn ttl_generic(c: &mut Ctx<'_, '_>, millis: bool, absolute: bool) -> Result<(), 
     Ok(())
 }
 
-pub(super) fn ttl(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn ttl(c: &mut Call<'_, '_>) -> Result<(), Error> {
     ttl_generic(c, false, false)
 }
 
-pub(super) fn pttl(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn pttl(c: &mut Call<'_, '_>) -> Result<(), Error> {
     ttl_generic(c, true, false)
 }
 
-pub(super) fn expiretime(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn expiretime(c: &mut Call<'_, '_>) -> Result<(), Error> {
     ttl_generic(c, false, true)
 }
 
-pub(super) fn pexpiretime(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn pexpiretime(c: &mut Call<'_, '_>) -> Result<(), Error> {
     ttl_generic(c, true, true)
 }
 
-pub(super) fn persist(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn persist(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let key = c.arg(1);
     let had = c.txn.get(c.db, key).is_some() && c.txn.set_expire(c.db, key, None).is_some();
     c.out.int(i64::from(had));

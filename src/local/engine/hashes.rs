@@ -3,7 +3,7 @@
 
 use super::number::string2ll;
 use super::reply::format_i64;
-use super::{as_hash, float, Ctx, Error};
+use super::{as_hash, float, Call, Error};
 use crate::local::store::{Expiry, Hash, Value};
 
 type Pair<'a> = (&'a [u8], &'a [u8]);
@@ -12,7 +12,7 @@ type Pair<'a> = (&'a [u8], &'a [u8]);
 /// `convert` are the arguments Redis's `hashTypeTryConversion` looks at first. The whole write
 /// is refused before it starts if the result could not fit in the store.
 fn write_fields(
-    c: &mut Ctx<'_, '_>,
+    c: &mut Call<'_, '_>,
     key: &[u8],
     pairs: &[Pair<'_>],
     convert: &[&[u8]],
@@ -41,7 +41,7 @@ fn write_fields(
     }
 }
 
-fn hset_generic(c: &mut Ctx<'_, '_>, hmset: bool) -> Result<(), Error> {
+fn hset_generic(c: &mut Call<'_, '_>, hmset: bool) -> Result<(), Error> {
     if c.argc() % 2 == 1 {
         return Err(Error::Arity(c.name));
     }
@@ -59,15 +59,15 @@ fn hset_generic(c: &mut Ctx<'_, '_>, hmset: bool) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn hset(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hset(c: &mut Call<'_, '_>) -> Result<(), Error> {
     hset_generic(c, false)
 }
 
-pub(super) fn hmset(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hmset(c: &mut Call<'_, '_>) -> Result<(), Error> {
     hset_generic(c, true)
 }
 
-pub(super) fn hsetnx(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hsetnx(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let (key, field, value) = (c.arg(1), c.arg(2), c.arg(3));
     if as_hash(c.txn.get(c.db, key))?.is_some_and(|h| h.contains(field)) {
         c.out.int(0);
@@ -78,7 +78,7 @@ pub(super) fn hsetnx(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn hget(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hget(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let (key, field) = (c.arg(1), c.arg(2));
     match as_hash(c.txn.get(c.db, key))?.and_then(|h| h.get(field)) {
         Some(value) => c.out.bulk(value),
@@ -87,7 +87,7 @@ pub(super) fn hget(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn hmget(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hmget(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let fields: Vec<&[u8]> = (2..c.argc()).map(|i| c.arg(i)).collect();
     let hash = as_hash(c.txn.get(c.db, c.arg(1)))?;
     c.out.array(fields.len());
@@ -101,7 +101,7 @@ pub(super) fn hmget(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
 }
 
 /// Deleting the last field deletes the key.
-pub(super) fn hdel(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hdel(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let key = c.arg(1);
     let fields: Vec<&[u8]> = (2..c.argc()).map(|i| c.arg(i)).collect();
     // Deleting no field is not a change (WATCH must not see one), so leave the hash alone.
@@ -130,20 +130,20 @@ pub(super) fn hdel(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn hexists(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hexists(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let (key, field) = (c.arg(1), c.arg(2));
     let found = as_hash(c.txn.get(c.db, key))?.is_some_and(|h| h.contains(field));
     c.out.int(i64::from(found));
     Ok(())
 }
 
-pub(super) fn hlen(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hlen(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let len = as_hash(c.txn.get(c.db, c.arg(1)))?.map_or(0, Hash::len);
     c.out.int(len as i64);
     Ok(())
 }
 
-pub(super) fn hstrlen(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hstrlen(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let (key, field) = (c.arg(1), c.arg(2));
     let len = as_hash(c.txn.get(c.db, key))?
         .and_then(|h| h.get(field))
@@ -153,7 +153,7 @@ pub(super) fn hstrlen(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
 }
 
 /// HGETALL, HKEYS, HVALS: a small hash answers in insertion order, as Redis's listpack does.
-fn getall(c: &mut Ctx<'_, '_>, fields: bool, values: bool) -> Result<(), Error> {
+fn getall(c: &mut Call<'_, '_>, fields: bool, values: bool) -> Result<(), Error> {
     let Some(hash) = as_hash(c.txn.get(c.db, c.arg(1)))? else {
         if fields && values {
             c.out.map(0);
@@ -178,19 +178,19 @@ fn getall(c: &mut Ctx<'_, '_>, fields: bool, values: bool) -> Result<(), Error> 
     Ok(())
 }
 
-pub(super) fn hgetall(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hgetall(c: &mut Call<'_, '_>) -> Result<(), Error> {
     getall(c, true, true)
 }
 
-pub(super) fn hkeys(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hkeys(c: &mut Call<'_, '_>) -> Result<(), Error> {
     getall(c, true, false)
 }
 
-pub(super) fn hvals(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hvals(c: &mut Call<'_, '_>) -> Result<(), Error> {
     getall(c, false, true)
 }
 
-pub(super) fn hincrby(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hincrby(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let incr = c.int_arg(3)?;
     let (key, field) = (c.arg(1), c.arg(2));
     let old = match as_hash(c.txn.get(c.db, key))?.and_then(|h| h.get(field)) {
@@ -203,7 +203,7 @@ pub(super) fn hincrby(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn hincrbyfloat(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hincrbyfloat(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let incr = float::parse(c.arg(3)).ok_or(Error::NotFloat)?;
     if !float::is_finite(incr) {
         return Err(Error::ValueNanOrInfinity);

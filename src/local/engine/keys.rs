@@ -1,12 +1,12 @@
 //! Keyspace commands: DEL, UNLINK, EXISTS, TYPE, TOUCH, RENAME, RENAMENX, COPY, KEYS, DBSIZE,
 //! FLUSHDB, RANDOMKEY; and the keyless PING and ECHO.
 
-use super::{is_option, Ctx, Error, DATABASES};
+use super::{is_option, Call, Error, DATABASES};
 use crate::local::store::Expiry;
 use crate::policy::glob::matches as stringmatch;
 
 /// DEL and UNLINK (freeing is never deferred here, so they are the same).
-pub(super) fn del(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn del(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let mut deleted = 0;
     for i in 1..c.argc() {
         if c.txn.remove(c.db, c.arg(i)).is_some() {
@@ -17,12 +17,12 @@ pub(super) fn del(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn unlink(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn unlink(c: &mut Call<'_, '_>) -> Result<(), Error> {
     del(c)
 }
 
 /// Counts every argument naming a live key, repeats included; not a use of the key.
-pub(super) fn exists(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn exists(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let found = (1..c.argc())
         .filter(|&i| c.txn.exists(c.db, c.arg(i)))
         .count();
@@ -31,7 +31,7 @@ pub(super) fn exists(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
 }
 
 /// Like EXISTS, but each key found counts as used.
-pub(super) fn touch(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn touch(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let found = (1..c.argc())
         .filter(|&i| c.txn.get(c.db, c.arg(i)).is_some())
         .count();
@@ -39,7 +39,7 @@ pub(super) fn touch(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn type_(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn type_(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let name = c
         .txn
         .peek(c.db, c.arg(1))
@@ -50,7 +50,7 @@ pub(super) fn type_(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
 
 /// Redis's `renameGenericCommand`: the value moves with its TTL; renaming a key to itself is
 /// a no-op that still needs the key to exist.
-fn rename_generic(c: &mut Ctx<'_, '_>, nx: bool) -> Result<(), Error> {
+fn rename_generic(c: &mut Call<'_, '_>, nx: bool) -> Result<(), Error> {
     let (from, to) = (c.arg(1), c.arg(2));
     let Some(bytes) = c.txn.get(c.db, from).map(|e| e.value().bytes()) else {
         return Err(Error::NoSuchKey);
@@ -80,16 +80,16 @@ fn rename_generic(c: &mut Ctx<'_, '_>, nx: bool) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn rename(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn rename(c: &mut Call<'_, '_>) -> Result<(), Error> {
     rename_generic(c, false)
 }
 
-pub(super) fn renamenx(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn renamenx(c: &mut Call<'_, '_>) -> Result<(), Error> {
     rename_generic(c, true)
 }
 
 /// COPY source destination [DB n] [REPLACE]: options are checked in order, as Redis does.
-pub(super) fn copy(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn copy(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let (from, to) = (c.arg(1), c.arg(2));
     let mut to_db = c.db;
     let mut replace = false;
@@ -136,7 +136,7 @@ pub(super) fn copy(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn keys(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn keys(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let pattern = c.arg(1);
     let all = pattern == b"*";
     let keys = c
@@ -149,14 +149,14 @@ pub(super) fn keys(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn dbsize(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn dbsize(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let n = c.txn.dbsize(c.db);
     c.out.int(n as i64);
     Ok(())
 }
 
 /// FLUSHDB [ASYNC|SYNC]: both flush at once.
-pub(super) fn flushdb(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn flushdb(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let valid = match c.argc() {
         1 => true,
         2 => is_option(c.arg(1), "sync") || is_option(c.arg(1), "async"),
@@ -170,7 +170,7 @@ pub(super) fn flushdb(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn randomkey(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn randomkey(c: &mut Call<'_, '_>) -> Result<(), Error> {
     match c.txn.random_key(c.db) {
         Some(key) => c.out.bulk(&key),
         None => c.out.null(),
@@ -178,7 +178,7 @@ pub(super) fn randomkey(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn ping(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn ping(c: &mut Call<'_, '_>) -> Result<(), Error> {
     match c.argc() {
         1 => c.out.simple("PONG"),
         2 => c.out.bulk(c.arg(1)),
@@ -187,7 +187,7 @@ pub(super) fn ping(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn echo(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn echo(c: &mut Call<'_, '_>) -> Result<(), Error> {
     c.out.bulk(c.arg(1));
     Ok(())
 }

@@ -45,7 +45,7 @@ pub const DATABASES: u32 = 16;
 /// Redis's default `proto-max-bulk-len`: the longest string APPEND and SETRANGE may build.
 pub const PROTO_MAX_BULK_LEN: u64 = 512 * 1024 * 1024;
 
-type Handler = fn(&mut Ctx<'_, '_>) -> Result<(), Error>;
+type Handler = fn(&mut Call<'_, '_>) -> Result<(), Error>;
 
 /// One supported command.
 struct Command {
@@ -277,7 +277,7 @@ fn run_one(txn: &mut Txn<'_>, db: u32, req: &Request, out: &mut Reply, names: &m
         out.error(&Error::Arity(command.name));
         return;
     }
-    let mut ctx = Ctx {
+    let mut ctx = Call {
         txn,
         db,
         req,
@@ -292,7 +292,7 @@ fn run_one(txn: &mut Txn<'_>, db: u32, req: &Request, out: &mut Reply, names: &m
 }
 
 /// What a handler works with: the locked store, the request, the reply.
-struct Ctx<'a, 's> {
+struct Call<'a, 's> {
     txn: &'a mut Txn<'s>,
     db: u32,
     req: &'a Request,
@@ -301,7 +301,7 @@ struct Ctx<'a, 's> {
     name: &'static str,
 }
 
-impl<'a> Ctx<'a, '_> {
+impl<'a> Call<'a, '_> {
     fn argc(&self) -> usize {
         self.req.argc()
     }

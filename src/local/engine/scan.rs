@@ -4,7 +4,7 @@
 //! Redis does for every hash small enough to be a listpack (and in the same order).
 
 use super::number::{parse_cursor, string2ll};
-use super::{as_hash, c_str, is_option, Ctx, Error};
+use super::{as_hash, c_str, is_option, Call, Error};
 use crate::policy::glob::matches as stringmatch;
 use crate::protocol::request::Request;
 
@@ -46,7 +46,7 @@ fn parse_options(req: &Request, first: usize, scan: bool) -> Result<Options<'_>,
     Ok(options)
 }
 
-pub(super) fn scan(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn scan(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let cursor = parse_cursor(c.arg(1)).ok_or(Error::InvalidCursor)?;
     let options = parse_options(c.req, 2, true)?;
     let (next, candidates) = c.txn.scan(c.db, cursor, options.count);
@@ -78,7 +78,7 @@ pub(super) fn scan(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
 
 /// HSCAN: the cursor is checked first, then the key (a missing one answers an empty scan
 /// before the options are even read), then the options.
-pub(super) fn hscan(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn hscan(c: &mut Call<'_, '_>) -> Result<(), Error> {
     parse_cursor(c.arg(2)).ok_or(Error::InvalidCursor)?;
     let Some(hash) = as_hash(c.txn.get(c.db, c.arg(1)))? else {
         c.out.array(2);

@@ -5,7 +5,7 @@
 
 use super::number::string2ll;
 use super::reply::format_i64;
-use super::{as_str, float, is_option, Ctx, Error, PROTO_MAX_BULK_LEN};
+use super::{as_str, float, is_option, Call, Error, PROTO_MAX_BULK_LEN};
 use crate::local::store::{Expiry, Str, Value};
 
 /// SET/GETEX option flags, as in t_string.c (`OBJ_SET_NX`...).
@@ -28,7 +28,7 @@ struct Options {
 /// Redis's `parseExtendedStringArgumentsOrReply`, condition for condition: an option is
 /// accepted only when no incompatible one came before it (so `EX 1 EX 2` is fine and the last
 /// wins, while `EX 1 PX 2` is a syntax error), and EX/PX/EXAT/PXAT need a following argument.
-fn parse_options(c: &Ctx<'_, '_>, is_set: bool) -> Result<Options, Error> {
+fn parse_options(c: &Call<'_, '_>, is_set: bool) -> Result<Options, Error> {
     let mut flags = 0;
     let mut expire = None;
     let mut j = if is_set { 3 } else { 2 };
@@ -68,7 +68,7 @@ fn parse_options(c: &Ctx<'_, '_>, is_set: bool) -> Result<Options, Error> {
 
 /// Redis's `getExpireMillisecondsOrReply`: the absolute deadline (unix ms) that argument
 /// `arg` asks for, under the time unit and relativity that `flags` say.
-fn deadline(c: &Ctx<'_, '_>, arg: usize, flags: u16) -> Result<u64, Error> {
+fn deadline(c: &Call<'_, '_>, arg: usize, flags: u16) -> Result<u64, Error> {
     let seconds = flags & (EX | EXAT) != 0;
     let mut ms = c.int_arg(arg)?;
     if ms <= 0 || (seconds && ms > i64::MAX / 1000) {
@@ -90,7 +90,7 @@ fn deadline(c: &Ctx<'_, '_>, arg: usize, flags: u16) -> Result<u64, Error> {
 /// Redis's `setGenericCommand` for SET, SETNX, SETEX and PSETEX. `counted` makes the reply
 /// `:1`/`:0` (SETNX) instead of `+OK`/nil.
 fn set_generic(
-    c: &mut Ctx<'_, '_>,
+    c: &mut Call<'_, '_>,
     flags: u16,
     value_arg: usize,
     expire: Option<usize>,
@@ -137,24 +137,24 @@ fn set_generic(
     Ok(())
 }
 
-pub(super) fn set(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn set(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let options = parse_options(c, true)?;
     set_generic(c, options.flags, 2, options.expire, false)
 }
 
-pub(super) fn setnx(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn setnx(c: &mut Call<'_, '_>) -> Result<(), Error> {
     set_generic(c, NX, 2, None, true)
 }
 
-pub(super) fn setex(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn setex(c: &mut Call<'_, '_>) -> Result<(), Error> {
     set_generic(c, EX, 3, Some(2), false)
 }
 
-pub(super) fn psetex(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn psetex(c: &mut Call<'_, '_>) -> Result<(), Error> {
     set_generic(c, PX, 3, Some(2), false)
 }
 
-pub(super) fn get(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn get(c: &mut Call<'_, '_>) -> Result<(), Error> {
     match as_str(c.txn.get(c.db, c.arg(1)))? {
         Some(value) => c.out.bulk(value),
         None => c.out.null(),
@@ -162,7 +162,7 @@ pub(super) fn get(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn getset(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn getset(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let key = c.arg(1);
     match as_str(c.txn.get(c.db, key))? {
         Some(old) => c.out.bulk(old),
@@ -177,7 +177,7 @@ pub(super) fn getset(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn getdel(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn getdel(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let key = c.arg(1);
     match as_str(c.txn.get(c.db, key))? {
         Some(value) => c.out.bulk(value),
@@ -192,7 +192,7 @@ pub(super) fn getdel(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
 
 /// GETEX: the lookup comes before the expire time is checked, so a missing key answers nil
 /// whatever the options' values; EXAT/PXAT in the past delete the key.
-pub(super) fn getex(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn getex(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let Options { flags, expire } = parse_options(c, false)?;
     let key = c.arg(1);
     match as_str(c.txn.get(c.db, key))? {
@@ -221,7 +221,7 @@ pub(super) fn getex(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn mget(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn mget(c: &mut Call<'_, '_>) -> Result<(), Error> {
     c.out.array(c.argc() - 1);
     for i in 1..c.argc() {
         match c.txn.get(c.db, c.arg(i)).map(|e| e.value()) {
@@ -233,7 +233,7 @@ pub(super) fn mget(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
 }
 
 /// MSET and MSETNX: all or nothing (an entry that cannot fit refuses the whole command).
-fn mset_generic(c: &mut Ctx<'_, '_>, nx: bool) -> Result<(), Error> {
+fn mset_generic(c: &mut Call<'_, '_>, nx: bool) -> Result<(), Error> {
     if c.argc().is_multiple_of(2) {
         return Err(Error::Arity(c.name));
     }
@@ -260,16 +260,16 @@ fn mset_generic(c: &mut Ctx<'_, '_>, nx: bool) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn mset(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn mset(c: &mut Call<'_, '_>) -> Result<(), Error> {
     mset_generic(c, false)
 }
 
-pub(super) fn msetnx(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn msetnx(c: &mut Call<'_, '_>) -> Result<(), Error> {
     mset_generic(c, true)
 }
 
 /// Redis's `incrDecrCommand`. The value keeps its TTL.
-fn incr_by(c: &mut Ctx<'_, '_>, incr: i64) -> Result<(), Error> {
+fn incr_by(c: &mut Call<'_, '_>, incr: i64) -> Result<(), Error> {
     let key = c.arg(1);
     let old = match as_str(c.txn.get(c.db, key))? {
         Some(value) => string2ll(value).ok_or(Error::NotInteger)?,
@@ -286,20 +286,20 @@ fn incr_by(c: &mut Ctx<'_, '_>, incr: i64) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn incr(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn incr(c: &mut Call<'_, '_>) -> Result<(), Error> {
     incr_by(c, 1)
 }
 
-pub(super) fn decr(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn decr(c: &mut Call<'_, '_>) -> Result<(), Error> {
     incr_by(c, -1)
 }
 
-pub(super) fn incrby(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn incrby(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let incr = c.int_arg(2)?;
     incr_by(c, incr)
 }
 
-pub(super) fn decrby(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn decrby(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let decr = c.int_arg(2)?;
     if decr == i64::MIN {
         return Err(Error::DecrementOverflow);
@@ -307,7 +307,7 @@ pub(super) fn decrby(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     incr_by(c, -decr)
 }
 
-pub(super) fn incrbyfloat(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn incrbyfloat(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let key = c.arg(1);
     let incr = c.arg(2);
     let old = match as_str(c.txn.get(c.db, key))? {
@@ -326,7 +326,7 @@ pub(super) fn incrbyfloat(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn append(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn append(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let key = c.arg(1);
     let tail = c.arg(2);
     let Some(old_len) = as_str(c.txn.get(c.db, key))?.map(<[u8]>::len) else {
@@ -349,13 +349,13 @@ pub(super) fn append(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn strlen(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn strlen(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let len = as_str(c.txn.get(c.db, c.arg(1)))?.map_or(0, <[u8]>::len);
     c.out.int(len as i64);
     Ok(())
 }
 
-pub(super) fn getrange(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn getrange(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let mut start = c.int_arg(2)?;
     let mut end = c.int_arg(3)?;
     let Some(s) = as_str(c.txn.get(c.db, c.arg(1)))? else {
@@ -386,7 +386,7 @@ pub(super) fn getrange(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
     Ok(())
 }
 
-pub(super) fn setrange(c: &mut Ctx<'_, '_>) -> Result<(), Error> {
+pub(super) fn setrange(c: &mut Call<'_, '_>) -> Result<(), Error> {
     let key = c.arg(1);
     let offset = c.int_arg(2)?;
     let patch = c.arg(3);

@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use super::busy::{Busy, Runs, Slot, Stall};
-use super::connection::{self, Special, Sync};
+use super::connection_commands::{self, Follow, Handling};
 use super::keywarden;
 use crate::command::{self, Disposition, Stateful};
 use crate::error::ProxyError;
@@ -18,9 +18,9 @@ use crate::policy::router::Route;
 use crate::protocol::parser::ProtocolError;
 use crate::protocol::request::Request;
 use crate::protocol::resp;
-use crate::proxy::clients::{LastCommand, Outcome};
+use crate::proxy::clients::{CommandOutcome, LastCommand};
 use crate::proxy::server::Ctx;
-use crate::proxy::session::client_state::ClientState;
+use crate::proxy::session::client_state::SessionState;
 use crate::upstream::handshake;
 use crate::upstream::inbox::Inbox;
 use crate::upstream::shared::SharedConn;
@@ -32,7 +32,7 @@ pub(super) struct Batch<'a> {
     pub(super) ctx: Ctx<'a>,
     pub(super) shared: &'a mut Arc<SharedConn>,
     pub(super) inbox: &'a Arc<Inbox>,
-    pub(super) state: &'a mut Option<Box<ClientState>>,
+    pub(super) state: &'a mut SessionState,
     pub(super) stream: &'a TcpStream,
     /// Whether requests go upstream (healthy or recovering).
     pub(super) available: bool,
@@ -47,7 +47,7 @@ impl<'a> Batch<'a> {
         ctx: Ctx<'a>,
         shared: &'a mut Arc<SharedConn>,
         inbox: &'a Arc<Inbox>,
-        state: &'a mut Option<Box<ClientState>>,
+        state: &'a mut SessionState,
         stream: &'a TcpStream,
         available: bool,
     ) -> Batch<'a> {
@@ -64,7 +64,7 @@ impl<'a> Batch<'a> {
     }
 
     /// Counts one request of command `name` for the per-command metrics.
-    fn count(&mut self, name: &[u8], outcome: Outcome) {
+    fn count(&mut self, name: &[u8], outcome: CommandOutcome) {
         self.ctx
             .clients
             .commands
@@ -86,7 +86,7 @@ impl Busy {
         ctx: Ctx<'_>,
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
-        state: &mut Option<Box<ClientState>>,
+        state: &mut SessionState,
         stream: &TcpStream,
     ) {
         if self.closing || self.stalled.is_some() || self.inbuf.is_empty() {
@@ -146,34 +146,35 @@ impl Busy {
     /// admit it (authentication, permissions); answer it if the proxy does (connection
     /// commands, KEYWARDEN, INFO); otherwise route it by its keys and queue it.
     fn dispatch(&mut self, req: Request, runs: &mut Runs, b: &mut Batch<'_>) -> Result<(), Stale> {
-        let special = Special::of(&req);
+        let special = Handling::of(&req);
         // Subscribed or monitoring: everything goes to that connection, whose Redis answers
         // (or refuses) connection and transaction commands in that context. The proxy still
         // checks permissions and routes keys, and follows a RESET.
         let unpaired = self.dedicated.as_ref().is_some_and(|d| !d.is_paired());
-        let in_multi = !unpaired && b.state.as_ref().is_some_and(|s| s.multi.is_some());
-        if (in_multi && !matches!(special, Special::Reset | Special::Quit))
-            || (!unpaired && special == Special::Transaction)
+        let in_multi = !unpaired && b.state.get().is_some_and(|s| s.multi.is_some());
+        if (in_multi && !matches!(special, Handling::Reset | Handling::Quit))
+            || (!unpaired && special == Handling::Transaction)
         {
             let req = self.flush_runs(runs, b, req)?;
-            b.count(req.name(), Outcome::Proxy);
+            b.count(req.name(), CommandOutcome::Proxy);
             self.transaction_command(req, b);
             return Ok(());
         }
         // Authentication and permissions first, connection commands included (AUTH, HELLO
         // and RESET are allowed before authenticating; QUIT always is). KEYWARDEN, not in
         // Redis's command table, is checked when it is answered.
-        if b.ctx.settings.users.required() && !matches!(special, Special::Quit | Special::Keywarden)
+        if b.ctx.settings.users.required()
+            && !matches!(special, Handling::Quit | Handling::Keywarden)
         {
             if let Err(denied) = b.ctx.permit(&req, b.state) {
                 let req = self.flush_runs(runs, b, req)?;
-                b.count(req.name(), Outcome::Refused);
+                b.count(req.name(), CommandOutcome::Refused);
                 self.push_local(denied);
                 return Ok(());
             }
         }
         let req = match special {
-            Special::Reset | Special::Connection | Special::Keywarden | Special::Info => {
+            Handling::Reset | Handling::Connection | Handling::Keywarden | Handling::Info => {
                 match self.answer(req, special, unpaired, runs, b)? {
                     Some(req) => req,
                     None => return Ok(()),
@@ -202,7 +203,7 @@ impl Busy {
     fn transaction_command(&mut self, req: Request, b: &mut Batch<'_>) {
         if let Some(req) = self.transaction(req, b) {
             let watch = req.name().eq_ignore_ascii_case(b"watch");
-            ClientState::of(b.state, &b.ctx.settings.users).watched_upstream = watch;
+            b.state.edit(&b.ctx.settings.users).watched_upstream = watch;
             self.forward_stateful(req);
         }
     }
@@ -213,19 +214,19 @@ impl Busy {
     fn answer(
         &mut self,
         req: Request,
-        special: Special,
+        special: Handling,
         unpaired: bool,
         runs: &mut Runs,
         b: &mut Batch<'_>,
     ) -> Result<Option<Request>, Stale> {
         if unpaired {
-            if special != Special::Reset {
+            if special != Handling::Reset {
                 return Ok(Some(req));
             }
             // Redis answers it in order with what the subscription still sends; then the
             // connection is dropped and the client starts afresh on shared ones.
             let req = self.flush_runs(runs, b, req)?;
-            b.count(req.name(), Outcome::Upstream);
+            b.count(req.name(), CommandOutcome::Upstream);
             self.follow_reset(&req, b);
             if let Some(ded) = self.dedicated.as_mut() {
                 ded.queue_reset(&req);
@@ -233,19 +234,19 @@ impl Busy {
             self.stalled = Some((req, Stall::Reset));
             return Ok(None);
         }
-        b.count(req.name(), Outcome::Proxy);
+        b.count(req.name(), CommandOutcome::Proxy);
         let req = self.flush_runs(runs, b, req)?;
         match special {
-            Special::Keywarden => {
+            Handling::Keywarden => {
                 let reply = match b.ctx.permit_admin(b.state) {
-                    Ok(()) => keywarden::run(&req, b.ctx, ClientState::resp3_of(b.state)),
+                    Ok(()) => keywarden::run(&req, b.ctx, b.state.resp3()),
                     Err(denied) => denied,
                 };
                 self.push_local(reply);
                 // KEYWARDEN RELOAD: what follows in the input is read under the new policy.
                 self.rejudge = b.ctx.live.generation() != b.ctx.policy.generation;
             }
-            Special::Info => self.info(req, b),
+            Handling::Info => self.info(req, b),
             _ => {
                 let reply = self.answer_connection_command(&req, b);
                 self.push_local(reply);
@@ -259,9 +260,9 @@ impl Busy {
     fn route(&mut self, req: Request, runs: &mut Runs, b: &mut Batch<'_>) -> Result<(), Stale> {
         let route = (b.ctx).route_in(&req, b.available, &mut b.supports);
         let outcome = match route {
-            Route::Upstream => Outcome::Upstream,
-            Route::Local => Outcome::Local,
-            Route::Reject(_) => Outcome::Refused,
+            Route::Upstream => CommandOutcome::Upstream,
+            Route::Local => CommandOutcome::Local,
+            Route::Reject(_) => CommandOutcome::Refused,
         };
         b.count(req.name(), outcome);
         match route {
@@ -287,7 +288,7 @@ impl Busy {
     /// request needs one, else in the run for the shared connection.
     fn queue_upstream(&mut self, req: Request, runs: &mut Runs, b: &mut Batch<'_>) {
         let mut disposition = command::disposition(&req);
-        if disposition == Disposition::Shared && ClientState::db_of(b.state) != 0 {
+        if disposition == Disposition::Shared && b.state.db() != 0 {
             // Shared connections stay in database 0.
             disposition = Disposition::Dedicated(Stateful::default());
         }
@@ -303,10 +304,10 @@ impl Busy {
             return;
         }
         match disposition {
-            Disposition::Shared if b.shared.is_resp3() != ClientState::resp3_of(b.state) => {
+            Disposition::Shared if b.shared.is_resp3() != b.state.resp3() => {
                 self.send_shared(&mut runs.shared, b);
                 if self.pending.is_empty() {
-                    *b.shared = b.ctx.upstream.pick(ClientState::resp3_of(b.state));
+                    *b.shared = b.ctx.upstream.pick(b.state.resp3());
                     runs.shared.push(req);
                 } else {
                     self.stalled = Some((req, Stall::Repick));
@@ -330,7 +331,7 @@ impl Busy {
     pub(super) fn info(&mut self, req: Request, b: &mut Batch<'_>) {
         let (ctx, available, state) = (b.ctx, b.available, &*b.state);
         let wants = info::wants(&req);
-        let resp3 = ClientState::resp3_of(state);
+        let resp3 = state.resp3();
         if wants == info::Wants::KeywardenOnly || (!available && wants == info::Wants::Both) {
             self.push_local(resp::text(&info::section(&ctx.sample(), ctx.policy), resp3));
             return;
@@ -346,7 +347,7 @@ impl Busy {
             }
             return;
         }
-        if ClientState::db_of(state) != 0 {
+        if state.db() != 0 {
             // Upstream requests in another database go over the client's own connection.
             self.stalled = Some((req, Stall::Dedicated(Stateful::default())));
             return;
@@ -372,50 +373,58 @@ impl Busy {
     /// resets its own view of the client too.
     fn follow_reset(&self, req: &Request, b: &mut Batch<'_>) {
         let (ctx, state) = (b.ctx, &mut *b.state);
-        let peer = || connection::Peer {
+        let peer = || connection_commands::Peer {
             addr: None,
             local: None,
         };
-        let env = connection::Env {
+        let env = connection_commands::Env {
             users: &ctx.settings.users,
             version: "",
             id: self.id,
             clients: &ctx.clients,
         };
-        let _ = connection::answer(req, state, &env, peer);
-        ctx.clients
-            .publish(self.key, connection::listed(state, &ctx.settings.users));
+        let _ = connection_commands::answer(req, state, &env, peer);
+        ctx.clients.publish(
+            self.key,
+            connection_commands::listed(state, &ctx.settings.users),
+        );
     }
 
     /// A connection command, answered by the proxy; the client's own upstream connection, if
     /// it has one, follows the change.
     fn answer_connection_command(&mut self, req: &Request, b: &mut Batch<'_>) -> Bytes {
         let (ctx, state, stream) = (b.ctx, &mut *b.state, b.stream);
-        let peer = || connection::Peer {
+        let peer = || connection_commands::Peer {
             addr: stream.peer_addr().ok(),
             local: stream.local_addr().ok(),
         };
         let hello = req.name().eq_ignore_ascii_case(b"hello");
         let version = hello.then(|| ctx.upstream.version()).flatten();
-        let env = connection::Env {
+        let env = connection_commands::Env {
             users: &ctx.settings.users,
-            version: version.as_deref().unwrap_or(connection::SERVER_VERSION),
+            version: version
+                .as_deref()
+                .unwrap_or(connection_commands::SERVER_VERSION),
             id: self.id,
             clients: &ctx.clients,
         };
-        let answer = connection::answer(req, state, &env, peer);
-        if connection::may_change_listing(req) {
-            ctx.clients
-                .publish(self.key, connection::listed(state, &ctx.settings.users));
+        let answer = connection_commands::answer(req, state, &env, peer);
+        if connection_commands::may_change_listing(req) {
+            ctx.clients.publish(
+                self.key,
+                connection_commands::listed(state, &ctx.settings.users),
+            );
         }
         let Some(ded) = self.dedicated.as_mut() else {
             return answer.reply;
         };
-        match answer.sync {
-            Sync::Nothing => {}
-            Sync::Select(db) => ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()])),
-            Sync::Hello(v) => ded.queue_silent(&Request::from_args(&["HELLO", &v.to_string()])),
-            Sync::Reset => {
+        match answer.follow {
+            Follow::Nothing => {}
+            Follow::Select(db) => {
+                ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()]))
+            }
+            Follow::Hello(v) => ded.queue_silent(&Request::from_args(&["HELLO", &v.to_string()])),
+            Follow::Reset => {
                 // RESET also logs the connection out: the proxy logs it back in.
                 ded.queue_silent(&Request::from_args(&["RESET"]));
                 for setup in handshake::setup_commands(&ctx.settings.upstream, false) {
@@ -443,8 +452,8 @@ impl Busy {
         if runs.local.is_empty() {
             return false;
         }
-        let db = ClientState::db_of(b.state);
-        let resp3 = ClientState::resp3_of(b.state);
+        let db = b.state.db();
+        let resp3 = b.state.resp3();
         let served = (b.ctx).serve_locally(&runs.local, db, resp3, b.available, self.recoveries);
         let Some(reply) = served else {
             return true;

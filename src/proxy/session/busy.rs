@@ -16,7 +16,7 @@ use crate::policy::router::Route;
 use crate::protocol::parser::RequestParser;
 use crate::protocol::request::Request;
 use crate::proxy::server::Ctx;
-use crate::proxy::session::client_state::ClientState;
+use crate::proxy::session::client_state::SessionState;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::inbox::{Chunk, Inbox};
 
@@ -138,7 +138,7 @@ impl Busy {
     /// judged again, as a request not yet sent anywhere: its permissions and where its keys now
     /// go. A waiting transaction is queued again and its EXEC read again, so that EXEC checks
     /// and routes every command. RESET, always allowed, keeps waiting.
-    pub(super) fn rejudge_stalled(&mut self, ctx: &Ctx<'_>, state: &mut Option<Box<ClientState>>) {
+    pub(super) fn rejudge_stalled(&mut self, ctx: &Ctx<'_>, state: &mut SessionState) {
         let Some((req, stall)) = self.stalled.take() else {
             return;
         };
@@ -151,7 +151,7 @@ impl Busy {
                 // `req` is its MULTI, `rest` the queued commands and EXEC. Nothing was sent:
                 // no dedicated connection exists yet, so nothing was WATCHed upstream either.
                 rest.pop();
-                ClientState::of(state, &ctx.settings.users).multi = Some(Box::new(Multi {
+                state.edit(&ctx.settings.users).multi = Some(Box::new(Multi {
                     queued: rest,
                     target: None,
                     aborted: false,
@@ -164,7 +164,7 @@ impl Busy {
         let is = |name: &[u8]| req.name().eq_ignore_ascii_case(name);
         if let Err(denied) = ctx.permit(&req, state) {
             if is(b"watch") {
-                if let Some(s) = state.as_deref_mut() {
+                if let Some(s) = state.get_mut() {
                     s.watched_upstream = false;
                 }
             }
@@ -181,7 +181,7 @@ impl Busy {
         match ctx.route(&req, available) {
             Route::Upstream => self.stalled = Some((req, stall)),
             Route::Local => {
-                let (db, resp3) = (ClientState::db_of(state), ClientState::resp3_of(state));
+                let (db, resp3) = (state.db(), state.resp3());
                 let one = std::slice::from_ref(&req);
                 match ctx.serve_locally(one, db, resp3, available, recoveries) {
                     Some(reply) => self.push_local(reply),

@@ -47,25 +47,47 @@ impl ClientState {
             watched_upstream: false,
         }
     }
+}
 
-    /// The session's state, made if it had none.
-    pub fn of<'a>(state: &'a mut Option<Box<ClientState>>, users: &Users) -> &'a mut ClientState {
-        state.get_or_insert_with(|| Box::new(ClientState::new(users)))
+/// A client's connection state as its session holds it: a null pointer while every setting is
+/// a fresh connection's, a boxed [`ClientState`] once one differs.
+#[derive(Default)]
+pub struct SessionState(Option<Box<ClientState>>);
+
+impl SessionState {
+    /// The state to change, made if the session had none.
+    pub fn edit(&mut self, users: &Users) -> &mut ClientState {
+        self.0
+            .get_or_insert_with(|| Box::new(ClientState::new(users)))
     }
 
-    /// The selected database of a session's state, 0 when it has none.
-    pub fn db_of(state: &Option<Box<ClientState>>) -> u32 {
-        state.as_ref().map_or(0, |s| s.db)
+    /// The state, if anything differs from a fresh connection's.
+    pub fn get(&self) -> Option<&ClientState> {
+        self.0.as_deref()
     }
 
-    /// Whether a session's state asks for RESP3.
-    pub fn resp3_of(state: &Option<Box<ClientState>>) -> bool {
-        state.as_ref().is_some_and(|s| s.resp3)
+    pub fn get_mut(&mut self) -> Option<&mut ClientState> {
+        self.0.as_deref_mut()
     }
 
-    /// The user a session acts as.
-    pub fn user_of(state: &Option<Box<ClientState>>, users: &Users) -> Option<UserId> {
-        match state {
+    /// Back to a fresh connection's state (RESET).
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// The selected database, 0 for a fresh connection.
+    pub fn db(&self) -> u32 {
+        self.0.as_ref().map_or(0, |s| s.db)
+    }
+
+    /// Whether replies are RESP3.
+    pub fn resp3(&self) -> bool {
+        self.0.as_ref().is_some_and(|s| s.resp3)
+    }
+
+    /// The user the client acts as.
+    pub fn user(&self, users: &Users) -> Option<UserId> {
+        match &self.0 {
             Some(s) => s.user,
             None => users.default_user(),
         }

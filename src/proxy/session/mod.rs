@@ -17,7 +17,7 @@
 //! an inbox.
 
 pub mod client_state;
-pub mod connection;
+pub mod connection_commands;
 pub mod keywarden;
 pub mod transaction;
 
@@ -43,7 +43,7 @@ use crate::error::UpstreamFailure;
 use crate::protocol::parser::ParserLimits;
 use crate::proxy::clients::Phase;
 use crate::proxy::server::{Ctx, Server};
-use crate::proxy::session::client_state::ClientState;
+use crate::proxy::session::client_state::SessionState;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::inbox::Inbox;
 use crate::upstream::shared::SharedConn;
@@ -73,7 +73,7 @@ pub struct Session {
     idle: Option<Box<IdleTimer>>,
     /// Connection state set by the client (database, protocol, name), once any differs from
     /// a fresh connection's.
-    state: Option<Box<ClientState>>,
+    state: SessionState,
 }
 
 /// Opening a dedicated connection: boxed, since the connect future is large and rare and must
@@ -159,7 +159,7 @@ impl Session {
             busy: None,
             opening: None,
             idle,
-            state: None,
+            state: SessionState::default(),
         }
     }
 
@@ -194,7 +194,7 @@ impl Session {
                 }
                 if matches!(b.stalled, Some((_, Stall::Repick))) && b.pending.is_empty() {
                     if let Some((req, _)) = b.stalled.take() {
-                        let resp3 = ClientState::resp3_of(&self.state);
+                        let resp3 = self.state.resp3();
                         self.shared = ctx.upstream.pick(resp3);
                         let available = ctx.monitor.snapshot().upstream_available();
                         let mut batch = Batch::new(
@@ -321,21 +321,21 @@ impl Session {
         let new = self.server.policy();
         let old_users = &self.policy.settings.users;
         let new_users = &new.settings.users;
-        let kept = match ClientState::user_of(&self.state, old_users) {
+        let kept = match self.state.user(old_users) {
             None => {
                 // Not logged in: still not, unless no password is required any more.
-                if let Some(state) = self.state.as_deref_mut() {
+                if let Some(state) = self.state.get_mut() {
                     state.user = new_users.default_user();
                 }
                 true
             }
             Some(id) => match new_users.same_user(old_users.user(id)) {
                 Some(same) => {
-                    if let Some(state) = self.state.as_deref_mut() {
+                    if let Some(state) = self.state.get_mut() {
                         state.user = Some(same);
                     } else if new_users.default_user() != Some(same) {
                         // The implicit user differs: remember the one it logged in as.
-                        ClientState::of(&mut self.state, old_users).user = Some(same);
+                        self.state.edit(old_users).user = Some(same);
                     }
                     true
                 }

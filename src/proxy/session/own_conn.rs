@@ -8,7 +8,7 @@ use crate::error::{ProxyError, UpstreamFailure};
 use crate::ops::info;
 use crate::protocol::request::Request;
 use crate::proxy::server::Ctx;
-use crate::proxy::session::client_state::ClientState;
+use crate::proxy::session::client_state::SessionState;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::handshake;
 
@@ -21,7 +21,7 @@ impl Busy {
         &mut self,
         opened: Result<Dedicated, UpstreamFailure>,
         ctx: &Ctx<'_>,
-        state: &Option<Box<ClientState>>,
+        state: &SessionState,
     ) {
         let (req, props, rest) = match self.stalled.take() {
             Some((req, Stall::Dedicated(props))) => (req, props, Vec::new()),
@@ -30,11 +30,11 @@ impl Busy {
         };
         match opened {
             Ok(mut ded) => {
-                let resp3 = ClientState::resp3_of(state);
+                let resp3 = state.resp3();
                 for setup in handshake::setup_commands(&ctx.settings.upstream, resp3) {
                     ded.queue_silent(&setup);
                 }
-                let db = ClientState::db_of(state);
+                let db = state.db();
                 if db != 0 {
                     ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()]));
                 }

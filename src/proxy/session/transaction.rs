@@ -7,7 +7,7 @@
 use bytes::Bytes;
 
 use super::client_state::Target;
-use super::connection;
+use super::connection_commands;
 use crate::command::{self, Stateful};
 use crate::error::ProxyError;
 use crate::local::clock::unix_ms;
@@ -15,7 +15,6 @@ use crate::local::engine;
 use crate::local::store::Watch;
 use crate::policy::router::Route;
 use crate::protocol::request::Request;
-use crate::proxy::session::client_state::ClientState;
 
 use super::batch::Batch;
 use super::busy::{Busy, Stall};
@@ -74,11 +73,11 @@ impl Busy {
         let (ctx, available, state) = (b.ctx, b.available, &mut *b.state);
         let users = &ctx.settings.users;
         let name = req.name().to_ascii_lowercase();
-        let in_multi = state.as_ref().is_some_and(|s| s.multi.is_some());
+        let in_multi = state.get().is_some_and(|s| s.multi.is_some());
         let fixed = |b: &'static [u8]| Bytes::from_static(b);
         if let Err(denied) = ctx.permit(&req, state) {
             if in_multi && name != b"exec" && name != b"discard" {
-                if let Some(m) = state.as_mut().and_then(|s| s.multi.as_mut()) {
+                if let Some(m) = state.get_mut().and_then(|s| s.multi.as_mut()) {
                     m.aborted = true;
                 }
             }
@@ -87,7 +86,7 @@ impl Busy {
         }
         let reply = match (name.as_slice(), in_multi) {
             (b"multi", false) => {
-                ClientState::of(state, users).multi = Some(Box::default());
+                state.edit(users).multi = Some(Box::default());
                 fixed(b"+OK\r\n")
             }
             (b"multi", true) => fixed(NESTED),
@@ -95,7 +94,7 @@ impl Busy {
             (b"exec", false) => fixed(EXEC_WITHOUT),
             (b"discard", false) => fixed(DISCARD_WITHOUT),
             (b"discard", true) => {
-                let s = ClientState::of(state, users);
+                let s = state.edit(users);
                 s.multi = None;
                 s.watch = None;
                 if std::mem::take(&mut s.watched_upstream) {
@@ -107,8 +106,8 @@ impl Busy {
             }
             (b"watch", false) => match ctx.route(&req, available) {
                 Route::Local => {
-                    let db = ClientState::db_of(state);
-                    let s = ClientState::of(state, users);
+                    let db = state.db();
+                    let s = state.edit(users);
                     let watch = s.watch.get_or_insert_with(|| Watch::new(ctx.store.clone()));
                     for key in req.args().skip(1) {
                         watch.add(db, key, unix_ms());
@@ -119,7 +118,7 @@ impl Busy {
                 Route::Reject(refusal) => ctx.refusal(refusal, &req).to_reply(),
             },
             (b"unwatch", false) => {
-                if let Some(s) = state.as_mut() {
+                if let Some(s) = state.get_mut() {
                     s.watch = None;
                 }
                 if self.dedicated.is_some() {
@@ -169,7 +168,7 @@ impl Busy {
                 Route::Reject(refusal) => Err(ctx.refusal(refusal, &req).to_reply()),
             }
         })();
-        let Some(multi) = state.as_mut().and_then(|s| s.multi.as_mut()) else {
+        let Some(multi) = state.get_mut().and_then(|s| s.multi.as_mut()) else {
             return Bytes::from_static(EXEC_WITHOUT);
         };
         let target = match checked {
@@ -194,7 +193,7 @@ impl Busy {
     fn exec(&mut self, exec: Request, b: &mut Batch<'_>) -> Option<Request> {
         let (ctx, available, inbox) = (b.ctx, b.available, b.inbox);
         let (state, shared) = (&mut *b.state, &mut *b.shared);
-        let s = ClientState::of(state, &ctx.settings.users);
+        let s = state.edit(&ctx.settings.users);
         let multi = s.multi.take().expect("EXEC runs inside MULTI");
         let mut watch = s.watch.take();
         let watched_upstream = std::mem::take(&mut s.watched_upstream);
@@ -259,8 +258,10 @@ impl Busy {
                 if let Some(ded) = self.dedicated.as_mut() {
                     ded.queue_silent(&Request::from_args(&["SELECT", &db.to_string()]));
                 }
-                ctx.clients
-                    .publish(self.key, connection::listed(state, &ctx.settings.users));
+                ctx.clients.publish(
+                    self.key,
+                    connection_commands::listed(state, &ctx.settings.users),
+                );
             }
             self.push_local(reply);
             return None;

@@ -1,7 +1,7 @@
 //! The connection commands the proxy answers itself: HELLO, AUTH, SELECT, RESET and the CLIENT
 //! subcommands that only concern this connection. They set [`ClientState`], so the answer is
 //! the same whatever the upstream's health, and a client's upstream connections are brought in
-//! line with it (see [`Sync`]). Texts and checks are Redis 7.0's (CLIENT SETINFO is 7.2's).
+//! line with it (see [`Follow`]). Texts and checks are Redis 7.0's (CLIENT SETINFO is 7.2's).
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -13,11 +13,11 @@ use crate::policy::auth::{AuthError, Users};
 use crate::protocol::request::Request;
 use crate::protocol::resp;
 use crate::proxy::clients::{Clients, KillFilter, Listed};
-use crate::proxy::session::client_state::ClientState;
+use crate::proxy::session::client_state::{ClientState, SessionState};
 
 /// What the client's own upstream connection must be told after a command the proxy answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub enum Follow {
     Nothing,
     /// SELECT this database.
     Select(u32),
@@ -30,7 +30,7 @@ pub enum Sync {
 /// The proxy's answer to a connection command.
 pub struct Answer {
     pub reply: Bytes,
-    pub sync: Sync,
+    pub follow: Follow,
 }
 
 /// What the proxy knows of the socket, for CLIENT INFO.
@@ -52,9 +52,9 @@ pub struct Env<'a> {
 
 /// What a session must do with a request before routing it, decided once from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Special {
+pub enum Handling {
     /// Routed by its keys.
-    None,
+    Routed,
     /// A connection command the proxy answers (see [`answer`]), RESET included.
     Connection,
     Reset,
@@ -66,28 +66,28 @@ pub enum Special {
     Keywarden,
 }
 
-impl Special {
+impl Handling {
     /// Classifies `req`, at the cost of a length check for almost every request.
-    pub fn of(req: &Request) -> Special {
+    pub fn of(req: &Request) -> Handling {
         let name = req.name();
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         match name.len() {
-            4 if is(b"auth") => Special::Connection,
-            4 if is(b"quit") => Special::Quit,
-            4 if is(b"info") => Special::Info,
-            4 if is(b"exec") => Special::Transaction,
-            5 if is(b"hello") => Special::Connection,
-            5 if is(b"reset") => Special::Reset,
-            5 if is(b"multi") || is(b"watch") => Special::Transaction,
-            6 if is(b"select") => Special::Connection,
+            4 if is(b"auth") => Handling::Connection,
+            4 if is(b"quit") => Handling::Quit,
+            4 if is(b"info") => Handling::Info,
+            4 if is(b"exec") => Handling::Transaction,
+            5 if is(b"hello") => Handling::Connection,
+            5 if is(b"reset") => Handling::Reset,
+            5 if is(b"multi") || is(b"watch") => Handling::Transaction,
+            6 if is(b"select") => Handling::Connection,
             6 if is(b"client") && req.arg(1).is_some_and(is_our_client_subcommand) => {
-                Special::Connection
+                Handling::Connection
             }
             // Client ids given to Redis would name Redis's connections, not the proxy's.
-            6 if is(b"client") && names_client_ids(req) => Special::Connection,
-            7 if is(b"discard") || is(b"unwatch") => Special::Transaction,
-            9 if is(b"keywarden") => Special::Keywarden,
-            _ => Special::None,
+            6 if is(b"client") && names_client_ids(req) => Handling::Connection,
+            7 if is(b"discard") || is(b"unwatch") => Handling::Transaction,
+            9 if is(b"keywarden") => Handling::Keywarden,
+            _ => Handling::Routed,
         }
     }
 }
@@ -122,10 +122,10 @@ const CLIENT_SUBCOMMANDS: &[&str] = &[
     "setname", "getname", "id", "setinfo", "info", "list", "kill",
 ];
 
-/// Answers a connection command (one [`Special::of`] calls `Connection` or `Reset`).
+/// Answers a connection command (one [`Handling::of`] calls `Connection` or `Reset`).
 pub fn answer(
     req: &Request,
-    state: &mut Option<Box<ClientState>>,
+    state: &mut SessionState,
     env: &Env<'_>,
     peer: impl FnOnce() -> Peer,
 ) -> Answer {
@@ -133,7 +133,7 @@ pub fn answer(
     let name = req.name().to_ascii_lowercase();
     let plain = |reply: Bytes| Answer {
         reply,
-        sync: Sync::Nothing,
+        follow: Follow::Nothing,
     };
     match name.as_slice() {
         b"auth" => plain(auth(req, state, users)),
@@ -141,18 +141,16 @@ pub fn answer(
         b"select" => select(req, state, users),
         b"reset" if req.argc() != 1 => plain(arity("reset")),
         b"reset" => {
-            let lib = state
-                .as_ref()
-                .map(|s| (s.lib_name.clone(), s.lib_ver.clone()));
-            *state = None;
+            let lib = state.get().map(|s| (s.lib_name.clone(), s.lib_ver.clone()));
+            state.clear();
             if let Some(lib) = lib.filter(|l| l.0.is_some() || l.1.is_some()) {
                 // The connection keeps its library, as in Redis.
-                let s = ClientState::of(state, users);
+                let s = state.edit(users);
                 (s.lib_name, s.lib_ver) = lib;
             }
             Answer {
                 reply: Bytes::from_static(b"+RESET\r\n"),
-                sync: Sync::Reset,
+                follow: Follow::Reset,
             }
         }
         _ => plain(client(req, state, env, peer)),
@@ -178,7 +176,7 @@ fn ok() -> Bytes {
 }
 
 /// `AUTH [username] password`.
-fn auth(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> Bytes {
+fn auth(req: &Request, state: &mut SessionState, users: &Users) -> Bytes {
     let (username, password) = match req.argc() {
         2 => (None, req.arg(1).unwrap_or_default()),
         3 => (req.arg(1), req.arg(2).unwrap_or_default()),
@@ -187,7 +185,7 @@ fn auth(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> B
     };
     match users.auth(username, password) {
         Ok(id) => {
-            ClientState::of(state, users).user = Some(id);
+            state.edit(users).user = Some(id);
             ok()
         }
         Err(e) => error(&e.to_string()),
@@ -197,16 +195,10 @@ fn auth(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> B
 /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`, checked in Redis's order:
 /// the version, then the options one by one (AUTH takes effect at once), then that the client
 /// is authenticated.
-fn hello(
-    req: &Request,
-    state: &mut Option<Box<ClientState>>,
-    users: &Users,
-    version: &str,
-    id: u64,
-) -> Answer {
+fn hello(req: &Request, state: &mut SessionState, users: &Users, version: &str, id: u64) -> Answer {
     let fail = |reply: Bytes| Answer {
         reply,
-        sync: Sync::Nothing,
+        follow: Follow::Nothing,
     };
     let mut protocol = None;
     if let Some(arg) = req.arg(1) {
@@ -227,7 +219,7 @@ fn hello(
         if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
             let (user, pass) = (req.arg(j + 1), req.arg(j + 2).unwrap_or_default());
             match users.authenticate(user.unwrap_or_default(), pass) {
-                Some(id) => ClientState::of(state, users).user = Some(id),
+                Some(id) => state.edit(users).user = Some(id),
                 None => return fail(error(&AuthError::WrongPass.to_string())),
             }
             j += 3;
@@ -243,10 +235,10 @@ fn hello(
             )));
         }
     }
-    if ClientState::user_of(state, users).is_none() {
+    if state.user(users).is_none() {
         return fail(error(&AuthError::HelloNoAuth.to_string()));
     }
-    let s = ClientState::of(state, users);
+    let s = state.edit(users);
     let switched = protocol.is_some_and(|v| (v == 3) != s.resp3);
     if let Some(v) = protocol {
         s.resp3 = v == 3;
@@ -278,10 +270,10 @@ fn hello(
     out.put_slice(b"*0\r\n");
     Answer {
         reply: out.freeze(),
-        sync: if switched {
-            Sync::Hello(if s.resp3 { 3 } else { 2 })
+        follow: if switched {
+            Follow::Hello(if s.resp3 { 3 } else { 2 })
         } else {
-            Sync::Nothing
+            Follow::Nothing
         },
     }
 }
@@ -292,10 +284,10 @@ pub const SERVER_VERSION: &str = "7.0.15";
 
 /// SELECT: the database applies to the local store at once, and upstream through the client's
 /// own connection (shared connections stay in database 0).
-fn select(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) -> Answer {
+fn select(req: &Request, state: &mut SessionState, users: &Users) -> Answer {
     let fail = |reply: Bytes| Answer {
         reply,
-        sync: Sync::Nothing,
+        follow: Follow::Nothing,
     };
     if req.argc() != 2 {
         return fail(arity("select"));
@@ -313,13 +305,13 @@ fn select(req: &Request, state: &mut Option<Box<ClientState>>, users: &Users) ->
         Ok(db) if db < engine::DATABASES => db,
         _ => return fail(error("ERR DB index is out of range")),
     };
-    if db == ClientState::db_of(state) {
+    if db == state.db() {
         return fail(ok());
     }
-    ClientState::of(state, users).db = db;
+    state.edit(users).db = db;
     Answer {
         reply: ok(),
-        sync: Sync::Select(db),
+        follow: Follow::Select(db),
     }
 }
 
@@ -328,33 +320,33 @@ fn valid_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
 }
 
-fn set_name(state: &mut Option<Box<ClientState>>, users: &Users, name: &[u8]) -> Result<(), Bytes> {
+fn set_name(state: &mut SessionState, users: &Users, name: &[u8]) -> Result<(), Bytes> {
     if !valid_name(name) {
         return Err(error(
             "ERR Client names cannot contain spaces, newlines or special characters.",
         ));
     }
-    let s = ClientState::of(state, users);
+    let s = state.edit(users);
     s.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
     Ok(())
 }
 
 fn client(
     req: &Request,
-    state: &mut Option<Box<ClientState>>,
+    state: &mut SessionState,
     env: &Env<'_>,
     peer: impl FnOnce() -> Peer,
 ) -> Bytes {
     let users = env.users;
     let sub = req.arg(1).unwrap_or_default().to_ascii_lowercase();
-    let resp3 = ClientState::resp3_of(state);
+    let resp3 = state.resp3();
     match (sub.as_slice(), req.argc()) {
         (b"setname", 3) => match set_name(state, users, req.arg(2).unwrap_or_default()) {
             Ok(()) => ok(),
             Err(e) => e,
         },
         (b"setname", _) => arity("client|setname"),
-        (b"getname", 2) => match state.as_ref().and_then(|s| s.name.as_ref()) {
+        (b"getname", 2) => match state.get().and_then(|s| s.name.as_ref()) {
             Some(name) => {
                 let mut out = BytesMut::new();
                 let _ = write!(out, "${}\r\n", name.len());
@@ -382,7 +374,7 @@ fn client(
                     "ERR {which} cannot contain spaces, newlines or special characters."
                 ));
             }
-            let s = ClientState::of(state, users);
+            let s = state.edit(users);
             let value = (!value.is_empty()).then(|| Bytes::copy_from_slice(value));
             if is_name {
                 s.lib_name = value;
@@ -393,7 +385,7 @@ fn client(
         }
         (b"setinfo", _) => arity("client|setinfo"),
         (b"info", 2) => {
-            let line = info_line(ClientState::of(state, users), env, &peer());
+            let line = info_line(state.edit(users), env, &peer());
             resp::text(&line, resp3)
         }
         (b"info", _) => arity("client|info"),
@@ -496,8 +488,8 @@ fn kill(req: &Request, env: &Env<'_>) -> Bytes {
 }
 
 /// What CLIENT LIST shows of a client's state.
-pub fn listed(state: &Option<Box<ClientState>>, users: &Users) -> Listed {
-    let Some(s) = state else {
+pub fn listed(state: &SessionState, users: &Users) -> Listed {
+    let Some(s) = state.get() else {
         return Listed::default();
     };
     Listed {
