@@ -10,7 +10,7 @@ use crate::command;
 use crate::command::Categories;
 use crate::config::live::{Live, Policy};
 use crate::config::Settings;
-use crate::error::ProxyError;
+use crate::error::{self, ProxyError};
 use crate::local::clock::unix_ms;
 use crate::local::engine;
 use crate::local::store::{Store, Txn, Watch};
@@ -317,11 +317,8 @@ impl<'a> Ctx<'a> {
         // Redis looks the command up and checks its arity before anything else.
         if let Some(c) = cmd {
             if !c.arity_ok(req.argc()) {
-                let text = format!(
-                    "-ERR wrong number of arguments for '{}' command\r\n",
-                    c.name()
-                );
-                return Err(Bytes::from(text));
+                let command = c.name().to_owned();
+                return Err(ProxyError::Arity { command }.to_reply());
             }
         }
         let positions = command::keys(req).unwrap_or_default();
@@ -333,7 +330,7 @@ impl<'a> Ctx<'a> {
             .check(who, cmd, &keys, &self.settings.keyspaces)
             .map_err(|denial| match denial {
                 Denial::UnknownCommand => engine::unknown_command(req),
-                denial => Bytes::from(format!("-{denial}\r\n")),
+                denial => error::reply(&denial),
             })
     }
 
@@ -342,15 +339,12 @@ impl<'a> Ctx<'a> {
     pub fn permit_admin(&self, state: &SessionState) -> Result<(), Bytes> {
         let users = &self.settings.users;
         let Some(who) = state.user(users) else {
-            return Err(Bytes::from(format!("-{}\r\n", Denial::NoAuth)));
+            return Err(error::reply(&Denial::NoAuth));
         };
         match users.user(who).commands() {
             CommandAccess::All => Ok(()),
             CommandAccess::Categories(c) if c.contains(Categories::ADMIN) => Ok(()),
-            CommandAccess::Categories(_) => Err(Bytes::from(format!(
-                "-{}\r\n",
-                Denial::Command("keywarden".into())
-            ))),
+            CommandAccess::Categories(_) => Err(error::reply(&Denial::Command("keywarden".into()))),
         }
     }
 

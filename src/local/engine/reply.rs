@@ -6,6 +6,8 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::error::{self, ProxyError};
+
 /// An error reply, as Redis words it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -47,24 +49,22 @@ impl Error {
     fn line(&self) -> Vec<u8> {
         let fixed: &str = match self {
             Error::WrongType => "WRONGTYPE Operation against a key holding the wrong kind of value",
-            Error::NotInteger => "ERR value is not an integer or out of range",
+            Error::NotInteger => error::NOT_AN_INTEGER,
             Error::NotFloat => "ERR value is not a valid float",
-            Error::IntOutOfRange => {
-                "ERR value is out of range, value must between -2147483648 and 2147483647"
-            }
+            Error::IntOutOfRange => error::INDEX_OUT_OF_RANGE,
             Error::Overflow => "ERR increment or decrement would overflow",
             Error::DecrementOverflow => "ERR decrement would overflow",
             Error::IncrementNanOrInfinity => "ERR increment would produce NaN or Infinity",
             Error::ValueNanOrInfinity => "ERR value is NaN or Infinity",
             Error::HashNotInteger => "ERR hash value is not an integer",
             Error::HashNotFloat => "ERR hash value is not a float",
-            Error::Syntax => "ERR syntax error",
+            Error::Syntax => error::SYNTAX,
             Error::NoSuchKey => "ERR no such key",
             Error::SameObject => "ERR source and destination objects are the same",
             Error::InvalidCursor => "ERR invalid cursor",
             Error::OffsetOutOfRange => "ERR offset is out of range",
             Error::StringTooLong => "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
-            Error::DbOutOfRange => "ERR DB index is out of range",
+            Error::DbOutOfRange => error::DB_INDEX_OUT_OF_RANGE,
             Error::ExpireNxIncompatible => {
                 "ERR NX and XX, GT or LT options at the same time are not compatible"
             }
@@ -73,7 +73,8 @@ impl Error {
             }
             Error::OutOfMemory => "OOM command not allowed when used memory > 'maxmemory'.",
             Error::Arity(name) => {
-                return format!("ERR wrong number of arguments for '{name}' command").into_bytes()
+                let command = (*name).to_owned();
+                return ProxyError::Arity { command }.to_string().into_bytes();
             }
             Error::InvalidExpire(name) => {
                 return format!("ERR invalid expire time in '{name}' command").into_bytes()

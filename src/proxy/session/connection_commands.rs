@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::error::{self, ProxyError};
 use crate::local::engine;
 use crate::policy::auth::{AuthError, Users};
 use crate::protocol::request::Request;
@@ -157,18 +158,14 @@ pub fn answer(
     }
 }
 
-fn error(text: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(text.len() + 3);
-    out.put_u8(b'-');
-    out.put_slice(text.as_bytes());
-    out.put_slice(b"\r\n");
-    out.freeze()
+fn error(e: ProxyError) -> Bytes {
+    e.to_reply()
 }
 
 fn arity(command: &str) -> Bytes {
-    error(&format!(
-        "ERR wrong number of arguments for '{command}' command"
-    ))
+    error(ProxyError::Arity {
+        command: command.to_owned(),
+    })
 }
 
 fn ok() -> Bytes {
@@ -181,14 +178,14 @@ fn auth(req: &Request, state: &mut SessionState, users: &Users) -> Bytes {
         2 => (None, req.arg(1).unwrap_or_default()),
         3 => (req.arg(1), req.arg(2).unwrap_or_default()),
         1 => return arity("auth"),
-        _ => return error("ERR syntax error"),
+        _ => return error(ProxyError::Syntax),
     };
     match users.auth(username, password) {
         Ok(id) => {
             state.edit(users).user = Some(id);
             ok()
         }
-        Err(e) => error(&e.to_string()),
+        Err(e) => error::reply(&e),
     }
 }
 
@@ -204,12 +201,8 @@ fn hello(req: &Request, state: &mut SessionState, users: &Users, version: &str, 
     if let Some(arg) = req.arg(1) {
         match engine::string2ll(arg) {
             Some(v @ 2..=3) => protocol = Some(v as u8),
-            Some(_) => return fail(error("NOPROTO unsupported protocol version")),
-            None => {
-                return fail(error(
-                    "ERR Protocol version is not an integer or out of range",
-                ))
-            }
+            Some(_) => return fail(error(ProxyError::NoProto)),
+            None => return fail(error(ProxyError::ProtocolVersion)),
         }
     }
     let mut j = 2;
@@ -220,7 +213,7 @@ fn hello(req: &Request, state: &mut SessionState, users: &Users, version: &str, 
             let (user, pass) = (req.arg(j + 1), req.arg(j + 2).unwrap_or_default());
             match users.authenticate(user.unwrap_or_default(), pass) {
                 Some(id) => state.edit(users).user = Some(id),
-                None => return fail(error(&AuthError::WrongPass.to_string())),
+                None => return fail(error::reply(&AuthError::WrongPass)),
             }
             j += 3;
         } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
@@ -230,13 +223,11 @@ fn hello(req: &Request, state: &mut SessionState, users: &Users, version: &str, 
             j += 2;
         } else {
             let shown = String::from_utf8_lossy(engine::c_str(opt)).into_owned();
-            return fail(error(&format!(
-                "ERR Syntax error in HELLO option '{shown}'"
-            )));
+            return fail(error(ProxyError::HelloOption { option: shown }));
         }
     }
     if state.user(users).is_none() {
-        return fail(error(&AuthError::HelloNoAuth.to_string()));
+        return fail(error::reply(&AuthError::HelloNoAuth));
     }
     let s = state.edit(users);
     let switched = protocol.is_some_and(|v| (v == 3) != s.resp3);
@@ -294,16 +285,14 @@ fn select(req: &Request, state: &mut SessionState, users: &Users) -> Answer {
     }
     let arg = req.arg(1).unwrap_or_default();
     let Some(db) = engine::string2ll(arg) else {
-        return fail(error("ERR value is not an integer or out of range"));
+        return fail(error(ProxyError::NotAnInteger));
     };
     let Ok(db) = i32::try_from(db) else {
-        return fail(error(
-            "ERR value is out of range, value must between -2147483648 and 2147483647",
-        ));
+        return fail(error(ProxyError::IndexOutOfRange));
     };
     let db = match u32::try_from(db) {
         Ok(db) if db < engine::DATABASES => db,
-        _ => return fail(error("ERR DB index is out of range")),
+        _ => return fail(error(ProxyError::DbIndexOutOfRange)),
     };
     if db == state.db() {
         return fail(ok());
@@ -322,9 +311,7 @@ fn valid_name(name: &[u8]) -> bool {
 
 fn set_name(state: &mut SessionState, users: &Users, name: &[u8]) -> Result<(), Bytes> {
     if !valid_name(name) {
-        return Err(error(
-            "ERR Client names cannot contain spaces, newlines or special characters.",
-        ));
+        return Err(error(ProxyError::ClientName));
     }
     let s = state.edit(users);
     s.name = (!name.is_empty()).then(|| Bytes::copy_from_slice(name));
@@ -366,13 +353,11 @@ fn client(
             let is_name = attr.eq_ignore_ascii_case(b"lib-name");
             if !is_name && !attr.eq_ignore_ascii_case(b"lib-ver") {
                 let shown = String::from_utf8_lossy(engine::c_str(attr)).into_owned();
-                return error(&format!("ERR Unrecognized option '{shown}'"));
+                return error(ProxyError::UnrecognizedOption { option: shown });
             }
             if !valid_name(value) {
                 let which = if is_name { "lib-name" } else { "lib-ver" };
-                return error(&format!(
-                    "ERR {which} cannot contain spaces, newlines or special characters."
-                ));
+                return error(ProxyError::LibField { which });
             }
             let s = state.edit(users);
             let value = (!value.is_empty()).then(|| Bytes::copy_from_slice(value));
@@ -390,12 +375,8 @@ fn client(
         }
         (b"info", _) => arity("client|info"),
         (b"list", _) => list(req, env, resp3),
-        (b"tracking", _) => error(
-            "UNSUPPORTED 'client|tracking' with REDIRECT names a Redis connection; keywarden's client ids are its own",
-        ),
-        (b"unblock", _) => error(
-            "UNSUPPORTED 'client|unblock' names a Redis connection; keywarden's client ids are its own",
-        ),
+        (b"tracking", _) => error(ProxyError::TrackingRedirect),
+        (b"unblock", _) => error(ProxyError::Unblock),
         (b"kill", _) => kill(req, env),
         _ => arity("client"),
     }
@@ -418,7 +399,7 @@ fn list(req: &Request, env: &Env<'_>, resp3: bool) -> Bytes {
                 resp::text("", resp3)
             } else {
                 let shown = String::from_utf8_lossy(engine::c_str(kind)).into_owned();
-                error(&format!("ERR Unknown client type '{shown}'"))
+                error(ProxyError::UnknownClientType { kind: shown })
             }
         }
         [i, ids @ ..] if is(i, "id") && !ids.is_empty() => {
@@ -426,12 +407,12 @@ fn list(req: &Request, env: &Env<'_>, resp3: bool) -> Bytes {
             for id in ids {
                 match engine::string2ll(id) {
                     Some(n) if n > 0 => wanted.push(n as u64),
-                    _ => return error("ERR Invalid client ID"),
+                    _ => return error(ProxyError::InvalidClientId),
                 }
             }
             resp::text(&env.clients.list(Some(&wanted)), resp3)
         }
-        _ => error("ERR syntax error"),
+        _ => error(ProxyError::Syntax),
     }
 }
 
@@ -449,12 +430,12 @@ fn kill(req: &Request, env: &Env<'_>) -> Bytes {
             ..KillFilter::default()
         };
         return match env.clients.kill(&filter) {
-            0 => error("ERR No such client"),
+            0 => error(ProxyError::NoSuchClient),
             _ => ok(),
         };
     }
     if !args.len().is_multiple_of(2) {
-        return error("ERR syntax error");
+        return error(ProxyError::Syntax);
     }
     let mut filter = KillFilter {
         skip: Some(env.id),
@@ -466,7 +447,7 @@ fn kill(req: &Request, env: &Env<'_>) -> Bytes {
         if is("id") {
             match engine::string2ll(value) {
                 Some(n) if n > 0 => filter.id = Some(n as u64),
-                _ => return error("ERR client-id should be greater than 0"),
+                _ => return error(ProxyError::ClientIdNotPositive),
             }
         } else if is("addr") {
             filter.addr = Some(text(value));
@@ -478,10 +459,10 @@ fn kill(req: &Request, env: &Env<'_>) -> Bytes {
             } else if value.eq_ignore_ascii_case(b"no") {
                 filter.skip = None;
             } else {
-                return error("ERR syntax error");
+                return error(ProxyError::Syntax);
             }
         } else {
-            return error("ERR syntax error");
+            return error(ProxyError::Syntax);
         }
     }
     Bytes::from(format!(":{}\r\n", env.clients.kill(&filter)))

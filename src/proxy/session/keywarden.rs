@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::error::ProxyError;
 use crate::local::engine;
 use crate::ops::admin::Status;
 use crate::ops::reload::Trigger;
@@ -14,7 +15,10 @@ use crate::proxy::server::Ctx;
 /// `KEYWARDEN <subcommand>` (the caller checked the admin permission).
 pub fn run(req: &Request, ctx: Ctx<'_>, resp3: bool) -> Bytes {
     let Some(sub) = req.arg(1) else {
-        return Bytes::from_static(b"-ERR wrong number of arguments for 'keywarden' command\r\n");
+        return ProxyError::Arity {
+            command: "keywarden".into(),
+        }
+        .to_reply();
     };
     let is = |w: &str| sub.eq_ignore_ascii_case(w.as_bytes());
     let mut out = BytesMut::new();
@@ -64,16 +68,9 @@ pub fn run(req: &Request, ctx: Ctx<'_>, resp3: bool) -> Bytes {
         match ctx.server.reload(Trigger::Command) {
             Ok(_) => out.put_slice(b"+OK\r\n"),
             Err(rejected) => {
-                let first = rejected.errors.first().map_or("", String::as_str);
-                let more = match rejected.errors.len() {
-                    0 | 1 => String::new(),
-                    n => format!(" (and {} more, see the log)", n - 1),
-                };
-                let text = format!(
-                    "-ERR reload failed, the configuration in force is unchanged: {first}{more}"
-                );
-                out.put_slice(text.replace(['\r', '\n'], " ").as_bytes());
-                out.put_slice(b"\r\n");
+                let first = rejected.errors.first().cloned().unwrap_or_default();
+                let more = rejected.errors.len().saturating_sub(1);
+                out.put_slice(&ProxyError::ReloadFailed { first, more }.to_reply());
             }
         }
     } else if is("help") && req.argc() == 2 {
@@ -94,16 +91,11 @@ pub fn run(req: &Request, ctx: Ctx<'_>, resp3: bool) -> Bytes {
         }
     } else if is("status") || is("keyspaces") || is("reload") || is("help") {
         let name = String::from_utf8_lossy(sub).to_lowercase();
-        let _ = write!(
-            out,
-            "-ERR wrong number of arguments for 'keywarden|{name}' command\r\n"
-        );
+        let command = format!("keywarden|{name}");
+        out.put_slice(&ProxyError::Arity { command }.to_reply());
     } else {
-        let shown = String::from_utf8_lossy(engine::c_str(sub)).replace(['\r', '\n'], " ");
-        let _ = write!(
-            out,
-            "-ERR unknown subcommand '{shown}'. Try KEYWARDEN HELP.\r\n"
-        );
+        let shown = String::from_utf8_lossy(engine::c_str(sub)).into_owned();
+        out.put_slice(&ProxyError::UnknownSubcommand { shown }.to_reply());
     }
     out.freeze()
 }

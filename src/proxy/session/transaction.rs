@@ -19,18 +19,6 @@ use crate::protocol::request::Request;
 use super::batch::Batch;
 use super::busy::{Busy, Stall};
 
-pub const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
-pub const NESTED: &[u8] = b"-ERR MULTI calls can not be nested\r\n";
-pub const WATCH_INSIDE: &[u8] = b"-ERR WATCH inside MULTI is not allowed\r\n";
-pub const EXEC_WITHOUT: &[u8] = b"-ERR EXEC without MULTI\r\n";
-pub const DISCARD_WITHOUT: &[u8] = b"-ERR DISCARD without MULTI\r\n";
-/// Redis 7.2's text for commands flagged `no-multi`.
-pub const NOT_ALLOWED: &[u8] = b"-ERR Command not allowed inside a transaction\r\n";
-pub const MIXED: &[u8] =
-    b"-KEYSPACE a transaction runs in one place: its keys are served locally and upstream\r\n";
-pub const SELECT_UPSTREAM: &[u8] =
-    b"-UNSUPPORTED SELECT inside a transaction is only supported for local keyspaces\r\n";
-
 /// Commands that never enter a transaction: they change what the connection is (Pub/Sub,
 /// MONITOR, the client's identity) rather than data.
 pub fn refused_inside(name: &[u8]) -> bool {
@@ -89,10 +77,10 @@ impl Busy {
                 state.edit(users).multi = Some(Box::default());
                 fixed(b"+OK\r\n")
             }
-            (b"multi", true) => fixed(NESTED),
-            (b"watch", true) => fixed(WATCH_INSIDE),
-            (b"exec", false) => fixed(EXEC_WITHOUT),
-            (b"discard", false) => fixed(DISCARD_WITHOUT),
+            (b"multi", true) => ProxyError::MultiNested.to_reply(),
+            (b"watch", true) => ProxyError::WatchInsideMulti.to_reply(),
+            (b"exec", false) => ProxyError::ExecWithoutMulti.to_reply(),
+            (b"discard", false) => ProxyError::DiscardWithoutMulti.to_reply(),
             (b"discard", true) => {
                 let s = state.edit(users);
                 s.multi = None;
@@ -139,17 +127,14 @@ impl Busy {
         let (ctx, available, state) = (b.ctx, b.available, &mut *b.state);
         let checked = (|| {
             if refused_inside(req.name()) {
-                return Err(Bytes::from_static(NOT_ALLOWED));
+                return Err(ProxyError::NotAllowedInMulti.to_reply());
             }
             let Some(cmd) = command::lookup_request(&req) else {
                 return Err(engine::unknown_command(&req));
             };
             if !cmd.arity_ok(req.argc()) {
-                let text = format!(
-                    "-ERR wrong number of arguments for '{}' command\r\n",
-                    cmd.name()
-                );
-                return Err(Bytes::from(text));
+                let command = cmd.name().to_owned();
+                return Err(ProxyError::Arity { command }.to_reply());
             }
             if req.name().eq_ignore_ascii_case(b"select") {
                 let valid = req
@@ -159,7 +144,7 @@ impl Busy {
                 return if valid {
                     Ok(None)
                 } else {
-                    Err(Bytes::from_static(b"-ERR DB index is out of range\r\n"))
+                    Err(ProxyError::DbIndexOutOfRange.to_reply())
                 };
             }
             match ctx.route(&req, available) {
@@ -169,7 +154,7 @@ impl Busy {
             }
         })();
         let Some(multi) = state.get_mut().and_then(|s| s.multi.as_mut()) else {
-            return Bytes::from_static(EXEC_WITHOUT);
+            return ProxyError::ExecWithoutMulti.to_reply();
         };
         let target = match checked {
             Ok(target) => target,
@@ -181,7 +166,7 @@ impl Busy {
         if let Some(t) = target {
             if multi.target.is_some_and(|have| have != t) {
                 multi.aborted = true;
-                return Bytes::from_static(MIXED);
+                return ProxyError::TransactionMixed.to_reply();
             }
             multi.target = Some(t);
         }
@@ -198,7 +183,7 @@ impl Busy {
         let mut watch = s.watch.take();
         let watched_upstream = std::mem::take(&mut s.watched_upstream);
         if multi.aborted {
-            self.push_local(Bytes::from_static(EXECABORT));
+            self.push_local(ProxyError::ExecAbort.to_reply());
             return None;
         }
         // Health, or the configuration (a reload), may have changed since the commands were
@@ -221,7 +206,7 @@ impl Busy {
                 }
             };
             if target.is_some_and(|t| t != now) {
-                self.push_local(Bytes::from_static(MIXED));
+                self.push_local(ProxyError::TransactionMixed.to_reply());
                 return None;
             }
             target = Some(now);
@@ -233,7 +218,7 @@ impl Busy {
             None => watched_upstream,
         };
         if (upstream && local_watch) || (!upstream && watched_upstream) {
-            self.push_local(Bytes::from_static(MIXED));
+            self.push_local(ProxyError::TransactionMixed.to_reply());
             return None;
         }
         if !upstream {
@@ -271,7 +256,7 @@ impl Busy {
             .iter()
             .any(|r| r.name().eq_ignore_ascii_case(b"select"))
         {
-            self.push_local(Bytes::from_static(SELECT_UPSTREAM));
+            self.push_local(ProxyError::SelectInUpstreamTransaction.to_reply());
             return None;
         }
         let mut reqs = Vec::with_capacity(multi.queued.len() + 2);
