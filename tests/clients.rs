@@ -70,11 +70,8 @@ async fn assert_same(proxy: SocketAddr, reference: &str, cmds: &[&[&str]]) {
     let mut differences = Vec::new();
     for ((cmd, got), want) in cmds.iter().zip(&got).zip(&want) {
         let (mut got, mut want) = (mask_id(got), mask_id(want));
-        if redis_version != keywarden::proxy::session::connection_commands::SERVER_VERSION {
-            got = mask_version(
-                &got,
-                keywarden::proxy::session::connection_commands::SERVER_VERSION,
-            );
+        if redis_version != keywarden::proxy::SERVER_VERSION {
+            got = mask_version(&got, keywarden::proxy::SERVER_VERSION);
             want = mask_version(&want, &redis_version);
         }
         if got != want {

@@ -74,7 +74,7 @@
 
 mod disposition;
 mod keys;
-pub mod name_index;
+pub(crate) mod name_index;
 mod table;
 
 use std::fmt;

@@ -5,7 +5,7 @@
 //! 115 instructions a lookup instead of 149 with a per-byte hash and compare).
 
 /// An open-addressing index from lowercase names to their positions in a table, built once.
-pub struct NameIndex {
+pub(crate) struct NameIndex {
     /// A power-of-two number of slots; `index` 0 marks an empty one.
     slots: Box<[Slot]>,
     /// Per first letter (folded to 5 bits), a bit for each name length present: most names a
@@ -29,11 +29,11 @@ struct Key {
 }
 
 /// Longest name looked up; longer input is unknown without hashing it.
-pub const MAX_NAME: usize = 32;
+pub(crate) const MAX_NAME: usize = 32;
 
 impl NameIndex {
     /// Indexes `names` (lowercase, distinct, at most [`MAX_NAME`] bytes, fewer than 65535).
-    pub fn new(names: Vec<&'static str>) -> NameIndex {
+    pub(crate) fn new(names: Vec<&'static str>) -> NameIndex {
         let size = (names.len() * 4).next_power_of_two().max(8);
         let mut slots = vec![Slot::default(); size].into_boxed_slice();
         let mut lengths = [0u32; 32];
@@ -54,7 +54,7 @@ impl NameIndex {
     }
 
     /// The position of `name` (any case) in the table.
-    pub fn find(&self, name: &[u8]) -> Option<usize> {
+    pub(crate) fn find(&self, name: &[u8]) -> Option<usize> {
         if let Some(&first) = name.first() {
             if self.lengths[letter(first)] & (1 << name.len().min(31)) == 0 {
                 return None;
@@ -126,7 +126,7 @@ fn letter(b: u8) -> usize {
 /// repeats one command, and comparing its bytes costs less than a lookup. Its owner must ask
 /// the same index every time (wrap it in a type that does).
 #[derive(Debug, Default)]
-pub struct Memo {
+pub(crate) struct Memo {
     name: [u8; MEMO_NAME],
     len: u8,
     found: Option<usize>,
@@ -137,7 +137,7 @@ const MEMO_NAME: usize = 16;
 
 impl Memo {
     /// `index.find(name)`, from the memo when `name` is, byte for byte, the last one asked.
-    pub fn find(&mut self, index: &NameIndex, name: &[u8]) -> Option<usize> {
+    pub(crate) fn find(&mut self, index: &NameIndex, name: &[u8]) -> Option<usize> {
         let len = usize::from(self.len);
         // Byte by byte rather than `==`, which calls `memcmp`: command names are a few bytes,
         // shorter than the call.

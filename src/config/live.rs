@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::policy::keyspace::PerKeyspace;
 
 /// One configuration, whole: what a batch of requests is judged by.
-pub struct Policy {
+pub(crate) struct Policy {
     /// 1 for the configuration the process started with, one more per applied reload.
     pub generation: u64,
     pub settings: Settings,
@@ -19,7 +19,7 @@ pub struct Policy {
 }
 
 /// The policy in force, replaced whole by a reload.
-pub struct Live {
+pub(crate) struct Live {
     current: RwLock<Arc<Policy>>,
     /// The current policy's generation, read without the lock on every batch.
     generation: AtomicU64,
@@ -28,7 +28,7 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(settings: Settings) -> Live {
+    pub(crate) fn new(settings: Settings) -> Live {
         let per_keyspace = PerKeyspace::new(&settings.keyspaces);
         Live {
             current: RwLock::new(Arc::new(Policy {
@@ -42,7 +42,7 @@ impl Live {
     }
 
     /// The policy in force.
-    pub fn current(&self) -> Arc<Policy> {
+    pub(crate) fn current(&self) -> Arc<Policy> {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -51,7 +51,7 @@ impl Live {
 
     /// The generation of the policy in force: a session whose policy is older takes the new
     /// one before its next batch.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 

@@ -35,7 +35,7 @@
 mod check;
 pub mod cli;
 mod file;
-pub mod live;
+pub(crate) mod live;
 mod overrides;
 mod problem;
 mod settings;

@@ -1,5 +1,5 @@
 //! The local store and the engine that gives it Redis's semantics.
 
-pub mod clock;
+pub(crate) mod clock;
 pub mod engine;
 pub mod store;

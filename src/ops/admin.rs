@@ -39,22 +39,21 @@ use crate::policy::keyspace::Pattern;
 use crate::upstream::monitor::MonitorHandle;
 
 /// Admin connections open at once; more are closed at accept. A Prometheus server keeps one.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// How long a connection may take to send a request's head.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Prometheus text exposition format's content type.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A running admin listener; [`Admin::stop`] (or dropping it) closes it and its connections.
-pub struct Admin {
-    addr: SocketAddr,
+pub(crate) struct Admin {
     tasks: [JoinHandle<()>; 2],
 }
 
 /// The running proxy as the admin listener reads it; the proxy's shared state implements it,
 /// so that operations code is given what it shows and never reaches into the proxy.
-pub trait Proxy: Send + Sync + 'static {
+pub(crate) trait Proxy: Send + Sync + 'static {
     /// The metrics' state now.
     fn sample(&self) -> Sample;
     /// The configuration in force.
@@ -73,7 +72,7 @@ struct Shared {
 
 /// Binds the admin listener. Done before anything else starts, so a busy port is reported at
 /// once and nothing has to be wound down.
-pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("admin listener on {addr}: {e}")))
@@ -82,7 +81,7 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 impl Admin {
     /// Serves `listener` for `proxy` until stopped. Its metrics start from the health the
     /// proxy has now, so call this as soon as the proxy's shared state exists.
-    pub fn start(listener: TcpListener, proxy: Arc<dyn Proxy>) -> io::Result<Admin> {
+    pub(crate) fn start(listener: TcpListener, proxy: Arc<dyn Proxy>) -> io::Result<Admin> {
         let addr = listener.local_addr()?;
         let health = proxy.health();
         let metrics = Metrics::new(health.upstream(), health.snapshot());
@@ -92,15 +91,11 @@ impl Admin {
             tokio::spawn(accept(listener, shared)),
         ];
         tracing::info!(admin = %addr, "admin listener started");
-        Ok(Admin { addr, tasks })
-    }
-
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+        Ok(Admin { tasks })
     }
 
     /// Stops accepting and closes every admin connection.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         for task in &self.tasks {
             task.abort();
         }
@@ -206,7 +201,7 @@ fn reply(
 
 /// `/status`. Field order here is the order in the JSON.
 #[derive(Debug, Serialize)]
-pub struct Status<'a> {
+pub(crate) struct Status<'a> {
     pub instance: String,
     pub version: &'static str,
     /// `false` once shutdown began (as `/readyz`).
@@ -224,7 +219,7 @@ pub struct Status<'a> {
 
 /// The configuration in force and its reloads.
 #[derive(Debug, Serialize)]
-pub struct ConfigStatus {
+pub(crate) struct ConfigStatus {
     /// The file it was read from, if any.
     pub source: Option<String>,
     /// 1 at startup, one more per applied reload.
@@ -236,7 +231,7 @@ pub struct ConfigStatus {
 }
 
 #[derive(Debug, Serialize)]
-pub struct UpstreamStatus<'a> {
+pub(crate) struct UpstreamStatus<'a> {
     pub address: &'a str,
     pub state: &'static str,
     /// Milliseconds since the upstream entered `state`.
@@ -244,7 +239,7 @@ pub struct UpstreamStatus<'a> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct KeyspaceStatus<'a> {
+pub(crate) struct KeyspaceStatus<'a> {
     pub name: &'a str,
     pub mode: &'static str,
     /// As configured (a keyspace's patterns are the operator's, never a client's keys).
@@ -253,7 +248,7 @@ pub struct KeyspaceStatus<'a> {
 
 impl<'a> Status<'a> {
     /// The status shown for `sample`, taken under `policy`; `ready` as `/readyz`.
-    pub fn of(sample: Sample, policy: &'a Policy, ready: bool) -> Status<'a> {
+    pub(crate) fn of(sample: Sample, policy: &'a Policy, ready: bool) -> Status<'a> {
         let settings = &policy.settings;
         let (reloads_applied, reloads_failed, last_reload_failed) = sample.reloads;
         Status {

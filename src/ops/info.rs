@@ -14,7 +14,7 @@ use crate::protocol::resp;
 
 /// What an INFO request asks of the proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wants {
+pub(crate) enum Wants {
     /// Only the Keywarden section: answered by the proxy.
     KeywardenOnly,
     /// Upstream sections, with the Keywarden section appended.
@@ -25,7 +25,7 @@ pub enum Wants {
 
 /// Which sections an INFO request names (none: Redis's default set, which here includes
 /// Keywarden, as do `all` and `everything`).
-pub fn wants(req: &Request) -> Wants {
+pub(crate) fn wants(req: &Request) -> Wants {
     let sections: Vec<&[u8]> = req.args().skip(1).collect();
     let is = |s: &[u8], name: &str| s.eq_ignore_ascii_case(name.as_bytes());
     let ours = sections.is_empty()
@@ -42,7 +42,7 @@ pub fn wants(req: &Request) -> Wants {
 }
 
 /// The `# Keywarden` section, CRLF-terminated lines as Redis writes INFO.
-pub fn section(sample: &Sample, policy: &Policy) -> String {
+pub(crate) fn section(sample: &Sample, policy: &Policy) -> String {
     let settings = &policy.settings;
     let (snapshot, counts, store) = (sample.health, sample.counts, &sample.store);
     let mut out = String::with_capacity(512);
@@ -86,7 +86,7 @@ pub fn section(sample: &Sample, policy: &Policy) -> String {
 
 /// The upstream's INFO reply with `section` appended; anything that is not a bulk or
 /// verbatim string (an error) is passed on as it is.
-pub fn append(reply: &[u8], section: &str) -> Bytes {
+pub(crate) fn append(reply: &[u8], section: &str) -> Bytes {
     let resp3 = match reply.first() {
         Some(b'$') => false,
         Some(b'=') => true,

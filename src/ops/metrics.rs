@@ -33,7 +33,7 @@ use crate::upstream::monitor::HealthSnapshot;
 
 /// Whether a metric only grows (a Prometheus counter, named `..._total`) or goes up and down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Counter,
     Gauge,
     /// Rendered from a [`Histogram`](crate::upstream::histogram::Histogram) of fixed buckets.
@@ -42,7 +42,7 @@ pub enum Kind {
 
 /// One entry of the catalogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Metric {
+pub(crate) struct Metric {
     pub name: &'static str,
     pub kind: Kind,
     /// Label names, in the order they are written.
@@ -72,121 +72,121 @@ const fn gauge(name: &'static str, labels: &'static [&'static str], help: &'stat
     }
 }
 
-pub const BUILD_INFO: Metric = gauge(
+pub(crate) const BUILD_INFO: Metric = gauge(
     "keywarden_build_info",
     &["version"],
     "Always 1; the version label is the running keywarden's version.",
 );
-pub const CLIENT_CONNECTIONS: Metric = gauge(
+pub(crate) const CLIENT_CONNECTIONS: Metric = gauge(
     "keywarden_client_connections",
     &[],
     "Client connections open now.",
 );
-pub const CLIENT_CONNECTIONS_TOTAL: Metric = counter(
+pub(crate) const CLIENT_CONNECTIONS_TOTAL: Metric = counter(
     "keywarden_client_connections_total",
     &[],
     "Client connections accepted.",
 );
-pub const CLIENT_CONNECTIONS_REJECTED: Metric = counter(
+pub(crate) const CLIENT_CONNECTIONS_REJECTED: Metric = counter(
     "keywarden_client_connections_rejected_total",
     &[],
     "Client connections refused because max_clients was reached.",
 );
-pub const PROTOCOL_ERRORS: Metric = counter(
+pub(crate) const PROTOCOL_ERRORS: Metric = counter(
     "keywarden_protocol_errors_total",
     &[],
     "Clients closed for sending bytes that are not RESP (answered -ERR Protocol error, as Redis does).",
 );
-pub const UPSTREAM_CONNECTS: Metric = counter(
+pub(crate) const UPSTREAM_CONNECTS: Metric = counter(
     "keywarden_upstream_connects_total",
     &["upstream"],
     "Shared upstream connections made: first connects and reconnects.",
 );
-pub const UPSTREAM_REQUEST_DURATION: Metric = Metric {
+pub(crate) const UPSTREAM_REQUEST_DURATION: Metric = Metric {
     name: "keywarden_upstream_request_duration_seconds",
     kind: Kind::Histogram,
     labels: &["upstream"],
     help:
         "Time from a request being written to a shared upstream connection to its reply arriving.",
 };
-pub const COMMANDS: Metric = counter(
+pub(crate) const COMMANDS: Metric = counter(
     "keywarden_commands_total",
     &["command", "outcome"],
     "Requests by command (Redis's name; unknown for commands Redis does not know) and outcome: upstream, local (served by the local store), proxy (answered by keywarden: connection, transaction and admin commands), refused.",
 );
-pub const KEYSPACE_FAIL_CLOSED_REFUSALS: Metric = counter(
+pub(crate) const KEYSPACE_FAIL_CLOSED_REFUSALS: Metric = counter(
     "keywarden_keyspace_fail_closed_refusals_total",
     &["keyspace"],
     "Requests refused with -FAILCLOSED, by the keyspace that failed closed.",
 );
-pub const KEYSPACE_DEGRADED_REPLIES: Metric = counter(
+pub(crate) const KEYSPACE_DEGRADED_REPLIES: Metric = counter(
     "keywarden_keyspace_degraded_replies_total",
     &["keyspace"],
     "Replies served from the local store during outages, by degraded keyspace.",
 );
-pub const UPSTREAM_HEALTH: Metric = gauge(
+pub(crate) const UPSTREAM_HEALTH: Metric = gauge(
     "keywarden_upstream_health",
     &["upstream", "state"],
     "1 for the upstream's current health state (healthy, recovering, unavailable), 0 for the others.",
 );
-pub const UPSTREAM_HEALTH_TRANSITIONS: Metric = counter(
+pub(crate) const UPSTREAM_HEALTH_TRANSITIONS: Metric = counter(
     "keywarden_upstream_health_transitions_total",
     &["upstream", "event"],
     "Outage events of the upstream: BACKEND_UNAVAILABLE_AT_STARTUP, BACKEND_DEGRADED (left healthy), BACKEND_RECOVERED (healthy again).",
 );
-pub const FAIL_CLOSED_REFUSALS: Metric = counter(
+pub(crate) const FAIL_CLOSED_REFUSALS: Metric = counter(
     "keywarden_fail_closed_refusals_total",
     &[],
     "Requests refused with -FAILCLOSED because their keyspace fails closed and the upstream was unavailable.",
 );
-pub const DEGRADED_REPLIES: Metric = counter(
+pub(crate) const DEGRADED_REPLIES: Metric = counter(
     "keywarden_degraded_replies_total",
     &[],
     "Replies served from the local store for degraded keyspaces while the upstream was unavailable.",
 );
-pub const DISCARDED_WRITES: Metric = counter(
+pub(crate) const DISCARDED_WRITES: Metric = counter(
     "keywarden_discarded_writes_total",
     &[],
     "Writes made in the local store for degraded keyspaces during outages, discarded when the upstream is healthy again.",
 );
-pub const LOCAL_STORE_KEYS: Metric = gauge(
+pub(crate) const LOCAL_STORE_KEYS: Metric = gauge(
     "keywarden_local_store_keys",
     &[],
     "Keys held by the local store, all databases (expired keys not yet removed included).",
 );
-pub const LOCAL_STORE_USED_BYTES: Metric = gauge(
+pub(crate) const LOCAL_STORE_USED_BYTES: Metric = gauge(
     "keywarden_local_store_used_bytes",
     &[],
     "Bytes the local store counts against its budget (keys, values and per-entry overhead).",
 );
-pub const LOCAL_STORE_MAX_BYTES: Metric = gauge(
+pub(crate) const LOCAL_STORE_MAX_BYTES: Metric = gauge(
     "keywarden_local_store_max_bytes",
     &[],
     "The local store's byte budget (local_store.max_bytes); beyond it keys are evicted.",
 );
-pub const LOCAL_STORE_EVICTIONS: Metric = counter(
+pub(crate) const LOCAL_STORE_EVICTIONS: Metric = counter(
     "keywarden_local_store_evictions_total",
     &[],
     "Keys evicted from the local store (least recently used) to make room.",
 );
-pub const LOCAL_STORE_EXPIRATIONS: Metric = counter(
+pub(crate) const LOCAL_STORE_EXPIRATIONS: Metric = counter(
     "keywarden_local_store_expirations_total",
     &[],
     "Keys removed from the local store because their TTL passed.",
 );
-pub const CONFIG_RELOADS: Metric = counter(
+pub(crate) const CONFIG_RELOADS: Metric = counter(
     "keywarden_config_reloads_total",
     &["result"],
     "Configuration reloads (SIGHUP, KEYWARDEN RELOAD) by result: applied, or failed (the configuration in force did not change).",
 );
-pub const CONFIG_LAST_RELOAD_SUCCESSFUL: Metric = gauge(
+pub(crate) const CONFIG_LAST_RELOAD_SUCCESSFUL: Metric = gauge(
     "keywarden_config_last_reload_successful",
     &[],
     "0 when the last reload was rejected (the file on disk is not what runs), else 1.",
 );
 
 /// Every metric keywarden exports. The README's Operations section lists the same (tested).
-pub const CATALOGUE: &[Metric] = &[
+pub(crate) const CATALOGUE: &[Metric] = &[
     BUILD_INFO,
     CLIENT_CONNECTIONS,
     CLIENT_CONNECTIONS_TOTAL,
@@ -216,7 +216,7 @@ const STATES: [State; 3] = [State::Healthy, State::Recovering, State::Unavailabl
 
 /// What the local store holds, as `/metrics` and `/status` show it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct StoreUsage {
+pub(crate) struct StoreUsage {
     pub keys: usize,
     pub used_bytes: usize,
     pub max_bytes: usize,
@@ -226,7 +226,7 @@ pub struct StoreUsage {
 
 /// The state metrics are read from, taken at one scrape.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub clients: usize,
     /// Client connections accepted, refused at max_clients, closed for protocol errors.
     pub accepted: u64,
@@ -248,20 +248,20 @@ pub struct Sample {
 
 /// The last health snapshot the transition counters were brought up to date with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seen {
+pub(crate) struct Seen {
     healthy: bool,
     since: Instant,
 }
 
 /// Outage events that happened between two snapshots.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Steps {
+pub(crate) struct Steps {
     pub degraded: u64,
     pub recovered: u64,
 }
 
 impl Seen {
-    pub fn new(snapshot: HealthSnapshot) -> Seen {
+    pub(crate) fn new(snapshot: HealthSnapshot) -> Seen {
         Seen {
             healthy: snapshot.state == State::Healthy,
             since: snapshot.since,
@@ -275,7 +275,7 @@ impl Seen {
     /// case that cannot be told apart: unhealthy at both looks, with a close and a reopening
     /// between them (counted as nothing; the watcher looks at every change, so it takes two
     /// flips within one wake-up of a task).
-    pub fn step(&mut self, now: HealthSnapshot) -> Steps {
+    pub(crate) fn step(&mut self, now: HealthSnapshot) -> Steps {
         if now.since < self.since {
             // Older than what was already seen (read before another looker caught up).
             return Steps::default();
@@ -305,7 +305,7 @@ impl Seen {
 }
 
 /// The metrics of one server: its own recorder and a handle to each series.
-pub struct Metrics {
+pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     clients: Gauge,
@@ -334,7 +334,7 @@ pub struct Metrics {
 impl Metrics {
     /// The metrics of a server whose upstream is `upstream` and whose health, when the server
     /// started, was `initial` (an unavailable start is a BACKEND_UNAVAILABLE_AT_STARTUP).
-    pub fn new(upstream: &str, initial: HealthSnapshot) -> Metrics {
+    pub(crate) fn new(upstream: &str, initial: HealthSnapshot) -> Metrics {
         let recorder = PrometheusBuilder::new().build_recorder();
         for m in CATALOGUE {
             let (name, help) = (KeyName::from(m.name), SharedString::from(m.help));
@@ -406,7 +406,7 @@ impl Metrics {
     }
 
     /// Brings the health gauge and the transition counters up to `snapshot`.
-    pub fn observe_health(&self, snapshot: HealthSnapshot) {
+    pub(crate) fn observe_health(&self, snapshot: HealthSnapshot) {
         let steps = self
             .seen
             .lock()
@@ -420,7 +420,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of `sample`.
-    pub fn render(&self, sample: &Sample) -> String {
+    pub(crate) fn render(&self, sample: &Sample) -> String {
         self.observe_health(sample.health);
         self.clients.set(sample.clients as f64);
         self.accepted.absolute(sample.accepted);
@@ -467,12 +467,6 @@ impl Metrics {
             text.push_str(&sample.latency);
         }
         text
-    }
-
-    /// The recorder, for metrics recorded as they happen (per request, per connection) once
-    /// the data path records any.
-    pub fn recorder(&self) -> &PrometheusRecorder {
-        &self.recorder
     }
 }
 

@@ -1,7 +1,7 @@
 //! Operations: events, metrics, the admin listener, INFO and hot reload.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod events;
-pub mod info;
-pub mod metrics;
-pub mod reload;
+pub(crate) mod info;
+pub(crate) mod metrics;
+pub(crate) mod reload;

@@ -62,13 +62,13 @@ use crate::upstream::shared::Upstream;
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     Signal,
     Command,
 }
 
 impl Trigger {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Trigger::Signal => "SIGHUP",
             Trigger::Command => "KEYWARDEN RELOAD",
@@ -78,13 +78,13 @@ impl Trigger {
 
 /// A reload that changed nothing: why, each problem as `place: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejected {
+pub(crate) struct Rejected {
     pub errors: Vec<String>,
 }
 
 /// An applied reload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
+pub(crate) struct Applied {
     pub generation: u64,
     pub applied: Vec<&'static str>,
     pub restart_required: Vec<&'static str>,
@@ -94,14 +94,14 @@ pub struct Applied {
 /// The new settings to install, and what changed. Settings that cannot change while running
 /// keep their current values in `settings` and are named in `restart_required`.
 #[derive(Debug)]
-pub struct Plan {
+pub(crate) struct Plan {
     pub settings: Settings,
     pub applied: Vec<&'static str>,
     pub restart_required: Vec<&'static str>,
 }
 
 /// Compares `new` with `current`, setting by setting.
-pub fn plan(current: &Settings, mut new: Settings) -> Plan {
+pub(crate) fn plan(current: &Settings, mut new: Settings) -> Plan {
     let mut restart_required = Vec::new();
     macro_rules! fixed {
         ($($name:literal => $($field:ident).+;)*) => {$(
@@ -154,7 +154,7 @@ pub fn plan(current: &Settings, mut new: Settings) -> Plan {
 }
 
 /// What a reload changes: every part of the running proxy that holds a setting.
-pub struct Parts<'a> {
+pub(crate) struct Parts<'a> {
     pub live: &'a Live,
     pub upstream: &'a Upstream,
     pub monitor: &'a MonitorHandle,
@@ -167,7 +167,7 @@ pub struct Parts<'a> {
 
 /// Reads the configuration again and installs it, or leaves the one in force when the new one
 /// is invalid. Emits `CONFIG_RELOADED` or `CONFIG_RELOAD_FAILED` either way.
-pub fn reload(parts: &Parts<'_>, trigger: Trigger) -> Result<Applied, Rejected> {
+pub(crate) fn reload(parts: &Parts<'_>, trigger: Trigger) -> Result<Applied, Rejected> {
     let _one_at_a_time = parts.live.one_at_a_time();
     let current = parts.live.current();
     let source = current.settings.source.as_ref();
@@ -267,7 +267,7 @@ pub fn reload(parts: &Parts<'_>, trigger: Trigger) -> Result<Applied, Rejected> 
 
 /// Reloads since the start, for the metrics and INFO.
 #[derive(Debug, Default)]
-pub struct ReloadCounts {
+pub(crate) struct ReloadCounts {
     applied: AtomicU64,
     failed: AtomicU64,
     /// Whether the last reload failed (the file on disk is not what runs).
@@ -282,7 +282,7 @@ impl ReloadCounts {
     }
 
     /// (applied, failed, whether the last one failed).
-    pub fn totals(&self) -> (u64, u64, bool) {
+    pub(crate) fn totals(&self) -> (u64, u64, bool) {
         (
             self.applied.load(Ordering::Relaxed),
             self.failed.load(Ordering::Relaxed),

@@ -14,7 +14,7 @@
 //! cannot exhaust the stack.
 
 /// True when `string` matches `pattern`.
-pub fn matches(pattern: &[u8], string: &[u8]) -> bool {
+pub(crate) fn matches(pattern: &[u8], string: &[u8]) -> bool {
     // The last star seen: where the pattern resumes after it, and the next string position it
     // will try to swallow up to.
     let mut star: Option<(usize, usize)> = None;
@@ -146,7 +146,7 @@ fn attempt(pattern: &[u8], string: &[u8], mut p: usize, mut s: usize) -> Outcome
 }
 
 /// True when `pattern` has no glob metacharacter, so it can only match itself.
-pub fn is_literal(pattern: &[u8]) -> bool {
+pub(crate) fn is_literal(pattern: &[u8]) -> bool {
     !pattern
         .iter()
         .any(|b| matches!(b, b'*' | b'?' | b'[' | b'\\'))

@@ -1,6 +1,6 @@
 //! Decisions, pure: keyspaces and their globs, users and permissions, and the router.
 
 pub mod auth;
-pub mod glob;
+pub(crate) mod glob;
 pub mod keyspace;
-pub mod router;
+pub(crate) mod router;

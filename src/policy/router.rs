@@ -20,7 +20,7 @@ use crate::policy::keyspace::{Keyspaces, Membership, Mode};
 
 /// Where a request goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     Upstream,
     Local,
     Reject(Refusal),
@@ -28,7 +28,7 @@ pub enum Route {
 
 /// Why a request is refused; the keyspace named is the first key's that caused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The upstream is unavailable and this keyspace fails closed.
     FailClosed(Membership),
     /// `local_only` keys together with keys that live upstream.
@@ -39,7 +39,7 @@ pub enum Refusal {
 
 /// What the router needs to know about one command.
 #[derive(Debug, Clone, Copy)]
-pub struct Query<'a> {
+pub(crate) struct Query<'a> {
     /// The command's keys, as the command table finds them.
     pub keys: &'a [&'a [u8]],
     /// Redis knows the command (it is in the command table).
@@ -48,7 +48,7 @@ pub struct Query<'a> {
     pub local: bool,
 }
 
-pub fn route(keyspaces: &Keyspaces, upstream_available: bool, query: Query<'_>) -> Route {
+pub(crate) fn route(keyspaces: &Keyspaces, upstream_available: bool, query: Query<'_>) -> Route {
     let mut first_local: Option<Membership> = None;
     let mut first_remote: Option<(Membership, Mode)> = None;
     let mut first_fail_closed: Option<Membership> = None;
@@ -93,7 +93,7 @@ pub fn route(keyspaces: &Keyspaces, upstream_available: bool, query: Query<'_>) 
 /// [`route`] when no keyspace is configured: every key is in the default keyspace, so only
 /// the command matters, and its keys need not be found. `known` is asked only when the answer
 /// depends on it (a `degraded` default while the upstream is unavailable).
-pub fn route_default(
+pub(crate) fn route_default(
     default_mode: Mode,
     upstream_available: bool,
     local: bool,

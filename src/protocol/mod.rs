@@ -2,5 +2,5 @@
 
 pub mod parser;
 pub mod request;
-pub mod resp;
+pub(crate) mod resp;
 pub mod scanner;

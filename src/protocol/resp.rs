@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// A text reply (INFO, CLIENT LIST/INFO) holding `text`: a bulk string, or a verbatim string
 /// (`txt`) for RESP3, as Redis sends them.
-pub fn text(text: &str, resp3: bool) -> Bytes {
+pub(crate) fn text(text: &str, resp3: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(text.len() + 16);
     if resp3 {
         let _ = write!(out, "={}\r\ntxt:", text.len() + 4);

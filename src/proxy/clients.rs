@@ -20,7 +20,7 @@ use crate::upstream::inbox::Inbox;
 /// Where the proxy is in its life, as sessions see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Phase {
+pub(crate) enum Phase {
     Run = 0,
     /// Shutdown began: answer what was asked, read nothing new.
     Drain = 1,
@@ -29,7 +29,7 @@ pub enum Phase {
 }
 
 #[derive(Debug, Default)]
-pub struct Clients {
+pub(crate) struct Clients {
     phase: AtomicU8,
     /// Connections accepted, refused at `max_clients`, and closed for protocol errors, since
     /// the start (read by the metrics at scrape time).
@@ -56,7 +56,7 @@ struct Entry {
 
 /// What a client set on its connection, as CLIENT LIST shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Listed {
+pub(crate) struct Listed {
     pub name: Option<Bytes>,
     pub db: u32,
     pub user: Option<String>,
@@ -67,7 +67,7 @@ pub struct Listed {
 
 /// CLIENT KILL's filters; every one given must match.
 #[derive(Debug, Default)]
-pub struct KillFilter {
+pub(crate) struct KillFilter {
     pub id: Option<u64>,
     pub addr: Option<String>,
     pub user: Option<String>,
@@ -80,7 +80,7 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// What became of a request, for the per-command counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
-pub enum CommandOutcome {
+pub(crate) enum CommandOutcome {
     /// Sent to the upstream.
     Upstream = 0,
     /// Served by the local store.
@@ -92,14 +92,14 @@ pub enum CommandOutcome {
 }
 
 impl CommandOutcome {
-    pub const ALL: [CommandOutcome; 4] = [
+    pub(crate) const ALL: [CommandOutcome; 4] = [
         CommandOutcome::Upstream,
         CommandOutcome::Local,
         CommandOutcome::Proxy,
         CommandOutcome::Refused,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             CommandOutcome::Upstream => "upstream",
             CommandOutcome::Local => "local",
@@ -112,7 +112,7 @@ impl CommandOutcome {
 /// Requests by command (Redis's command table, plus one slot for commands it does not know)
 /// and outcome: one relaxed atomic add per request.
 #[derive(Debug)]
-pub struct CommandCounts {
+pub(crate) struct CommandCounts {
     counts: Box<[AtomicU64]>,
 }
 
@@ -126,11 +126,11 @@ impl Default for CommandCounts {
 }
 
 /// The command counted last, so that a pipeline of the same command looks its name up once.
-pub type LastCommand = crate::command::Positions;
+pub(crate) type LastCommand = crate::command::Positions;
 
 impl CommandCounts {
     /// Counts one request of command `name` with `outcome`.
-    pub fn record(&self, last: &mut LastCommand, name: &[u8], outcome: CommandOutcome) {
+    pub(crate) fn record(&self, last: &mut LastCommand, name: &[u8], outcome: CommandOutcome) {
         let index = last
             .position(name)
             .unwrap_or(crate::command::commands().len());
@@ -144,7 +144,7 @@ impl CommandCounts {
 
     /// (command, outcome, count) for every non-zero count; `unknown` for commands Redis does
     /// not know.
-    pub fn totals(&self) -> Vec<(&'static str, CommandOutcome, u64)> {
+    pub(crate) fn totals(&self) -> Vec<(&'static str, CommandOutcome, u64)> {
         let table = crate::command::commands();
         let mut out = Vec::new();
         for (i, c) in self.counts.iter().enumerate() {
@@ -172,12 +172,12 @@ fn unix_secs() -> u32 {
 }
 
 impl Clients {
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.lock().len()
     }
 
     /// Registers a client: its key is for [`Clients::leave`], its id is CLIENT ID.
-    pub fn join(&self, inbox: Arc<Inbox>, addr: Option<SocketAddr>) -> (usize, u64) {
+    pub(crate) fn join(&self, inbox: Arc<Inbox>, addr: Option<SocketAddr>) -> (usize, u64) {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         self.accepted.fetch_add(1, Ordering::Relaxed);
         let key = self.lock().insert(Entry {
@@ -191,17 +191,17 @@ impl Clients {
     }
 
     /// A connection refused at `max_clients`.
-    pub fn record_rejected(&self) {
+    pub(crate) fn record_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A client closed for sending something that is not RESP.
-    pub fn record_protocol_error(&self) {
+    pub(crate) fn record_protocol_error(&self) {
         self.protocol_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// (accepted, rejected, protocol errors) since the start.
-    pub fn totals(&self) -> (u64, u64, u64) {
+    pub(crate) fn totals(&self) -> (u64, u64, u64) {
         (
             self.accepted.load(Ordering::Relaxed),
             self.rejected.load(Ordering::Relaxed),
@@ -209,7 +209,7 @@ impl Clients {
         )
     }
 
-    pub fn leave(&self, key: usize) {
+    pub(crate) fn leave(&self, key: usize) {
         let mut entries = self.lock();
         entries.try_remove(key);
         if entries.is_empty() {
@@ -218,14 +218,14 @@ impl Clients {
     }
 
     /// Records what a client set on its connection, for CLIENT LIST.
-    pub fn publish(&self, key: usize, listed: Listed) {
+    pub(crate) fn publish(&self, key: usize, listed: Listed) {
         if let Some(entry) = self.lock().get_mut(key) {
             entry.listed = (listed != Listed::default()).then(|| Box::new(listed));
         }
     }
 
     /// CLIENT LIST: one line per client (those in `ids` only, when given), in connect order.
-    pub fn list(&self, ids: Option<&[u64]>) -> String {
+    pub(crate) fn list(&self, ids: Option<&[u64]>) -> String {
         let now = unix_secs();
         let entries = self.lock();
         let mut rows: Vec<&Entry> = entries
@@ -262,7 +262,7 @@ impl Clients {
     }
 
     /// CLIENT KILL: closes every client matching `filter`; how many.
-    pub fn kill(&self, filter: &KillFilter) -> usize {
+    pub(crate) fn kill(&self, filter: &KillFilter) -> usize {
         let entries = self.lock();
         let mut killed = 0;
         for (_, e) in entries.iter() {
@@ -286,7 +286,7 @@ impl Clients {
         killed
     }
 
-    pub fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         match self.phase.load(Ordering::Acquire) {
             0 => Phase::Run,
             1 => Phase::Drain,
@@ -295,20 +295,20 @@ impl Clients {
     }
 
     /// Moves every client to `phase` and wakes each one so it notices.
-    pub fn set_phase(&self, phase: Phase) {
+    pub(crate) fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
         self.wake_all();
     }
 
     /// Wakes every client's session (a phase change, a reload).
-    pub fn wake_all(&self) {
+    pub(crate) fn wake_all(&self) {
         for (_, entry) in self.lock().iter() {
             entry.inbox.poke();
         }
     }
 
     /// Resolves once no client is connected.
-    pub async fn all_gone(&self) {
+    pub(crate) async fn all_gone(&self) {
         loop {
             let notified = self.empty.notified();
             tokio::pin!(notified);

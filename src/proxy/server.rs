@@ -28,7 +28,7 @@ use crate::upstream::monitor::MonitorHandle;
 use crate::upstream::shared::Upstream;
 
 /// What every session of one server shares.
-pub struct Server {
+pub(crate) struct Server {
     /// The configuration in force, replaced whole by a [reload](crate::ops::reload).
     pub live: Live,
     pub upstream: Arc<Upstream>,
@@ -43,13 +43,13 @@ pub struct Server {
 
 impl Server {
     /// The configuration in force.
-    pub fn policy(&self) -> Arc<Policy> {
+    pub(crate) fn policy(&self) -> Arc<Policy> {
         self.live.current()
     }
 
     /// The metrics' state now: the health snapshot and counters are lock-free; the client
     /// table and the store are each locked once, briefly.
-    pub fn sample(&self) -> Sample {
+    pub(crate) fn sample(&self) -> Sample {
         let server = self;
         let store = &server.store;
         let policy = server.policy();
@@ -86,7 +86,7 @@ impl Server {
     }
 
     /// Reads the configuration file again and installs it (see [`reload::reload`]).
-    pub fn reload(&self, trigger: Trigger) -> Result<Applied, Rejected> {
+    pub(crate) fn reload(&self, trigger: Trigger) -> Result<Applied, Rejected> {
         let parts = reload::Parts {
             live: &self.live,
             upstream: &self.upstream,
@@ -100,7 +100,7 @@ impl Server {
     }
 
     /// Whether new clients are served: false once shutdown began.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         self.clients.phase() == Phase::Run
     }
 }
@@ -126,7 +126,7 @@ impl admin::Proxy for Server {
 /// The server as one batch of requests sees it: with the policy its session holds, so that
 /// every decision about the batch is made by one configuration.
 #[derive(Clone, Copy)]
-pub struct Ctx<'a> {
+pub(crate) struct Ctx<'a> {
     pub server: &'a Server,
     pub policy: &'a Policy,
     /// The policy's settings.
@@ -163,7 +163,7 @@ fn view<'k>(
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(server: &'a Server, policy: &'a Policy) -> Ctx<'a> {
+    pub(crate) fn new(server: &'a Server, policy: &'a Policy) -> Ctx<'a> {
         Ctx {
             server,
             policy,
@@ -173,12 +173,12 @@ impl<'a> Ctx<'a> {
 
     /// Where `req` goes, given whether the upstream is available (read once per batch from
     /// the health snapshot).
-    pub fn route(&self, req: &Request, upstream_available: bool) -> Route {
+    pub(crate) fn route(&self, req: &Request, upstream_available: bool) -> Route {
         self.route_in(req, upstream_available, &mut engine::Supports::default())
     }
 
     /// [`Ctx::route`] for one of a batch of requests, which share `supports`.
-    pub fn route_in(
+    pub(crate) fn route_in(
         &self,
         req: &Request,
         upstream_available: bool,
@@ -215,7 +215,7 @@ impl<'a> Ctx<'a> {
     /// them. `None` when a reload installed another policy since, or a recovery discarded the
     /// degraded keyspaces' data: nothing ran, and the requests must be judged again (see
     /// [`Store::lock_judged`]).
-    pub fn serve_locally(
+    pub(crate) fn serve_locally(
         &self,
         reqs: &[Request],
         db: u32,
@@ -244,7 +244,7 @@ impl<'a> Ctx<'a> {
     /// client's database afterwards (a queued SELECT moves it). Run while the upstream is
     /// unavailable, every queued command counts as a degraded reply, and its writes as ones
     /// recovery will discard (a command failing inside EXEC still counts).
-    pub fn exec_locally(
+    pub(crate) fn exec_locally(
         &self,
         queued: &[Request],
         db: u32,
@@ -274,7 +274,7 @@ impl<'a> Ctx<'a> {
 
     /// Counts `req`, served locally while the upstream is unavailable, as a degraded reply if
     /// its keyspace is degraded, and as a discarded write if it is a write that `succeeded`.
-    pub fn count_degraded(&self, req: &Request, succeeded: bool) {
+    pub(crate) fn count_degraded(&self, req: &Request, succeeded: bool) {
         let membership = self.first_key_membership(req);
         if self.settings.keyspaces.mode(membership) != Mode::Degraded {
             return;
@@ -299,7 +299,7 @@ impl<'a> Ctx<'a> {
     /// to its user. Checked before routing, so it holds in every mode and health state. The
     /// reply to send when not. Costs nothing when no password is configured (everyone is the
     /// all-permission default user).
-    pub fn permit(&self, req: &Request, state: &SessionState) -> Result<(), Bytes> {
+    pub(crate) fn permit(&self, req: &Request, state: &SessionState) -> Result<(), Bytes> {
         let users = &self.settings.users;
         if !users.required() {
             return Ok(());
@@ -308,7 +308,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// [`Ctx::permit`] for a client acting as `who`.
-    pub fn permit_as(&self, req: &Request, who: Option<UserId>) -> Result<(), Bytes> {
+    pub(crate) fn permit_as(&self, req: &Request, who: Option<UserId>) -> Result<(), Bytes> {
         let users = &self.settings.users;
         if !users.required() {
             return Ok(());
@@ -336,7 +336,7 @@ impl<'a> Ctx<'a> {
 
     /// Whether the client may run the proxy's admin command: a user with every command or the
     /// `admin` category.
-    pub fn permit_admin(&self, state: &SessionState) -> Result<(), Bytes> {
+    pub(crate) fn permit_admin(&self, state: &SessionState) -> Result<(), Bytes> {
         let users = &self.settings.users;
         let Some(who) = state.user(users) else {
             return Err(error::reply(&Denial::NoAuth));
@@ -349,7 +349,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// The error reply for a refused request, counted where it is an outage refusal.
-    pub fn refusal(&self, refusal: Refusal, req: &Request) -> ProxyError {
+    pub(crate) fn refusal(&self, refusal: Refusal, req: &Request) -> ProxyError {
         let keyspaces = &self.settings.keyspaces;
         let command =
             || String::from_utf8_lossy(&req.name()[..req.name().len().min(64)]).to_lowercase();

@@ -27,7 +27,7 @@ use crate::upstream::socket;
 
 const READ_CHUNK: usize = 16 * 1024;
 
-pub struct Dedicated {
+pub(crate) struct Dedicated {
     stream: TcpStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -59,7 +59,7 @@ struct Outstanding {
 }
 
 impl Dedicated {
-    pub async fn open(
+    pub(crate) async fn open(
         addr: String,
         connect_timeout: Duration,
         command_timeout: Duration,
@@ -85,7 +85,7 @@ impl Dedicated {
     }
 
     /// Queues a request; call [`Dedicated::write`] to send it.
-    pub fn queue(&mut self, req: &Request, props: Stateful) {
+    pub(crate) fn queue(&mut self, req: &Request, props: Stateful) {
         self.wbuf.put_slice(req.raw());
         if self.paired {
             if props.unpaired {
@@ -106,7 +106,7 @@ impl Dedicated {
     /// client's (SELECT after the client selected a database, HELLO after a protocol switch).
     /// Its reply never reaches the client; an error reply fails the connection. Nothing is sent
     /// once unpaired: a subscribed connection has no database or protocol left to follow.
-    pub fn queue_silent(&mut self, req: &Request) {
+    pub(crate) fn queue_silent(&mut self, req: &Request) {
         if !self.paired {
             return;
         }
@@ -121,7 +121,7 @@ impl Dedicated {
 
     /// Queues a request whose reply the client must not see, whatever it is: MULTI and the
     /// queued commands of a transaction the proxy sends at EXEC.
-    pub fn queue_discarded(&mut self, req: &Request) {
+    pub(crate) fn queue_discarded(&mut self, req: &Request) {
         if !self.paired {
             return;
         }
@@ -131,43 +131,43 @@ impl Dedicated {
         }
     }
 
-    pub fn wants_write(&self) -> bool {
+    pub(crate) fn wants_write(&self) -> bool {
         self.written < self.wbuf.len()
     }
 
     /// Requests written whose replies have not come back (once unpaired, only those sent
     /// before).
-    pub fn unanswered(&self) -> usize {
+    pub(crate) fn unanswered(&self) -> usize {
         self.outstanding.len()
     }
 
-    pub fn is_paired(&self) -> bool {
+    pub(crate) fn is_paired(&self) -> bool {
         self.paired
     }
 
     /// True while the client waits on a blocking command or listens to pushes: Redis exempts
     /// such clients from its idle timeout, and so does the proxy.
-    pub fn is_waiting(&self) -> bool {
+    pub(crate) fn is_waiting(&self) -> bool {
         !self.paired || self.outstanding.iter().any(|o| o.blocking)
     }
 
-    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    pub(crate) fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.stream.poll_read_ready(cx)
     }
 
-    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    pub(crate) fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.stream.poll_write_ready(cx)
     }
 
     /// Ready when a command-timeout check is due (never while no timed request is waiting).
-    pub fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.timing() {
             return Poll::Pending;
         }
         self.tick.poll_tick(cx).map(|_| ())
     }
 
-    pub fn write(&mut self) -> Result<(), UpstreamFailure> {
+    pub(crate) fn write(&mut self) -> Result<(), UpstreamFailure> {
         while self.wants_write() {
             match self.stream.try_write(&self.wbuf[self.written..]) {
                 Ok(n) => self.written += n,
@@ -182,7 +182,7 @@ impl Dedicated {
 
     /// Reads what the upstream has sent; false when nothing was there. `Err` when the
     /// upstream closed.
-    pub fn fill(&mut self) -> Result<bool, UpstreamFailure> {
+    pub(crate) fn fill(&mut self) -> Result<bool, UpstreamFailure> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
         }
@@ -201,7 +201,7 @@ impl Dedicated {
     /// stream until that echo comes back. Everything before it (RESET's own reply included,
     /// or none after CLIENT REPLY SKIP) goes to the client; the echo does not. A `+RESET`
     /// cannot mark the end: a script may return one, and CLIENT REPLY may suppress it.
-    pub fn queue_reset(&mut self, reset: &Request) {
+    pub(crate) fn queue_reset(&mut self, reset: &Request) {
         use std::hash::BuildHasher;
         let nonce = format!(
             "keywarden-reset-{:016x}",
@@ -217,7 +217,7 @@ impl Dedicated {
     /// Once unpaired: every byte read, as it came, once the replies owed from before are out
     /// (those are framed, so that replies to the proxy's own setup commands stay hidden).
     /// True with the bytes that end in the `+RESET` awaited (see [`Dedicated::expect_reset`]).
-    pub fn take_raw(&mut self) -> Result<(Option<Bytes>, bool), UpstreamFailure> {
+    pub(crate) fn take_raw(&mut self) -> Result<(Option<Bytes>, bool), UpstreamFailure> {
         debug_assert!(!self.paired);
         let mut owed = BytesMut::new();
         while !self.outstanding.is_empty() {
@@ -266,7 +266,10 @@ impl Dedicated {
     /// commands are taken out, and RESP3 pushes (client tracking) ride along, answering
     /// nothing. `Err` when the upstream sent something that is not RESP or refused a silent
     /// command.
-    pub fn next_replies(&mut self, limit: u32) -> Result<Option<(Bytes, u32)>, UpstreamFailure> {
+    pub(crate) fn next_replies(
+        &mut self,
+        limit: u32,
+    ) -> Result<Option<(Bytes, u32)>, UpstreamFailure> {
         let mut answered = 0;
         // Client bytes framed before a silent reply, when one sits between two of them.
         let mut kept: Option<BytesMut> = None;
@@ -322,7 +325,7 @@ impl Dedicated {
 
     /// Fails when the oldest unanswered request is not blocking and nothing has arrived for
     /// `timeout` since it was sent.
-    pub fn check_timeout(&self, timeout: Duration) -> Result<(), UpstreamFailure> {
+    pub(crate) fn check_timeout(&self, timeout: Duration) -> Result<(), UpstreamFailure> {
         if let Some((_, since)) = &self.awaiting_reset {
             if since.max(&self.last_read).elapsed() >= timeout {
                 return Err(UpstreamFailure::Timeout(timeout));

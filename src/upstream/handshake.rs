@@ -6,7 +6,7 @@ use crate::protocol::request::Request;
 
 /// What the proxy sends on a new upstream connection before any client request: its own
 /// credentials, and HELLO 3 for a RESP3 connection. Their replies are checked, not forwarded.
-pub fn setup_commands(settings: &UpstreamSettings, resp3: bool) -> Vec<Request> {
+pub(crate) fn setup_commands(settings: &UpstreamSettings, resp3: bool) -> Vec<Request> {
     let mut setup = Vec::new();
     if let Some(password) = settings.password.as_deref() {
         match settings.username.as_deref() {

@@ -14,7 +14,7 @@ const BOUNDS_US: [u64; 14] = [
 ];
 
 #[derive(Debug, Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// Observations at or under each bound (not cumulative; summed when rendered).
     buckets: [AtomicU64; BOUNDS_US.len()],
     /// Observations over the last bound.
@@ -25,7 +25,7 @@ pub struct Histogram {
 
 impl Histogram {
     /// Records `n` observations of `took` (a run of `n` requests answered together).
-    pub fn record(&self, took: Duration, n: u64) {
+    pub(crate) fn record(&self, took: Duration, n: u64) {
         let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
         let slot = BOUNDS_US.iter().position(|&b| us <= b);
         match slot {
@@ -39,7 +39,7 @@ impl Histogram {
 
     /// The `_bucket`, `_sum` and `_count` lines of metric `name`, each with `labels`
     /// (`key="value"` pairs, comma-separated, or empty).
-    pub fn render(&self, name: &str, labels: &str) -> String {
+    pub(crate) fn render(&self, name: &str, labels: &str) -> String {
         let mut out = String::new();
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;

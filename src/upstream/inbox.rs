@@ -18,14 +18,14 @@ use bytes::Bytes;
 
 /// Complete reply frames for one session, in request order.
 #[derive(Debug)]
-pub struct Chunk {
+pub(crate) struct Chunk {
     pub data: Bytes,
     /// How many replies `data` holds.
     pub frames: u32,
 }
 
 #[derive(Debug, Default)]
-pub struct Inbox {
+pub(crate) struct Inbox {
     chunks: Mutex<VecDeque<Chunk>>,
     /// Set by every delivery or poke, cleared when the session notices.
     woken: AtomicBool,
@@ -36,7 +36,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// Adds a chunk and wakes the session.
-    pub fn deliver(&self, chunk: Chunk) {
+    pub(crate) fn deliver(&self, chunk: Chunk) {
         self.chunks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -45,23 +45,23 @@ impl Inbox {
     }
 
     /// Wakes the session without a chunk (it then looks at whatever changed, e.g. the phase).
-    pub fn poke(&self) {
+    pub(crate) fn poke(&self) {
         self.woken.store(true, Ordering::Release);
         self.waker.wake();
     }
 
     /// Asks the session to close (CLIENT KILL), and wakes it.
-    pub fn kill(&self) {
+    pub(crate) fn kill(&self) {
         self.killed.store(true, Ordering::Release);
         self.poke();
     }
 
-    pub fn is_killed(&self) -> bool {
+    pub(crate) fn is_killed(&self) -> bool {
         self.killed.load(Ordering::Acquire)
     }
 
     /// Moves every waiting chunk into `into`, in order.
-    pub fn drain_into(&self, into: &mut VecDeque<Chunk>) {
+    pub(crate) fn drain_into(&self, into: &mut VecDeque<Chunk>) {
         let mut chunks = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
         if into.is_empty() {
             std::mem::swap(&mut *chunks, into);
@@ -71,7 +71,7 @@ impl Inbox {
     }
 
     /// Ready once a delivery or poke happened since the last time this returned ready.
-    pub fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
         // Register first, then check: a wake between the two is seen by the check.
         self.waker.register(cx.waker());
         if self.woken.swap(false, Ordering::AcqRel) {

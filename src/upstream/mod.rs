@@ -1,11 +1,11 @@
 //! The upstream Redis: shared and dedicated connections, their sockets, and its health.
 
-pub mod dedicated;
-pub mod handshake;
+pub(crate) mod dedicated;
+pub(crate) mod handshake;
 pub mod health;
-pub mod histogram;
-pub mod inbox;
+pub(crate) mod histogram;
+pub(crate) mod inbox;
 pub mod monitor;
-pub mod outage;
-pub mod shared;
-pub mod socket;
+pub(crate) mod outage;
+pub(crate) mod shared;
+pub(crate) mod socket;

@@ -45,7 +45,7 @@ const READ_CHUNK: usize = 16 * 1024;
 
 /// The pools of shared connections to one upstream: one for RESP2 clients and one for RESP3
 /// clients (the two never share a connection, since replies are forwarded as they come).
-pub struct Upstream {
+pub(crate) struct Upstream {
     /// The timeouts every shared connection reads (see [`Upstream::retune`]).
     timing: Arc<Timing>,
     conns: Box<[Arc<SharedConn>]>,
@@ -62,7 +62,7 @@ pub struct Upstream {
 
 impl Upstream {
     /// Starts the connection tasks on the current runtime.
-    pub fn start(
+    pub(crate) fn start(
         settings: &UpstreamSettings,
         limits: &Limits,
         keepalive: Option<Duration>,
@@ -122,7 +122,7 @@ impl Upstream {
     /// backoff and timeout check use the timeouts; the reply depth limit and keepalive apply
     /// from the next connect. The address, credentials and pool size are fixed for the life
     /// of the process.
-    pub fn retune(
+    pub(crate) fn retune(
         &self,
         settings: &UpstreamSettings,
         limits: &Limits,
@@ -132,7 +132,7 @@ impl Upstream {
     }
 
     /// Stops the connection tasks (at shutdown, once clients are gone).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         for task in &self.tasks {
             task.abort();
         }
@@ -141,7 +141,7 @@ impl Upstream {
     /// The connection a client session uses for all its shared requests (in the pool of its
     /// protocol). A client stays on one connection so that its own requests are applied in the
     /// order it sent them.
-    pub fn pick(&self, resp3: bool) -> Arc<SharedConn> {
+    pub(crate) fn pick(&self, resp3: bool) -> Arc<SharedConn> {
         let pool = self.pool(resp3);
         let i = self.next.fetch_add(1, Ordering::Relaxed) % pool.len();
         pool[i].clone()
@@ -149,7 +149,7 @@ impl Upstream {
 
     /// A connection that is up, for a session whose own connection is down and that has no
     /// reply outstanding (so moving cannot reorder anything). None if every one is down.
-    pub fn pick_up(&self, resp3: bool) -> Option<Arc<SharedConn>> {
+    pub(crate) fn pick_up(&self, resp3: bool) -> Option<Arc<SharedConn>> {
         let pool = self.pool(resp3);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..pool.len())
@@ -160,17 +160,17 @@ impl Upstream {
 
     /// Reply latency of requests on shared connections: from being written to the upstream
     /// to the last reply of their run.
-    pub fn latency(&self) -> &Histogram {
+    pub(crate) fn latency(&self) -> &Histogram {
         &self.latency
     }
 
     /// Shared connections made since the start (first connects and reconnects).
-    pub fn connects(&self) -> u64 {
+    pub(crate) fn connects(&self) -> u64 {
         self.connects.load(Ordering::Relaxed) as u64
     }
 
     /// The upstream's version, once a connection has learned it.
-    pub fn version(&self) -> Option<Arc<str>> {
+    pub(crate) fn version(&self) -> Option<Arc<str>> {
         self.version
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -187,7 +187,7 @@ impl Upstream {
 }
 
 /// One shared upstream connection, as sessions see it.
-pub struct SharedConn {
+pub(crate) struct SharedConn {
     queue: Mutex<Queue>,
     /// Wakes the connection task: work queued, or a request arrived while down.
     wake: Notify,
@@ -228,7 +228,7 @@ impl SharedConn {
     /// fails at once, queueing nothing (no request waits on a connect); if the monitor says it
     /// is back (a probe got through before this connection reconnected), the requests wait
     /// for the reconnect, which they trigger at once.
-    pub fn send(
+    pub(crate) fn send(
         &self,
         reqs: &[Request],
         inbox: &Arc<Inbox>,
@@ -241,7 +241,7 @@ impl SharedConn {
     /// Queues a transaction the proxy queued for the client: MULTI, the commands, EXEC, sent
     /// in one piece so that no other client's request comes between them. Only EXEC's reply is
     /// delivered (one frame); the others were answered by the proxy when the client queued.
-    pub fn send_transaction(
+    pub(crate) fn send_transaction(
         &self,
         reqs: &[Request],
         inbox: &Arc<Inbox>,
@@ -282,7 +282,7 @@ impl SharedConn {
     }
 
     /// Whether this connection speaks RESP3.
-    pub fn is_resp3(&self) -> bool {
+    pub(crate) fn is_resp3(&self) -> bool {
         self.resp3
     }
 
@@ -710,7 +710,7 @@ fn hello_version(reply: &[u8]) -> Option<&str> {
 }
 
 /// An interval for checking a command timeout: a tenth of it, between 1 ms and 100 ms.
-pub fn timeout_tick(timeout: Duration) -> Interval {
+pub(crate) fn timeout_tick(timeout: Duration) -> Interval {
     let period = (timeout / 10).clamp(Duration::from_millis(1), Duration::from_millis(100));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

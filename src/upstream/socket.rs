@@ -8,7 +8,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 
 /// Applies the proxy's options to a connected socket.
-pub fn tune(stream: &TcpStream, keepalive: Option<Duration>) -> io::Result<()> {
+pub(crate) fn tune(stream: &TcpStream, keepalive: Option<Duration>) -> io::Result<()> {
     stream.set_nodelay(true)?;
     if let Some(idle) = keepalive {
         // Redis sets the probe interval to a third of the idle time; do the same.
@@ -21,7 +21,7 @@ pub fn tune(stream: &TcpStream, keepalive: Option<Duration>) -> io::Result<()> {
 }
 
 /// Connects to `addr` within `timeout` and tunes the socket.
-pub async fn connect(
+pub(crate) async fn connect(
     addr: &str,
     timeout: Duration,
     keepalive: Option<Duration>,
@@ -40,7 +40,7 @@ pub async fn connect(
 /// drained) also clears the stream's readiness, as tokio's own `poll_read` does, so the next
 /// wait goes straight to the reactor instead of costing a `read` that returns EAGAIN. On this
 /// kind of machine a syscall costs microseconds, so that is one syscall in three per request.
-pub fn read_available(stream: &TcpStream, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+pub(crate) fn read_available(stream: &TcpStream, buf: &mut bytes::BytesMut) -> io::Result<usize> {
     use bytes::BufMut;
     let spare = buf.capacity() - buf.len();
     debug_assert!(spare > 0);

@@ -9,7 +9,7 @@ use rustc_apfloat::ieee::X87DoubleExtended;
 use rustc_apfloat::{Float, Round, Status};
 
 /// A C `long double`.
-pub type LongDouble = X87DoubleExtended;
+pub(super) type LongDouble = X87DoubleExtended;
 
 /// Redis's `MAX_LONG_DOUBLE_CHARS`: longer strings are not numbers.
 const MAX_LONG_DOUBLE_CHARS: usize = 5 * 1024;
@@ -17,7 +17,7 @@ const MAX_LONG_DOUBLE_CHARS: usize = 5 * 1024;
 /// Redis's `string2ld`: the whole string must be one `strtold` number (decimal, hex `0x...`,
 /// `inf`/`infinity`), with no leading space; NaN, overflow to infinity and underflow to zero
 /// are refused.
-pub fn parse(s: &[u8]) -> Option<LongDouble> {
+pub(super) fn parse(s: &[u8]) -> Option<LongDouble> {
     if s.is_empty() || s.len() >= MAX_LONG_DOUBLE_CHARS {
         return None;
     }
@@ -110,23 +110,23 @@ fn valid_exponent(exp: &[u8]) -> Option<()> {
 }
 
 /// 0 as a `long double` (the value of a missing key).
-pub fn zero() -> LongDouble {
+pub(super) fn zero() -> LongDouble {
     LongDouble::ZERO
 }
 
 /// Neither NaN nor an infinity.
-pub fn is_finite(value: LongDouble) -> bool {
+pub(super) fn is_finite(value: LongDouble) -> bool {
     value.is_finite()
 }
 
 /// `a + b` in `long double`.
-pub fn add(a: LongDouble, b: LongDouble) -> LongDouble {
+pub(super) fn add(a: LongDouble, b: LongDouble) -> LongDouble {
     a.add_r(b, Round::NearestTiesToEven).value
 }
 
 /// Redis's `ld2string(.., LD_STR_HUMAN)`: `%.17Lf`, trailing zeros (and a bare `.`) removed,
 /// `-0` printed as `0`. Callers have ruled out NaN and infinities.
-pub fn format_human(value: LongDouble) -> Vec<u8> {
+pub(super) fn format_human(value: LongDouble) -> Vec<u8> {
     let bits = value.to_bits();
     let negative = bits >> 79 & 1 == 1;
     let biased = (bits >> 64 & 0x7fff) as i32;

@@ -3,7 +3,7 @@
 
 /// Redis's `string2ll`: an optional `-`, then digits without leading zeros (`0` alone is
 /// fine), no `+`, no spaces, at most 20 bytes, within `i64`.
-pub fn string2ll(s: &[u8]) -> Option<i64> {
+pub(crate) fn string2ll(s: &[u8]) -> Option<i64> {
     if s.is_empty() || s.len() >= 21 {
         return None;
     }
@@ -38,7 +38,7 @@ pub fn string2ll(s: &[u8]) -> Option<i64> {
 /// Redis's SCAN cursor parsing (`strtoul` base 10 on a C string): stops at a NUL byte,
 /// rejects a leading space, accepts `+` and `-` (which wraps, as C does), and an empty string
 /// is cursor 0.
-pub fn parse_cursor(arg: &[u8]) -> Option<u64> {
+pub(super) fn parse_cursor(arg: &[u8]) -> Option<u64> {
     let s = super::c_str(arg);
     match s.first() {
         None => return Some(0),

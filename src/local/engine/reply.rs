@@ -10,7 +10,7 @@ use crate::error::{self, ProxyError};
 
 /// An error reply, as Redis words it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Error {
+pub(super) enum Error {
     WrongType,
     NotInteger,
     NotFloat,
@@ -91,7 +91,7 @@ impl Error {
 }
 
 /// What C's `%s` prints of a byte string: up to the first NUL.
-pub fn c_str(bytes: &[u8]) -> &[u8] {
+pub(crate) fn c_str(bytes: &[u8]) -> &[u8] {
     bytes
         .iter()
         .position(|&b| b == 0)
@@ -146,7 +146,7 @@ fn unknown_command(name: &[u8], args: &[Vec<u8>]) -> Vec<u8> {
 /// A reply being built, at the end of a buffer that may already hold earlier replies of the
 /// same batch.
 #[derive(Debug, Default)]
-pub struct Reply {
+pub(super) struct Reply {
     buf: BytesMut,
     /// Where this command's reply starts in `buf`.
     start: usize,
@@ -157,12 +157,12 @@ pub struct Reply {
 
 impl Reply {
     #[cfg(test)]
-    pub fn new() -> Reply {
+    pub(super) fn new() -> Reply {
         Reply::default()
     }
 
     /// Continues `buf`, where replies of earlier commands may already be.
-    pub fn continuing(buf: BytesMut, resp3: bool) -> Reply {
+    pub(super) fn continuing(buf: BytesMut, resp3: bool) -> Reply {
         Reply {
             start: buf.len(),
             buf,
@@ -171,45 +171,45 @@ impl Reply {
     }
 
     /// The next command's reply starts here.
-    pub fn begin(&mut self) {
+    pub(super) fn begin(&mut self) {
         self.start = self.buf.len();
     }
 
-    pub fn into_buf(self) -> BytesMut {
+    pub(super) fn into_buf(self) -> BytesMut {
         self.buf
     }
 
-    pub fn ok(&mut self) {
+    pub(super) fn ok(&mut self) {
         self.buf.put_slice(b"+OK\r\n");
     }
 
-    pub fn simple(&mut self, status: &str) {
+    pub(super) fn simple(&mut self, status: &str) {
         self.buf.put_u8(b'+');
         self.buf.put_slice(status.as_bytes());
         self.buf.put_slice(b"\r\n");
     }
 
-    pub fn int(&mut self, n: i64) {
+    pub(super) fn int(&mut self, n: i64) {
         self.buf.put_u8(b':');
         self.decimal(n);
         self.buf.put_slice(b"\r\n");
     }
 
-    pub fn bulk(&mut self, bytes: &[u8]) {
+    pub(super) fn bulk(&mut self, bytes: &[u8]) {
         self.header(b'$', bytes.len());
         self.buf.put_slice(bytes);
         self.buf.put_slice(b"\r\n");
     }
 
     /// A bulk string of a number's decimal digits.
-    pub fn bulk_u64(&mut self, n: u64) {
+    pub(super) fn bulk_u64(&mut self, n: u64) {
         let mut digits = itoa_buf();
         let text = format_u64(n, &mut digits);
         self.bulk(text);
     }
 
     /// The null bulk string, `$-1` (RESP3 `_`).
-    pub fn null(&mut self) {
+    pub(super) fn null(&mut self) {
         if self.resp3 {
             self.buf.put_slice(b"_\r\n");
         } else {
@@ -218,7 +218,7 @@ impl Reply {
     }
 
     /// A map of `pairs` field-value pairs: a flat array of twice as many in RESP2.
-    pub fn map(&mut self, pairs: usize) {
+    pub(super) fn map(&mut self, pairs: usize) {
         if self.resp3 {
             self.header(b'%', pairs);
         } else {
@@ -226,23 +226,23 @@ impl Reply {
         }
     }
 
-    pub fn array(&mut self, len: usize) {
+    pub(super) fn array(&mut self, len: usize) {
         self.header(b'*', len);
     }
 
-    pub fn error(&mut self, error: &Error) {
+    pub(super) fn error(&mut self, error: &Error) {
         self.buf.put_u8(b'-');
         self.buf.put_slice(&error.line());
         self.buf.put_slice(b"\r\n");
     }
 
     /// Drops what this command wrote (a command that fails after starting its reply).
-    pub fn clear(&mut self) {
+    pub(super) fn clear(&mut self) {
         self.buf.truncate(self.start);
     }
 
     #[cfg(test)]
-    pub fn into_bytes(self) -> bytes::Bytes {
+    pub(super) fn into_bytes(self) -> bytes::Bytes {
         self.buf.freeze()
     }
 
@@ -268,7 +268,7 @@ fn itoa_buf() -> [u8; 20] {
 }
 
 /// The decimal digits of `n`, written at the end of `buf`.
-pub fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(super) fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -281,7 +281,7 @@ pub fn format_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 }
 
 /// The decimal text of `n` (what Redis stores after INCR).
-pub fn format_i64(n: i64) -> Vec<u8> {
+pub(super) fn format_i64(n: i64) -> Vec<u8> {
     let mut digits = itoa_buf();
     let mut out = Vec::with_capacity(21);
     if n < 0 {

@@ -44,12 +44,12 @@ impl<'a> Txn<'a> {
     }
 
     /// The command's time: unix milliseconds.
-    pub fn now(&self) -> u64 {
+    pub(crate) fn now(&self) -> u64 {
         self.now
     }
 
     /// Refuses an entry that alone would exceed the budget.
-    pub fn check_fits(&self, key_len: usize, value_bytes: usize) -> Result<(), OutOfMemory> {
+    pub(crate) fn check_fits(&self, key_len: usize, value_bytes: usize) -> Result<(), OutOfMemory> {
         if entry_bytes(key_len, value_bytes) > self.inner.max_bytes {
             Err(OutOfMemory)
         } else {
@@ -62,7 +62,7 @@ impl<'a> Txn<'a> {
     /// One map lookup: an expired entry found here is invisible at once and removed when the
     /// lock is released (every other path checks deadlines itself, so nothing in between can
     /// see it), which keeps the common read to a single hash probe.
-    pub fn get(&mut self, db: u32, key: &[u8]) -> Option<&Entry> {
+    pub(crate) fn get(&mut self, db: u32, key: &[u8]) -> Option<&Entry> {
         let full = full_key(db, key);
         let now = self.now;
         let entry = self.inner.lru.get(&full[..])?;
@@ -75,7 +75,7 @@ impl<'a> Txn<'a> {
 
     /// The live entry under `key`, without counting a use (Redis's `LOOKUP_NOTOUCH`); one map
     /// lookup, as [`Txn::get`].
-    pub fn peek(&mut self, db: u32, key: &[u8]) -> Option<&Entry> {
+    pub(crate) fn peek(&mut self, db: u32, key: &[u8]) -> Option<&Entry> {
         let full = full_key(db, key);
         let now = self.now;
         let entry = self.inner.lru.peek(&full[..])?;
@@ -87,13 +87,18 @@ impl<'a> Txn<'a> {
     }
 
     /// True when a live key exists (no use counted).
-    pub fn exists(&mut self, db: u32, key: &[u8]) -> bool {
+    pub(crate) fn exists(&mut self, db: u32, key: &[u8]) -> bool {
         self.peek(db, key).is_some()
     }
 
     /// Changes the value of a live key in place, counting a use; `None` when there is no such
     /// key. Never evicts; the caller has checked with [`Txn::check_fits`] that the result fits.
-    pub fn update<R>(&mut self, db: u32, key: &[u8], f: impl FnOnce(&mut Value) -> R) -> Option<R> {
+    pub(crate) fn update<R>(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        f: impl FnOnce(&mut Value) -> R,
+    ) -> Option<R> {
         let full = full_key(db, key);
         let now = self.now;
         if self.inner.expire_if_needed(&full, now) {
@@ -113,7 +118,7 @@ impl<'a> Txn<'a> {
 
     /// Writes `value` under `key`. A new key makes room first (expired, then least recently
     /// used keys); an existing one is replaced without evicting anything.
-    pub fn insert(
+    pub(crate) fn insert(
         &mut self,
         db: u32,
         key: &[u8],
@@ -174,7 +179,7 @@ impl<'a> Txn<'a> {
     }
 
     /// Deletes a live key and returns it.
-    pub fn remove(&mut self, db: u32, key: &[u8]) -> Option<Entry> {
+    pub(crate) fn remove(&mut self, db: u32, key: &[u8]) -> Option<Entry> {
         let full = full_key(db, key);
         let now = self.now;
         if self.inner.expire_if_needed(&full, now) {
@@ -187,7 +192,7 @@ impl<'a> Txn<'a> {
     /// live key. Setting a deadline is a change even when it is the same one (EXPIRE always
     /// signals in Redis); clearing an absent one is not (PERSIST, GETEX PERSIST signal only
     /// when `removeExpire` removed something).
-    pub fn set_expire(&mut self, db: u32, key: &[u8], at: Option<u64>) -> Option<u64> {
+    pub(crate) fn set_expire(&mut self, db: u32, key: &[u8], at: Option<u64>) -> Option<u64> {
         let full = full_key(db, key);
         let now = self.now;
         if self.inner.expire_if_needed(&full, now) {
@@ -207,7 +212,7 @@ impl<'a> Txn<'a> {
     }
 
     /// Live keys in `db` (expired ones are removed first).
-    pub fn dbsize(&mut self, db: u32) -> usize {
+    pub(crate) fn dbsize(&mut self, db: u32) -> usize {
         let now = self.now;
         self.inner.expire_some(now, usize::MAX);
         self.inner.dbs.get(&db).map_or(0, BTreeSet::len)
@@ -215,7 +220,7 @@ impl<'a> Txn<'a> {
 
     /// Deletes every key of `db`. Each key removed is a change to its watchers, as in Redis's
     /// `touchAllWatchedKeysInDb`; a watched key that did not exist is not.
-    pub fn flush_db(&mut self, db: u32) {
+    pub(crate) fn flush_db(&mut self, db: u32) {
         let Some(index) = self.inner.dbs.remove(&db) else {
             return;
         };
@@ -232,20 +237,20 @@ impl<'a> Txn<'a> {
 
     /// EXEC's check, made under the lock the transaction then runs with: true when a key of
     /// `watch` was changed since it was watched, or was live then and is expired now.
-    pub fn watch_dirty(&self, watch: &Watch) -> bool {
+    pub(crate) fn watch_dirty(&self, watch: &Watch) -> bool {
         self.inner.watch_dirty(watch, self.now)
     }
 
     /// Releases `watch` under this lock (EXEC does so whether it runs or aborts); the same as
     /// [`Watch::unwatch`], which would deadlock here.
-    pub fn unwatch(&mut self, watch: &mut Watch) {
+    pub(crate) fn unwatch(&mut self, watch: &mut Watch) {
         watch.release(&mut self.inner);
     }
 
     /// One SCAN step over `db` from `cursor`: about `count` keys (more when hashes tie) and
     /// the next cursor, 0 at the end. Keys may have expired: callers check each with
     /// [`Txn::peek`].
-    pub fn scan(&mut self, db: u32, cursor: u64, count: usize) -> (u64, Vec<Bytes>) {
+    pub(crate) fn scan(&mut self, db: u32, cursor: u64, count: usize) -> (u64, Vec<Bytes>) {
         let Some(index) = self.inner.dbs.get(&db) else {
             return (0, Vec::new());
         };
@@ -262,7 +267,7 @@ impl<'a> Txn<'a> {
     }
 
     /// Every live key of `db` for which `pred` holds (KEYS).
-    pub fn keys_where(&self, db: u32, pred: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
+    pub(crate) fn keys_where(&self, db: u32, pred: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
         let Some(index) = self.inner.dbs.get(&db) else {
             return Vec::new();
         };
@@ -280,7 +285,7 @@ impl<'a> Txn<'a> {
     }
 
     /// A random live key of `db` (expired keys met on the way are removed).
-    pub fn random_key(&mut self, db: u32) -> Option<Bytes> {
+    pub(crate) fn random_key(&mut self, db: u32) -> Option<Bytes> {
         loop {
             let r = self.inner.next_random();
             let index = self.inner.dbs.get(&db)?;

@@ -24,7 +24,7 @@ pub type Str = smallvec::SmallVec<[u8; STR_INLINE]>;
 
 /// The longest string value kept inline: what fits in the room a hash takes anyway, so
 /// [`Value`] is no larger for it.
-pub const STR_INLINE: usize = 48;
+pub(super) const STR_INLINE: usize = 48;
 
 /// The value of a key.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use crate::protocol::request::Request;
 
 /// Connection state that differs from a fresh connection's. A session holds it boxed, and
 /// only once something differs, so a plain client pays one pointer.
-pub struct ClientState {
+pub(crate) struct ClientState {
     /// The selected database (SELECT).
     pub db: u32,
     /// Replies in RESP3, after HELLO 3.
@@ -34,7 +34,7 @@ pub struct ClientState {
 
 impl ClientState {
     /// A fresh connection's state: database 0, RESP2, the default user if there is one.
-    pub fn new(users: &Users) -> ClientState {
+    pub(crate) fn new(users: &Users) -> ClientState {
         ClientState {
             db: 0,
             resp3: false,
@@ -52,41 +52,41 @@ impl ClientState {
 /// A client's connection state as its session holds it: a null pointer while every setting is
 /// a fresh connection's, a boxed [`ClientState`] once one differs.
 #[derive(Default)]
-pub struct SessionState(Option<Box<ClientState>>);
+pub(crate) struct SessionState(Option<Box<ClientState>>);
 
 impl SessionState {
     /// The state to change, made if the session had none.
-    pub fn edit(&mut self, users: &Users) -> &mut ClientState {
+    pub(crate) fn edit(&mut self, users: &Users) -> &mut ClientState {
         self.0
             .get_or_insert_with(|| Box::new(ClientState::new(users)))
     }
 
     /// The state, if anything differs from a fresh connection's.
-    pub fn get(&self) -> Option<&ClientState> {
+    pub(crate) fn get(&self) -> Option<&ClientState> {
         self.0.as_deref()
     }
 
-    pub fn get_mut(&mut self) -> Option<&mut ClientState> {
+    pub(crate) fn get_mut(&mut self) -> Option<&mut ClientState> {
         self.0.as_deref_mut()
     }
 
     /// Back to a fresh connection's state (RESET).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.0 = None;
     }
 
     /// The selected database, 0 for a fresh connection.
-    pub fn db(&self) -> u32 {
+    pub(crate) fn db(&self) -> u32 {
         self.0.as_ref().map_or(0, |s| s.db)
     }
 
     /// Whether replies are RESP3.
-    pub fn resp3(&self) -> bool {
+    pub(crate) fn resp3(&self) -> bool {
         self.0.as_ref().is_some_and(|s| s.resp3)
     }
 
     /// The user the client acts as.
-    pub fn user(&self, users: &Users) -> Option<UserId> {
+    pub(crate) fn user(&self, users: &Users) -> Option<UserId> {
         match &self.0 {
             Some(s) => s.user,
             None => users.default_user(),
@@ -96,14 +96,14 @@ impl SessionState {
 
 /// Where a transaction runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     Local,
     Upstream,
 }
 
 /// A transaction being queued (between MULTI and EXEC or DISCARD).
 #[derive(Debug, Default)]
-pub struct Multi {
+pub(crate) struct Multi {
     pub queued: Vec<Request>,
     /// Where its commands go, once one has said.
     pub target: Option<Target>,

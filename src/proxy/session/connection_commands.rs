@@ -18,7 +18,7 @@ use crate::proxy::session::client_state::{ClientState, SessionState};
 
 /// What the client's own upstream connection must be told after a command the proxy answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Follow {
+pub(crate) enum Follow {
     Nothing,
     /// SELECT this database.
     Select(u32),
@@ -29,19 +29,19 @@ pub enum Follow {
 }
 
 /// The proxy's answer to a connection command.
-pub struct Answer {
+pub(crate) struct Answer {
     pub reply: Bytes,
     pub follow: Follow,
 }
 
 /// What the proxy knows of the socket, for CLIENT INFO.
-pub struct Peer {
+pub(crate) struct Peer {
     pub addr: Option<SocketAddr>,
     pub local: Option<SocketAddr>,
 }
 
 /// What answering needs beyond the client's own state.
-pub struct Env<'a> {
+pub(crate) struct Env<'a> {
     pub users: &'a Users,
     /// The version HELLO reports.
     pub version: &'a str,
@@ -53,7 +53,7 @@ pub struct Env<'a> {
 
 /// What a session must do with a request before routing it, decided once from its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handling {
+pub(crate) enum Handling {
     /// Routed by its keys.
     Routed,
     /// A connection command the proxy answers (see [`answer`]), RESET included.
@@ -69,7 +69,7 @@ pub enum Handling {
 
 impl Handling {
     /// Classifies `req`, at the cost of a length check for almost every request.
-    pub fn of(req: &Request) -> Handling {
+    pub(crate) fn of(req: &Request) -> Handling {
         let name = req.name();
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         match name.len() {
@@ -94,7 +94,7 @@ impl Handling {
 }
 
 /// Whether answering `req` may change what CLIENT LIST shows of the client.
-pub fn may_change_listing(req: &Request) -> bool {
+pub(crate) fn may_change_listing(req: &Request) -> bool {
     !req.name().eq_ignore_ascii_case(b"client")
         || req.arg(1).is_some_and(|sub| {
             sub.eq_ignore_ascii_case(b"setname") || sub.eq_ignore_ascii_case(b"setinfo")
@@ -124,7 +124,7 @@ const CLIENT_SUBCOMMANDS: &[&str] = &[
 ];
 
 /// Answers a connection command (one [`Handling::of`] calls `Connection` or `Reset`).
-pub fn answer(
+pub(crate) fn answer(
     req: &Request,
     state: &mut SessionState,
     env: &Env<'_>,
@@ -469,7 +469,7 @@ fn kill(req: &Request, env: &Env<'_>) -> Bytes {
 }
 
 /// What CLIENT LIST shows of a client's state.
-pub fn listed(state: &SessionState, users: &Users) -> Listed {
+pub(crate) fn listed(state: &SessionState, users: &Users) -> Listed {
     let Some(s) = state.get() else {
         return Listed::default();
     };

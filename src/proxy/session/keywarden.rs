@@ -13,7 +13,7 @@ use crate::protocol::request::Request;
 use crate::proxy::server::Ctx;
 
 /// `KEYWARDEN <subcommand>` (the caller checked the admin permission).
-pub fn run(req: &Request, ctx: Ctx<'_>, resp3: bool) -> Bytes {
+pub(crate) fn run(req: &Request, ctx: Ctx<'_>, resp3: bool) -> Bytes {
     let Some(sub) = req.arg(1) else {
         return ProxyError::Arity {
             command: "keywarden".into(),

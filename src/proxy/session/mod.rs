@@ -16,10 +16,10 @@
 //! every idle client's task). An idle client costs its socket registration, a small task and
 //! an inbox.
 
-pub mod client_state;
-pub mod connection_commands;
-pub mod keywarden;
-pub mod transaction;
+pub(crate) mod client_state;
+pub(crate) mod connection_commands;
+pub(crate) mod keywarden;
+pub(crate) mod transaction;
 
 mod batch;
 mod busy;
@@ -54,7 +54,7 @@ const READ_CHUNK: usize = 4 * 1024;
 /// Slices gathered into one vectored write to the client.
 const MAX_IOVECS: usize = 32;
 
-pub struct Session {
+pub(crate) struct Session {
     stream: TcpStream,
     server: Arc<Server>,
     /// The configuration this client's requests are judged by: the server's, taken again
@@ -144,7 +144,7 @@ enum Event {
 }
 
 impl Session {
-    pub fn new(stream: TcpStream, server: Arc<Server>, policy: Arc<Policy>) -> Session {
+    pub(crate) fn new(stream: TcpStream, server: Arc<Server>, policy: Arc<Policy>) -> Session {
         let inbox = Arc::new(Inbox::default());
         let (key, id) = server.clients.join(inbox.clone(), stream.peer_addr().ok());
         let idle = policy.settings.client_idle_timeout.map(IdleTimer::new);

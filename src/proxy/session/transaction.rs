@@ -21,7 +21,7 @@ use super::busy::{Busy, Stall};
 
 /// Commands that never enter a transaction: they change what the connection is (Pub/Sub,
 /// MONITOR, the client's identity) rather than data.
-pub fn refused_inside(name: &[u8]) -> bool {
+pub(crate) fn refused_inside(name: &[u8]) -> bool {
     const REFUSED: &[&[u8]] = &[
         b"auth",
         b"hello",
