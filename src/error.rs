@@ -15,15 +15,15 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// Redis's texts that both the proxy and the local engine answer with.
-pub const SYNTAX: &str = "ERR syntax error";
-pub const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
-pub const INDEX_OUT_OF_RANGE: &str =
+pub(crate) const SYNTAX: &str = "ERR syntax error";
+pub(crate) const NOT_AN_INTEGER: &str = "ERR value is not an integer or out of range";
+pub(crate) const INDEX_OUT_OF_RANGE: &str =
     "ERR value is out of range, value must between -2147483648 and 2147483647";
-pub const DB_INDEX_OUT_OF_RANGE: &str = "ERR DB index is out of range";
+pub(crate) const DB_INDEX_OUT_OF_RANGE: &str = "ERR DB index is out of range";
 
 /// Why the upstream could not answer a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
+pub(crate) enum UpstreamFailure {
     /// No connection to the upstream could be made (refused, unreachable, connect timeout).
     Unavailable,
     /// The connection closed or failed with the request in flight.
@@ -39,7 +39,7 @@ pub enum UpstreamFailure {
 
 /// An error reply the proxy generates.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// Malformed client input; the connection is closed after this reply, as Redis does.
     Protocol(String),
     /// `max_clients` reached at accept time.
@@ -232,7 +232,7 @@ impl std::error::Error for ProxyError {}
 
 impl ProxyError {
     /// The RESP error reply for this error: `-<CODE> <message>\r\n`.
-    pub fn to_reply(&self) -> Bytes {
+    pub(crate) fn to_reply(&self) -> Bytes {
         reply(self)
     }
 }

@@ -179,7 +179,7 @@ macro_rules! bitset {
             $($(#[$cdoc])* pub const $c: $ty = $ty(1 << $bit);)*
 
             /// Every constant with its name, in bit order.
-            pub const ALL: &'static [($ty, &'static str)] = &[$(($ty::$c, $name)),*];
+            pub(crate) const ALL: &'static [($ty, &'static str)] = &[$(($ty::$c, $name)),*];
 
             pub const fn empty() -> $ty {
                 $ty(0)
@@ -202,7 +202,8 @@ macro_rules! bitset {
             }
 
             /// True if any bit of `other` is set in `self`.
-            pub const fn intersects(self, other: $ty) -> bool {
+            #[allow(dead_code)] // not every set of flags is asked this
+            pub(crate) const fn intersects(self, other: $ty) -> bool {
                 self.0 & other.0 != 0
             }
 
@@ -327,7 +328,7 @@ impl CommandInfo {
     }
 
     /// The part of the name after the container's (`setname` for `client|setname`).
-    pub fn short_name(&self) -> &'static str {
+    pub(crate) fn short_name(&self) -> &'static str {
         self.name.rsplit_once('|').map_or(self.name, |(_, sub)| sub)
     }
 
@@ -337,7 +338,7 @@ impl CommandInfo {
     }
 
     /// True if a request of `argc` arguments (the name included) satisfies the arity.
-    pub fn arity_ok(&self, argc: usize) -> bool {
+    pub(crate) fn arity_ok(&self, argc: usize) -> bool {
         let need = self.arity.unsigned_abs() as usize;
         if self.arity >= 0 {
             argc == need
@@ -363,7 +364,7 @@ impl CommandInfo {
         self.subcommands
     }
 
-    pub fn is_write(&self) -> bool {
+    pub(crate) fn is_write(&self) -> bool {
         self.flags.contains(Flags::WRITE)
     }
 
@@ -432,10 +433,10 @@ fn name_index() -> &'static NameIndex {
 /// [`position`] remembering the last name it was asked about (one is kept per batch of
 /// requests, which mostly repeat one command).
 #[derive(Debug, Default)]
-pub struct Positions(Memo);
+pub(crate) struct Positions(Memo);
 
 impl Positions {
-    pub fn position(&mut self, name: &[u8]) -> Option<usize> {
+    pub(crate) fn position(&mut self, name: &[u8]) -> Option<usize> {
         self.0.find(name_index(), name)
     }
 }

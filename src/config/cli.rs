@@ -13,7 +13,7 @@ use crate::config::{ConfigError, Overrides, Settings};
 
 /// Where `keywarden` looks for its config when `--config` is not given, relative to the
 /// working directory. If nothing is there, the built-in defaults are used.
-pub const DEFAULT_CONFIG_PATH: &str = "config/keywarden.toml";
+pub(crate) const DEFAULT_CONFIG_PATH: &str = "config/keywarden.toml";
 
 /// A Redis-protocol proxy that decides, per keyspace, what happens when the upstream is
 /// unavailable.

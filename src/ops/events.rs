@@ -45,7 +45,7 @@ pub use crate::upstream::outage::{AffectedKeyspaces, Counters, Counts, Event, Ev
 
 /// A configuration reload's outcome: `CONFIG_RELOADED` or `CONFIG_RELOAD_FAILED`.
 #[derive(Debug, Clone, Copy)]
-pub struct ReloadEvent<'a> {
+pub(crate) struct ReloadEvent<'a> {
     /// The file read.
     pub source: &'a str,
     /// What asked for it: `SIGHUP` or `KEYWARDEN RELOAD`.
@@ -56,7 +56,7 @@ pub struct ReloadEvent<'a> {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub enum ReloadOutcome<'a> {
+pub(crate) enum ReloadOutcome<'a> {
     Applied {
         /// The settings that changed and now apply, such as `keyspaces` or `users`.
         applied: &'a [&'static str],
@@ -75,7 +75,7 @@ pub enum ReloadOutcome<'a> {
 }
 
 impl ReloadEvent<'_> {
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self.outcome {
             ReloadOutcome::Applied { .. } => "CONFIG_RELOADED",
             ReloadOutcome::Failed { .. } => "CONFIG_RELOAD_FAILED",
@@ -186,14 +186,14 @@ impl Events {
 
     /// Emits `event` now: to the log, and to the JSONL file if there is one. A failed file
     /// write is logged and does not stop the proxy.
-    pub fn emit(&self, event: &Event<'_>) {
+    pub(crate) fn emit(&self, event: &Event<'_>) {
         let line = self.line(event, SystemTime::now());
         self.log(event);
         self.append(line, event.kind.as_str());
     }
 
     /// Emits the outcome of a configuration reload, to the log and the JSONL file.
-    pub fn emit_reload(&self, event: &ReloadEvent<'_>) {
+    pub(crate) fn emit_reload(&self, event: &ReloadEvent<'_>) {
         let line = self.reload_line(event, SystemTime::now());
         let name = event.name();
         let (applied, restart_required, errors) = match &event.outcome {
@@ -229,7 +229,7 @@ impl Events {
     }
 
     /// The JSON line for a reload event at `at`, without the newline.
-    pub fn reload_line(&self, event: &ReloadEvent<'_>, at: SystemTime) -> String {
+    pub(crate) fn reload_line(&self, event: &ReloadEvent<'_>, at: SystemTime) -> String {
         let head = ReloadHead {
             event: event.name(),
             timestamp: humantime::format_rfc3339_millis(at).to_string(),

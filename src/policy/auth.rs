@@ -38,7 +38,7 @@ use crate::command::{Categories, CommandInfo, Flags};
 use crate::policy::keyspace::{Keyspaces, Membership, Pattern};
 
 /// The name Redis gives the user that `AUTH <password>` logs in as.
-pub const DEFAULT_USER: &str = "default";
+pub(crate) const DEFAULT_USER: &str = "default";
 
 /// A user, as an index into [`Users`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,7 +129,7 @@ impl PasswordHash {
     }
 
     /// Reads 64 hexadecimal characters, either case (what `sha256sum` prints).
-    pub fn from_hex(text: &str) -> Option<PasswordHash> {
+    pub(crate) fn from_hex(text: &str) -> Option<PasswordHash> {
         let text = text.as_bytes();
         if text.len() != 64 {
             return None;
@@ -337,7 +337,7 @@ impl Users {
 
     /// The user a client acts as before any `AUTH` (and after RESET): the all-permission
     /// `default` when no password is configured, otherwise none.
-    pub fn default_user(&self) -> Option<UserId> {
+    pub(crate) fn default_user(&self) -> Option<UserId> {
         (!self.required).then_some(UserId(0))
     }
 
@@ -354,7 +354,7 @@ impl Users {
 
     /// The user here with `user`'s name and password, if any: after a reload, who a client
     /// that logged in as `user` (of the configuration before) still is.
-    pub fn same_user(&self, user: &User) -> Option<UserId> {
+    pub(crate) fn same_user(&self, user: &User) -> Option<UserId> {
         self.iter()
             .find(|(_, u)| u.name == user.name && u.password == user.password)
             .map(|(id, _)| id)
@@ -362,7 +362,7 @@ impl Users {
 
     /// The user `username` if `password` is theirs. The password is hashed before the user is
     /// looked up, so a wrong name costs the same as a wrong password.
-    pub fn authenticate(&self, username: &[u8], password: &[u8]) -> Option<UserId> {
+    pub(crate) fn authenticate(&self, username: &[u8], password: &[u8]) -> Option<UserId> {
         let hash = PasswordHash::of(password);
         let (id, user) = self.iter().find(|(_, u)| u.name.as_bytes() == username)?;
         let ok = match &user.password {

@@ -104,25 +104,25 @@ pub enum Membership {
 /// a keyspace (see [`PerKeyspace::carried`]) shares them with the old list, so a counter never
 /// goes back and an add racing with the reload is not lost.
 #[derive(Debug)]
-pub struct PerKeyspace {
+pub(crate) struct PerKeyspace {
     /// Indexed like the keyspace list, with the default keyspace last.
     counts: Box<[Arc<KeyspaceCounts>]>,
 }
 
 #[derive(Debug, Default)]
-pub struct KeyspaceCounts {
+pub(crate) struct KeyspaceCounts {
     refused: AtomicU64,
     degraded: AtomicU64,
 }
 
 impl PerKeyspace {
-    pub fn new(keyspaces: &Keyspaces) -> PerKeyspace {
+    pub(crate) fn new(keyspaces: &Keyspaces) -> PerKeyspace {
         PerKeyspace::carried(keyspaces, None)
     }
 
     /// Counters for `keyspaces`, taking over those of `previous` (the list it replaces and its
     /// counters) for every keyspace whose name is in both.
-    pub fn carried(
+    pub(crate) fn carried(
         keyspaces: &Keyspaces,
         previous: Option<(&Keyspaces, &PerKeyspace)>,
     ) -> PerKeyspace {
@@ -149,20 +149,20 @@ impl PerKeyspace {
         self.counts.get(i).map(|c| &**c)
     }
 
-    pub fn record_refused(&self, m: Membership) {
+    pub(crate) fn record_refused(&self, m: Membership) {
         if let Some(c) = self.slot(m) {
             c.refused.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    pub fn record_degraded(&self, m: Membership) {
+    pub(crate) fn record_degraded(&self, m: Membership) {
         if let Some(c) = self.slot(m) {
             c.degraded.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// (keyspace name, refused, degraded replies) for each keyspace, the default one last.
-    pub fn totals(&self, keyspaces: &Keyspaces) -> Vec<(String, u64, u64)> {
+    pub(crate) fn totals(&self, keyspaces: &Keyspaces) -> Vec<(String, u64, u64)> {
         keyspaces
             .names()
             .zip(self.counts.iter())
@@ -179,7 +179,7 @@ impl PerKeyspace {
 }
 
 /// The name used for keys that match no configured keyspace.
-pub const DEFAULT_NAME: &str = "default";
+pub(crate) const DEFAULT_NAME: &str = "default";
 
 impl Keyspaces {
     pub fn new(list: Vec<Keyspace>, default_mode: Mode) -> Keyspaces {
@@ -192,7 +192,7 @@ impl Keyspaces {
     }
 
     /// The keyspace `key` belongs to: the first, in config order, with a matching pattern.
-    pub fn classify(&self, key: &[u8]) -> Membership {
+    pub(crate) fn classify(&self, key: &[u8]) -> Membership {
         self.list
             .iter()
             .position(|ks| ks.patterns.iter().any(|p| p.matches(key)))
@@ -235,11 +235,11 @@ impl Keyspaces {
 
     /// Names of the keyspaces in `mode`, the default one included when it is in that mode.
     /// Whether any keyspace, the default included, has `mode`.
-    pub fn any_in(&self, mode: Mode) -> bool {
+    pub(crate) fn any_in(&self, mode: Mode) -> bool {
         self.default_mode == mode || self.list.iter().any(|ks| ks.mode == mode)
     }
 
-    pub fn names_in(&self, mode: Mode) -> Vec<String> {
+    pub(crate) fn names_in(&self, mode: Mode) -> Vec<String> {
         let mut names: Vec<String> = self
             .list
             .iter()

@@ -38,7 +38,7 @@ use crate::protocol::request::{ArgSpan, Request};
 
 /// Redis's limits; `Default` gives Redis 7's defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ParserLimits {
+pub(crate) struct ParserLimits {
     /// The largest bulk argument (`proto-max-bulk-len`, 512 MiB).
     pub max_bulk_len: usize,
     /// The largest multibulk count (Redis 7 accepts up to `INT_MAX`; spans are never
@@ -61,7 +61,7 @@ impl Default for ParserLimits {
 /// A protocol error. The message is Redis's exact text; the session replies `-ERR <message>`
 /// and closes the connection, as Redis does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProtocolError(pub String);
+pub(crate) struct ProtocolError(pub String);
 
 impl ProtocolError {
     #[cold]
@@ -113,7 +113,7 @@ enum Inline {
 
 /// Reads commands off the front of a client's buffer, resuming where it stopped.
 #[derive(Debug)]
-pub struct RequestParser {
+pub(crate) struct RequestParser {
     limits: ParserLimits,
     auth_required: bool,
     frame: Frame,
@@ -136,7 +136,7 @@ pub struct RequestParser {
 }
 
 impl RequestParser {
-    pub fn new(limits: ParserLimits) -> RequestParser {
+    pub(crate) fn new(limits: ParserLimits) -> RequestParser {
         RequestParser {
             limits,
             auth_required: false,
@@ -154,21 +154,23 @@ impl RequestParser {
 
     /// Applies Redis's stricter limits for clients that still have to authenticate: more than
     /// 10 arguments or a bulk over 16 KiB is a protocol error ("unauthenticated multibulk
-    /// length" / "unauthenticated bulk length"). Off by default. The session turns it on for a
-    /// connection that must AUTH and off once it has; Redis decides per command, so the
-    /// session should update it before asking for the command that follows AUTH.
-    pub fn set_auth_required(&mut self, required: bool) {
+    /// length" / "unauthenticated bulk length"). Off by default, and so far only the parser's own
+    /// tests turn it on: sessions do not yet, so a client that has not authenticated gets the
+    /// ordinary limits. Redis decides per command, so a session would update it before asking
+    /// for the command that follows AUTH.
+    #[cfg(test)]
+    pub(crate) fn set_auth_required(&mut self, required: bool) {
         self.auth_required = required;
     }
 
     /// New limits (a reload), for every byte not yet read.
-    pub fn set_limits(&mut self, limits: ParserLimits) {
+    pub(crate) fn set_limits(&mut self, limits: ParserLimits) {
         self.limits = limits;
     }
 
     /// Forgets the command in progress, so that the buffer is read again from its start (the
     /// caller put commands back in front of it).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         let (limits, auth_required) = (self.limits, self.auth_required);
         *self = RequestParser::new(limits);
         self.auth_required = auth_required;
@@ -183,7 +185,7 @@ impl RequestParser {
     ///   the same error.
     ///
     /// Between calls the caller only ever appends to `buf`.
-    pub fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+    pub(crate) fn next(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }

@@ -72,7 +72,7 @@ pub enum Outcome {
 
 /// Consecutive results needed to flip. Zero is read as one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Thresholds {
+pub(crate) struct Thresholds {
     /// Counted failures in a row that take `healthy` to `unavailable`.
     pub failures: u32,
     /// Successes in a row while `recovering` (after the one that left `unavailable`) that make
@@ -82,7 +82,7 @@ pub struct Thresholds {
 
 /// One flip of the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Transition {
+pub(crate) struct Transition {
     pub from: State,
     pub to: State,
     /// The failure that caused it; `None` when a success did.
@@ -92,7 +92,7 @@ pub struct Transition {
 
 /// The state machine of one upstream.
 #[derive(Debug, Clone)]
-pub struct Health {
+pub(crate) struct Health {
     state: State,
     since: Instant,
     thresholds: Thresholds,
@@ -132,12 +132,12 @@ impl Cause {
     }
 
     /// True when one occurrence is proof enough that the upstream is gone.
-    pub fn is_immediate(self) -> bool {
+    pub(crate) fn is_immediate(self) -> bool {
         matches!(self, Cause::Refused | Cause::Closed)
     }
 
     /// The cause of a failed connect.
-    pub fn of_connect_error(e: &std::io::Error) -> Cause {
+    pub(crate) fn of_connect_error(e: &std::io::Error) -> Cause {
         use std::io::ErrorKind;
         match e.kind() {
             ErrorKind::ConnectionRefused => Cause::Refused,
@@ -168,7 +168,7 @@ impl From<UpstreamFailure> for Cause {
 }
 
 impl Health {
-    pub fn new(initial: State, thresholds: Thresholds, now: Instant) -> Health {
+    pub(crate) fn new(initial: State, thresholds: Thresholds, now: Instant) -> Health {
         let mut health = Health {
             state: initial,
             since: now,
@@ -181,24 +181,26 @@ impl Health {
     }
 
     /// New thresholds (a reload), for the next outcomes; the counts so far are kept.
-    pub fn set_thresholds(&mut self, thresholds: Thresholds) {
+    pub(crate) fn set_thresholds(&mut self, thresholds: Thresholds) {
         self.thresholds = Thresholds {
             failures: thresholds.failures.max(1),
             successes: thresholds.successes.max(1),
         };
     }
 
-    pub fn state(&self) -> State {
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> State {
         self.state
     }
 
     /// When the current state was entered.
-    pub fn since(&self) -> Instant {
+    #[cfg(test)]
+    pub(crate) fn since(&self) -> Instant {
         self.since
     }
 
     /// Takes in one outcome; returns the flip it caused, if any.
-    pub fn observe(&mut self, outcome: Outcome, now: Instant) -> Option<Transition> {
+    pub(crate) fn observe(&mut self, outcome: Outcome, now: Instant) -> Option<Transition> {
         match (self.state, outcome) {
             // healthy: a success ends any run of failures.
             (State::Healthy, Outcome::Success) => {

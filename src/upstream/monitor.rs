@@ -122,7 +122,7 @@ impl Thresholds {
 impl MonitorSettings {
     /// The monitor of the configured upstream. The recovery pace is not configurable: it
     /// serves the 50 ms goal, not a trade-off an operator needs to make.
-    pub fn from_settings(s: &Settings) -> MonitorSettings {
+    pub(crate) fn from_settings(s: &Settings) -> MonitorSettings {
         MonitorSettings {
             address: s.upstream.address.clone(),
             login: handshake::setup_commands(&s.upstream, false)
@@ -148,7 +148,7 @@ pub struct HealthSnapshot {
 
 impl HealthSnapshot {
     /// Whether the data path sends requests upstream: when healthy and when recovering.
-    pub fn upstream_available(&self) -> bool {
+    pub(crate) fn upstream_available(&self) -> bool {
         self.state != State::Unavailable
     }
 }
@@ -309,7 +309,7 @@ impl MonitorHandle {
 
     /// A reload: the probe pace, timeouts and thresholds of `settings` apply from the next
     /// probe and report on (the address and login stay), and later events name `keyspaces`.
-    pub fn reconfigure(&self, settings: &MonitorSettings, keyspaces: AffectedKeyspaces) {
+    pub(crate) fn reconfigure(&self, settings: &MonitorSettings, keyspaces: AffectedKeyspaces) {
         *self.shared.tuning.lock().unwrap_or_else(|e| e.into_inner()) = Tuning::of(settings);
         self.shared.retuned.notify_one();
         let retune = Retune {

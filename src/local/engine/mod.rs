@@ -43,7 +43,7 @@ use reply::{Error, Reply};
 pub const DATABASES: u32 = 16;
 
 /// Redis's default `proto-max-bulk-len`: the longest string APPEND and SETRANGE may build.
-pub const PROTO_MAX_BULK_LEN: u64 = 512 * 1024 * 1024;
+pub(crate) const PROTO_MAX_BULK_LEN: u64 = 512 * 1024 * 1024;
 
 type Handler = fn(&mut Call<'_, '_>) -> Result<(), Error>;
 
@@ -130,7 +130,7 @@ fn index() -> &'static NameIndex {
 }
 
 /// Redis's reply to a command it does not know, quoting the request as Redis does.
-pub fn unknown_command(req: &Request) -> Bytes {
+pub(crate) fn unknown_command(req: &Request) -> Bytes {
     let mut out = Reply::continuing(BytesMut::new(), false);
     out.error(&Error::UnknownCommand {
         name: req.name().to_vec(),
@@ -147,11 +147,11 @@ pub fn supports(name: &[u8]) -> bool {
 /// Whether the engine implements a command, remembering the last name it was asked about
 /// (one is kept per batch of requests).
 #[derive(Debug, Default)]
-pub struct Supports(Memo);
+pub(crate) struct Supports(Memo);
 
 impl Supports {
     /// Whether the engine implements `name` (any case; subcommand-less).
-    pub fn check(&mut self, name: &[u8]) -> bool {
+    pub(crate) fn check(&mut self, name: &[u8]) -> bool {
         self.position(name).is_some()
     }
 
@@ -180,7 +180,7 @@ pub fn execute(store: &Store, db: u32, req: &Request, now_ms: u64) -> Bytes {
 /// encoding when `resp3`). Nothing else runs between them: a batch is as atomic as one command,
 /// which is what EXEC needs, and one lock and one buffer for a pipelined read is what keeps
 /// local serving as fast as Redis.
-pub fn execute_all(
+pub(crate) fn execute_all(
     store: &Store,
     db: u32,
     resp3: bool,

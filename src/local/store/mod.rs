@@ -81,7 +81,7 @@ use watch::WatchTable;
 /// to 34 bytes and string values of up to 48 are held inside these; a longer key adds one
 /// shared buffer (~32 + its length) and a longer value its own (its length, as counted), and a
 /// key with a deadline ~70 more, uncounted.
-pub const ENTRY_OVERHEAD: usize = 256;
+pub(crate) const ENTRY_OVERHEAD: usize = 256;
 
 /// Bytes a key of `key_len` bytes holding `value_bytes` (see [`Value::bytes`]) counts for.
 pub fn entry_bytes(key_len: usize, value_bytes: usize) -> usize {
@@ -90,11 +90,11 @@ pub fn entry_bytes(key_len: usize, value_bytes: usize) -> usize {
 
 /// A write refused because the entry alone would exceed the store's budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutOfMemory;
+pub(crate) struct OutOfMemory;
 
 /// What a write does to the key's deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expiry {
+pub(crate) enum Expiry {
     /// Keep the existing deadline (none for a new key): SET KEEPTTL, INCR, APPEND...
     Keep,
     /// No deadline: a plain SET.
@@ -115,7 +115,7 @@ pub struct Store {
 /// 72 bytes: with the 40-byte [`Key`] and the list's two links, an LRU node is 128 bytes, two
 /// cache lines (a GET reads the key, the deadline and the value, and relinks the node).
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     value: Value,
     /// Never 0, so that `Option` takes no room of its own (see [`Entry::set_expire_at`]).
     deadline: Option<NonZeroU64>,
@@ -131,12 +131,12 @@ impl Entry {
         entry
     }
 
-    pub fn value(&self) -> &Value {
+    pub(crate) fn value(&self) -> &Value {
         &self.value
     }
 
     /// Unix time in milliseconds after which the key is gone, if it has one.
-    pub fn expire_at(&self) -> Option<u64> {
+    pub(crate) fn expire_at(&self) -> Option<u64> {
         self.deadline.map(NonZeroU64::get)
     }
 
@@ -150,7 +150,7 @@ impl Entry {
     }
 
     /// The value, taking the entry apart (RENAME moves it).
-    pub fn into_value(self) -> Value {
+    pub(crate) fn into_value(self) -> Value {
         self.value
     }
 
@@ -384,7 +384,7 @@ impl Store {
     }
 
     /// Active expiry: removes up to `budget` expired keys (called periodically by a task).
-    pub fn expire_some(&self, now_ms: u64, budget: usize) -> usize {
+    pub(crate) fn expire_some(&self, now_ms: u64, budget: usize) -> usize {
         self.inner().expire_some(now_ms, budget)
     }
 
@@ -395,7 +395,7 @@ impl Store {
     ///
     /// `generation` is the new policy's: from now on [`Store::lock_judged`] refuses commands
     /// judged by an older one.
-    pub fn reconfigure(
+    pub(crate) fn reconfigure(
         &self,
         max_bytes: usize,
         generation: u64,
@@ -430,7 +430,7 @@ impl Store {
 
     /// How many times [`Store::discard_on_recovery`] has run. Read it before the health
     /// snapshot that routes a batch, and give it to [`Store::lock_judged`].
-    pub fn recoveries(&self) -> u64 {
+    pub(crate) fn recoveries(&self) -> u64 {
         self.recoveries.load(Ordering::Acquire)
     }
 
@@ -449,7 +449,7 @@ impl Store {
     /// outage, judged by the policy `judge` reads while the store is locked (a reload cannot
     /// replace it until the removal is done), and counts a recovery, so that a batch routed
     /// locally by a health snapshot from the outage cannot write after this.
-    pub fn discard_on_recovery<P>(
+    pub(crate) fn discard_on_recovery<P>(
         &self,
         judge: impl FnOnce() -> P,
         f: impl Fn(&P, u32, &[u8]) -> bool,

@@ -44,7 +44,7 @@ impl Value {
     }
 
     /// The name TYPE answers with.
-    pub fn type_name(&self) -> &'static str {
+    pub(crate) fn type_name(&self) -> &'static str {
         match self {
             Value::Str(_) => "string",
             Value::Hash(_) => "hash",
@@ -95,7 +95,7 @@ impl Hash {
     }
 
     /// True while the hash keeps insertion order (Redis's listpack encoding).
-    pub fn is_listpack(&self) -> bool {
+    pub(crate) fn is_listpack(&self) -> bool {
         matches!(self.repr, Repr::Listpack(_))
     }
 
@@ -115,7 +115,7 @@ impl Hash {
 
     /// Redis's `hashTypeTryConversion`: before a write whose arguments include a string longer
     /// than the listpack limit, the hash becomes a table.
-    pub fn convert_for_args<'a>(&mut self, args: impl IntoIterator<Item = &'a [u8]>) {
+    pub(crate) fn convert_for_args<'a>(&mut self, args: impl IntoIterator<Item = &'a [u8]>) {
         if self.is_listpack() && args.into_iter().any(|a| a.len() > HASH_MAX_LISTPACK_VALUE) {
             self.convert_to_table();
         }
@@ -189,7 +189,7 @@ impl Hash {
 
     /// The bytes this hash would count for after setting each (field, value) in order, without
     /// changing it: lets a write be refused before it is half done.
-    pub fn bytes_after_set<'a>(
+    pub(crate) fn bytes_after_set<'a>(
         &self,
         pairs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> usize {

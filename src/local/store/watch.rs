@@ -71,13 +71,13 @@ impl Watch {
     }
 
     /// WATCH `key` of `db` at unix time `now_ms`. Watching a key twice is one watch.
-    pub fn add(&mut self, db: u32, key: &[u8], now_ms: u64) {
+    pub(crate) fn add(&mut self, db: u32, key: &[u8], now_ms: u64) {
         self.armed = true;
         self.store.inner().watch_key(self.id, db, key, now_ms);
     }
 
     /// UNWATCH: forgets every key and the dirty flag; the watch can be used again.
-    pub fn unwatch(&mut self) {
+    pub(crate) fn unwatch(&mut self) {
         if std::mem::take(&mut self.armed) {
             self.store.inner().watched.release(self.id);
         }
