@@ -17,6 +17,7 @@ use crate::policy::auth::Users;
 use crate::policy::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
 
 const EXAMPLE: &str = include_str!("../../config/keywarden.toml");
+const LOCAL_ONLY: &str = include_str!("../../config/local-only.toml");
 
 fn parse(text: &str) -> Result<Settings, ConfigError> {
     Settings::from_toml_str(text, "test.toml", &Overrides::default())
@@ -720,4 +721,15 @@ fn load_reads_files_and_names_missing_ones() {
         error.problems[0].message.starts_with("cannot read: "),
         "{error}"
     );
+}
+
+#[test]
+fn the_quick_start_config_serves_every_key_locally() {
+    let settings =
+        Settings::from_toml_str(LOCAL_ONLY, "config/local-only.toml", &Overrides::default())
+            .unwrap();
+    assert_eq!(settings.keyspaces.default_mode(), Mode::LocalOnly);
+    assert!(settings.keyspaces.iter().next().is_none());
+    assert!(settings.listen.ip().is_loopback());
+    assert!(settings.admin.listen.is_none_or(|a| a.ip().is_loopback()));
 }

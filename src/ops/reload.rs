@@ -1,52 +1,22 @@
-//! The configuration in force, and hot reload (SIGHUP, `KEYWARDEN RELOAD`).
+//! Hot reload (SIGHUP, `KEYWARDEN RELOAD`): read the file again, check it as at startup, and
+//! install the new [`Policy`] whole, or change nothing. What each setting does after a reload
+//! is the README's "Hot reload" table; this module keeps the reasons.
 //!
-//! A [`Policy`] is everything a request is judged by: keyspaces, users, limits and timeouts.
-//! Sessions hold the policy they started with and check one atomic generation number before
-//! each batch of requests; when a reload installed a newer one, they take it between batches,
-//! so a request is never routed by one configuration and counted or refused by another, and
-//! no connection is dropped for it.
-//!
-//! Requests that a reload catches inside keywarden are judged again by the new policy:
-//! - a local batch: the store knows the generation in force ([`Store::lock_judged`]) and
-//!   refuses a batch routed by an older one, which the session then puts back in front of its
-//!   input and reads again (the reload installs its policy and discards keys under the same
-//!   store lock, so nothing routed by the old policy writes after the discard);
-//! - a request waiting for earlier replies before it goes to the client's own connection or
-//!   to one of the other protocol; a transaction waiting so is queued again and its EXEC read
-//!   again;
-//! - a transaction's queued commands, at EXEC (checked and routed from scratch);
-//! - requests pipelined behind `KEYWARDEN RELOAD`.
-//!
-//! A request already sent upstream finishes as it was sent.
+//! - **Whole or nothing.** A rejected file leaves the policy in force untouched, so a typo
+//!   never half-applies: a process runs one configuration at a time.
+//! - **Between batches.** Sessions take a newer policy before their next batch (they check one
+//!   atomic generation number, see [`crate::config::live`]), so a request is never routed by
+//!   one configuration and counted or refused by another, and no connection is dropped for it.
+//! - **What a reload catches inside keywarden is judged again**, never let through on the old
+//!   policy's word: the store knows the generation in force ([`Store::lock_judged`]) and refuses
+//!   a local batch routed by an older one, and the policy is installed and the keys whose
+//!   keyspace changed mode are discarded under the same store lock, so nothing routed by the
+//!   old policy writes after the discard. A request already sent upstream finishes as sent.
+//! - **Settings that cannot change while running** (listen address, threads, the upstream and
+//!   its credentials, ...) keep their values and are named in `restart_required`, instead of
+//!   failing the whole reload: the rest still applies.
 //!
 //! [`Store::lock_judged`]: crate::local::store::Store::lock_judged
-//!
-//! A reload reads the same file again, with the same command-line flags, and goes through the
-//! same checks as at startup. An invalid file changes nothing: the errors go to the log and a
-//! `CONFIG_RELOAD_FAILED` event. A valid one is installed whole and a `CONFIG_RELOADED` event
-//! says which settings changed.
-//!
-//! What a reload changes, and how:
-//! - **keyspaces and the default mode**: from the next batch of every client. Local keys whose
-//!   keyspace changed mode are discarded in the same step (a `local_only` scratch key must not
-//!   be served as a degraded cache entry, nor linger under a `fail_closed` keyspace).
-//! - **users and `requirepass_sha256`**: a client keeps its connection and user when a user of
-//!   the same name with the same password exists, and gets that user's new permissions at
-//!   once. A client whose user is gone or whose password changed is closed at once, blocked
-//!   or subscribed, as Redis closes the clients of a deleted user, so credentials withdrawn by
-//!   a reload stop working at once (a client that never logged in while no password was
-//!   required counts as `default` without a password).
-//! - **limits**, `max_clients`, `client_idle_timeout` (existing clients too), `tcp_keepalive`
-//!   and `shutdown_timeout`: at once, for what they govern next (`max_reply_depth` and
-//!   keepalive for upstream connections made afterwards).
-//! - **upstream timeouts** (connect, command, reconnect backoff): on every connection, from
-//!   its next connect or timeout check.
-//! - **health** (probe interval and timeout, thresholds): from the next probe.
-//! - **the local store budget**: at once; a smaller one evicts least recently used keys.
-//!
-//! Settings fixed for the life of the process (`listen`, `threads`, the upstream's address,
-//! pool size and credentials, `admin.listen`, `events.file`, `instance_id`, `log`) keep their
-//! values; a reload that changes one applies the rest and names it in `restart_required`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
