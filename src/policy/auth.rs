@@ -3,7 +3,7 @@
 //! The proxy decides these itself, from its config, rather than leaving them to the upstream:
 //! keys served from the local store (degraded and `local_only` keyspaces) never reach the
 //! upstream, so its ACLs could not protect them, and an unavailable upstream must never widen
-//! access (DESIGN "Security").
+//! access (see the README's "Authentication and users").
 //!
 //! # Users
 //! - No password configured ([`Users::open`]): every client is the implicit `default` user,
