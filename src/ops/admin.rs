@@ -34,7 +34,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::config::live::Policy;
 use crate::ops::events::{self, Counts};
-use crate::ops::metrics::{Metrics, Sample, StoreUsage};
+use crate::ops::metrics::{Metrics, Overview, Sample, StoreUsage};
 use crate::policy::keyspace::Pattern;
 use crate::upstream::monitor::MonitorHandle;
 
@@ -56,6 +56,8 @@ pub(crate) struct Admin {
 pub(crate) trait Proxy: Send + Sync + 'static {
     /// The metrics' state now.
     fn sample(&self) -> Sample;
+    /// What `/status` shows of it.
+    fn overview(&self) -> Overview;
     /// The configuration in force.
     fn policy(&self) -> Arc<Policy>;
     /// Whether new clients are served: false once shutdown began.
@@ -179,7 +181,7 @@ fn respond(shared: &Shared, method: &Method, path: &str) -> Response<Full<Bytes>
         "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "draining\n"),
         _ => {
             let policy = proxy.policy();
-            let status = Status::of(proxy.sample(), &policy, proxy.ready());
+            let status = Status::of(proxy.overview(), &policy, proxy.ready());
             let json = serde_json::to_string(&status).expect("status always encodes");
             reply(StatusCode::OK, "application/json", json)
         }
@@ -247,8 +249,8 @@ pub(crate) struct KeyspaceStatus<'a> {
 }
 
 impl<'a> Status<'a> {
-    /// The status shown for `sample`, taken under `policy`; `ready` as `/readyz`.
-    pub(crate) fn of(sample: Sample, policy: &'a Policy, ready: bool) -> Status<'a> {
+    /// The status shown for `sample` (an overview), taken under `policy`; `ready` as `/readyz`.
+    pub(crate) fn of(sample: Overview, policy: &'a Policy, ready: bool) -> Status<'a> {
         let settings = &policy.settings;
         let (reloads_applied, reloads_failed, last_reload_failed) = sample.reloads;
         Status {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::config::live::Policy;
 use crate::ops::events;
-use crate::ops::metrics::Sample;
+use crate::ops::metrics::Overview;
 use crate::protocol::request::Request;
 use crate::protocol::resp;
 
@@ -42,7 +42,7 @@ pub(crate) fn wants(req: &Request) -> Wants {
 }
 
 /// The `# Keywarden` section, CRLF-terminated lines as Redis writes INFO.
-pub(crate) fn section(sample: &Sample, policy: &Policy) -> String {
+pub(crate) fn section(sample: &Overview, policy: &Policy) -> String {
     let settings = &policy.settings;
     let (snapshot, counts, store) = (sample.health, sample.counts, &sample.store);
     let mut out = String::with_capacity(512);

@@ -224,6 +224,19 @@ pub(crate) struct StoreUsage {
     pub expirations: u64,
 }
 
+/// The proxy's state as INFO and `/status` show it: the part of a [`Sample`] that needs no
+/// rendering and no walk over every command's counters, so that a client asking for INFO in a
+/// loop costs little.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Overview {
+    pub(crate) clients: usize,
+    pub(crate) health: HealthSnapshot,
+    pub(crate) counts: Counts,
+    pub(crate) store: StoreUsage,
+    /// Reloads applied, reloads failed, and whether the last one failed.
+    pub(crate) reloads: (u64, u64, bool),
+}
+
 /// The state metrics are read from, taken at one scrape.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sample {

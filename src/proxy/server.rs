@@ -16,7 +16,7 @@ use crate::local::engine;
 use crate::local::store::{Store, Txn, Watch};
 use crate::ops::admin;
 use crate::ops::events::Events;
-use crate::ops::metrics::{self, Sample, StoreUsage};
+use crate::ops::metrics::{self, Overview, Sample, StoreUsage};
 use crate::ops::reload::{self, Applied, Rejected, ReloadCounts, Trigger};
 use crate::policy::auth::{CommandAccess, Denial, UserId};
 use crate::policy::keyspace::{Membership, Mode};
@@ -47,33 +47,13 @@ impl Server {
         self.live.current()
     }
 
-    /// The metrics' state now: the health snapshot and counters are lock-free; the client
-    /// table and the store are each locked once, briefly.
-    pub(crate) fn sample(&self) -> Sample {
-        let server = self;
-        let store = &server.store;
-        let policy = server.policy();
-        let (accepted, rejected, protocol_errors) = server.clients.totals();
-        Sample {
-            clients: server.clients.count(),
-            accepted,
-            rejected,
-            protocol_errors,
-            upstream_connects: server.upstream.connects(),
-            per_keyspace: policy.per_keyspace.totals(&policy.settings.keyspaces),
-            latency: server.upstream.latency().render(
-                metrics::UPSTREAM_REQUEST_DURATION.name,
-                &format!("upstream=\"{}\"", server.monitor.upstream()),
-            ),
-            commands: server
-                .clients
-                .commands
-                .totals()
-                .into_iter()
-                .map(|(c, o, n)| (c, o.as_str(), n))
-                .collect(),
-            health: server.monitor.snapshot(),
-            counts: server.monitor.counters().totals(),
+    /// What INFO and `/status` show: lock-free but for the store's few counters.
+    pub(crate) fn overview(&self) -> Overview {
+        let store = &self.store;
+        Overview {
+            clients: self.clients.count(),
+            health: self.monitor.snapshot(),
+            counts: self.monitor.counters().totals(),
             store: StoreUsage {
                 keys: store.keys(),
                 used_bytes: store.used_bytes(),
@@ -81,7 +61,40 @@ impl Server {
                 evictions: store.evictions(),
                 expirations: store.expirations(),
             },
-            reloads: server.reloads.totals(),
+            reloads: self.reloads.totals(),
+        }
+    }
+
+    /// The metrics' state now: the [`Server::overview`], the client and per-keyspace totals,
+    /// the latency histogram rendered, and every command's counts.
+    pub(crate) fn sample(&self) -> Sample {
+        let Overview {
+            clients,
+            health,
+            counts,
+            store,
+            reloads,
+        } = self.overview();
+        let policy = self.policy();
+        let (accepted, rejected, protocol_errors) = self.clients.totals();
+        Sample {
+            clients,
+            accepted,
+            rejected,
+            protocol_errors,
+            upstream_connects: self.upstream.connects(),
+            per_keyspace: policy.per_keyspace.totals(&policy.settings.keyspaces),
+            latency: self.upstream.latency().render(
+                metrics::UPSTREAM_REQUEST_DURATION.name,
+                &format!("upstream=\"{}\"", self.monitor.upstream()),
+            ),
+            commands: (self.clients.commands.totals().into_iter())
+                .map(|(c, o, n)| (c, o.as_str(), n))
+                .collect(),
+            health,
+            counts,
+            store,
+            reloads,
         }
     }
 
@@ -108,6 +121,10 @@ impl Server {
 impl admin::Proxy for Server {
     fn sample(&self) -> Sample {
         Server::sample(self)
+    }
+
+    fn overview(&self) -> Overview {
+        Server::overview(self)
     }
 
     fn policy(&self) -> Arc<Policy> {

@@ -145,6 +145,7 @@ impl Busy {
     /// One request through the steps: classify it; a transaction's, to the transaction;
     /// admit it (authentication, permissions); answer it if the proxy does (connection
     /// commands, KEYWARDEN, INFO); otherwise route it by its keys and queue it.
+    #[inline(always)]
     fn dispatch(&mut self, req: Request, runs: &mut Runs, b: &mut Batch<'_>) -> Result<(), Stale> {
         let special = Handling::of(&req);
         // Subscribed or monitoring: everything goes to that connection, whose Redis answers
@@ -173,15 +174,14 @@ impl Busy {
                 return Ok(());
             }
         }
-        let req = match special {
-            Handling::Reset | Handling::Connection | Handling::Keywarden | Handling::Info => {
-                match self.answer(req, special, unpaired, runs, b)? {
-                    Some(req) => req,
-                    None => return Ok(()),
-                }
-            }
-            _ => req,
-        };
+        if let Handling::Reset | Handling::Connection | Handling::Keywarden | Handling::Info =
+            special
+        {
+            return match self.answer(req, special, unpaired, runs, b)? {
+                Some(req) => self.route(req, runs, b),
+                None => Ok(()),
+            };
+        }
         self.route(req, runs, b)
     }
 
@@ -257,6 +257,7 @@ impl Busy {
 
     /// Routes `req` by its keys and the upstream's health: to a run (local or shared), to the
     /// client's own connection, or refused.
+    #[inline(always)]
     fn route(&mut self, req: Request, runs: &mut Runs, b: &mut Batch<'_>) -> Result<(), Stale> {
         let route = (b.ctx).route_in(&req, b.available, &mut b.supports);
         let outcome = match route {
@@ -333,11 +334,14 @@ impl Busy {
         let wants = info::wants(&req);
         let resp3 = state.resp3();
         if wants == info::Wants::KeywardenOnly || (!available && wants == info::Wants::Both) {
-            self.push_local(resp::text(&info::section(&ctx.sample(), ctx.policy), resp3));
+            self.push_local(resp::text(
+                &info::section(&ctx.overview(), ctx.policy),
+                resp3,
+            ));
             return;
         }
         let slot = match wants {
-            info::Wants::Both => Slot::Info(info::section(&ctx.sample(), ctx.policy)),
+            info::Wants::Both => Slot::Info(info::section(&ctx.overview(), ctx.policy)),
             _ => Slot::Upstream(1),
         };
         if let Some(ded) = self.dedicated.as_mut() {
@@ -463,11 +467,16 @@ impl Busy {
         false
     }
 
-    /// Sends a run of requests on the shared connection.
+    /// Sends a run of requests on the shared connection, if there is one. (Asked before every
+    /// local request, so the empty case stays inline.)
+    #[inline]
     pub(super) fn send_shared(&mut self, run: &mut Vec<Request>, b: &mut Batch<'_>) {
-        if run.is_empty() {
-            return;
+        if !run.is_empty() {
+            self.send_run(run, b);
         }
+    }
+
+    fn send_run(&mut self, run: &mut Vec<Request>, b: &mut Batch<'_>) {
         let (ctx, shared, inbox, available) = (b.ctx, &mut *b.shared, b.inbox, b.available);
         let n = run.len() as u32;
         let mut sent = shared.send(run, inbox, available);

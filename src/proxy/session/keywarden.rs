@@ -23,7 +23,7 @@ pub(crate) fn run(req: &Request, ctx: Ctx<'_>, resp3: bool) -> Bytes {
     let is = |w: &str| sub.eq_ignore_ascii_case(w.as_bytes());
     let mut out = BytesMut::new();
     if is("status") && req.argc() == 2 {
-        let json = serde_json::to_string(&Status::of(ctx.sample(), ctx.policy, ctx.ready()))
+        let json = serde_json::to_string(&Status::of(ctx.overview(), ctx.policy, ctx.ready()))
             .unwrap_or_default();
         let _ = write!(out, "${}\r\n{json}\r\n", json.len());
     } else if is("keyspaces") && req.argc() == 2 {

@@ -52,7 +52,7 @@ impl Busy {
                 }
                 if info {
                     self.pending
-                        .push_back(Slot::Info(info::section(&ctx.sample(), ctx.policy)));
+                        .push_back(Slot::Info(info::section(&ctx.overview(), ctx.policy)));
                 } else if ded.is_paired() {
                     self.expect_upstream(1);
                 }
