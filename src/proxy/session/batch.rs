@@ -287,6 +287,7 @@ impl Busy {
 
     /// Queues a request for the upstream: on the client's own connection if it has one or the
     /// request needs one, else in the run for the shared connection.
+    #[inline(always)]
     fn queue_upstream(&mut self, req: Request, runs: &mut Runs, b: &mut Batch<'_>) {
         let mut disposition = command::disposition(&req);
         if disposition == Disposition::Shared && b.state.db() != 0 {
