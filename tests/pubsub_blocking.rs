@@ -972,3 +972,46 @@ async fn blocking_commands_on_a_local_only_keyspace_are_refused() {
     assert_eq!(c.cmd(&["SET", "tmp:k", "v"]).await, b"+OK\r\n");
     proxy.shutdown().await;
 }
+
+/// XREADGROUP parsed as Redis parses it: a group named `streams` and a consumer named `block`
+/// are names, and the BLOCK after them makes the command blocking. It goes on the client's own
+/// connection, so another client sharing the one shared connection is answered while it
+/// waits, well past the command timeout; XADD then wakes it as Redis does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xreadgroup_with_keyword_names_blocks_on_its_own_connection() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    s.upstream.connections = 1;
+    s.upstream.command_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(s).await;
+    let mut other = Raw::connect(proxy.addr).await;
+    let created = other
+        .cmd(&["XGROUP", "CREATE", "s", "streams", "$", "MKSTREAM"])
+        .await;
+    assert_eq!(created, b"+OK\r\n");
+    let mut reader = Raw::connect(proxy.addr).await;
+    let read = [
+        "XREADGROUP",
+        "GROUP",
+        "streams",
+        "block",
+        "BLOCK",
+        "0",
+        "STREAMS",
+        "s",
+        ">",
+    ];
+    reader.send(&[&read]).await;
+    wait_for_blocked(&redis, 1).await;
+    let until = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < until {
+        assert_eq!(other.cmd(&["PING"]).await, b"+PONG\r\n");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = other.cmd(&["XADD", "s", "1-1", "f", "v"]).await;
+    assert_eq!(id, b"$3\r\n1-1\r\n");
+    let got = reader.frame().await;
+    let entry = b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n";
+    assert_eq!(show_bytes(&got), show_bytes(entry));
+    proxy.shutdown().await;
+}

@@ -113,13 +113,7 @@ pub fn disposition(req: &Request) -> Disposition {
             .and_then(|sub| search(CLIENT_DISPOSITIONS, sub, |e| e.0))
             .map_or(Disposition::Shared, |(_, d)| *d)
     } else if is(b"xread") || is(b"xreadgroup") {
-        // XREAD and XREADGROUP block only with a BLOCK option, which precedes STREAMS.
-        let blocks = req
-            .args()
-            .skip(1)
-            .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
-            .any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
-        if blocks {
+        if xread_blocks(req) {
             BLOCKING
         } else {
             Disposition::Shared
@@ -127,6 +121,33 @@ pub fn disposition(req: &Request) -> Disposition {
     } else {
         Disposition::Shared
     }
+}
+
+/// Whether XREAD or XREADGROUP blocks: its options read as Redis's `xreadCommand` reads them,
+/// left to right until STREAMS, BLOCK and COUNT with one value each, GROUP with a group and a
+/// consumer name, NOACK alone. So a group or consumer named `streams` or `block` is a name, not
+/// a keyword. Where Redis would answer a syntax error instead, it does not block either (BLOCK
+/// followed by an error goes to a connection of its own all the same, which costs nothing).
+fn xread_blocks(req: &Request) -> bool {
+    let argc = req.argc();
+    let mut i = 1;
+    while let Some(option) = req.arg(i) {
+        let more = argc - i - 1;
+        let is = |k: &[u8]| option.eq_ignore_ascii_case(k);
+        if is(b"block") && more >= 1 {
+            return true;
+        } else if is(b"count") && more >= 1 {
+            i += 2;
+        } else if is(b"group") && more >= 2 {
+            i += 3;
+        } else if is(b"noack") {
+            i += 1;
+        } else {
+            // STREAMS (the keys and ids follow), or a syntax error.
+            return false;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -172,6 +193,67 @@ mod tests {
                     ">",
                 ],
                 BLOCKING,
+            ),
+            // Names that are keywords: read as Redis reads them.
+            (
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    "streams",
+                    "c1",
+                    "BLOCK",
+                    "0",
+                    "STREAMS",
+                    "s",
+                    ">",
+                ],
+                BLOCKING,
+            ),
+            (
+                &["XREADGROUP", "GROUP", "block", "c", "STREAMS", "s", ">"],
+                Disposition::Shared,
+            ),
+            (
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    "g",
+                    "block",
+                    "NOACK",
+                    "STREAMS",
+                    "s",
+                    ">",
+                ],
+                Disposition::Shared,
+            ),
+            (
+                &[
+                    "XREADGROUP",
+                    "GROUP",
+                    "g",
+                    "c",
+                    "NOACK",
+                    "BLOCK",
+                    "5",
+                    "STREAMS",
+                    "s",
+                    ">",
+                ],
+                BLOCKING,
+            ),
+            (
+                &["XREAD", "COUNT", "block", "STREAMS", "s", "0"],
+                Disposition::Shared,
+            ),
+            (
+                &["XREAD", "COUNT", "2", "BLOCK", "0", "STREAMS", "s", "$"],
+                BLOCKING,
+            ),
+            (&["XREAD", "STREAMS", "s", "BLOCK"], Disposition::Shared),
+            (&["XREAD", "BLOCK"], Disposition::Shared),
+            (
+                &["XREAD", "NOSUCHOPTION", "BLOCK", "0"],
+                Disposition::Shared,
             ),
             (&["subscribe", "ch"], UNPAIRED),
             (&["MONITOR"], UNPAIRED),
