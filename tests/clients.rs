@@ -950,6 +950,51 @@ async fn connection_commands_need_authentication_as_in_redis() {
     proxy.shutdown().await;
 }
 
+/// Before AUTH, Redis 7.0 takes at most 10 arguments and bulks of at most 16 KiB: more is a
+/// protocol error that closes the connection, so a client that never logs in cannot make the
+/// server hold a large request. keywarden with users does the same, byte for byte; after AUTH,
+/// pipelined in the same write as a large command, the ordinary limits apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_limits_match_redis() {
+    let redis = RedisServer::start();
+    let acl = AclRedis::start();
+    let proxy = Proxy::start(secured_settings(&redis)).await;
+    let big = "x".repeat(16 * 1024 + 1);
+    let eleven = ["EXISTS", "a", "b", "c", "d", "e", "f", "g", "h", "i", "j"];
+    let ten = &eleven[..10];
+    let set_big = ["SET", "cache:big", big.as_str()];
+    for cmd in [&eleven[..], &set_big[..]] {
+        let mut reference = RawClient::connect(acl.addr()).await;
+        reference.send(&[cmd]).await;
+        let want = reference.bytes_until_closed().await;
+        let mut through = RawClient::connect(proxy.addr).await;
+        through.send(&[cmd]).await;
+        assert_eq!(
+            show_bytes(&through.bytes_until_closed().await),
+            show_bytes(&want),
+            "{}",
+            cmd[0]
+        );
+    }
+    // At the limits, unauthenticated: NOAUTH, and the connection stays open.
+    let mut c = RawClient::connect(proxy.addr).await;
+    let small = "x".repeat(16 * 1024);
+    let set_small = ["SET", "cache:small", small.as_str()];
+    let noauth = c.run(&[ten, &set_small]).await;
+    assert!(
+        noauth.iter().all(|r| r.starts_with(b"-NOAUTH")),
+        "{noauth:?}"
+    );
+    // AUTH lifts them, for the very next command of the same write.
+    let replies = c
+        .run(&[&["AUTH", "admin", PASSWORD], &set_big, &eleven])
+        .await;
+    assert_eq!(replies[0], b"+OK\r\n");
+    assert_eq!(replies[1], b"+OK\r\n");
+    assert_eq!(replies[2], b":0\r\n");
+    proxy.shutdown().await;
+}
+
 /// A user's categories govern the connection commands too: `+@read` alone may not SELECT
 /// (@keyspace) or use CLIENT SETNAME/GETNAME (@connection).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -154,11 +154,8 @@ impl RequestParser {
 
     /// Applies Redis's stricter limits for clients that still have to authenticate: more than
     /// 10 arguments or a bulk over 16 KiB is a protocol error ("unauthenticated multibulk
-    /// length" / "unauthenticated bulk length"). Off by default, and so far only the parser's own
-    /// tests turn it on: sessions do not yet, so a client that has not authenticated gets the
-    /// ordinary limits. Redis decides per command, so a session would update it before asking
-    /// for the command that follows AUTH.
-    #[cfg(test)]
+    /// length" / "unauthenticated bulk length"), which closes the connection. Off by default;
+    /// a session sets it before each request, since AUTH lifts it for the next one.
     pub(crate) fn set_auth_required(&mut self, required: bool) {
         self.auth_required = required;
     }

@@ -99,7 +99,11 @@ impl Busy {
         let mut b = Batch::new(ctx, shared, inbox, state, stream, available);
         // Kept between reads: a pipelining client reuses the same two vectors.
         let mut runs = std::mem::take(&mut self.runs);
+        let users = &ctx.settings.users;
         while !self.closing && self.stalled.is_none() && !self.inbuf.is_empty() && !self.rejudge {
+            // Redis's tighter input limits until the client has authenticated; checked for
+            // every request, as AUTH pipelined before a large command lifts them for it.
+            (self.parser).set_auth_required(users.required() && b.state.user(users).is_none());
             let req = match self.parser.next(&mut self.inbuf) {
                 Ok(Some(req)) => req,
                 Ok(None) => break,
