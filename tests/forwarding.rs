@@ -268,3 +268,41 @@ async fn quit_answers_ok_after_earlier_replies_then_closes() {
     assert_eq!(c.try_reply(WAIT).await, None);
     proxy.shutdown().await;
 }
+
+/// Replies Redis sends are carried however long a status or error line or however deep the
+/// nesting (a script returns either at will), byte for byte: they are answers, not a broken
+/// upstream, so the connection is kept and the upstream stays healthy however often they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_lines_and_deep_nesting_are_replies_not_outages() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    s.upstream.connections = 1;
+    let proxy = Proxy::start(s).await;
+    let mut direct = RawClient::connect(redis.addr()).await;
+    let mut via = RawClient::connect(proxy.addr).await;
+    let mut other = RawClient::connect(proxy.addr).await;
+    let scripts = [
+        "return redis.status_reply(string.rep('x', 70000))",
+        "return redis.error_reply('ERR ' .. string.rep('x', 70000))",
+        "local t = {} local cur = t \
+         for i = 1, 5000 do local n = {} cur[1] = n cur = n end return t",
+    ];
+    for _ in 0..3 {
+        for script in scripts {
+            let cmd = ["EVAL", script, "0"];
+            let want = direct.cmd(&cmd).await;
+            let got = via.cmd(&cmd).await;
+            assert!(
+                got == want,
+                "{} bytes through keywarden, {} from Redis: {}",
+                got.len(),
+                want.len(),
+                show_bytes(&got[..got.len().min(80)])
+            );
+            assert_eq!(other.cmd(&["PING"]).await, b"+PONG\r\n");
+        }
+    }
+    let info = String::from_utf8_lossy(&via.cmd(&["INFO", "keywarden"]).await).into_owned();
+    assert!(info.contains("upstream_state:healthy"), "{info}");
+    proxy.shutdown().await;
+}

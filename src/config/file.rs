@@ -190,7 +190,7 @@ impl Default for RawLimits {
             max_inline_len: "64KiB".into(),  // `PROTO_INLINE_MAX_SIZE`
             max_query_buffer: "1GiB".into(), // `client-query-buffer-limit`
             max_pending_output: "64MiB".into(),
-            max_reply_depth: 128,
+            max_reply_depth: 8192, // above what a script can return (Lua's C stack: < 8000)
         }
     }
 }

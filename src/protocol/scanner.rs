@@ -31,8 +31,12 @@
 use std::fmt;
 
 /// Longest line content (type byte and CRLF excluded) of a simple string, error, double or big
-/// number. Redis sends short lines; a longer run without CR means the stream is not RESP.
-const MAX_LINE: usize = 64 * 1024;
+/// number. Redis's own lines are short, but a script's status or error reply is as long as the
+/// string it returns (`redis.status_reply(string.rep('x', 70000))`): up to the largest string
+/// Redis keeps, proto-max-bulk-len's 512 MiB by default, as for a bulk. A longer run without
+/// CR means the stream is not RESP. The search for the line end resumes where it stopped, so
+/// a long line costs linear time.
+const MAX_LINE: usize = 512 * 1024 * 1024;
 
 /// Longest integer or length line: `-9223372036854775808` has 20 characters.
 const MAX_NUMBER_LINE: usize = 20;

@@ -393,7 +393,7 @@ impl RawClient {
     /// The next frame, or None if the connection closed first; panics after `wait`.
     pub async fn try_frame(&mut self, wait: Duration) -> Option<Vec<u8>> {
         let deadline = tokio::time::Instant::now() + wait;
-        let mut scanner = ReplyScanner::new(64);
+        let mut scanner = ReplyScanner::new(10_000);
         loop {
             if let Some(frame) = scanner.scan(&self.buf).expect("valid RESP") {
                 return Some(self.buf.split_to(frame.len).to_vec());
