@@ -98,6 +98,8 @@ enum Step {
 #[derive(Debug)]
 pub struct ReplyScanner {
     max_depth: usize,
+    /// [`MAX_LINE`], or less in tests.
+    max_line: usize,
     /// Offset from the frame start of the first byte not yet accounted for.
     pos: usize,
     step: Step,
@@ -117,12 +119,22 @@ impl ReplyScanner {
     pub fn new(max_depth: usize) -> ReplyScanner {
         ReplyScanner {
             max_depth,
+            max_line: MAX_LINE,
             pos: 0,
             step: Step::Header { searched: 0 },
             open: Vec::new(),
             push: false,
             #[cfg(test)]
             examined: 0,
+        }
+    }
+
+    /// A scanner whose lines stop at `max_line` bytes, so that tests can reach the limit.
+    #[cfg(test)]
+    pub(crate) fn with_max_line(max_depth: usize, max_line: usize) -> ReplyScanner {
+        ReplyScanner {
+            max_line,
+            ..ReplyScanner::new(max_depth)
         }
     }
 
@@ -185,7 +197,7 @@ impl ReplyScanner {
         let Some(&kind) = buf.get(start) else {
             return Ok(None);
         };
-        let limit = line_limit(kind)?;
+        let limit = line_limit(kind, self.max_line)?;
         let from = start + 1 + searched;
         // The CR sits at content offset `limit` at the latest.
         let bound = start + 1 + limit + 1;
@@ -325,10 +337,11 @@ impl ReplyScanner {
     }
 }
 
-/// Longest line content allowed after type byte `kind`, or Malformed for an unknown type.
-fn line_limit(kind: u8) -> Result<usize, ReplyError> {
+/// Longest line content allowed after type byte `kind` (`max_line` for text lines), or
+/// Malformed for an unknown type.
+fn line_limit(kind: u8, max_line: usize) -> Result<usize, ReplyError> {
     match kind {
-        b'+' | b'-' | b',' | b'(' => Ok(MAX_LINE),
+        b'+' | b'-' | b',' | b'(' => Ok(max_line),
         b':' | b'$' | b'=' | b'!' | b'*' | b'~' | b'>' | b'%' | b'|' => Ok(MAX_NUMBER_LINE),
         b'#' => Ok(1),
         b'_' => Ok(0),
@@ -342,7 +355,7 @@ fn line_too_long(kind: u8) -> &'static str {
         b'_' => "null with content",
         b'#' => "boolean other than t or f",
         b':' => "integer reply too long",
-        b'+' | b'-' | b',' | b'(' => "line longer than 64 KiB",
+        b'+' | b'-' | b',' | b'(' => "line longer than the line limit",
         _ => "length line too long",
     }
 }

@@ -8,6 +8,14 @@ use random::{random_frame, Rng};
 /// The depth the multiplexer uses.
 const DEPTH: usize = 128;
 
+/// The tests' line limit: the real one (512 MiB) is too large to build cases at.
+const TEST_MAX_LINE: usize = 64 * 1024;
+
+/// The scanner the tests use, at [`DEPTH`] and [`TEST_MAX_LINE`].
+fn test_scanner() -> ReplyScanner {
+    ReplyScanner::with_max_line(DEPTH, TEST_MAX_LINE)
+}
+
 /// One complete frame and its expected push flag.
 struct Case {
     name: String,
@@ -69,7 +77,7 @@ fn feed(
 #[test]
 fn every_frame_whole() {
     for case in all_cases() {
-        let mut scanner = ReplyScanner::new(DEPTH);
+        let mut scanner = test_scanner();
         assert_eq!(
             scanner.scan(&case.bytes),
             Ok(Some(expected(&case))),
@@ -91,7 +99,7 @@ fn every_frame_whole() {
 #[test]
 fn every_frame_byte_by_byte() {
     for case in all_cases() {
-        let mut scanner = ReplyScanner::new(DEPTH);
+        let mut scanner = test_scanner();
         for end in 0..case.bytes.len() {
             assert_eq!(
                 scanner.scan(&case.bytes[..end]),
@@ -113,7 +121,7 @@ fn every_frame_byte_by_byte() {
 fn every_frame_split_in_two_everywhere() {
     for case in all_cases() {
         for split in 0..=case.bytes.len() {
-            let mut scanner = ReplyScanner::new(DEPTH);
+            let mut scanner = test_scanner();
             let first = scanner.scan(&case.bytes[..split]);
             if split < case.bytes.len() {
                 assert_eq!(first, Ok(None), "{} split at {split}", case.name);
@@ -137,14 +145,14 @@ fn concatenated_frames_in_any_pieces() {
     let stream: Vec<u8> = cases.iter().flat_map(|c| c.bytes.iter().copied()).collect();
     let want: Vec<Frame> = cases.iter().map(expected).collect();
     for size in [1, 2, 3, 5, 7, 13, 64, 4096, stream.len()] {
-        let mut scanner = ReplyScanner::new(DEPTH);
+        let mut scanner = test_scanner();
         let (frames, left) = feed(&mut scanner, &stream, || size).unwrap();
         assert_eq!(frames, want, "pieces of {size}");
         assert_eq!(left, 0);
     }
     let mut rng = Rng(7);
     for _ in 0..20 {
-        let mut scanner = ReplyScanner::new(DEPTH);
+        let mut scanner = test_scanner();
         let (frames, left) = feed(&mut scanner, &stream, || 1 + rng.below(40)).unwrap();
         assert_eq!(frames, want);
         assert_eq!(left, 0);
@@ -162,7 +170,7 @@ fn redis_reads_split_into_their_frames() {
                 push: *push,
             })
             .collect();
-        let mut scanner = ReplyScanner::new(DEPTH);
+        let mut scanner = test_scanner();
         let mut found = Vec::new();
         let mut start = 0;
         while let Some(frame) = scanner.scan(&read[start..]).unwrap() {
@@ -184,7 +192,7 @@ fn many_small_frames_in_one_buffer() {
             _ => stream.extend_from_slice(b":1\r\n"),
         }
     }
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     let mut start = 0;
     let mut count = 0;
     while let Some(frame) = scanner.scan(&stream[start..]).unwrap() {
@@ -198,7 +206,7 @@ fn many_small_frames_in_one_buffer() {
 
 #[test]
 fn flat_frames_never_allocate() {
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     for case in all_cases() {
         if matches!(case.bytes[0], b'*' | b'~' | b'%' | b'>' | b'|') {
             continue;
@@ -223,7 +231,7 @@ fn flat_frames_never_allocate() {
 
 #[test]
 fn the_stack_grows_with_depth_not_with_length() {
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     let mut wide = b"*50000\r\n".to_vec();
     for _ in 0..50_000 {
         wide.extend_from_slice(b"*1\r\n:1\r\n");
@@ -251,7 +259,7 @@ fn push_flag_only_for_a_top_level_push() {
         (b"%1\r\n>0\r\n>0\r\n", false),
     ];
     for (bytes, push) in cases {
-        let mut scanner = ReplyScanner::new(DEPTH);
+        let mut scanner = test_scanner();
         let frame = Frame {
             len: bytes.len(),
             push: *push,
@@ -334,12 +342,12 @@ fn malformed() -> Vec<(Vec<u8>, ReplyError)> {
     .map(|(b, e)| (b.to_vec(), e.clone()))
     .collect();
     let mut long = b"+".to_vec();
-    long.extend(std::iter::repeat_n(b'a', MAX_LINE + 1));
+    long.extend(std::iter::repeat_n(b'a', TEST_MAX_LINE + 1));
     long.extend_from_slice(b"\r\n");
-    cases.push((long.clone(), M("line longer than 64 KiB")));
+    cases.push((long.clone(), M("line longer than the line limit")));
     let mut nested_long = b"*2\r\n:1\r\n".to_vec();
     nested_long.extend_from_slice(&long);
-    cases.push((nested_long, M("line longer than 64 KiB")));
+    cases.push((nested_long, M("line longer than the line limit")));
     cases
 }
 
@@ -347,13 +355,13 @@ fn malformed() -> Vec<(Vec<u8>, ReplyError)> {
 fn malformed_input_is_an_error() {
     for (bytes, error) in malformed() {
         let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]).into_owned();
-        let mut scanner = ReplyScanner::new(DEPTH);
+        let mut scanner = test_scanner();
         assert_eq!(scanner.scan(&bytes), Err(error.clone()), "{shown:?}");
         // The scanner stays on the bad element: the same bytes give the same error.
         assert_eq!(scanner.scan(&bytes), Err(error.clone()), "{shown:?} again");
         // Fed byte by byte, the error is found at the latest at the last byte, never
         // mistaken for an incomplete frame.
-        let mut scanner = ReplyScanner::new(DEPTH);
+        let mut scanner = test_scanner();
         let mut seen = None;
         for end in 1..=bytes.len() {
             match scanner.scan(&bytes[..end]) {
@@ -372,27 +380,27 @@ fn malformed_input_is_an_error() {
 #[test]
 fn line_length_limit_is_exact() {
     let mut longest = b"-".to_vec();
-    longest.extend(std::iter::repeat_n(b'e', MAX_LINE));
+    longest.extend(std::iter::repeat_n(b'e', TEST_MAX_LINE));
     longest.extend_from_slice(b"\r\n");
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     assert_eq!(
         scanner.scan(&longest),
         Ok(Some(Frame {
-            len: MAX_LINE + 3,
+            len: TEST_MAX_LINE + 3,
             push: false
         }))
     );
     // One byte short of the CR: still incomplete, not yet an error.
-    assert_eq!(scanner.scan(&longest[..MAX_LINE + 1]), Ok(None));
+    assert_eq!(scanner.scan(&longest[..TEST_MAX_LINE + 1]), Ok(None));
     assert_eq!(
         scanner.scan(&longest),
         Ok(Some(Frame {
-            len: MAX_LINE + 3,
+            len: TEST_MAX_LINE + 3,
             push: false
         }))
     );
     // A bulk may be far longer than a line.
-    let big = bulk(b'$', &vec![b'\r'; 4 * MAX_LINE]);
+    let big = bulk(b'$', &vec![b'\r'; 4 * TEST_MAX_LINE]);
     assert_eq!(
         scanner.scan(&big),
         Ok(Some(Frame {
@@ -404,7 +412,7 @@ fn line_length_limit_is_exact() {
 
 #[test]
 fn error_lasts_until_reset() {
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     assert_eq!(scanner.scan(b"*2\r\n:1\r\n"), Ok(None));
     let bad = b"*2\r\n:1\r\n@";
     assert_eq!(
@@ -427,7 +435,7 @@ fn error_lasts_until_reset() {
 
 #[test]
 fn reset_forgets_a_partial_frame() {
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     assert_eq!(scanner.scan(b">2\r\n*3\r\n$100\r\nabc"), Ok(None));
     scanner.reset();
     // Without the reset the scanner would skip 100 payload bytes from offset 14.
@@ -458,7 +466,7 @@ fn reset_forgets_a_partial_frame() {
 
 #[test]
 fn an_empty_slice_is_incomplete() {
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     assert_eq!(scanner.scan(b""), Ok(None));
     assert_eq!(
         scanner.scan(b"+OK\r\n"),
@@ -471,7 +479,7 @@ fn an_empty_slice_is_incomplete() {
 
 #[test]
 fn a_huge_declared_length_waits_instead_of_overflowing() {
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     assert_eq!(scanner.scan(b"$9223372036854775807\r\nabc"), Ok(None));
     scanner.reset();
     assert_eq!(scanner.scan(b"*9223372036854775807\r\n:1\r\n"), Ok(None));
@@ -503,7 +511,7 @@ fn nested_attributes(levels: usize) -> Vec<u8> {
 fn depth_up_to_the_cap_is_accepted_and_beyond_is_too_deep() {
     for open in [&b"*1\r\n"[..], b"~1\r\n", b"%1\r\n+k\r\n", b"*2\r\n:0\r\n"] {
         let ok = nested(open, DEPTH);
-        let mut scanner = ReplyScanner::new(DEPTH);
+        let mut scanner = test_scanner();
         assert_eq!(
             scanner.scan(&ok),
             Ok(Some(Frame {
@@ -514,7 +522,7 @@ fn depth_up_to_the_cap_is_accepted_and_beyond_is_too_deep() {
         let deep = nested(open, DEPTH + 1);
         assert_eq!(scanner.scan(&deep), Err(ReplyError::TooDeep));
         // Found as soon as the offending header arrives, byte by byte too.
-        let mut scanner = ReplyScanner::new(DEPTH);
+        let mut scanner = test_scanner();
         let header_end = open.len() * DEPTH + 4;
         for end in 0..header_end {
             assert_eq!(scanner.scan(&deep[..end]), Ok(None));
@@ -522,7 +530,7 @@ fn depth_up_to_the_cap_is_accepted_and_beyond_is_too_deep() {
         assert_eq!(scanner.scan(&deep[..header_end]), Err(ReplyError::TooDeep));
     }
     let ok = nested_attributes(DEPTH);
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     assert_eq!(
         scanner.scan(&ok),
         Ok(Some(Frame {
@@ -633,7 +641,7 @@ fn a_large_array_in_4k_pieces_costs_linear_work() {
             _ => stream.extend_from_slice(b"%1\r\n$3\r\nk\r\n\r\n,1.5\r\n"),
         }
     }
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     let (frame, calls) = scan_growing(&mut scanner, &stream, 4096);
     assert_eq!(
         frame,
@@ -657,7 +665,7 @@ fn a_large_array_in_4k_pieces_costs_linear_work() {
 fn a_50mb_bulk_in_16k_pieces_is_skipped_not_searched() {
     let payload = vec![b'\r'; 50 << 20];
     let stream = bulk(b'$', &payload);
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     let (frame, calls) = scan_growing(&mut scanner, &stream, 16 << 10);
     assert_eq!(
         frame,
@@ -676,7 +684,7 @@ fn a_long_line_byte_by_byte_is_searched_once() {
     let mut line = b"+".to_vec();
     line.extend(std::iter::repeat_n(b'x', 60_000));
     line.extend_from_slice(b"\r\n");
-    let mut scanner = ReplyScanner::new(DEPTH);
+    let mut scanner = test_scanner();
     let (frame, calls) = scan_growing(&mut scanner, &line, 1);
     assert_eq!(
         frame,
