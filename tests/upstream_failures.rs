@@ -249,3 +249,47 @@ async fn killed_upstream_closes_subscribers_so_they_resubscribe() {
     );
     proxy.shutdown().await;
 }
+
+/// Polls `INFO keywarden` through the proxy (answered by the proxy itself) until the upstream
+/// is in `state`.
+async fn wait_for_state(proxy: &Proxy, state: &str) {
+    let start = Instant::now();
+    let mut c = RawClient::connect(proxy.addr).await;
+    loop {
+        let info = c.cmd(&["INFO", "keywarden"]).await;
+        if String::from_utf8_lossy(&info).contains(&format!("upstream_state:{state}\r\n")) {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "upstream never {state}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A script that never ends makes Redis answer BUSY, so the probe fails and the upstream is
+/// unavailable; SCRIPT KILL, which is what ends that, still reaches Redis through keywarden
+/// (on a connection other than the one running the script), and the upstream recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_kill_reaches_a_busy_upstream_in_every_health_state() {
+    let redis = RedisServer::start();
+    let mut admin = Client::connect(redis.addr()).await;
+    assert_eq!(
+        admin.cmd(&["CONFIG", "SET", "lua-time-limit", "50"]).await,
+        simple("OK")
+    );
+    let mut s = settings(&redis.addr());
+    s.health.probe_interval = Duration::from_millis(50);
+    s.health.probe_timeout = Duration::from_millis(200);
+    let proxy = Proxy::start(s).await;
+    wait_until_served(&proxy).await;
+    let mut looping = RawClient::connect(proxy.addr).await;
+    looping.send(&[&["EVAL", "while true do end", "0"]]).await;
+    wait_for_state(&proxy, "unavailable").await;
+    let mut rescuer = RawClient::connect(proxy.addr).await;
+    assert_eq!(
+        show_bytes(&rescuer.cmd(&["SCRIPT", "KILL"]).await),
+        show_bytes(b"+OK\r\n")
+    );
+    wait_for_state(&proxy, "healthy").await;
+    assert_eq!(rescuer.cmd(&["PING"]).await, b"+PONG\r\n");
+    proxy.shutdown().await;
+}

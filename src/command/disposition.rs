@@ -99,6 +99,26 @@ static CLIENT_DISPOSITIONS: &[(&str, Disposition)] = &[
     ("tracking", STATEFUL),
 ];
 
+/// SCRIPT KILL, FUNCTION KILL, SHUTDOWN NOSAVE: what ends a script or function that keeps
+/// Redis busy. A busy Redis answers them from any connection but the one running the script,
+/// and answers BUSY to nearly everything else, so they go on a connection of the client's own
+/// and reach the upstream whatever its health (the session does not route them by keys).
+pub(crate) fn stops_a_busy_server(req: &Request) -> bool {
+    let name = req.name();
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let second =
+        |word: &[u8]| req.argc() == 2 && req.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(word));
+    if is(b"script") || is(b"function") {
+        second(b"kill")
+    } else if is(b"shutdown") {
+        req.args()
+            .skip(1)
+            .any(|a| a.eq_ignore_ascii_case(b"nosave"))
+    } else {
+        false
+    }
+}
+
 /// Decides how `req` is carried upstream.
 pub fn disposition(req: &Request) -> Disposition {
     static INDEX: OnceLock<NameIndex> = OnceLock::new();
@@ -108,7 +128,9 @@ pub fn disposition(req: &Request) -> Disposition {
         return DISPOSITIONS[i].1;
     }
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    if is(b"client") {
+    if stops_a_busy_server(req) {
+        STATEFUL
+    } else if is(b"client") {
         req.arg(1)
             .and_then(|sub| search(CLIENT_DISPOSITIONS, sub, |e| e.0))
             .map_or(Disposition::Shared, |(_, d)| *d)
@@ -255,6 +277,13 @@ mod tests {
                 &["XREAD", "NOSUCHOPTION", "BLOCK", "0"],
                 Disposition::Shared,
             ),
+            (&["SCRIPT", "KILL"], STATEFUL),
+            (&["function", "kill"], STATEFUL),
+            (&["SHUTDOWN", "NOSAVE"], STATEFUL),
+            (&["SHUTDOWN", "NOW", "nosave", "FORCE"], STATEFUL),
+            (&["SCRIPT", "LOAD", "return 1"], Disposition::Shared),
+            (&["SCRIPT", "KILL", "extra"], Disposition::Shared),
+            (&["FUNCTION", "LIST"], Disposition::Shared),
             (&["subscribe", "ch"], UNPAIRED),
             (&["MONITOR"], UNPAIRED),
             (&["CLIENT", "SETNAME", "x"], STATEFUL),
@@ -280,7 +309,8 @@ mod tests {
             if args.len() == 1 {
                 args.extend(["BLOCK", "0", "STREAMS", "s", "0"]);
             }
-            let d = disposition(&Request::from_args(&args));
+            let req = Request::from_args(&args);
+            let d = disposition(&req);
             if cmd.is_blocking() {
                 assert_eq!(d, BLOCKING, "{}", cmd.name());
             }
@@ -290,7 +320,10 @@ mod tests {
             }
             if d != Disposition::Shared {
                 assert!(
-                    cmd.uses_connection_state() || cmd.is_blocking() || cmd.name() == "wait",
+                    cmd.uses_connection_state()
+                        || cmd.is_blocking()
+                        || cmd.name() == "wait"
+                        || stops_a_busy_server(&req),
                     "{} is dedicated but not connection_state",
                     cmd.name()
                 );

@@ -83,6 +83,7 @@ use std::sync::OnceLock;
 use crate::protocol::request::Request;
 use name_index::{Memo, NameIndex, MAX_NAME};
 
+pub(crate) use disposition::stops_a_busy_server;
 pub use disposition::{disposition, Disposition, Stateful};
 pub use keys::{keys, KeyError, Keys};
 

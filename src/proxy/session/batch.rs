@@ -178,6 +178,12 @@ impl Busy {
                 return Ok(());
             }
         }
+        if special == Handling::Rescue {
+            // What ends a busy script goes upstream whatever the health (a busy Redis fails
+            // the probe, and this is what makes it answer again).
+            b.count(req.name(), CommandOutcome::Upstream);
+            return self.send_upstream(req, runs, b);
+        }
         if let Handling::Reset | Handling::Connection | Handling::Keywarden | Handling::Info =
             special
         {
@@ -271,12 +277,7 @@ impl Busy {
         };
         b.count(req.name(), outcome);
         match route {
-            Route::Upstream => {
-                if !runs.local.is_empty() && self.send_local(runs, b) {
-                    return Err(req);
-                }
-                self.queue_upstream(req, runs, b);
-            }
+            Route::Upstream => return self.send_upstream(req, runs, b),
             Route::Local => {
                 self.send_shared(&mut runs.shared, b);
                 runs.local.push(req);
@@ -286,6 +287,21 @@ impl Busy {
                 self.push_local(b.ctx.refusal(refusal, &req).to_reply());
             }
         }
+        Ok(())
+    }
+
+    /// Sends the local run gathered so far, then queues `req` for the upstream.
+    #[inline(always)]
+    fn send_upstream(
+        &mut self,
+        req: Request,
+        runs: &mut Runs,
+        b: &mut Batch<'_>,
+    ) -> Result<(), Stale> {
+        if !runs.local.is_empty() && self.send_local(runs, b) {
+            return Err(req);
+        }
+        self.queue_upstream(req, runs, b);
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::command;
 use crate::error::{self, ProxyError};
 use crate::local::engine;
 use crate::policy::auth::{AuthError, Users};
@@ -65,6 +66,9 @@ pub(crate) enum Handling {
     Transaction,
     /// The proxy's admin command.
     Keywarden,
+    /// SCRIPT KILL, FUNCTION KILL, SHUTDOWN NOSAVE: sent upstream in every health state (see
+    /// [`command::stops_a_busy_server`]).
+    Rescue,
 }
 
 impl Handling {
@@ -88,6 +92,7 @@ impl Handling {
             6 if is(b"client") && names_client_ids(req) => Handling::Connection,
             7 if is(b"discard") || is(b"unwatch") => Handling::Transaction,
             9 if is(b"keywarden") => Handling::Keywarden,
+            6 | 8 if command::stops_a_busy_server(req) => Handling::Rescue,
             _ => Handling::Routed,
         }
     }
