@@ -293,3 +293,37 @@ async fn script_kill_reaches_a_busy_upstream_in_every_health_state() {
     assert_eq!(rescuer.cmd(&["PING"]).await, b"+PONG\r\n");
     proxy.shutdown().await;
 }
+
+/// A client that needs a connection of its own while Redis is busy with a script is told
+/// Redis's own BUSY error, as a client connected to Redis would be, not that the proxy's
+/// connection setup failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_upstream_answers_a_new_dedicated_connection_in_its_own_words() {
+    let redis = RedisServer::start();
+    let mut admin = Client::connect(redis.addr()).await;
+    assert_eq!(
+        admin.cmd(&["CONFIG", "SET", "lua-time-limit", "50"]).await,
+        simple("OK")
+    );
+    let mut s = settings(&redis.addr());
+    // Health stays healthy for the length of the test: the request is forwarded, not refused.
+    s.health.probe_interval = Duration::from_secs(30);
+    let proxy = Proxy::start(s).await;
+    wait_until_served(&proxy).await;
+    let mut looping = RawClient::connect(redis.addr()).await;
+    looping.send(&[&["EVAL", "while true do end", "0"]]).await;
+    let mut direct = RawClient::connect(redis.addr()).await;
+    let busy = loop {
+        let reply = direct.cmd(&["GET", "k"]).await;
+        if reply.starts_with(b"-BUSY") {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut c = RawClient::connect(proxy.addr).await;
+    assert_eq!(c.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    // GET in database 1 needs a connection of the client's own, set up with SELECT 1.
+    assert_eq!(show_bytes(&c.cmd(&["GET", "k"]).await), show_bytes(&busy));
+    assert_eq!(direct.cmd(&["SCRIPT", "KILL"]).await, b"+OK\r\n");
+    proxy.shutdown().await;
+}

@@ -45,6 +45,9 @@ pub(crate) struct Dedicated {
     /// Unpaired, a RESET was sent, followed by an ECHO of a nonce: the raw stream is framed
     /// until that echo (this exact frame) arrives; since when.
     awaiting_reset: Option<(Bytes, Instant)>,
+    /// Redis's BUSY or LOADING error to a setup command: the server cannot serve anyone yet,
+    /// and the client is told so in Redis's words, as it would be if connected directly.
+    refused_with: Option<Bytes>,
 }
 
 struct Outstanding {
@@ -81,6 +84,7 @@ impl Dedicated {
             last_read: Instant::now(),
             tick: timeout_tick(command_timeout),
             awaiting_reset: None,
+            refused_with: None,
         })
     }
 
@@ -139,6 +143,12 @@ impl Dedicated {
     /// before).
     pub(crate) fn unanswered(&self) -> usize {
         self.outstanding.len()
+    }
+
+    /// The BUSY or LOADING error Redis answered a setup command with, if that is why the
+    /// connection failed (see [`Dedicated::next_replies`]).
+    pub(crate) fn refused_with(&mut self) -> Option<Bytes> {
+        self.refused_with.take()
     }
 
     pub(crate) fn is_paired(&self) -> bool {
@@ -301,6 +311,10 @@ impl Dedicated {
             // A queued command's error is Redis's answer (EXEC will say EXECABORT); a setup
             // command's error means the connection is not what the client needs.
             if !discard && self.rbuf[self.framed] == b'-' {
+                let line = &self.rbuf[self.framed..self.framed + frame.len];
+                if line.starts_with(b"-BUSY") || line.starts_with(b"-LOADING") {
+                    self.refused_with = Some(Bytes::copy_from_slice(line));
+                }
                 return Err(UpstreamFailure::SetupRefused);
             }
             if self.framed > 0 {

@@ -132,8 +132,8 @@ impl Busy {
     /// with the proxy's own replies, then the client is closed, since the state it built
     /// upstream (transaction, subscriptions, blocking) is gone and its library must start over.
     pub(super) fn lose_dedicated(&mut self, why: UpstreamFailure) {
-        self.dedicated = None;
-        let err = ProxyError::from(why).to_reply();
+        let refused = self.dedicated.take().and_then(|mut d| d.refused_with());
+        let err = refused.unwrap_or_else(|| ProxyError::from(why).to_reply());
         if matches!(self.stalled, Some((_, Stall::Reset))) {
             // The RESET sent to that connection is owed a reply too.
             self.stalled = None;
