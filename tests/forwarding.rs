@@ -306,3 +306,32 @@ async fn long_lines_and_deep_nesting_are_replies_not_outages() {
     assert!(info.contains("upstream_state:healthy"), "{info}");
     proxy.shutdown().await;
 }
+
+/// A RESP3 push answers no request. On a shared connection no client owns it, so it is
+/// dropped and never moves the pairing: each client still gets exactly its own replies, in
+/// order (here the push Redis sends for DEBUG PROTOCOL push, pipelined with more requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resp3_pushes_never_pair_with_requests_on_a_shared_connection() {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let proxy = Proxy::for_upstream(&redis).await;
+    let cmds: &[&[&str]] = &[&["DEBUG", "PROTOCOL", "push"], &["PING"], &["ECHO", "hi"]];
+    let mut direct = RawClient::connect(redis.addr()).await;
+    direct.cmd(&["HELLO", "3"]).await;
+    direct.send(cmds).await;
+    let mut want = Vec::new();
+    while want.len() < cmds.len() {
+        let frame = direct.frame().await;
+        if !frame.starts_with(b">") {
+            want.push(frame);
+        }
+    }
+    let mut via = RawClient::connect(proxy.addr).await;
+    via.cmd(&["HELLO", "3"]).await;
+    for _ in 0..3 {
+        let got = via.run(cmds).await;
+        let shown = |f: &[Vec<u8>]| f.iter().map(|r| show_bytes(r)).collect::<Vec<_>>();
+        assert_eq!(shown(&got), shown(&want));
+    }
+    assert_eq!(via.cmd(&["ECHO", "after"]).await, b"$5\r\nafter\r\n");
+    proxy.shutdown().await;
+}

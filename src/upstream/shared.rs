@@ -622,14 +622,16 @@ impl Connection {
         }
     }
 
-    /// Frames the replies read so far and hands each waiter the ones that are its own.
+    /// Frames the replies read so far and hands each waiter the ones that are its own. A RESP3
+    /// push answers no request, and no client owns a shared connection: it is dropped where it
+    /// stands, so it never takes a reply's place.
     fn deliver(&mut self) -> Result<(), UpstreamFailure> {
         while let Some(head) = self.in_flight.front_mut() {
             while head.waiter.skip > 0 {
                 match self.scanner.scan(&self.rbuf) {
                     Ok(Some(frame)) => {
                         let _ = self.rbuf.split_to(frame.len);
-                        head.waiter.skip -= 1;
+                        head.waiter.skip -= u32::from(!frame.push);
                     }
                     Ok(None) => return Ok(()),
                     Err(_) => return Err(UpstreamFailure::BadReply),
@@ -638,6 +640,12 @@ impl Connection {
             let mut frames = 0;
             while frames < head.waiter.remaining {
                 match self.scanner.scan(&self.rbuf[self.framed..]) {
+                    Ok(Some(frame)) if frame.push => {
+                        // Cut it out: the replies framed before it stay, in order.
+                        let mut rest = self.rbuf.split_off(self.framed);
+                        let _ = rest.split_to(frame.len);
+                        self.rbuf.unsplit(rest);
+                    }
                     Ok(Some(frame)) => {
                         if head.waiter.inbox.is_none() {
                             let reply = &self.rbuf[self.framed..self.framed + frame.len];
@@ -674,13 +682,19 @@ impl Connection {
             }
             self.in_flight.pop_front();
         }
-        if self.rbuf.is_empty() {
-            Ok(())
-        } else {
-            // Bytes nobody asked for: the pairing of requests and replies can no longer be
-            // trusted, so the connection must go.
-            Err(UpstreamFailure::BadReply)
+        // Nothing is in flight: pushes are dropped; any other bytes were asked for by nobody,
+        // so the pairing of requests and replies can no longer be trusted and the connection
+        // must go.
+        while !self.rbuf.is_empty() {
+            match self.scanner.scan(&self.rbuf) {
+                Ok(Some(frame)) if frame.push => {
+                    let _ = self.rbuf.split_to(frame.len);
+                }
+                Ok(None) if self.rbuf[0] == b'>' => return Ok(()),
+                _ => return Err(UpstreamFailure::BadReply),
+            }
         }
+        Ok(())
     }
 
     /// Fails the connection when its oldest request has waited `timeout` with no reply bytes

@@ -53,6 +53,8 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Options beyond the usual ones, kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -60,13 +62,23 @@ impl RedisServer {
         RedisServer::start_on(free_port())
     }
 
+    /// Starts a server with extra options (`--enable-debug-command yes`, ...).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_on_with(free_port(), extra)
+    }
+
     /// Starts a server on a given port (one a proxy was already pointed at).
     pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::start_on_with(port, &[])
+    }
+
+    fn start_on_with(port: u16, extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
             port,
             child: None,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.spawn();
         server
@@ -86,6 +98,7 @@ impl RedisServer {
             .args(["--loglevel", "warning"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
