@@ -19,6 +19,7 @@ use std::time::Duration;
 use keywarden::config::Settings;
 use keywarden::policy::keyspace::Mode;
 use support::*;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------------------------------------
@@ -1013,5 +1014,33 @@ async fn xreadgroup_with_keyword_names_blocks_on_its_own_connection() {
     let got = reader.frame().await;
     let entry = b"*1\r\n*2\r\n$1\r\ns\r\n*1\r\n*2\r\n$3\r\n1-1\r\n*2\r\n$1\r\nf\r\n$1\r\nv\r\n";
     assert_eq!(show_bytes(&got), show_bytes(entry));
+    proxy.shutdown().await;
+}
+
+/// Replies keywarden makes itself count against `max_pending_output` while they wait behind
+/// a blocked command: a client that floods CLIENT LIST behind BLPOP and reads nothing is no
+/// longer read once they pass the limit, so its writes back up instead of keywarden's memory
+/// growing with every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_held_behind_a_blocked_command_stop_reading_at_the_output_limit() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    s.limits.max_pending_output = 64 * 1024;
+    let proxy = Proxy::start(s).await;
+    let mut c = RawClient::connect(proxy.addr).await;
+    c.send(&[&["BLPOP", "q", "0"]]).await;
+    wait_for_blocked(&redis, 1).await;
+    let one = encode(&[b"CLIENT".as_slice(), b"LIST"]);
+    let chunk = one.repeat(64 * 1024 / one.len());
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut written = 0;
+    while let Ok(Ok(())) = tokio::time::timeout_at(until, c.stream.write_all(&chunk)).await {
+        written += chunk.len();
+    }
+    // What the socket buffers take, and no more: keywarden stopped reading.
+    assert!(
+        written < 16 * 1024 * 1024,
+        "keywarden read {written} bytes of requests whose replies it had to hold"
+    );
     proxy.shutdown().await;
 }

@@ -45,6 +45,78 @@ pub(super) enum Slot {
     Info(String),
 }
 
+impl Slot {
+    /// Bytes of reply it holds while it waits: the proxy's own reply, or INFO's section.
+    fn held(&self) -> usize {
+        match self {
+            Slot::Upstream(_) => 0,
+            Slot::Local(reply) => reply.len(),
+            Slot::Info(section) => section.len(),
+        }
+    }
+}
+
+/// The reply slots not yet ready, in request order, and the bytes the proxy's own replies
+/// among them hold: counted with the output queue against `max_pending_output`, so that
+/// replies made behind a blocked command (a flood of CLIENT LIST behind BLPOP) stop the reading
+/// of more requests as upstream replies do.
+#[derive(Default)]
+pub(super) struct Slots {
+    queue: VecDeque<Slot>,
+    held: usize,
+}
+
+impl Slots {
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub(super) fn held(&self) -> usize {
+        self.held
+    }
+
+    pub(super) fn front(&self) -> Option<&Slot> {
+        self.queue.front()
+    }
+
+    /// The replies still owed to the front slot, if it waits on the upstream.
+    pub(super) fn owed_front(&mut self) -> Option<&mut u32> {
+        match self.queue.front_mut() {
+            Some(Slot::Upstream(owed)) => Some(owed),
+            _ => None,
+        }
+    }
+
+    /// The replies owed to the last slot, if it waits on the upstream.
+    pub(super) fn owed_back(&mut self) -> Option<&mut u32> {
+        match self.queue.back_mut() {
+            Some(Slot::Upstream(owed)) => Some(owed),
+            _ => None,
+        }
+    }
+
+    pub(super) fn push_back(&mut self, slot: Slot) {
+        self.held += slot.held();
+        self.queue.push_back(slot);
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<Slot> {
+        let slot = self.queue.pop_front()?;
+        self.held -= slot.held();
+        Some(slot)
+    }
+
+    /// Every slot, leaving none.
+    pub(super) fn take(&mut self) -> VecDeque<Slot> {
+        self.held = 0;
+        std::mem::take(&mut self.queue)
+    }
+
+    pub(super) fn shrink_to(&mut self, capacity: usize) {
+        self.queue.shrink_to(capacity);
+    }
+}
+
 thread_local! {
     /// Busy states of clients that went quiet, for the next client on this thread with bytes
     /// in flight. A pipelining client goes quiet after every batch it is answered; taking a
@@ -77,7 +149,7 @@ pub(super) struct Busy {
     pub(super) out: VecDeque<Bytes>,
     pub(super) out_len: usize,
     /// Reply slots not yet ready; the front, if any, is always `Slot::Upstream`.
-    pub(super) pending: VecDeque<Slot>,
+    pub(super) pending: Slots,
     pub(super) dedicated: Option<Dedicated>,
     /// A request waiting for every reply owed before it, to move connections without
     /// reordering anything.
@@ -123,7 +195,7 @@ impl Busy {
             parser: RequestParser::new(limits),
             out: VecDeque::new(),
             out_len: 0,
-            pending: VecDeque::new(),
+            pending: Slots::default(),
             dedicated: None,
             stalled: None,
             closing: false,
@@ -257,9 +329,9 @@ impl Busy {
 
     /// One more reply is owed by the upstream connection the client is on.
     pub(super) fn expect_upstream(&mut self, n: u32) {
-        match self.pending.back_mut() {
-            Some(Slot::Upstream(owed)) => *owed += n,
-            _ => self.pending.push_back(Slot::Upstream(n)),
+        match self.pending.owed_back() {
+            Some(owed) => *owed += n,
+            None => self.pending.push_back(Slot::Upstream(n)),
         }
     }
 
@@ -291,7 +363,7 @@ impl Busy {
         self.push_out(data);
         let mut frames = frames;
         while frames > 0 {
-            let Some(Slot::Upstream(owed)) = self.pending.front_mut() else {
+            let Some(owed) = self.pending.owed_front() else {
                 debug_assert!(false, "replies arrived with no upstream slot waiting");
                 return;
             };
@@ -321,6 +393,12 @@ impl Busy {
         } else {
             self.pending.push_back(Slot::Local(reply));
         }
+    }
+
+    /// Reply bytes held for the client: queued for it, and made by the proxy behind replies
+    /// still owed.
+    pub(super) fn pending_out(&self) -> usize {
+        self.out_len + self.pending.held()
     }
 
     pub(super) fn push_out(&mut self, data: Bytes) {

@@ -377,7 +377,7 @@ impl Session {
         let b = self.busy.as_deref_mut();
         let can_read = b
             .as_ref()
-            .is_none_or(|b| !b.closing && b.stalled.is_none() && b.out_len < max_out);
+            .is_none_or(|b| !b.closing && b.stalled.is_none() && b.pending_out() < max_out);
         if can_read {
             if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
                 return Poll::Ready(r.map(|()| Event::ClientReadable));
@@ -389,8 +389,9 @@ impl Session {
                     return Poll::Ready(r.map(|()| Event::ClientWritable));
                 }
             }
+            let room = b.pending_out() < max_out;
             if let Some(d) = b.dedicated.as_mut() {
-                if b.out_len < max_out {
+                if room {
                     if let Poll::Ready(r) = d.poll_read_ready(cx) {
                         return Poll::Ready(r.map(|()| Event::DedicatedReadable));
                     }

@@ -91,7 +91,7 @@ impl Busy {
                 }
                 Err(why) => return self.lose_dedicated(why),
             }
-            for slot in std::mem::take(&mut self.pending) {
+            for slot in self.pending.take() {
                 if let Slot::Local(reply) = slot {
                     self.push_out(reply);
                 }
@@ -139,7 +139,7 @@ impl Busy {
             self.stalled = None;
             self.pending.push_back(Slot::Upstream(1));
         }
-        for slot in std::mem::take(&mut self.pending) {
+        for slot in self.pending.take() {
             match slot {
                 Slot::Upstream(n) => {
                     for _ in 0..n {
