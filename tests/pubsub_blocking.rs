@@ -878,6 +878,26 @@ async fn client_leaving_while_blocked_consumes_nothing() {
     proxy.shutdown().await;
 }
 
+/// CLIENT KILL closes a blocked client at once, as Redis does: its upstream connection goes
+/// with it, so it never consumes an element pushed afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_blocked_client_is_closed_and_consumes_nothing() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut waiter = Raw::connect(proxy.addr).await;
+    let id = String::from_utf8(waiter.cmd(&["CLIENT", "ID"]).await).unwrap();
+    let id = id.trim_start_matches(':').trim_end().to_owned();
+    waiter.send(&[&["BLPOP", "jobs", "0"]]).await;
+    wait_for_blocked(&redis, 1).await;
+    let mut killer = Raw::connect(proxy.addr).await;
+    assert_eq!(killer.cmd(&["CLIENT", "KILL", "ID", &id]).await, b":1\r\n");
+    assert_eq!(waiter.bytes_until_closed().await, b"");
+    wait_for_blocked(&redis, 0).await;
+    assert_eq!(killer.cmd(&["LPUSH", "jobs", "j1"]).await, b":1\r\n");
+    assert_eq!(killer.cmd(&["LLEN", "jobs"]).await, b":1\r\n");
+    proxy.shutdown().await;
+}
+
 /// Killing the upstream wakes a blocked client with an error, then closes its connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocked_client_gets_an_error_when_the_upstream_is_killed() {

@@ -243,16 +243,16 @@ impl Session {
             let event = ready!(self.poll_event(cx))?;
             match event {
                 Event::Inbox if self.inbox.is_killed() => {
-                    // CLIENT KILL: answer what was asked (a client killing itself gets its
-                    // reply, as in Redis), read nothing more.
-                    match self.busy.as_deref_mut() {
-                        Some(b) => {
-                            b.take_inbox(&self.inbox);
-                            b.closing = true;
-                            b.inbuf.clear();
-                        }
-                        None => return Poll::Ready(Ok(())),
+                    // CLIENT KILL closes the client at once, as Redis does, blocked or not
+                    // reading: what is ready goes out if the socket takes it now (a client
+                    // that killed itself gets its reply), and the rest is dropped with the
+                    // connection. Its own upstream connection closes too, so Redis stops
+                    // blocking for it and it consumes nothing afterwards.
+                    if let Some(b) = self.busy.as_deref_mut() {
+                        b.take_inbox(&self.inbox);
+                        let _ = b.flush(&self.stream);
                     }
+                    return Poll::Ready(Ok(()));
                 }
                 Event::Inbox => match self.server.clients.phase() {
                     Phase::Run => {
