@@ -265,17 +265,23 @@ async fn wait_for_state(proxy: &Proxy, state: &str) {
     }
 }
 
-/// A script that never ends makes Redis answer BUSY, so the probe fails and the upstream is
-/// unavailable; SCRIPT KILL, which is what ends that, still reaches Redis through keywarden
-/// (on a connection other than the one running the script), and the upstream recovers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn script_kill_reaches_a_busy_upstream_in_every_health_state() {
+/// A Redis that answers BUSY to other clients 50 ms into a script that runs on.
+async fn redis_busy_after_50ms() -> RedisServer {
     let redis = RedisServer::start();
     let mut admin = Client::connect(redis.addr()).await;
     assert_eq!(
         admin.cmd(&["CONFIG", "SET", "lua-time-limit", "50"]).await,
         simple("OK")
     );
+    redis
+}
+
+/// A script that never ends makes Redis answer BUSY, so the probe fails and the upstream is
+/// unavailable; SCRIPT KILL, which is what ends that, still reaches Redis through keywarden
+/// (on a connection other than the one running the script), and the upstream recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_kill_reaches_a_busy_upstream_in_every_health_state() {
+    let redis = redis_busy_after_50ms().await;
     let mut s = settings(&redis.addr());
     s.health.probe_interval = Duration::from_millis(50);
     s.health.probe_timeout = Duration::from_millis(200);
@@ -299,12 +305,7 @@ async fn script_kill_reaches_a_busy_upstream_in_every_health_state() {
 /// connection setup failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_upstream_answers_a_new_dedicated_connection_in_its_own_words() {
-    let redis = RedisServer::start();
-    let mut admin = Client::connect(redis.addr()).await;
-    assert_eq!(
-        admin.cmd(&["CONFIG", "SET", "lua-time-limit", "50"]).await,
-        simple("OK")
-    );
+    let redis = redis_busy_after_50ms().await;
     let mut s = settings(&redis.addr());
     // Health stays healthy for the length of the test: the request is forwarded, not refused.
     s.health.probe_interval = Duration::from_secs(30);
