@@ -269,6 +269,37 @@ async fn quit_answers_ok_after_earlier_replies_then_closes() {
     proxy.shutdown().await;
 }
 
+/// QUIT on a client's own connection (here, in database 1) behaves as against Redis: the
+/// replies before it, +OK, then the connection closes, and nothing pipelined after it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quit_on_a_clients_own_connection_ends_it_as_redis_does() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let cmds: &[&[&str]] = &[
+        &["SELECT", "1"],
+        &["SET", "before", "1"],
+        &["QUIT"],
+        &["SET", "after", "1"],
+    ];
+    let mut direct = RawClient::connect(redis.addr()).await;
+    direct.send(cmds).await;
+    let want = direct.bytes_until_closed().await;
+    let mut via = RawClient::connect(proxy.addr).await;
+    via.send(cmds).await;
+    assert_eq!(
+        show_bytes(&via.bytes_until_closed().await),
+        show_bytes(&want)
+    );
+    let mut check = RawClient::connect(redis.addr()).await;
+    assert_eq!(
+        check
+            .run(&[&["SELECT", "1"], &["EXISTS", "before", "after"]])
+            .await[1],
+        b":1\r\n"
+    );
+    proxy.shutdown().await;
+}
+
 /// Replies Redis sends are carried however long a status or error line or however deep the
 /// nesting (a script returns either at will), byte for byte: they are answers, not a broken
 /// upstream, so the connection is kept and the upstream stays healthy however often they come.

@@ -322,6 +322,12 @@ impl Busy {
             ded.queue(&req, props);
             if ded.is_paired() {
                 self.expect_upstream(1);
+                if disposition == Disposition::Quit {
+                    // Redis answers +OK and closes: nothing after QUIT is read, as in Redis.
+                    // (Unpaired, the raw stream runs until Redis closes it.)
+                    self.closing = true;
+                    self.inbuf.clear();
+                }
             }
             return;
         }
