@@ -300,6 +300,36 @@ async fn quit_on_a_clients_own_connection_ends_it_as_redis_does() {
     proxy.shutdown().await;
 }
 
+/// A client that reads slowly on its own connection is not told the upstream timed out:
+/// while keywarden holds `max_pending_output` of its replies it stops reading that connection,
+/// and that pause is the client's, not the upstream's silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_reader_on_its_own_connection_gets_every_reply() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    s.limits.max_pending_output = 64 * 1024;
+    s.upstream.command_timeout = Duration::from_millis(300);
+    let proxy = Proxy::start(s).await;
+    let big = "x".repeat(1024 * 1024);
+    let mut c = RawClient::connect(proxy.addr).await;
+    assert_eq!(c.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["SET", "big", &big]).await, b"+OK\r\n");
+    let gets: Vec<&[&str]> = vec![&["GET", "big"]; 8];
+    c.send(&gets).await;
+    // Read nothing for several command timeouts.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let want = format!("${}\r\n{big}\r\n", big.len());
+    for i in 0..gets.len() {
+        let got = c.frame().await;
+        assert!(
+            got == want.as_bytes(),
+            "reply {i}: {}",
+            show_bytes(&got[..got.len().min(80)])
+        );
+    }
+    proxy.shutdown().await;
+}
+
 /// Replies Redis sends are carried however long a status or error line or however deep the
 /// nesting (a script returns either at will), byte for byte: they are answers, not a broken
 /// upstream, so the connection is kept and the upstream stays healthy however often they come.

@@ -353,6 +353,13 @@ impl Dedicated {
         }
     }
 
+    /// The proxy is not reading this connection (its client is not reading the replies it
+    /// holds): time without reading is not the upstream's silence, so the command timeout
+    /// counts from now on again.
+    pub(crate) fn not_read(&mut self) {
+        self.last_read = Instant::now();
+    }
+
     /// Whether a timeout check is worth scheduling.
     fn timing(&self) -> bool {
         self.awaiting_reset.is_some() || self.outstanding.front().is_some_and(|o| !o.blocking)

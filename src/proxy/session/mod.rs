@@ -283,8 +283,18 @@ impl Session {
                 Event::DedicatedReadable => self.busy_mut().read_dedicated(),
                 Event::DedicatedWritable => self.busy_mut().write_dedicated(),
                 Event::Tick => {
-                    let timeout = self.policy.settings.upstream.command_timeout;
-                    self.busy_mut().check_dedicated_timeout(timeout);
+                    let limits = &self.policy.settings;
+                    let (timeout, max_out) = (
+                        limits.upstream.command_timeout,
+                        limits.limits.max_pending_output,
+                    );
+                    let b = self.busy_mut();
+                    let held_back = b.pending_out() >= max_out;
+                    match b.dedicated.as_mut() {
+                        // Held back by the client's own slowness: not a silent upstream.
+                        Some(d) if held_back => d.not_read(),
+                        _ => b.check_dedicated_timeout(timeout),
+                    }
                 }
                 Event::Idle => {
                     // Redis exempts clients that are owed replies, blocked, or subscribed.
