@@ -106,16 +106,19 @@ static CLIENT_DISPOSITIONS: &[(&str, Disposition)] = &[
 pub(crate) fn stops_a_busy_server(req: &Request) -> bool {
     let name = req.name();
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    let second =
-        |word: &[u8]| req.argc() == 2 && req.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(word));
-    if is(b"script") || is(b"function") {
-        second(b"kill")
-    } else if is(b"shutdown") {
-        req.args()
-            .skip(1)
-            .any(|a| a.eq_ignore_ascii_case(b"nosave"))
-    } else {
-        false
+    let kill = || req.argc() == 2 && req.arg(1).is_some_and(|a| a.eq_ignore_ascii_case(b"kill"));
+    // By length first: this is asked of every request.
+    match name.len() {
+        6 => is(b"script") && kill(),
+        8 if is(b"function") => kill(),
+        8 => {
+            is(b"shutdown")
+                && req
+                    .args()
+                    .skip(1)
+                    .any(|a| a.eq_ignore_ascii_case(b"nosave"))
+        }
+        _ => false,
     }
 }
 
@@ -135,7 +138,7 @@ pub fn disposition(req: &Request) -> Disposition {
             .and_then(|sub| search(CLIENT_DISPOSITIONS, sub, |e| e.0))
             .map_or(Disposition::Shared, |(_, d)| *d)
     } else if is(b"xread") || is(b"xreadgroup") {
-        if xread_blocks(req) {
+        if super::keys::xread_options(req).blocks {
             BLOCKING
         } else {
             Disposition::Shared
@@ -143,33 +146,6 @@ pub fn disposition(req: &Request) -> Disposition {
     } else {
         Disposition::Shared
     }
-}
-
-/// Whether XREAD or XREADGROUP blocks: its options read as Redis's `xreadCommand` reads them,
-/// left to right until STREAMS, BLOCK and COUNT with one value each, GROUP with a group and a
-/// consumer name, NOACK alone. So a group or consumer named `streams` or `block` is a name, not
-/// a keyword. Where Redis would answer a syntax error instead, it does not block either (BLOCK
-/// followed by an error goes to a connection of its own all the same, which costs nothing).
-fn xread_blocks(req: &Request) -> bool {
-    let argc = req.argc();
-    let mut i = 1;
-    while let Some(option) = req.arg(i) {
-        let more = argc - i - 1;
-        let is = |k: &[u8]| option.eq_ignore_ascii_case(k);
-        if is(b"block") && more >= 1 {
-            return true;
-        } else if is(b"count") && more >= 1 {
-            i += 2;
-        } else if is(b"group") && more >= 2 {
-            i += 3;
-        } else if is(b"noack") {
-            i += 1;
-        } else {
-            // STREAMS (the keys and ids follow), or a syntax error.
-            return false;
-        }
-    }
-    false
 }
 
 #[cfg(test)]

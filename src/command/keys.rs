@@ -213,25 +213,10 @@ fn fallback(getkeys: GetKeys, args: &Args, out: &mut Keys) {
             out.extend((first..first + num).map(|i| i as u32));
         }
         GetKeys::Xread => {
-            // xreadGetKeys: skip BLOCK n, COUNT n, GROUP g c, NOACK up to STREAMS; then half
-            // of what follows are keys, if that is a positive even count.
-            let mut streams = None;
-            let mut i = 1;
-            while i < argc {
-                if args.is(i, "block") || args.is(i, "count") {
-                    i += 1;
-                } else if args.is(i, "group") {
-                    i += 2;
-                } else if args.is(i, "noack") {
-                } else if args.is(i, "streams") {
-                    streams = Some(i);
-                    break;
-                } else {
-                    break;
-                }
-                i += 1;
-            }
-            if let Some(pos) = streams {
+            // xreadGetKeys: half of what follows STREAMS are keys, if that is a positive even
+            // count.
+            if let Some(pos) = xread_options(args.0).streams {
+                let (pos, argc) = (pos as i64, argc);
                 let num = argc - pos - 1;
                 if num > 0 && num % 2 == 0 {
                     out.extend((pos + 1..argc - num / 2).map(|i| i as u32));
@@ -259,6 +244,46 @@ fn fallback(getkeys: GetKeys, args: &Args, out: &mut Keys) {
 
 /// A request's arguments with C's view of them: signed indices, and strings that end at the
 /// first NUL byte when compared with `strcasecmp`.
+/// XREAD's and XREADGROUP's options before STREAMS, walked as Redis walks them (xreadCommand,
+/// xreadGetKeys): BLOCK and COUNT take a value, GROUP a group and a consumer name, NOACK none,
+/// and anything else ends the walk. So a group or consumer named `streams` or `block` is a
+/// name, not a keyword.
+pub(super) struct XreadOptions {
+    /// BLOCK came before STREAMS: the command may wait.
+    pub(super) blocks: bool,
+    /// Where STREAMS stands, if the walk reached it.
+    pub(super) streams: Option<usize>,
+}
+
+pub(super) fn xread_options(req: &Request) -> XreadOptions {
+    let args = Args(req);
+    let argc = args.argc();
+    let mut options = XreadOptions {
+        blocks: false,
+        streams: None,
+    };
+    let mut i = 1;
+    while i < argc {
+        let more = argc - i - 1;
+        if args.is(i, "block") && more >= 1 {
+            options.blocks = true;
+            i += 2;
+        } else if args.is(i, "count") && more >= 1 {
+            i += 2;
+        } else if args.is(i, "group") && more >= 2 {
+            i += 3;
+        } else if args.is(i, "noack") {
+            i += 1;
+        } else {
+            if args.is(i, "streams") {
+                options.streams = Some(i as usize);
+            }
+            break;
+        }
+    }
+    options
+}
+
 struct Args<'a>(&'a Request);
 
 impl Args<'_> {
