@@ -275,35 +275,6 @@ fn a_declared_length_is_not_allocated() {
 }
 
 #[test]
-fn line_limits_depend_on_chunking_as_in_redis() {
-    // Redis checks the limit only while no line end is buffered, so a line longer than the
-    // limit passes when its end arrives in the same read, and fails when it does not.
-    let limits = limits(8);
-    for (input, error) in [
-        (
-            &b"ECHO 123456789\r\n"[..],
-            "Protocol error: too big inline request",
-        ),
-        (
-            &b"*123456789\r\n"[..],
-            "Protocol error: too big mbulk count string",
-        ),
-        (
-            &b"*1\r\n$123456789\r\n"[..],
-            "Protocol error: too big bulk count string",
-        ),
-    ] {
-        let whole = run_pieces(RequestParser::new(limits), [input]);
-        assert!(
-            !whole.outs.iter().any(|o| matches!(o, Out::Err(_))),
-            "{whole:?}"
-        );
-        let bytewise = run_pieces(RequestParser::new(limits), input.chunks(1));
-        assert_eq!(bytewise.outs, vec![err(error)]);
-    }
-}
-
-#[test]
 fn after_an_error_the_same_error_is_returned() {
     let mut parser = RequestParser::new(ParserLimits::default());
     let mut buf = BytesMut::from(&b"*x\r\n*1\r\n$4\r\nPING\r\n"[..]);

@@ -243,6 +243,13 @@ pub(super) fn cases() -> Vec<Case> {
         .limits(limits(8))
         .all_left(),
         case(
+            "too big mbulk count string with its line end",
+            b"*000000001\r\n$4\r\nPING\r\n",
+            vec![err("Protocol error: too big mbulk count string")],
+        )
+        .limits(limits(8))
+        .all_left(),
+        case(
             "too big mbulk count string behind a NUL",
             b"*1\0\r\n$4\r\nPING\r\n",
             vec![err("Protocol error: too big mbulk count string")],
@@ -252,6 +259,13 @@ pub(super) fn cases() -> Vec<Case> {
         case(
             "too big bulk count string",
             b"*1\r\n$123456789",
+            vec![err("Protocol error: too big bulk count string")],
+        )
+        .limits(limits(8))
+        .all_left(),
+        case(
+            "too big bulk count string with its line end",
+            b"*1\r\n$000000004\r\nPING\r\n",
             vec![err("Protocol error: too big bulk count string")],
         )
         .limits(limits(8))
@@ -454,6 +468,21 @@ pub(super) fn cases() -> Vec<Case> {
         )
         .limits(limits(8))
         .all_left(),
+        // Whole or in pieces, a line over the limit fails: the answer does not depend on how
+        // the bytes were chunked (Redis's does, see the module documentation).
+        case(
+            "too big inline request with its line end",
+            b"SET k \"unbalanced\r\n",
+            vec![err("Protocol error: too big inline request")],
+        )
+        .limits(limits(16))
+        .all_left(),
+        case(
+            "inline request exactly at the limit",
+            b"SET k 0123456789\r\n",
+            vec![inl(&[b"SET", b"k", b"0123456789"])],
+        )
+        .limits(limits(17)),
         case(
             "too big inline request behind a NUL",
             b"PING\0\r\nxx",
