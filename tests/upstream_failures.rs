@@ -328,3 +328,149 @@ async fn busy_upstream_answers_a_new_dedicated_connection_in_its_own_words() {
     assert_eq!(direct.cmd(&["SCRIPT", "KILL"]).await, b"+OK\r\n");
     proxy.shutdown().await;
 }
+
+/// A script that busy-waits `ms` milliseconds on the upstream's clock: Redis answers no one
+/// meanwhile (under `lua-time-limit`, 5 s).
+fn script_running_ms(ms: u64) -> String {
+    format!(
+        "local s = redis.call('TIME') \
+         while true do \
+           local n = redis.call('TIME') \
+           if (n[1] - s[1]) * 1000000 + (n[2] - s[2]) >= {ms} * 1000 then return 1 end \
+         end"
+    )
+}
+
+/// How long INFO says the upstream has been in its state, with the state.
+async fn upstream_state(proxy: &Proxy) -> (String, u64) {
+    let mut c = RawClient::connect(proxy.addr).await;
+    let info = String::from_utf8_lossy(&c.cmd(&["INFO", "keywarden"]).await).into_owned();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+            .trim()
+            .to_owned()
+    };
+    let since = field("upstream_state_since_ms").parse().unwrap();
+    (field("upstream_state"), since)
+}
+
+/// A script that runs longer than the command timeout keeps Redis from answering anyone, by
+/// the client's choice: the other clients wait for it as they would on Redis, none is told the
+/// upstream timed out, and the upstream is not declared unavailable (the probe is the judge,
+/// and the script ends before `failure_threshold` probes fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_script_fails_no_other_client_and_fakes_no_outage() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await; // command timeout 500 ms
+    wait_until_served(&proxy).await;
+    let start = Instant::now();
+    let mut slow = RawClient::connect(proxy.addr).await;
+    let script = script_running_ms(1200);
+    slow.send(&[&["EVAL", &script, "0"]]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut others = Vec::new();
+    for i in 0..4 {
+        let mut c = RawClient::connect(proxy.addr).await;
+        let key = format!("k{i}");
+        c.send(&[&["SET", &key, "v"], &["GET", &key], &["PING"]])
+            .await;
+        others.push(c);
+    }
+    for c in others.iter_mut() {
+        assert_eq!(show_bytes(&c.frame().await), show_bytes(b"+OK\r\n"));
+        assert_eq!(show_bytes(&c.frame().await), show_bytes(b"$1\r\nv\r\n"));
+        assert_eq!(show_bytes(&c.frame().await), show_bytes(b"+PONG\r\n"));
+    }
+    assert_eq!(show_bytes(&slow.frame().await), show_bytes(b":1\r\n"));
+    let (state, since_ms) = upstream_state(&proxy).await;
+    assert_eq!(state, "healthy");
+    assert!(
+        Duration::from_millis(since_ms) >= start.elapsed(),
+        "the upstream changed state during the script ({since_ms} ms ago)"
+    );
+    proxy.shutdown().await;
+}
+
+/// CLIENT PAUSE holds other clients' writes for its timeout: a write sent meanwhile waits for
+/// the pause to end, as it would on Redis, instead of timing out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pause_longer_than_the_command_timeout_fails_no_write() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await; // command timeout 500 ms
+    wait_until_served(&proxy).await;
+    let start = Instant::now();
+    let mut pauser = RawClient::connect(proxy.addr).await;
+    assert_eq!(
+        pauser.cmd(&["CLIENT", "PAUSE", "1200", "WRITE"]).await,
+        b"+OK\r\n"
+    );
+    let mut writer = RawClient::connect(proxy.addr).await;
+    assert_eq!(
+        show_bytes(&writer.cmd(&["SET", "paused", "1"]).await),
+        show_bytes(b"+OK\r\n")
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(1100),
+        "the write was held"
+    );
+    let (state, _) = upstream_state(&proxy).await;
+    assert_eq!(state, "healthy");
+    proxy.shutdown().await;
+}
+
+/// A hold keeps the command timeout from running, not the probe: a script that outlasts
+/// `failure_threshold` probes makes the upstream unavailable, and the requests waiting behind
+/// it are failed then rather than left waiting for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_held_by_a_script_fail_once_the_probe_declares_the_upstream_unavailable() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    s.health.probe_interval = Duration::from_millis(100);
+    s.health.probe_timeout = Duration::from_millis(100);
+    let proxy = Proxy::start(s).await;
+    wait_until_served(&proxy).await;
+    let mut slow = RawClient::connect(proxy.addr).await;
+    let script = script_running_ms(2500);
+    slow.send(&[&["EVAL", &script, "0"]]).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let start = Instant::now();
+    let mut waiting = RawClient::connect(proxy.addr).await;
+    waiting.send(&[&["GET", "k"]]).await;
+    let reply = waiting.frame().await;
+    let took = start.elapsed();
+    assert_eq!(
+        show_bytes(&reply),
+        show_bytes(b"-UPSTREAM upstream unavailable\r\n")
+    );
+    assert!(took < Duration::from_millis(1500), "failed after {took:?}");
+    // The script's own client is told too (its reply would come from a connection the proxy
+    // dropped), and the upstream serves again once the script is over.
+    assert!(slow.frame().await.starts_with(b"-UPSTREAM"));
+    wait_until_served(&proxy).await;
+    proxy.shutdown().await;
+}
+
+/// A write that takes the upstream longer than the command timeout to read is progress, not
+/// a hang: the bytes Redis takes count, as reply bytes do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_write_slower_than_the_command_timeout_is_not_timed_out() {
+    const LEN: usize = 256 * 1024 * 1024;
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    // Far less than the write takes (about 0.7 s here), far more than a stall between two
+    // reads of a busy machine.
+    s.upstream.command_timeout = Duration::from_millis(150);
+    let proxy = Proxy::start(s).await;
+    wait_until_served(&proxy).await;
+    let mut c = Client::connect(proxy.addr).await;
+    let mut request = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${LEN}\r\n").into_bytes();
+    request.resize(request.len() + LEN, b'v');
+    request.extend_from_slice(b"\r\n");
+    c.send_raw(&request).await;
+    drop(request);
+    assert_eq!(c.reply().await, simple("OK"));
+    assert_eq!(c.cmd(&["STRLEN", "big"]).await, int(LEN as i64));
+    proxy.shutdown().await;
+}

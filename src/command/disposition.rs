@@ -122,6 +122,50 @@ pub(crate) fn stops_a_busy_server(req: &Request) -> bool {
     }
 }
 
+/// How a command holds the upstream by design, keeping it from answering other connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Until its reply: Redis runs one command at a time, so nothing else is answered while
+    /// it runs (a script, KEYS, a synchronous FLUSHALL, SAVE, DEBUG SLEEP, ...).
+    UntilReply,
+    /// For this many milliseconds after it is answered: `CLIENT PAUSE <ms>` (other clients'
+    /// commands wait, or with `WRITE` their writes do).
+    Pause(u64),
+}
+
+/// Whether `req` may keep the upstream from answering anyone for longer than a command
+/// timeout, because the client asked for it: scripts and functions (EVAL, EVALSHA, FCALL and
+/// their `_RO` forms), KEYS, FLUSHALL and FLUSHDB (synchronous unless ASYNC, and ASYNC is
+/// cheap to count too), SAVE, DEBUG, MIGRATE, FUNCTION and SCRIPT (FLUSH, LOAD, RESTORE), and
+/// CLIENT PAUSE. While one is in flight, another request's silent wait is Redis doing what it
+/// was told, not a hang (see `upstream::holds`). O(N) commands on big values (SUNIONSTORE,
+/// SORT, DEL of a huge key) are not listed: they are the tail the command timeout is for.
+pub fn holds_the_server(req: &Request) -> Option<Hold> {
+    let name = req.name();
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    // By length first: this is asked of every request sent upstream.
+    let holds = match name.len() {
+        4 => is(b"eval") || is(b"keys") || is(b"save"),
+        5 => is(b"fcall") || is(b"debug"),
+        6 if is(b"client") => return client_pause(req),
+        6 => is(b"script"),
+        7 => is(b"evalsha") || is(b"eval_ro") || is(b"flushdb") || is(b"migrate"),
+        8 => is(b"fcall_ro") || is(b"flushall") || is(b"function"),
+        10 => is(b"evalsha_ro"),
+        _ => false,
+    };
+    holds.then_some(Hold::UntilReply)
+}
+
+/// `CLIENT PAUSE <ms> [WRITE|ALL]`: the pause, when the timeout is a valid count.
+fn client_pause(req: &Request) -> Option<Hold> {
+    if !req.arg(1)?.eq_ignore_ascii_case(b"pause") {
+        return None;
+    }
+    let ms = std::str::from_utf8(req.arg(2)?).ok()?.parse::<u64>().ok()?;
+    Some(Hold::Pause(ms))
+}
+
 /// Decides how `req` is carried upstream.
 pub fn disposition(req: &Request) -> Disposition {
     static INDEX: OnceLock<NameIndex> = OnceLock::new();
@@ -152,6 +196,45 @@ pub fn disposition(req: &Request) -> Disposition {
 mod tests {
     use super::*;
     use crate::command::commands;
+
+    #[test]
+    fn commands_that_hold_the_server() {
+        let holds = |args: &[&str]| holds_the_server(&Request::from_args(args));
+        for name in [
+            "EVAL",
+            "evalsha",
+            "Eval_Ro",
+            "EVALSHA_RO",
+            "FCALL",
+            "FCALL_RO",
+            "KEYS",
+            "FLUSHALL",
+            "FLUSHDB",
+            "SAVE",
+            "DEBUG",
+            "MIGRATE",
+            "SCRIPT",
+            "FUNCTION",
+        ] {
+            assert_eq!(holds(&[name, "x"]), Some(Hold::UntilReply), "{name}");
+        }
+        for args in [
+            &["GET", "k"][..],
+            &["EVALX"],
+            &["CLIENT", "LIST"],
+            &["CLIENT", "PAUSE"],
+            &["CLIENT", "PAUSE", "-1"],
+            &["CLIENT", "PAUSE", "soon"],
+            &["SCAN", "0"],
+            &["BGSAVE"],
+        ] {
+            assert_eq!(holds(args), None, "{args:?}");
+        }
+        assert_eq!(
+            holds(&["client", "pause", "1500", "WRITE"]),
+            Some(Hold::Pause(1500))
+        );
+    }
 
     #[test]
     fn lists_are_sorted_and_lowercase() {

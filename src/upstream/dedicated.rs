@@ -11,6 +11,7 @@
 //! resubscribes.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,10 +19,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval};
 
-use crate::command::Stateful;
+use crate::command::{holds_the_server, Stateful};
 use crate::error::UpstreamFailure;
 use crate::protocol::request::Request;
 use crate::protocol::scanner::ReplyScanner;
+use crate::upstream::holds::{HoldMark, Holds};
 use crate::upstream::shared::timeout_tick;
 use crate::upstream::socket;
 
@@ -39,7 +41,10 @@ pub(crate) struct Dedicated {
     paired: bool,
     /// Requests without a reply yet (only tracked while paired).
     outstanding: VecDeque<Outstanding>,
-    last_read: Instant,
+    /// The last time the upstream took request bytes or sent reply bytes.
+    last_progress: Instant,
+    /// The upstream's holds, shared with every connection to it.
+    holds: Arc<Holds>,
     /// Paces command-timeout checks (a timer per request would cost more than it saves).
     tick: Interval,
     /// Unpaired, a RESET was sent, followed by an ECHO of a nonce: the raw stream is framed
@@ -59,6 +64,8 @@ struct Outstanding {
     /// already answered `+QUEUED` by the proxy).
     discard: bool,
     since: Instant,
+    /// Held while it holds the upstream (a script, KEYS, ...): see [`Holds`].
+    _hold: Option<HoldMark>,
 }
 
 impl Dedicated {
@@ -68,6 +75,7 @@ impl Dedicated {
         command_timeout: Duration,
         keepalive: Option<Duration>,
         max_reply_depth: usize,
+        holds: Arc<Holds>,
     ) -> Result<Dedicated, UpstreamFailure> {
         let stream = socket::connect(&addr, connect_timeout, keepalive)
             .await
@@ -81,7 +89,8 @@ impl Dedicated {
             framed: 0,
             paired: true,
             outstanding: VecDeque::new(),
-            last_read: Instant::now(),
+            last_progress: Instant::now(),
+            holds,
             tick: timeout_tick(command_timeout),
             awaiting_reset: None,
             refused_with: None,
@@ -96,11 +105,13 @@ impl Dedicated {
                 // Replies still owed before this one are framed as before (see `take_raw`).
                 self.paired = false;
             } else {
+                let hold = holds_the_server(req).and_then(|h| self.holds.begin(h));
                 self.outstanding.push_back(Outstanding {
                     blocking: props.blocking,
                     silent: false,
                     discard: false,
                     since: Instant::now(),
+                    _hold: hold,
                 });
             }
         }
@@ -120,6 +131,7 @@ impl Dedicated {
             silent: true,
             discard: false,
             since: Instant::now(),
+            _hold: None,
         });
     }
 
@@ -180,7 +192,11 @@ impl Dedicated {
     pub(crate) fn write(&mut self) -> Result<(), UpstreamFailure> {
         while self.wants_write() {
             match self.stream.try_write(&self.wbuf[self.written..]) {
-                Ok(n) => self.written += n,
+                Ok(n) => {
+                    // The upstream takes what it is sent: progress (see `shared`).
+                    self.written += n;
+                    self.last_progress = Instant::now();
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(_) => return Err(UpstreamFailure::ConnectionLost),
             }
@@ -199,7 +215,7 @@ impl Dedicated {
         match socket::read_available(&self.stream, &mut self.rbuf) {
             Ok(0) => Err(UpstreamFailure::ConnectionLost),
             Ok(_) => {
-                self.last_read = Instant::now();
+                self.last_progress = Instant::now();
                 Ok(true)
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
@@ -337,18 +353,22 @@ impl Dedicated {
         Ok((!data.is_empty()).then(|| (data.freeze(), answered)))
     }
 
-    /// Fails when the oldest unanswered request is not blocking and nothing has arrived for
-    /// `timeout` since it was sent.
+    /// Fails when the oldest unanswered request is not blocking and the upstream has made no
+    /// progress for `timeout` since it was sent; no timeout runs while a client's command
+    /// holds the upstream (see [`Holds`]).
     pub(crate) fn check_timeout(&self, timeout: Duration) -> Result<(), UpstreamFailure> {
+        let timed_out = |since: Instant| {
+            self.holds
+                .timeout_from(since.max(self.last_progress))
+                .is_some_and(|from| from.elapsed() >= timeout)
+        };
         if let Some((_, since)) = &self.awaiting_reset {
-            if since.max(&self.last_read).elapsed() >= timeout {
+            if timed_out(*since) {
                 return Err(UpstreamFailure::Timeout(timeout));
             }
         }
         match self.outstanding.front() {
-            Some(o) if !o.blocking && o.since.max(self.last_read).elapsed() >= timeout => {
-                Err(UpstreamFailure::Timeout(timeout))
-            }
+            Some(o) if !o.blocking && timed_out(o.since) => Err(UpstreamFailure::Timeout(timeout)),
             _ => Ok(()),
         }
     }
@@ -357,7 +377,7 @@ impl Dedicated {
     /// holds): time without reading is not the upstream's silence, so the command timeout
     /// counts from now on again.
     pub(crate) fn not_read(&mut self) {
-        self.last_read = Instant::now();
+        self.last_progress = Instant::now();
     }
 
     /// Whether a timeout check is worth scheduling.

@@ -4,6 +4,7 @@ pub(crate) mod dedicated;
 pub(crate) mod handshake;
 pub mod health;
 pub(crate) mod histogram;
+pub(crate) mod holds;
 pub(crate) mod inbox;
 pub mod monitor;
 pub(crate) mod outage;

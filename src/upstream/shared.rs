@@ -26,18 +26,20 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
+use crate::command::holds_the_server;
 use crate::config::{Limits, UpstreamSettings};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::protocol::request::Request;
 use crate::protocol::scanner::ReplyScanner;
 use crate::upstream::handshake::setup_commands;
-use crate::upstream::health::{Cause, Outcome};
+use crate::upstream::health::{Cause, Outcome, State};
 use crate::upstream::histogram::Histogram;
+use crate::upstream::holds::{HoldMark, Holds};
 use crate::upstream::inbox::{Chunk, Inbox};
-use crate::upstream::monitor::MonitorHandle;
+use crate::upstream::monitor::{HealthSnapshot, MonitorHandle};
 use crate::upstream::socket;
 
 /// Read buffer growth step for upstream replies.
@@ -48,6 +50,8 @@ const READ_CHUNK: usize = 16 * 1024;
 pub(crate) struct Upstream {
     /// The timeouts every shared connection reads (see [`Upstream::retune`]).
     timing: Arc<Timing>,
+    /// What the upstream is busy with by clients' choice, for every connection's timeouts.
+    holds: Arc<Holds>,
     conns: Box<[Arc<SharedConn>]>,
     conns3: Box<[Arc<SharedConn>]>,
     /// The upstream's `redis_version`, as its HELLO reply gave it on a RESP3 connection.
@@ -75,6 +79,7 @@ impl Upstream {
         let latency = Arc::new(Histogram::default());
         let timing = Arc::new(Timing::default());
         timing.set(settings, limits, keepalive);
+        let holds = Holds::new();
         let mut pool = |resp3: bool, first_id: usize| -> Box<[Arc<SharedConn>]> {
             (0..settings.connections)
                 .map(|i| {
@@ -86,6 +91,7 @@ impl Upstream {
                         }),
                         wake: Notify::new(),
                         resp3,
+                        holds: holds.clone(),
                     });
                     let task = ConnTask {
                         id: first_id + i,
@@ -108,6 +114,7 @@ impl Upstream {
         let conns3 = pool(true, settings.connections);
         Arc::new(Upstream {
             timing,
+            holds,
             conns,
             conns3,
             version,
@@ -177,6 +184,11 @@ impl Upstream {
             .clone()
     }
 
+    /// The upstream's holds, which dedicated connections share with the shared ones.
+    pub(crate) fn holds(&self) -> &Arc<Holds> {
+        &self.holds
+    }
+
     fn pool(&self, resp3: bool) -> &[Arc<SharedConn>] {
         if resp3 {
             &self.conns3
@@ -193,6 +205,7 @@ pub(crate) struct SharedConn {
     wake: Notify,
     /// Speaks RESP3 (set up with HELLO 3).
     resp3: bool,
+    holds: Arc<Holds>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,6 +231,8 @@ struct Waiter {
     /// proxy already answered).
     skip: u32,
     remaining: u32,
+    /// Held while its run holds the upstream (a script, KEYS, ...): see [`Holds`].
+    _hold: Option<HoldMark>,
 }
 
 impl SharedConn {
@@ -268,13 +283,20 @@ impl SharedConn {
                 return Err(why);
             }
         }
+        let mut hold = None;
         for r in reqs {
             q.wbuf.put_slice(r.raw());
+            if let Some(h) = holds_the_server(r) {
+                // One mark covers the run: its replies come in order, the hold's at worst last.
+                let mark = self.holds.begin(h);
+                hold = hold.or(mark);
+            }
         }
         q.waiters.push(Waiter {
             inbox: Some(inbox.clone()),
             skip,
             remaining: reqs.len() as u32 - skip,
+            _hold: hold,
         });
         drop(q);
         self.wake.notify_one();
@@ -448,14 +470,20 @@ impl ConnTask {
                         self.latency.clone(),
                     );
                     link.set_up(&self.setup);
-                    let why = link.serve(&self.conn, timing).await;
+                    let mut health = self.monitor.subscribe();
+                    let why = link.serve(&self.conn, timing, &mut health).await;
                     tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
                     // A connection that closes with nothing in flight (Redis's idle timeout,
                     // CLIENT KILL) says little; the reconnect right after reports a refusal if
                     // the upstream is really gone.
-                    // A refused setup is a configuration problem, not an outage.
+                    // A refused setup is a configuration problem, not an outage; and an upstream
+                    // the monitor declared unavailable is news from the monitor itself.
                     let quiet = why == UpstreamFailure::ConnectionLost && link.in_flight.is_empty();
-                    if !quiet && why != UpstreamFailure::SetupRefused {
+                    let news = !matches!(
+                        why,
+                        UpstreamFailure::SetupRefused | UpstreamFailure::Unavailable
+                    );
+                    if !quiet && news {
                         self.monitor.report(Outcome::Failure(why.into()));
                     }
                     // In-flight work first: it was queued before anything still in the queue.
@@ -502,7 +530,8 @@ struct Connection {
     scanner: ReplyScanner,
     /// Bytes of `rbuf` already framed for the head waiter but not yet delivered.
     framed: usize,
-    last_read: Instant,
+    /// The last time the upstream took request bytes or sent reply bytes.
+    last_progress: Instant,
     version: Arc<Mutex<Option<Arc<str>>>>,
     latency: Arc<Histogram>,
 }
@@ -512,6 +541,7 @@ enum Event {
     Writable,
     Work,
     Tick,
+    Health,
 }
 
 impl Connection {
@@ -531,7 +561,7 @@ impl Connection {
             in_flight: VecDeque::new(),
             scanner: ReplyScanner::new(max_reply_depth),
             framed: 0,
-            last_read: Instant::now(),
+            last_progress: Instant::now(),
         }
     }
 
@@ -548,13 +578,19 @@ impl Connection {
                 inbox: None,
                 skip: 0,
                 remaining: setup.len() as u32,
+                _hold: None,
             },
             since: Instant::now(),
         });
     }
 
     /// Carries requests and replies until the connection fails, and says why.
-    async fn serve(&mut self, conn: &SharedConn, timing: &Timing) -> UpstreamFailure {
+    async fn serve(
+        &mut self,
+        conn: &SharedConn,
+        timing: &Timing,
+        health: &mut watch::Receiver<HealthSnapshot>,
+    ) -> UpstreamFailure {
         // Timeouts are checked on a tick rather than with a timer per request: arming a timer
         // for every batch would cost more than the requests themselves. The tick's period is
         // set by the timeout when the connection opens; each check reads the one in force.
@@ -578,6 +614,11 @@ impl Connection {
                 },
                 _ = conn.wake.notified(), if !pending_write => Event::Work,
                 _ = tick.tick(), if !self.in_flight.is_empty() => Event::Tick,
+                r = health.changed() => match r {
+                    Ok(()) => Event::Health,
+                    // The monitor stopped (shutdown): nothing more to hear from it.
+                    Err(_) => std::future::pending().await,
+                },
             };
             let result = match event {
                 Event::Readable => self.read(),
@@ -586,7 +627,16 @@ impl Connection {
                     conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
                     self.write()
                 }
-                Event::Tick => self.check_timeout(timing.command_timeout()),
+                Event::Tick => self.check_timeout(timing.command_timeout(), &conn.holds),
+                // The probe found the upstream unresponsive while requests waited (a hold
+                // keeps their timeout from running): they fail now, as on a timeout.
+                Event::Health
+                    if health.borrow_and_update().state == State::Unavailable
+                        && !self.in_flight.is_empty() =>
+                {
+                    Err(UpstreamFailure::Unavailable)
+                }
+                Event::Health => Ok(()),
             };
             if let Err(why) = result {
                 return why;
@@ -597,7 +647,12 @@ impl Connection {
     fn write(&mut self) -> Result<(), UpstreamFailure> {
         while self.written < self.wbuf.len() {
             match self.stream.try_write(&self.wbuf[self.written..]) {
-                Ok(n) => self.written += n,
+                Ok(n) => {
+                    // The upstream is reading what it was sent (a hung one fills the socket
+                    // buffers and stops taking bytes): progress, as a reply would be.
+                    self.written += n;
+                    self.last_progress = Instant::now();
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(_) => return Err(UpstreamFailure::ConnectionLost),
             }
@@ -614,7 +669,7 @@ impl Connection {
         match socket::read_available(&self.stream, &mut self.rbuf) {
             Ok(0) => Err(UpstreamFailure::ConnectionLost),
             Ok(_) => {
-                self.last_read = Instant::now();
+                self.last_progress = Instant::now();
                 self.deliver()
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
@@ -697,13 +752,17 @@ impl Connection {
         Ok(())
     }
 
-    /// Fails the connection when its oldest request has waited `timeout` with no reply bytes
-    /// arriving meanwhile (a long reply that keeps streaming is progress, not a hang).
-    fn check_timeout(&mut self, timeout: Duration) -> Result<(), UpstreamFailure> {
+    /// Fails the connection when its oldest request has waited `timeout` with no progress
+    /// meanwhile: no reply bytes read and no request bytes taken by the upstream (a long reply
+    /// that keeps streaming, or a large write Redis keeps reading, is not a hang). No timeout
+    /// runs while a client's command holds the upstream (see [`Holds`]).
+    fn check_timeout(&mut self, timeout: Duration, holds: &Holds) -> Result<(), UpstreamFailure> {
         let Some(head) = self.in_flight.front() else {
             return Ok(());
         };
-        let waiting_since = head.since.max(self.last_read);
+        let Some(waiting_since) = holds.timeout_from(head.since.max(self.last_progress)) else {
+            return Ok(());
+        };
         if waiting_since.elapsed() >= timeout {
             Err(UpstreamFailure::Timeout(timeout))
         } else {

@@ -225,6 +225,7 @@ impl Session {
                         up.command_timeout,
                         ctx.settings.tcp_keepalive,
                         ctx.settings.limits.max_reply_depth,
+                        ctx.upstream.holds().clone(),
                     )));
                     continue;
                 }
