@@ -396,7 +396,11 @@ impl RequestParser {
             return None;
         }
         let mut value = i64::from(first - b'0');
-        let end = buf.len().min(start + 19);
+        // A line longer than the limit is left to the exact path, which refuses it.
+        let end = buf
+            .len()
+            .min(start + 19)
+            .min(start + 1 + self.limits.max_inline_len);
         let mut i = start + 2;
         while i < end {
             let b = buf[i];

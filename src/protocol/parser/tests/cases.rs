@@ -271,6 +271,20 @@ pub(super) fn cases() -> Vec<Case> {
         .limits(limits(8))
         .all_left(),
         case(
+            "too big bulk count string of digits only",
+            b"*1\r\n$9999999999999999\r\n",
+            vec![err("Protocol error: too big bulk count string")],
+        )
+        .limits(limits(16))
+        .all_left(),
+        case(
+            "too big mbulk count string of digits only",
+            b"*9999999999\r\n",
+            vec![err("Protocol error: too big mbulk count string")],
+        )
+        .limits(limits(8))
+        .all_left(),
+        case(
             "too big bulk count string behind a NUL",
             b"*1\r\n$4\0\r\nPING\r\n",
             vec![err("Protocol error: too big bulk count string")],
