@@ -32,6 +32,7 @@
 //! - `proxy/`: the proxy. [`listener`](proxy::listener) (accepts clients, runs shutdown),
 //!   `server` (what every session shares, and the server as one batch sees it), `clients`
 //!   (the connected clients and the proxy's phase), `session` (one task per client).
+//! - `fuzzing` (hidden): what each fuzz target in `fuzz/` runs, and the invariants it checks.
 //!
 //! # The data path
 //! `proxy::listener` → `proxy::session` (one task per client; its event loop) →
@@ -46,6 +47,8 @@
 pub mod command;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod local;
 pub mod ops;
 pub mod policy;

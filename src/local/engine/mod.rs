@@ -120,6 +120,11 @@ static COMMANDS: &[Command] = &[
     cmd("unlink", -2, keys::unlink),
 ];
 
+/// Every command the engine serves, lower case, sorted (the fuzzer in `fuzz/` draws from it).
+pub(crate) fn command_names() -> impl Iterator<Item = &'static str> {
+    COMMANDS.iter().map(|c| c.name)
+}
+
 const fn cmd(name: &'static str, arity: i32, run: Handler) -> Command {
     Command { name, arity, run }
 }

@@ -434,6 +434,43 @@ impl Store {
         self.recoveries.load(Ordering::Acquire)
     }
 
+    /// Panics unless the store's own bookkeeping matches its map: the byte count, the
+    /// per-database scan indexes, the deadline index, and each key's inline or shared form.
+    /// For tests and the fuzzer (`fuzz/`); it walks every key.
+    #[doc(hidden)]
+    pub fn check_invariants(&self) {
+        let inner = self.inner();
+        let mut used = 0;
+        let mut want_dbs: BTreeMap<u32, BTreeSet<(u64, Vec<u8>)>> = BTreeMap::new();
+        let mut want_dl: BTreeSet<(u64, Vec<u8>)> = BTreeSet::new();
+        for (k, e) in inner.lru.iter() {
+            assert_eq!(matches!(k, Key::Inline { .. }), k.len() <= key::INLINE);
+            used += e.bytes(k);
+            want_dbs
+                .entry(db_of(k))
+                .or_default()
+                .insert((inner.scan_hash(&k[DB_PREFIX..]), k.to_vec()));
+            if let Some(at) = e.expire_at() {
+                want_dl.insert((at, k.to_vec()));
+            }
+            // A lookup by bytes finds it, whichever its form.
+            assert!(inner.lru.peek(&k[..]).is_some());
+        }
+        assert_eq!(inner.used, used, "used");
+        let got_dbs: BTreeMap<u32, BTreeSet<(u64, Vec<u8>)>> = inner
+            .dbs
+            .iter()
+            .map(|(d, s)| (*d, s.iter().map(|(h, k)| (*h, k.to_vec())).collect()))
+            .collect();
+        assert_eq!(got_dbs, want_dbs, "dbs");
+        let got_dl: BTreeSet<(u64, Vec<u8>)> = inner
+            .deadlines
+            .iter()
+            .map(|(a, k)| (*a, k.to_vec()))
+            .collect();
+        assert_eq!(got_dl, want_dl, "deadlines");
+    }
+
     /// The byte budget in force.
     pub fn max_bytes(&self) -> usize {
         self.inner().max_bytes

@@ -8,40 +8,6 @@ use std::collections::{BTreeSet, HashMap};
 /// (db, key) -> (value, deadline).
 type Model = HashMap<(u32, Vec<u8>), (Vec<u8>, Option<u64>)>;
 
-/// The store's own bookkeeping, recomputed from its map.
-fn check(store: &Store) {
-    let inner = store.inner();
-    let mut used = 0;
-    let mut want_dbs: BTreeMap<u32, BTreeSet<(u64, Vec<u8>)>> = BTreeMap::new();
-    let mut want_dl: BTreeSet<(u64, Vec<u8>)> = BTreeSet::new();
-    for (k, e) in inner.lru.iter() {
-        assert_eq!(matches!(k, Key::Inline { .. }), k.len() <= key::INLINE);
-        used += e.bytes(k);
-        want_dbs
-            .entry(db_of(k))
-            .or_default()
-            .insert((inner.scan_hash(&k[DB_PREFIX..]), k.to_vec()));
-        if let Some(at) = e.expire_at() {
-            want_dl.insert((at, k.to_vec()));
-        }
-        // A lookup by bytes finds it, whichever its form.
-        assert!(inner.lru.peek(&k[..]).is_some());
-    }
-    assert_eq!(inner.used, used, "used");
-    let got_dbs: BTreeMap<u32, BTreeSet<(u64, Vec<u8>)>> = inner
-        .dbs
-        .iter()
-        .map(|(d, s)| (*d, s.iter().map(|(h, k)| (*h, k.to_vec())).collect()))
-        .collect();
-    assert_eq!(got_dbs, want_dbs, "dbs");
-    let got_dl: BTreeSet<(u64, Vec<u8>)> = inner
-        .deadlines
-        .iter()
-        .map(|(a, k)| (*a, k.to_vec()))
-        .collect();
-    assert_eq!(got_dl, want_dl, "deadlines");
-}
-
 struct Rng(u64);
 impl Rng {
     fn n(&mut self, m: u64) -> u64 {
@@ -192,7 +158,7 @@ fn run(budget: usize, seed: u64, model_check: bool) {
                 }
             }
         }
-        check(&store);
+        store.check_invariants();
     }
 }
 
@@ -222,5 +188,5 @@ fn random_operations_under_eviction_keep_the_bookkeeping_exact() {
             .unwrap();
     }
     store.reconfigure(2000, 2, || (), Some(|_, k: &[u8]| k.len() == 34));
-    check(&store);
+    store.check_invariants();
 }
