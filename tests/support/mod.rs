@@ -3,8 +3,10 @@
 //! small RESP client over a raw socket.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use keywarden::protocol::scanner::ReplyScanner;
@@ -23,13 +25,22 @@ pub use redis_protocol::resp2::types::OwnedFrame as Frame;
 /// How long any single wait in a test may take before the test fails instead of hanging.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, and never handed out before in this test
+/// process. The kernel may give a released port to the next `bind(0)`: without the check, two
+/// tests running side by side could get the same port, and one test's redis-server, failing
+/// to bind, would leave it talking to the other test's server (or proxy) until that one stops.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .expect("bind 127.0.0.1:0")
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 fn redis_server_binary() -> &'static str {
@@ -107,11 +118,19 @@ impl RedisServer {
         self.wait_ready();
     }
 
-    /// Polls until the server answers PING.
+    /// Polls until the server answers PING, then checks that the server answering is this
+    /// one (not another process that holds the port, where this one failed to bind).
     fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT;
         loop {
             if ping_sync(self.port) {
+                let pid = server_pid_sync(self.port);
+                assert_eq!(
+                    pid,
+                    Some(self.pid() as u32),
+                    "port {} is answered by another process than the redis-server started on it",
+                    self.port
+                );
                 return;
             }
             assert!(
@@ -158,6 +177,35 @@ impl Drop for RedisServer {
             unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
         }
         self.kill();
+    }
+}
+
+/// The `process_id` that `INFO server` reports on `port`.
+fn server_pid_sync(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    // A bulk string: `$<len>\r\n<len bytes>\r\n`.
+    loop {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let Some((head, body)) = text.split_once("\r\n") else {
+            continue;
+        };
+        let len: usize = head.strip_prefix('$')?.parse().ok()?;
+        if body.len() >= len {
+            return body
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|v| v.trim().parse().ok());
+        }
     }
 }
 
