@@ -87,3 +87,73 @@ async fn shutdown_lets_in_flight_requests_finish() {
         "no longer accepting"
     );
 }
+
+/// Sets `key` to `len` bytes directly on Redis.
+async fn set_big(redis: &RedisServer, key: &str, len: usize) {
+    let mut direct = RawClient::connect(redis.addr()).await;
+    let value = "v".repeat(len);
+    assert_eq!(direct.cmd(&["SET", key, &value]).await, b"+OK\r\n");
+}
+
+/// Pipelines `n` GETs of `key` and never reads: returns the socket.
+async fn flood_without_reading(proxy: &Proxy, key: &str, n: usize) -> RawClient {
+    let mut c = RawClient::connect(proxy.addr).await;
+    let get = ["GET", key];
+    let gets: Vec<&[&str]> = (0..n).map(|_| &get[..]).collect();
+    c.send(&gets).await;
+    c
+}
+
+/// A client that pipelines requests and never reads their replies is closed once keywarden
+/// holds `max_client_output` of them (Redis's `client-output-buffer-limit`), so its memory is
+/// bounded; other clients are served meanwhile and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_at_the_output_limit() {
+    let redis = RedisServer::start();
+    set_big(&redis, "big", 1024 * 1024).await;
+    let mut s = settings(&redis.addr());
+    s.limits.max_pending_output = 1024 * 1024;
+    s.limits.max_client_output = 8 * 1024 * 1024;
+    let proxy = Proxy::start(s).await;
+    // 128 MB of replies asked for: far beyond the limit plus what the kernel's socket buffers
+    // can absorb.
+    let mut hog = flood_without_reading(&proxy, "big", 128).await;
+    let mut other = RawClient::connect(proxy.addr).await;
+    assert_eq!(other.cmd(&["PING"]).await, b"+PONG\r\n");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = hog.bytes_until_closed().await;
+    assert!(
+        got.len() < 64 * 1024 * 1024,
+        "closed after {} bytes of replies",
+        got.len()
+    );
+    assert_eq!(other.cmd(&["GET", "big"]).await.len(), 1024 * 1024 + 12);
+    proxy.shutdown().await;
+}
+
+/// Clients that hold more than `max_pending_output` each are closed once all clients
+/// together hold more than `max_total_output` (Redis's `maxmemory-clients`), although none
+/// reached its own limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_over_the_total_output_budget_are_closed() {
+    let redis = RedisServer::start();
+    set_big(&redis, "big", 1024 * 1024).await;
+    let mut s = settings(&redis.addr());
+    s.limits.max_pending_output = 1024 * 1024;
+    s.limits.max_client_output = 1024 * 1024 * 1024;
+    s.limits.max_total_output = 16 * 1024 * 1024;
+    let proxy = Proxy::start(s).await;
+    let mut hogs = Vec::new();
+    for _ in 0..4 {
+        hogs.push(flood_without_reading(&proxy, "big", 64).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut total = 0;
+    for hog in hogs.iter_mut() {
+        total += hog.bytes_until_closed().await.len();
+    }
+    assert!(total < 4 * 64 * 1024 * 1024, "{total} bytes of replies");
+    let mut other = RawClient::connect(proxy.addr).await;
+    assert_eq!(other.cmd(&["PING"]).await, b"+PONG\r\n");
+    proxy.shutdown().await;
+}

@@ -482,6 +482,28 @@ fn check_limits(c: &mut Checker, raw: RawLimits) -> Option<Limits> {
     let max_pending_output = c.check("max_pending_output", raw.max_pending_output, |q| {
         size(q, KIB..=MAX_SIZE)
     });
+    let max_client_output = c.check("max_client_output", raw.max_client_output, |q| {
+        size(q, KIB..=MAX_SIZE)
+    });
+    let max_total_output = c.check("max_total_output", raw.max_total_output, |q| {
+        size(q, KIB..=MAX_SIZE)
+    });
+    // Output is held up to the soft limit by design: a hard limit below it would close
+    // clients that do nothing wrong.
+    if let Some(pending) = max_pending_output {
+        for (key, limit) in [
+            ("max_client_output", max_client_output),
+            ("max_total_output", max_total_output),
+        ] {
+            if let Some(limit) = limit.filter(|&limit| limit < pending) {
+                let (limit, pending) = (show_size(limit), show_size(pending));
+                c.report(
+                    key,
+                    format!("{limit} is less than limits.max_pending_output ({pending})"),
+                );
+            }
+        }
+    }
     let max_reply_depth = c.check("max_reply_depth", raw.max_reply_depth, |n| {
         count(n, REPLY_DEPTH)
     });
@@ -506,6 +528,8 @@ fn check_limits(c: &mut Checker, raw: RawLimits) -> Option<Limits> {
         max_inline_len: max_inline_len?,
         max_query_buffer: max_query_buffer?,
         max_pending_output: max_pending_output?,
+        max_client_output: max_client_output?,
+        max_total_output: max_total_output?,
         max_reply_depth: max_reply_depth?,
     })
 }

@@ -109,6 +109,8 @@ pub(super) struct RawLimits {
     pub(super) max_inline_len: Quantity,
     pub(super) max_query_buffer: Quantity,
     pub(super) max_pending_output: Quantity,
+    pub(super) max_client_output: Quantity,
+    pub(super) max_total_output: Quantity,
     pub(super) max_reply_depth: i64,
 }
 
@@ -190,6 +192,8 @@ impl Default for RawLimits {
             max_inline_len: "64KiB".into(),  // `PROTO_INLINE_MAX_SIZE`
             max_query_buffer: "1GiB".into(), // `client-query-buffer-limit`
             max_pending_output: "64MiB".into(),
+            max_client_output: "512MiB".into(), // `client-output-buffer-limit` (hard)
+            max_total_output: "2GiB".into(),    // `maxmemory-clients`
             max_reply_depth: 8192, // above what a script can return (Lua's C stack: < 8000)
         }
     }

@@ -140,6 +140,12 @@ pub struct Limits {
     /// Reply bytes waiting to be written to one client before the proxy stops reading its
     /// requests (backpressure; the client is never disconnected for it).
     pub max_pending_output: usize,
+    /// Reply bytes held for one client at which it is closed (Redis's hard
+    /// `client-output-buffer-limit`).
+    pub max_client_output: usize,
+    /// Reply bytes held for all clients together above which those holding more than
+    /// `max_pending_output` are closed (Redis's `maxmemory-clients`).
+    pub max_total_output: usize,
     /// Deepest nesting of aggregate replies the reply scanner follows.
     pub max_reply_depth: usize,
 }

@@ -90,6 +90,8 @@ fn example_file_mentions_every_option() {
         "limits.max_inline_len",
         "limits.max_query_buffer",
         "limits.max_pending_output",
+        "limits.max_client_output",
+        "limits.max_total_output",
         "limits.max_reply_depth",
         "log.format",
         "log.level",
@@ -155,6 +157,8 @@ fn a_full_file_is_typed() {
             max_inline_len = "1KiB"
             max_query_buffer = "2gb"
             max_pending_output = "100 KiB"
+            max_client_output = "1MiB"
+            max_total_output = "3MiB"
             max_reply_depth = 7
             [log]
             format = "text"
@@ -202,6 +206,8 @@ fn a_full_file_is_typed() {
                 max_inline_len: KIB,
                 max_query_buffer: 2 * GIB,
                 max_pending_output: 100 * KIB,
+                max_client_output: MIB,
+                max_total_output: 3 * MIB,
                 max_reply_depth: 7,
             },
             log: LogSettings {

@@ -97,6 +97,16 @@ pub(crate) const PROTOCOL_ERRORS: Metric = counter(
     &[],
     "Clients closed for sending bytes that are not RESP (answered -ERR Protocol error, as Redis does).",
 );
+pub(crate) const CLIENTS_CLOSED_BY_LIMIT: Metric = counter(
+    "keywarden_clients_closed_total",
+    &["limit"],
+    "Clients closed for reaching a limit: max_query_buffer, max_client_output or max_total_output.",
+);
+pub(crate) const CLIENT_OUTPUT_BYTES: Metric = gauge(
+    "keywarden_client_output_bytes",
+    &[],
+    "Reply bytes held for all clients (each client's share to within 64 KiB).",
+);
 pub(crate) const UPSTREAM_CONNECTS: Metric = counter(
     "keywarden_upstream_connects_total",
     &["upstream"],
@@ -192,6 +202,8 @@ pub(crate) const CATALOGUE: &[Metric] = &[
     CLIENT_CONNECTIONS_TOTAL,
     CLIENT_CONNECTIONS_REJECTED,
     PROTOCOL_ERRORS,
+    CLIENTS_CLOSED_BY_LIMIT,
+    CLIENT_OUTPUT_BYTES,
     UPSTREAM_CONNECTS,
     UPSTREAM_HEALTH,
     UPSTREAM_HEALTH_TRANSITIONS,
@@ -245,6 +257,10 @@ pub(crate) struct Sample {
     pub accepted: u64,
     pub rejected: u64,
     pub protocol_errors: u64,
+    /// (limit, clients closed for reaching it) for each limit.
+    pub closed_by_limit: Vec<(&'static str, u64)>,
+    /// Reply bytes held for all clients.
+    pub output_bytes: usize,
     pub upstream_connects: u64,
     /// (keyspace, fail-closed refusals, degraded replies), the default keyspace last.
     pub per_keyspace: Vec<(String, u64, u64)>,
@@ -325,6 +341,7 @@ pub(crate) struct Metrics {
     accepted: Counter,
     rejected: Counter,
     protocol_errors: Counter,
+    output_bytes: Gauge,
     upstream_connects: Counter,
     /// One per state in [`STATES`] order.
     health: [Gauge; 3],
@@ -391,6 +408,7 @@ impl Metrics {
             accepted: register_counter(&recorder, CLIENT_CONNECTIONS_TOTAL, vec![]),
             rejected: register_counter(&recorder, CLIENT_CONNECTIONS_REJECTED, vec![]),
             protocol_errors: register_counter(&recorder, PROTOCOL_ERRORS, vec![]),
+            output_bytes: register_gauge(&recorder, CLIENT_OUTPUT_BYTES, vec![]),
             upstream_connects: register_counter(
                 &recorder,
                 UPSTREAM_CONNECTS,
@@ -439,6 +457,11 @@ impl Metrics {
         self.accepted.absolute(sample.accepted);
         self.rejected.absolute(sample.rejected);
         self.protocol_errors.absolute(sample.protocol_errors);
+        self.output_bytes.set(sample.output_bytes as f64);
+        for (limit, n) in &sample.closed_by_limit {
+            let labels = vec![Label::new("limit", *limit)];
+            register_counter(&self.recorder, CLIENTS_CLOSED_BY_LIMIT, labels).absolute(*n);
+        }
         self.upstream_connects.absolute(sample.upstream_connects);
         // Registered at scrape time: the recorder hands back the same series each time.
         for (command, outcome, n) in &sample.commands {
@@ -612,6 +635,8 @@ mod tests {
             accepted: 11,
             rejected: 2,
             protocol_errors: 1,
+            closed_by_limit: vec![("max_client_output", 3)],
+            output_bytes: 4096,
             upstream_connects: 6,
             per_keyspace: vec![("limits".into(), 4, 0), ("default".into(), 3, 5)],
             commands: vec![("get", "upstream", 10), ("set", "refused", 2)],
@@ -702,6 +727,11 @@ mod tests {
                 2.0,
             ),
             ("keywarden_protocol_errors_total".to_owned(), 1.0),
+            (
+                r#"keywarden_clients_closed_total{limit="max_client_output"}"#.to_owned(),
+                3.0,
+            ),
+            ("keywarden_client_output_bytes".to_owned(), 4096.0),
             (format!(r#"keywarden_upstream_connects_total{{{up}}}"#), 6.0),
             (
                 r#"keywarden_keyspace_fail_closed_refusals_total{keyspace="limits"}"#.to_owned(),

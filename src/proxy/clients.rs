@@ -6,7 +6,7 @@
 //! [`Listed`] only once it set a name, database, protocol or user.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,34 @@ pub(crate) enum Phase {
     Stop = 2,
 }
 
+/// A session publishes its output to [`Clients::output`] when it has moved by this much since
+/// it last did, so a client whose replies go straight out never touches the shared counter.
+pub(crate) const OUTPUT_STEP: usize = 64 * 1024;
+
+/// A limit a client is closed for reaching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// `max_query_buffer`: unparsed input.
+    QueryBuffer = 0,
+    /// `max_client_output`: replies held for the client.
+    Output = 1,
+    /// `max_total_output`: replies held for all clients.
+    TotalOutput = 2,
+}
+
+impl Limit {
+    const ALL: [Limit; 3] = [Limit::QueryBuffer, Limit::Output, Limit::TotalOutput];
+
+    /// The metric label.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Limit::QueryBuffer => "max_query_buffer",
+            Limit::Output => "max_client_output",
+            Limit::TotalOutput => "max_total_output",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Clients {
     phase: AtomicU8,
@@ -36,6 +64,11 @@ pub(crate) struct Clients {
     accepted: AtomicU64,
     rejected: AtomicU64,
     protocol_errors: AtomicU64,
+    /// Clients closed by each [`Limit`], in [`Limit::ALL`] order.
+    closed_by: [AtomicU64; 3],
+    /// Reply bytes held for all clients, as their sessions last published it (see
+    /// [`OUTPUT_STEP`]).
+    output: AtomicUsize,
     /// Requests by command and outcome.
     pub commands: CommandCounts,
     entries: Mutex<Slab<Entry>>,
@@ -198,6 +231,38 @@ impl Clients {
     /// A client closed for sending something that is not RESP.
     pub(crate) fn record_protocol_error(&self) {
         self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A client closed for reaching `limit`.
+    pub(crate) fn record_closed(&self, limit: Limit) {
+        self.closed_by[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Clients closed by each limit since the start, by the limit's metric label.
+    pub(crate) fn closed_by_limit(&self) -> Vec<(&'static str, u64)> {
+        Limit::ALL
+            .iter()
+            .map(|&l| {
+                (
+                    l.as_str(),
+                    self.closed_by[l as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// A session's output moved from `before` to `now` bytes held.
+    pub(crate) fn output_moved(&self, before: usize, now: usize) {
+        if now > before {
+            self.output.fetch_add(now - before, Ordering::Relaxed);
+        } else {
+            self.output.fetch_sub(before - now, Ordering::Relaxed);
+        }
+    }
+
+    /// Reply bytes held for all clients (to within [`OUTPUT_STEP`] per client).
+    pub(crate) fn output(&self) -> usize {
+        self.output.load(Ordering::Relaxed)
     }
 
     /// (accepted, rejected, protocol errors) since the start.

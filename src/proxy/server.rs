@@ -82,6 +82,8 @@ impl Server {
             accepted,
             rejected,
             protocol_errors,
+            closed_by_limit: self.clients.closed_by_limit(),
+            output_bytes: self.clients.output(),
             upstream_connects: self.upstream.connects(),
             per_keyspace: policy.per_keyspace.totals(&policy.settings.keyspaces),
             latency: self.upstream.latency().render(

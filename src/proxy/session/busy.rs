@@ -11,10 +11,12 @@ use tokio::net::TcpStream;
 
 use super::client_state::Multi;
 use crate::command::Stateful;
+use crate::config::Limits;
 use crate::ops::info;
 use crate::policy::router::Route;
 use crate::protocol::parser::RequestParser;
 use crate::protocol::request::Request;
+use crate::proxy::clients::{Clients, Limit, OUTPUT_STEP};
 use crate::proxy::server::Ctx;
 use crate::proxy::session::client_state::SessionState;
 use crate::upstream::dedicated::Dedicated;
@@ -148,6 +150,11 @@ pub(super) struct Busy {
     /// Reply bytes ready for the client, in order.
     pub(super) out: VecDeque<Bytes>,
     pub(super) out_len: usize,
+    /// The client's socket took less than was queued at the last write: it is not keeping
+    /// up, and what is queued from now on may wait a long time (see [`Busy::push_out`]).
+    pub(super) behind: bool,
+    /// The output this session last added to [`Clients::output`].
+    pub(super) published: usize,
     /// Reply slots not yet ready; the front, if any, is always `Slot::Upstream`.
     pub(super) pending: Slots,
     pub(super) dedicated: Option<Dedicated>,
@@ -195,6 +202,8 @@ impl Busy {
             parser: RequestParser::new(limits),
             out: VecDeque::new(),
             out_len: 0,
+            behind: false,
+            published: 0,
             pending: Slots::default(),
             dedicated: None,
             stalled: None,
@@ -401,9 +410,37 @@ impl Busy {
         self.out_len + self.pending.held()
     }
 
+    /// Queues bytes for the client. A reply from the upstream is a slice of a connection's
+    /// read buffer and keeps that whole allocation alive while it waits; for a client that is
+    /// behind, the wait may be long, so its replies are copied out and what it holds is what
+    /// is counted. A client that keeps up never pays for the copy.
     pub(super) fn push_out(&mut self, data: Bytes) {
+        let data = if self.behind {
+            Bytes::copy_from_slice(&data)
+        } else {
+            data
+        };
         self.out_len += data.len();
         self.out.push_back(data);
+    }
+
+    /// Publishes the output held to [`Clients::output`] once it has moved by [`OUTPUT_STEP`],
+    /// and says which output limit the client has reached, if any: `max_client_output`, or
+    /// `max_total_output` for a client holding more than `max_pending_output` (the clients
+    /// that are not reading) while all clients together hold more than the budget.
+    pub(super) fn output_limit(&mut self, limits: &Limits, clients: &Clients) -> Option<Limit> {
+        let held = self.pending_out();
+        if held.abs_diff(self.published) >= OUTPUT_STEP || (held == 0 && self.published != 0) {
+            clients.output_moved(self.published, held);
+            self.published = held;
+        }
+        if held >= limits.max_client_output {
+            Some(Limit::Output)
+        } else if held > limits.max_pending_output && clients.output() > limits.max_total_output {
+            Some(Limit::TotalOutput)
+        } else {
+            None
+        }
     }
 
     /// Writes as much queued output as the socket takes without waiting.
@@ -416,7 +453,10 @@ impl Busy {
             }
             let mut written = match stream.try_write_vectored(&slices[..n]) {
                 Ok(written) => written,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.behind = true;
+                    return Ok(());
+                }
                 Err(e) => return Err(e),
             };
             self.out_len -= written;
@@ -431,6 +471,7 @@ impl Busy {
                 }
             }
         }
+        self.behind = false;
         Ok(())
     }
 }

@@ -41,7 +41,7 @@ use tokio::time::{Instant, Sleep};
 use crate::config::live::Policy;
 use crate::error::UpstreamFailure;
 use crate::protocol::parser::ParserLimits;
-use crate::proxy::clients::Phase;
+use crate::proxy::clients::{Limit, Phase};
 use crate::proxy::server::{Ctx, Server};
 use crate::proxy::session::client_state::SessionState;
 use crate::upstream::dedicated::Dedicated;
@@ -96,6 +96,9 @@ impl Future for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if let Some(b) = &self.busy {
+            self.server.clients.output_moved(b.published, 0);
+        }
         self.server.clients.leave(self.key);
     }
 }
@@ -230,6 +233,16 @@ impl Session {
                     continue;
                 }
                 b.flush(&self.stream)?;
+                if let Some(limit) = b.output_limit(&ctx.settings.limits, &self.server.clients) {
+                    // Redis closes such a client without a reply; so does keywarden.
+                    tracing::warn!(
+                        limit = limit.as_str(),
+                        held = b.pending_out(),
+                        "closing a client that reached an output limit"
+                    );
+                    self.server.clients.record_closed(limit);
+                    return Poll::Ready(Ok(()));
+                }
                 if b.closing && b.owes_nothing() && b.out.is_empty() {
                     return Poll::Ready(Ok(()));
                 }
@@ -438,6 +451,7 @@ impl Session {
             Ok(_) if b.inbuf.len() > max_query => {
                 // Redis closes such a client without a reply.
                 tracing::warn!("closing client that reached the max query buffer length");
+                self.server.clients.record_closed(Limit::QueryBuffer);
                 Ok(false)
             }
             Ok(_) => Ok(true),
