@@ -915,8 +915,9 @@ async fn blocked_client_gets_an_error_when_the_upstream_is_killed() {
     proxy.shutdown().await;
 }
 
-/// A hung upstream does not make the proxy time out a blocked command: blocking commands are
-/// exempt from the command timeout. Once the upstream resumes, Redis's own reply arrives.
+/// A hung upstream does not make the proxy time out a command that blocks for ever: it is
+/// exempt from the command timeout (until the probe declares the upstream unavailable, see
+/// below). Once the upstream resumes, Redis's own reply arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocked_client_is_not_timed_out_while_the_upstream_hangs() {
     let redis = RedisServer::start();
@@ -924,11 +925,11 @@ async fn blocked_client_is_not_timed_out_while_the_upstream_hangs() {
     s.upstream.command_timeout = SHORT_COMMAND_TIMEOUT;
     let proxy = Proxy::start(s).await;
     let mut waiter = Raw::connect(proxy.addr).await;
-    waiter.send(&[&["BLPOP", "jobs", "0.3"]]).await;
+    waiter.send(&[&["BLPOP", "jobs", "0"]]).await;
     wait_for_blocked(&redis, 1).await;
     redis.hang();
-    // Many command timeouts long, and past BLPOP's own timeout (which the stopped server
-    // cannot act on): no error from the proxy, and the connection stays.
+    // Many command timeouts long, yet less than the probe needs to declare the upstream
+    // unavailable (three failed probes a second apart): no error, and the connection stays.
     waiter
         .assert_silent_for(
             SHORT_COMMAND_TIMEOUT * 5,
@@ -936,8 +937,84 @@ async fn blocked_client_is_not_timed_out_while_the_upstream_hangs() {
         )
         .await;
     redis.resume();
-    assert_eq!(show_bytes(&waiter.frame().await), show_bytes(b"*-1\r\n"));
+    let mut pusher = Raw::connect(proxy.addr).await;
+    assert_eq!(pusher.cmd(&["LPUSH", "jobs", "j"]).await, b":1\r\n");
+    assert_eq!(
+        show_bytes(&waiter.frame().await),
+        show_bytes(b"*2\r\n$4\r\njobs\r\n$1\r\nj\r\n")
+    );
     assert_eq!(waiter.cmd(&["PING"]).await, b"+PONG\r\n");
+    proxy.shutdown().await;
+}
+
+/// A blocking command with a timeout, on an upstream that hangs, is answered once its own
+/// timeout and the command timeout have both passed: Redis cannot answer it, and the client
+/// is not left waiting for ever (it gets the timeout error, then its connection closes, as
+/// for any request lost on a client's own connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_timeout_is_kept_while_the_upstream_hangs() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    s.upstream.command_timeout = SHORT_COMMAND_TIMEOUT;
+    let proxy = Proxy::start(s).await;
+    for blocking in [
+        &["BLPOP", "jobs", "0.3"][..],
+        &["BLMPOP", "0.3", "1", "jobs", "LEFT"],
+        &["XREAD", "BLOCK", "300", "STREAMS", "s", "$"],
+    ] {
+        let mut waiter = Raw::connect(proxy.addr).await;
+        waiter.send(&[blocking]).await;
+        wait_for_blocked(&redis, 1).await;
+        redis.hang();
+        let start = Instant::now();
+        let seen = waiter.bytes_until_closed().await;
+        let took = start.elapsed();
+        redis.resume();
+        assert_eq!(
+            show_bytes(&seen),
+            show_bytes(b"-UPSTREAM no reply from upstream within 100ms\r\n"),
+            "{blocking:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_millis(1500),
+            "{blocking:?}: answered after {took:?}"
+        );
+        wait_for_blocked(&redis, 0).await;
+    }
+    proxy.shutdown().await;
+}
+
+/// When the probe declares a hung upstream unavailable, blocked clients and subscribers are
+/// told as they would be if Redis died: a blocked command gets an error, and both connections
+/// close, so client libraries reconnect (and resubscribe) instead of waiting on a connection
+/// that may never speak again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_and_subscribed_clients_are_closed_when_the_upstream_is_declared_unavailable() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    s.health.probe_interval = Duration::from_millis(100);
+    s.health.probe_timeout = Duration::from_millis(100);
+    let proxy = Proxy::start(s).await;
+    let mut waiter = Raw::connect(proxy.addr).await;
+    waiter.send(&[&["BLPOP", "jobs", "0"]]).await;
+    let mut listener = Raw::connect(proxy.addr).await;
+    listener.send(&[&["SUBSCRIBE", "news"]]).await;
+    listener.frame().await;
+    wait_for_blocked(&redis, 1).await;
+    redis.hang();
+    let start = Instant::now();
+    assert_eq!(
+        show_bytes(&waiter.bytes_until_closed().await),
+        show_bytes(b"-UPSTREAM upstream unavailable\r\n")
+    );
+    assert_eq!(show_bytes(&listener.bytes_until_closed().await), "");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    redis.resume();
+    wait_until_served(&proxy).await;
     proxy.shutdown().await;
 }
 

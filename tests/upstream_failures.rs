@@ -432,7 +432,7 @@ async fn requests_held_by_a_script_fail_once_the_probe_declares_the_upstream_una
     let proxy = Proxy::start(s).await;
     wait_until_served(&proxy).await;
     let mut slow = RawClient::connect(proxy.addr).await;
-    let script = script_running_ms(2500);
+    let script = script_running_ms(4000);
     slow.send(&[&["EVAL", &script, "0"]]).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let start = Instant::now();
@@ -440,11 +440,16 @@ async fn requests_held_by_a_script_fail_once_the_probe_declares_the_upstream_una
     waiting.send(&[&["GET", "k"]]).await;
     let reply = waiting.frame().await;
     let took = start.elapsed();
-    assert_eq!(
-        show_bytes(&reply),
-        show_bytes(b"-UPSTREAM upstream unavailable\r\n")
+    // `upstream unavailable` when the declaration finds the hold in flight, or the timeout
+    // error when it finds the GET waited that long already; either way long before the
+    // script ends.
+    assert!(
+        reply == b"-UPSTREAM upstream unavailable\r\n"
+            || reply == b"-UPSTREAM no reply from upstream within 500ms\r\n",
+        "{}",
+        show_bytes(&reply)
     );
-    assert!(took < Duration::from_millis(1500), "failed after {took:?}");
+    assert!(took < Duration::from_millis(2500), "failed after {took:?}");
     // The script's own client is told too (its reply would come from a connection the proxy
     // dropped), and the upstream serves again once the script is over.
     assert!(slow.frame().await.starts_with(b"-UPSTREAM"));

@@ -16,6 +16,7 @@
 //! `-ERR unknown command`), and no connection state can come from a command Redis does not know.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use super::name_index::NameIndex;
 use super::search;
@@ -122,6 +123,45 @@ pub(crate) fn stops_a_busy_server(req: &Request) -> bool {
     }
 }
 
+/// How long a blocking command asks Redis to wait: `Some` for a finite timeout, `None` for
+/// one that waits for ever (timeout 0) or that is not a blocking command with a timeout Redis
+/// would accept (Redis answers those with an error at once). The list and zset pops take
+/// seconds as a float (the last argument, or the first for BLMPOP and BZMPOP); XREAD and
+/// XREADGROUP take `BLOCK <ms>`; WAIT and WAITAOF take milliseconds last.
+pub fn block_timeout(req: &Request) -> Option<Duration> {
+    let name = req.name();
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    let last = req.argc().checked_sub(1)?;
+    let seconds = |i: usize| {
+        let s: f64 = std::str::from_utf8(req.arg(i)?).ok()?.trim().parse().ok()?;
+        (s.is_finite() && s > 0.0).then(|| Duration::from_secs_f64(s.min(1e9)))
+    };
+    let millis = |i: usize| {
+        let ms: u64 = std::str::from_utf8(req.arg(i)?).ok()?.parse().ok()?;
+        (ms > 0).then(|| Duration::from_millis(ms))
+    };
+    let pops = [
+        &b"blpop"[..],
+        b"brpop",
+        b"bzpopmin",
+        b"bzpopmax",
+        b"brpoplpush",
+        b"blmove",
+    ];
+    if pops.iter().any(|n| is(n)) {
+        seconds(last)
+    } else if is(b"blmpop") || is(b"bzmpop") {
+        seconds(1)
+    } else if is(b"xread") || is(b"xreadgroup") {
+        let block = req.args().position(|a| a.eq_ignore_ascii_case(b"block"))?;
+        millis(block + 1)
+    } else if is(b"wait") || is(b"waitaof") {
+        millis(last)
+    } else {
+        None
+    }
+}
+
 /// How a command holds the upstream by design, keeping it from answering other connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
@@ -196,6 +236,53 @@ pub fn disposition(req: &Request) -> Disposition {
 mod tests {
     use super::*;
     use crate::command::commands;
+
+    #[test]
+    fn blocking_timeouts() {
+        let wait = |args: &[&str]| block_timeout(&Request::from_args(args));
+        let ms = |n| Some(Duration::from_millis(n));
+        assert_eq!(wait(&["BLPOP", "a", "b", "1.5"]), ms(1500));
+        assert_eq!(wait(&["brpop", "a", "0.25"]), ms(250));
+        assert_eq!(wait(&["BZPOPMIN", "z", "2"]), ms(2000));
+        assert_eq!(wait(&["BLMOVE", "a", "b", "LEFT", "RIGHT", "0.5"]), ms(500));
+        assert_eq!(wait(&["BRPOPLPUSH", "a", "b", "3"]), ms(3000));
+        assert_eq!(wait(&["BLMPOP", "0.3", "1", "a", "LEFT"]), ms(300));
+        assert_eq!(wait(&["BZMPOP", "1", "1", "z", "MIN"]), ms(1000));
+        assert_eq!(
+            wait(&["XREAD", "COUNT", "1", "BLOCK", "300", "STREAMS", "s", "$"]),
+            ms(300)
+        );
+        assert_eq!(
+            wait(&[
+                "XREADGROUP",
+                "GROUP",
+                "g",
+                "c",
+                "block",
+                "20",
+                "STREAMS",
+                "s",
+                ">"
+            ]),
+            ms(20)
+        );
+        assert_eq!(wait(&["WAIT", "1", "100"]), ms(100));
+        assert_eq!(wait(&["WAITAOF", "1", "0", "100"]), ms(100));
+        // For ever, or not a timeout Redis accepts (it answers an error at once).
+        for args in [
+            &["BLPOP", "a", "0"][..],
+            &["BLPOP", "a", "-1"],
+            &["BLPOP", "a", "soon"],
+            &["BLPOP", "a", "inf"],
+            &["XREAD", "BLOCK", "0", "STREAMS", "s", "$"],
+            &["XREAD", "STREAMS", "s", "$"],
+            &["WAIT", "1", "0"],
+            &["GET", "1"],
+            &["BLPOP"],
+        ] {
+            assert_eq!(wait(args), None, "{args:?}");
+        }
+    }
 
     #[test]
     fn commands_that_hold_the_server() {

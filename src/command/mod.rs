@@ -84,7 +84,7 @@ use crate::protocol::request::Request;
 use name_index::{Memo, NameIndex, MAX_NAME};
 
 pub(crate) use disposition::stops_a_busy_server;
-pub use disposition::{disposition, holds_the_server, Disposition, Hold, Stateful};
+pub use disposition::{block_timeout, disposition, holds_the_server, Disposition, Hold, Stateful};
 pub use keys::{keys, KeyError, Keys};
 
 /// The Redis version the table was generated from.

@@ -376,6 +376,14 @@ impl Clients {
     }
 
     /// Wakes every client's session (a phase change, a reload).
+    /// Tells every client the upstream was declared unavailable (see
+    /// [`Inbox::upstream_lost`]).
+    pub(crate) fn upstream_lost(&self) {
+        for (_, entry) in self.lock().iter() {
+            entry.inbox.upstream_lost();
+        }
+    }
+
     pub(crate) fn wake_all(&self) {
         for (_, entry) in self.lock().iter() {
             entry.inbox.poke();

@@ -172,7 +172,13 @@ async fn housekeeping(server: Arc<Server>) {
                 if changed.is_err() {
                     return;
                 }
-                let healthy = health.borrow_and_update().state == State::Healthy;
+                let state = health.borrow_and_update().state;
+                if state == State::Unavailable {
+                    // Clients blocked or subscribed on connections of their own are told as
+                    // if Redis had died, so their libraries reconnect.
+                    server.clients.upstream_lost();
+                }
+                let healthy = state == State::Healthy;
                 if healthy && !was_healthy {
                     // Judged by the policy in force while the store is locked (a reload
                     // installs its policy under the same lock).

@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval};
 
-use crate::command::{holds_the_server, Stateful};
+use crate::command::{block_timeout, holds_the_server, Stateful};
 use crate::error::UpstreamFailure;
 use crate::protocol::request::Request;
 use crate::protocol::scanner::ReplyScanner;
@@ -57,6 +57,9 @@ pub(crate) struct Dedicated {
 
 struct Outstanding {
     blocking: bool,
+    /// For a blocking command, how long it asked Redis to wait (`None`: for ever): past that
+    /// and the command timeout, with nothing from the upstream, it has hung.
+    block_for: Option<Duration>,
     /// Sent by the proxy to set the connection up (SELECT, HELLO): its reply is checked and
     /// kept from the client.
     silent: bool,
@@ -108,6 +111,7 @@ impl Dedicated {
                 let hold = holds_the_server(req).and_then(|h| self.holds.begin(h));
                 self.outstanding.push_back(Outstanding {
                     blocking: props.blocking,
+                    block_for: block_timeout(req).filter(|_| props.blocking),
                     silent: false,
                     discard: false,
                     since: Instant::now(),
@@ -128,6 +132,7 @@ impl Dedicated {
         self.wbuf.put_slice(req.raw());
         self.outstanding.push_back(Outstanding {
             blocking: false,
+            block_for: None,
             silent: true,
             discard: false,
             since: Instant::now(),
@@ -353,9 +358,10 @@ impl Dedicated {
         Ok((!data.is_empty()).then(|| (data.freeze(), answered)))
     }
 
-    /// Fails when the oldest unanswered request is not blocking and the upstream has made no
-    /// progress for `timeout` since it was sent; no timeout runs while a client's command
-    /// holds the upstream (see [`Holds`]).
+    /// Fails when the upstream has made no progress for `timeout` since the oldest unanswered
+    /// request was sent or, for a blocking command with a timeout, since that timeout ran
+    /// out (a command that blocks for ever is never timed); no timeout runs while a client's
+    /// command holds the upstream (see [`Holds`]).
     pub(crate) fn check_timeout(&self, timeout: Duration) -> Result<(), UpstreamFailure> {
         let timed_out = |since: Instant| {
             self.holds
@@ -369,6 +375,11 @@ impl Dedicated {
         }
         match self.outstanding.front() {
             Some(o) if !o.blocking && timed_out(o.since) => Err(UpstreamFailure::Timeout(timeout)),
+            // A blocking command is timed from the end of its own wait.
+            Some(o) if o.blocking => match o.block_for {
+                Some(wait) if timed_out(o.since + wait) => Err(UpstreamFailure::Timeout(timeout)),
+                _ => Ok(()),
+            },
             _ => Ok(()),
         }
     }
@@ -382,6 +393,7 @@ impl Dedicated {
 
     /// Whether a timeout check is worth scheduling.
     fn timing(&self) -> bool {
-        self.awaiting_reset.is_some() || self.outstanding.front().is_some_and(|o| !o.blocking)
+        self.awaiting_reset.is_some()
+            || (self.outstanding.front()).is_some_and(|o| !o.blocking || o.block_for.is_some())
     }
 }

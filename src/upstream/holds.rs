@@ -61,6 +61,11 @@ impl Holds {
         }
     }
 
+    /// Whether a hold is in flight or a pause is running now.
+    pub(crate) fn held(&self) -> bool {
+        self.timeout_from(self.base).is_none()
+    }
+
     /// When the command timeout of a request waiting since `since` (or making progress since)
     /// counts from: `None` while the upstream is held, so no timeout runs.
     pub(crate) fn timeout_from(&self, since: Instant) -> Option<Instant> {

@@ -31,6 +31,9 @@ pub(crate) struct Inbox {
     woken: AtomicBool,
     /// CLIENT KILL: the session closes when it notices.
     killed: AtomicBool,
+    /// The health monitor declared the upstream unavailable: a session waiting on its own
+    /// upstream connection (blocked, subscribed) gives it up when it notices.
+    upstream_lost: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -54,6 +57,17 @@ impl Inbox {
     pub(crate) fn kill(&self) {
         self.killed.store(true, Ordering::Release);
         self.poke();
+    }
+
+    /// Tells the session the upstream was declared unavailable, and wakes it.
+    pub(crate) fn upstream_lost(&self) {
+        self.upstream_lost.store(true, Ordering::Release);
+        self.poke();
+    }
+
+    /// Whether the upstream was declared unavailable since the last time this was asked.
+    pub(crate) fn take_upstream_lost(&self) -> bool {
+        self.upstream_lost.swap(false, Ordering::AcqRel)
     }
 
     pub(crate) fn is_killed(&self) -> bool {

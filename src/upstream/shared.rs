@@ -628,13 +628,8 @@ impl Connection {
                     self.write()
                 }
                 Event::Tick => self.check_timeout(timing.command_timeout(), &conn.holds),
-                // The probe found the upstream unresponsive while requests waited (a hold
-                // keeps their timeout from running): they fail now, as on a timeout.
-                Event::Health
-                    if health.borrow_and_update().state == State::Unavailable
-                        && !self.in_flight.is_empty() =>
-                {
-                    Err(UpstreamFailure::Unavailable)
+                Event::Health if health.borrow_and_update().state == State::Unavailable => {
+                    self.declared_unavailable(timing.command_timeout(), &conn.holds)
                 }
                 Event::Health => Ok(()),
             };
@@ -750,6 +745,22 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// The probe found the upstream unresponsive while requests wait here. Those a hold kept
+    /// from timing out fail now (a hold may be why the upstream is silent, and it may never
+    /// end); one that waited `timeout` fails as timed out; otherwise their own timeout will
+    /// answer them.
+    fn declared_unavailable(
+        &self,
+        timeout: Duration,
+        holds: &Holds,
+    ) -> Result<(), UpstreamFailure> {
+        match self.in_flight.front() {
+            Some(head) if head.since.elapsed() >= timeout => Err(UpstreamFailure::Timeout(timeout)),
+            Some(_) if holds.held() => Err(UpstreamFailure::Unavailable),
+            _ => Ok(()),
+        }
     }
 
     /// Fails the connection when its oldest request has waited `timeout` with no progress

@@ -270,8 +270,12 @@ impl Session {
                 }
                 Event::Inbox => match self.server.clients.phase() {
                     Phase::Run => {
+                        let lost = self.inbox.take_upstream_lost();
                         if let Some(b) = self.busy.as_deref_mut() {
                             b.take_inbox(&self.inbox);
+                            if lost && b.dedicated.as_ref().is_some_and(|d| d.is_waiting()) {
+                                b.lose_dedicated(UpstreamFailure::Unavailable);
+                            }
                         }
                     }
                     // Draining: answer what was asked, take nothing new. Idle clients and
