@@ -1141,3 +1141,35 @@ async fn replies_held_behind_a_blocked_command_stop_reading_at_the_output_limit(
     );
     proxy.shutdown().await;
 }
+
+/// A client on its own connection (database 1) pipelines a large GET, a command keywarden
+/// answers itself (CLIENT GETNAME) and SUBSCRIBE, which unpairs the connection: the replies
+/// come in request order, as from Redis, the large bulk before the proxy's own reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_keep_their_order_when_the_connection_unpairs_mid_pipeline() {
+    let redis = RedisServer::start();
+    let mut direct = Raw::connect(redis.addr()).await;
+    let big = "b".repeat(4 * 1024 * 1024);
+    assert_eq!(
+        direct.run(&[&["SELECT", "1"], &["SET", "big", &big]]).await[1],
+        b"+OK\r\n"
+    );
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut both = Mirror::connect(proxy.addr, &redis).await;
+    both.one(&["SELECT", "1"]).await;
+    both.send(&[
+        &["GET", "big"],
+        &["CLIENT", "GETNAME"],
+        &["SUBSCRIBE", "ch"],
+    ])
+    .await;
+    // Frames by their length and first bytes: the bulk is too large to show.
+    let head = |f: &[u8]| (f.len(), show_bytes(&f[..f.len().min(24)]));
+    for i in 0..3 {
+        let want = both.direct.frame().await;
+        let got = both.proxy.frame().await;
+        assert_eq!(head(&got), head(&want), "frame {i} (left: keywarden)");
+        assert!(got == want, "frame {i} differs");
+    }
+    proxy.shutdown().await;
+}

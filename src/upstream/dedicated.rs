@@ -172,6 +172,11 @@ impl Dedicated {
         self.paired
     }
 
+    /// Replies are owed to requests sent while paired (tracked one by one).
+    pub(crate) fn owes_replies(&self) -> bool {
+        !self.outstanding.is_empty()
+    }
+
     /// True while the client waits on a blocking command or listens to pushes: Redis exempts
     /// such clients from its idle timeout, and so does the proxy.
     pub(crate) fn is_waiting(&self) -> bool {

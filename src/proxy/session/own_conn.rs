@@ -74,7 +74,28 @@ impl Busy {
             Err(why) => return self.lose_dedicated(why),
         }
         if !ded.is_paired() {
-            // Unpaired (Pub/Sub, MONITOR): bytes go out as they come, and whatever the proxy
+            // The replies owed from before the connection unpaired go out slot by slot, as
+            // while paired, so the proxy's own replies queued between them keep their place
+            // (a large bulk still arriving holds back the CLIENT GETNAME answered after it).
+            loop {
+                let limit = match self.pending.front() {
+                    Some(Slot::Upstream(owed)) => *owed,
+                    Some(Slot::Info(_)) => 1,
+                    _ => break,
+                };
+                let Some(ded) = self.dedicated.as_mut().filter(|d| d.owes_replies()) else {
+                    break;
+                };
+                match ded.next_replies(limit) {
+                    Ok(Some((data, frames))) => self.arrived(data, frames),
+                    Ok(None) => return,
+                    Err(why) => return self.lose_dedicated(why),
+                }
+            }
+            let Some(ded) = self.dedicated.as_mut() else {
+                return;
+            };
+            // Then (Pub/Sub, MONITOR) bytes go out as they come, and whatever the proxy
             // answered meanwhile follows them.
             match ded.take_raw() {
                 Ok((data, reset)) => {
