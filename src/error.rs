@@ -94,8 +94,15 @@ pub(crate) enum ProxyError {
     ClientIdNotPositive,
     /// CLIENT TRACKING ... REDIRECT: the id would name a Redis connection, not a client.
     TrackingRedirect,
-    /// CLIENT UNBLOCK: likewise.
-    Unblock,
+    /// CLIENT UNBLOCK with a reason other than TIMEOUT or ERROR.
+    UnblockReason,
+    /// A subcommand given more arguments than it takes (Redis's `addReplySubcommandSyntaxError`).
+    SubcommandSyntax {
+        /// As the client typed it.
+        subcommand: String,
+        /// Upper case.
+        command: &'static str,
+    },
     /// EXEC after a queue-time error.
     ExecAbort,
     MultiNested,
@@ -191,9 +198,16 @@ impl fmt::Display for ProxyError {
                 "UNSUPPORTED 'client|tracking' with REDIRECT names a Redis connection; \
                  keywarden's client ids are its own",
             ),
-            ProxyError::Unblock => f.write_str(
-                "UNSUPPORTED 'client|unblock' names a Redis connection; \
-                 keywarden's client ids are its own",
+            ProxyError::UnblockReason => {
+                f.write_str("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR")
+            }
+            ProxyError::SubcommandSyntax {
+                subcommand,
+                command,
+            } => write!(
+                f,
+                "ERR unknown subcommand or wrong number of arguments for '{subcommand}'. \
+                 Try {command} HELP."
             ),
             ProxyError::ExecAbort => {
                 f.write_str("EXECABORT Transaction discarded because of previous errors.")
@@ -319,6 +333,18 @@ mod tests {
             (
                 ProxyError::ExecAbort,
                 b"-EXECABORT Transaction discarded because of previous errors.\r\n",
+            ),
+            (
+                ProxyError::UnblockReason,
+                b"-ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR\r\n",
+            ),
+            (
+                ProxyError::SubcommandSyntax {
+                    subcommand: "UNBLOCK".into(),
+                    command: "CLIENT",
+                },
+                b"-ERR unknown subcommand or wrong number of arguments for 'UNBLOCK'. \
+                  Try CLIENT HELP.\r\n",
             ),
             (
                 ProxyError::TrackingRedirect,

@@ -1173,3 +1173,61 @@ async fn replies_keep_their_order_when_the_connection_unpairs_mid_pipeline() {
     }
     proxy.shutdown().await;
 }
+
+/// CLIENT UNBLOCK with a keywarden client id unblocks that client, as Redis would: its
+/// blocking command returns as on timeout (nil) or, with ERROR, with Redis's -UNBLOCKED
+/// error; a client that is not blocked is not unblocked (`:0`); arguments are checked with
+/// Redis's errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_unblock_of_a_keywarden_id_unblocks_that_client() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut waiter = Raw::connect(proxy.addr).await;
+    let id = String::from_utf8(waiter.cmd(&["CLIENT", "ID"]).await).unwrap();
+    let id = id.trim_start_matches(':').trim_end().to_owned();
+    let mut other = Raw::connect(proxy.addr).await;
+    // Not blocked (no connection of its own yet).
+    assert_eq!(other.cmd(&["CLIENT", "UNBLOCK", &id]).await, b":0\r\n");
+
+    waiter.send(&[&["BLPOP", "jobs", "0"]]).await;
+    wait_for_blocked(&redis, 1).await;
+    assert_eq!(other.cmd(&["CLIENT", "UNBLOCK", &id]).await, b":1\r\n");
+    assert_eq!(show_bytes(&waiter.frame().await), show_bytes(b"*-1\r\n"));
+
+    waiter.send(&[&["BLPOP", "jobs", "0"]]).await;
+    wait_for_blocked(&redis, 1).await;
+    assert_eq!(
+        other.cmd(&["CLIENT", "UNBLOCK", &id, "error"]).await,
+        b":1\r\n"
+    );
+    let mut direct = Raw::connect(redis.addr()).await;
+    let mut blocked_direct = Raw::connect(redis.addr()).await;
+    let direct_id = String::from_utf8(blocked_direct.cmd(&["CLIENT", "ID"]).await).unwrap();
+    let direct_id = direct_id.trim_start_matches(':').trim_end().to_owned();
+    blocked_direct.send(&[&["BLPOP", "other", "0"]]).await;
+    // The waiter was unblocked already: only the direct client blocks now.
+    wait_for_blocked(&redis, 1).await;
+    direct
+        .cmd(&["CLIENT", "UNBLOCK", &direct_id, "ERROR"])
+        .await;
+    assert_eq!(
+        show_bytes(&waiter.frame().await),
+        show_bytes(&blocked_direct.frame().await)
+    );
+    // Now idle on its own connection: nothing to unblock.
+    assert_eq!(other.cmd(&["CLIENT", "UNBLOCK", &id]).await, b":0\r\n");
+
+    for args in [
+        &["CLIENT", "UNBLOCK", "x"][..],
+        &["CLIENT", "UNBLOCK", &id, "MAYBE"],
+        &["CLIENT", "UNBLOCK", &id, "TIMEOUT", "extra"],
+        &["CLIENT", "UNBLOCK"],
+    ] {
+        assert_eq!(
+            show_bytes(&other.cmd(args).await),
+            show_bytes(&direct.cmd(args).await),
+            "{args:?}"
+        );
+    }
+    proxy.shutdown().await;
+}

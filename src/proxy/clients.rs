@@ -85,6 +85,8 @@ struct Entry {
     /// Unix seconds at connect.
     since: u32,
     listed: Option<Box<Listed>>,
+    /// The id in Redis of the client's own upstream connection, while it has one.
+    upstream_id: Option<u64>,
 }
 
 /// What a client set on its connection, as CLIENT LIST shows it.
@@ -219,6 +221,7 @@ impl Clients {
             addr,
             since: unix_secs(),
             listed: None,
+            upstream_id: None,
         });
         (key, id)
     }
@@ -376,6 +379,21 @@ impl Clients {
     }
 
     /// Wakes every client's session (a phase change, a reload).
+    /// Records the id in Redis of a client's own upstream connection (`None`: it has none).
+    pub(crate) fn set_upstream_id(&self, key: usize, upstream_id: Option<u64>) {
+        if let Some(entry) = self.lock().get_mut(key) {
+            entry.upstream_id = upstream_id;
+        }
+    }
+
+    /// For the client with CLIENT ID `id`: the id in Redis of its own upstream connection, if
+    /// it has one. `None` when there is no such client.
+    pub(crate) fn upstream_id_of(&self, id: u64) -> Option<Option<u64>> {
+        let entries = self.lock();
+        let entry = entries.iter().map(|(_, e)| e).find(|e| e.id == id)?;
+        Some(entry.upstream_id)
+    }
+
     /// Tells every client the upstream was declared unavailable (see
     /// [`Inbox::upstream_lost`]).
     pub(crate) fn upstream_lost(&self) {

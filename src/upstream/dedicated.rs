@@ -50,6 +50,11 @@ pub(crate) struct Dedicated {
     /// Unpaired, a RESET was sent, followed by an ECHO of a nonce: the raw stream is framed
     /// until that echo (this exact frame) arrives; since when.
     awaiting_reset: Option<(Bytes, Instant)>,
+    /// The connection's id in Redis, once its CLIENT ID was answered (see
+    /// [`Dedicated::queue_client_id`]).
+    upstream_id: Option<u64>,
+    /// CLIENT ID was sent (see [`Dedicated::queue_client_id`]).
+    asked_id: bool,
     /// Redis's BUSY or LOADING error to a setup command: the server cannot serve anyone yet,
     /// and the client is told so in Redis's words, as it would be if connected directly.
     refused_with: Option<Bytes>,
@@ -66,6 +71,8 @@ struct Outstanding {
     /// Its reply is kept from the client whatever it is (a queued command of a transaction,
     /// already answered `+QUEUED` by the proxy).
     discard: bool,
+    /// The proxy's CLIENT ID: its reply is the connection's id in Redis.
+    learns_id: bool,
     since: Instant,
     /// Held while it holds the upstream (a script, KEYS, ...): see [`Holds`].
     _hold: Option<HoldMark>,
@@ -96,12 +103,20 @@ impl Dedicated {
             holds,
             tick: timeout_tick(command_timeout),
             awaiting_reset: None,
+            upstream_id: None,
+            asked_id: false,
             refused_with: None,
         })
     }
 
     /// Queues a request; call [`Dedicated::write`] to send it.
     pub(crate) fn queue(&mut self, req: &Request, props: Stateful) {
+        if props.blocking && self.paired && !self.asked_id {
+            // The first time the client may block here: learn the connection's id in Redis,
+            // for CLIENT UNBLOCK. (Not at connect: a setup command is refused while Redis is
+            // BUSY, and SCRIPT KILL must still get through then.)
+            self.queue_client_id();
+        }
         self.wbuf.put_slice(req.raw());
         if self.paired {
             if props.unpaired {
@@ -114,6 +129,7 @@ impl Dedicated {
                     block_for: block_timeout(req).filter(|_| props.blocking),
                     silent: false,
                     discard: false,
+                    learns_id: false,
                     since: Instant::now(),
                     _hold: hold,
                 });
@@ -135,9 +151,25 @@ impl Dedicated {
             block_for: None,
             silent: true,
             discard: false,
+            learns_id: false,
             since: Instant::now(),
             _hold: None,
         });
+    }
+
+    /// Asks Redis for the connection's id, silently, so that CLIENT UNBLOCK of this client
+    /// can name it (see [`Dedicated::upstream_id`]).
+    fn queue_client_id(&mut self) {
+        self.asked_id = true;
+        self.queue_silent(&Request::from_args(&["CLIENT", "ID"]));
+        if let Some(last) = self.outstanding.back_mut() {
+            last.learns_id = true;
+        }
+    }
+
+    /// The connection's id in Redis, once known.
+    pub(crate) fn upstream_id(&self) -> Option<u64> {
+        self.upstream_id
     }
 
     /// Queues a request whose reply the client must not see, whatever it is: MULTI and the
@@ -257,7 +289,9 @@ impl Dedicated {
         debug_assert!(!self.paired);
         let mut owed = BytesMut::new();
         while !self.outstanding.is_empty() {
-            match self.next_replies(u32::MAX)? {
+            // No further than the replies owed: what follows is the unpaired stream's.
+            let limit = self.outstanding.iter().filter(|o| !o.silent).count() as u32;
+            match self.next_replies(limit)? {
                 Some((data, _)) => owed.extend_from_slice(&data),
                 None => break,
             }
@@ -322,12 +356,14 @@ impl Dedicated {
                 Ok(None) => break,
                 Err(_) => return Err(UpstreamFailure::BadReply),
             };
-            let (silent, discard) = match frame.push {
-                true => (false, false),
+            let (silent, discard, learns_id) = match frame.push {
+                true => (false, false, false),
                 false => self
                     .outstanding
                     .pop_front()
-                    .map_or((false, false), |o| (o.silent, o.discard)),
+                    .map_or((false, false, false), |o| {
+                        (o.silent, o.discard, o.learns_id)
+                    }),
             };
             if !silent {
                 self.framed += frame.len;
@@ -342,6 +378,12 @@ impl Dedicated {
                     self.refused_with = Some(Bytes::copy_from_slice(line));
                 }
                 return Err(UpstreamFailure::SetupRefused);
+            }
+            if learns_id {
+                let line = &self.rbuf[self.framed..self.framed + frame.len];
+                self.upstream_id = std::str::from_utf8(&line[1..line.len() - 2])
+                    .ok()
+                    .and_then(|id| id.parse().ok());
             }
             if self.framed > 0 {
                 let before = self.rbuf.split_to(self.framed);

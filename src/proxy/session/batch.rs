@@ -8,7 +8,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 
 use super::busy::{Busy, Runs, Slot, Stall};
-use super::connection_commands::{self, Follow, Handling};
+use super::connection_commands::{self, Follow, Handling, Unblock};
 use super::keywarden;
 use crate::command::{self, Disposition, Stateful};
 use crate::error::ProxyError;
@@ -257,6 +257,13 @@ impl Busy {
                 self.rejudge = b.ctx.live.generation() != b.ctx.policy.generation;
             }
             Handling::Info => self.info(req, b),
+            _ if connection_commands::is_client_unblock(&req) => {
+                match connection_commands::unblock(&req, &b.ctx.clients) {
+                    Unblock::Answer(reply) => self.push_local(reply),
+                    // Redis unblocks it: the client's own connection, by its id there.
+                    Unblock::Forward(req) => return Ok(Some(req)),
+                }
+            }
             _ => {
                 let reply = self.answer_connection_command(&req, b);
                 self.push_local(reply);

@@ -155,6 +155,8 @@ pub(super) struct Busy {
     pub(super) behind: bool,
     /// The output this session last added to [`Clients::output`].
     pub(super) published: usize,
+    /// The id in Redis of the client's own connection, as last recorded in [`Clients`].
+    pub(super) listed_upstream_id: Option<u64>,
     /// Reply slots not yet ready; the front, if any, is always `Slot::Upstream`.
     pub(super) pending: Slots,
     pub(super) dedicated: Option<Dedicated>,
@@ -204,6 +206,7 @@ impl Busy {
             out_len: 0,
             behind: false,
             published: 0,
+            listed_upstream_id: None,
             pending: Slots::default(),
             dedicated: None,
             stalled: None,
@@ -422,6 +425,16 @@ impl Busy {
         };
         self.out_len += data.len();
         self.out.push_back(data);
+    }
+
+    /// Records in [`Clients`] the id in Redis of the client's own connection, or that it has
+    /// none, when that changed (CLIENT UNBLOCK of this client names it).
+    pub(super) fn list_upstream_id(&mut self, clients: &Clients) {
+        let id = self.dedicated.as_ref().and_then(|d| d.upstream_id());
+        if id != self.listed_upstream_id {
+            clients.set_upstream_id(self.key, id);
+            self.listed_upstream_id = id;
+        }
     }
 
     /// Publishes the output held to [`Clients::output`] once it has moved by [`OUTPUT_STEP`],

@@ -381,9 +381,66 @@ fn client(
         (b"info", _) => arity("client|info"),
         (b"list", _) => list(req, env, resp3),
         (b"tracking", _) => error(ProxyError::TrackingRedirect),
-        (b"unblock", _) => error(ProxyError::Unblock),
+        // The batch sends a forwarded one upstream before this is reached.
+        (b"unblock", _) => match unblock(req, env.clients) {
+            Unblock::Answer(reply) => reply,
+            Unblock::Forward(_) => Bytes::from_static(b":0\r\n"),
+        },
         (b"kill", _) => kill(req, env),
         _ => arity("client"),
+    }
+}
+
+pub(crate) fn is_client_unblock(req: &Request) -> bool {
+    req.name().eq_ignore_ascii_case(b"client")
+        && req
+            .arg(1)
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"unblock"))
+}
+
+/// What CLIENT UNBLOCK becomes.
+pub(crate) enum Unblock {
+    Answer(Bytes),
+    /// `CLIENT UNBLOCK <id in Redis> [TIMEOUT|ERROR]`, to send upstream.
+    Forward(Request),
+}
+
+/// `CLIENT UNBLOCK <id> [TIMEOUT|ERROR]`: a client blocks on a connection of its own, so
+/// unblocking it is Redis's CLIENT UNBLOCK of that connection, by its id in Redis, and Redis
+/// answers (`:1`, or `:0` if it was not blocked); a client with no connection of its own is
+/// not blocked (`:0`). Arguments are checked as Redis does, in its order.
+pub(crate) fn unblock(req: &Request, clients: &Clients) -> Unblock {
+    let answer = |e: ProxyError| Unblock::Answer(error(e));
+    match req.argc() {
+        0..=2 => return Unblock::Answer(arity("client|unblock")),
+        3 | 4 => {}
+        _ => {
+            return answer(ProxyError::SubcommandSyntax {
+                subcommand: String::from_utf8_lossy(req.arg(1).unwrap_or_default()).into(),
+                command: "CLIENT",
+            })
+        }
+    }
+    let reason = req.arg(3);
+    let valid = |r: &[u8]| r.eq_ignore_ascii_case(b"timeout") || r.eq_ignore_ascii_case(b"error");
+    if reason.is_some_and(|r| !valid(r)) {
+        return answer(ProxyError::UnblockReason);
+    }
+    let Some(id) = req.arg(2).and_then(engine::string2ll) else {
+        return answer(ProxyError::NotAnInteger);
+    };
+    let upstream = u64::try_from(id)
+        .ok()
+        .and_then(|id| clients.upstream_id_of(id))
+        .flatten();
+    match upstream {
+        Some(upstream) => {
+            let upstream = upstream.to_string();
+            let mut args: Vec<&[u8]> = vec![b"CLIENT", b"UNBLOCK", upstream.as_bytes()];
+            args.extend(reason);
+            Unblock::Forward(Request::from_args(&args))
+        }
+        None => Unblock::Answer(Bytes::from_static(b":0\r\n")),
     }
 }
 

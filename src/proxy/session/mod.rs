@@ -233,6 +233,7 @@ impl Session {
                     continue;
                 }
                 b.flush(&self.stream)?;
+                b.list_upstream_id(&self.server.clients);
                 if let Some(limit) = b.output_limit(&ctx.settings.limits, &self.server.clients) {
                     // Redis closes such a client without a reply; so does keywarden.
                     tracing::warn!(
