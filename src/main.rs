@@ -83,8 +83,13 @@ async fn shutdown_signal() {
 
 /// Logs go to stdout, JSON or text as configured; `RUST_LOG` overrides the configured level.
 fn init_logging(settings: &Settings) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log.level));
+    // tracing-subscriber's parser panics on some non-ASCII text: such a RUST_LOG is ignored,
+    // as an invalid one is (the configured level was checked when the file was loaded).
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| v.is_ascii())
+        .and_then(|v| EnvFilter::try_new(v).ok());
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(&settings.log.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match settings.log.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

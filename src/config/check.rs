@@ -621,6 +621,11 @@ fn log_level(text: &str) -> Result<(), String> {
     if text.trim().is_empty() {
         return Err("is empty; write a level such as \"info\"".to_owned());
     }
+    // Filters are ASCII (levels, Rust paths, field names), and tracing-subscriber's parser
+    // panics on some multi-byte text (found by the config fuzzer), so none reaches it.
+    if !text.is_ascii() {
+        return Err(format!("{text:?} is not ASCII; a tracing filter is"));
+    }
     EnvFilter::try_new(text).map_err(|e| format!("{text:?} is not a tracing filter: {e}"))?;
     for directive in text.split(',').map(str::trim) {
         if !directive.is_empty()

@@ -560,6 +560,13 @@ fn log_settings_are_checked() {
         "is not a tracing filter",
     );
     assert_problem("[log]\nlevel = \"\"", "log.level", "is empty");
+    // Found by the config fuzzer: tracing-subscriber's filter parser slices the text by bytes
+    // and panics inside a multi-byte character, so such text never reaches it.
+    assert_problem(
+        "[log]\nlevel = \"i\u{fffd}tion, to try the\u{fffd}[{x=\u{fffd}}]\"",
+        "log.level",
+        "is not ASCII",
+    );
     assert_problem(
         "[log]\nformat = \"xml\"",
         "log.format",
