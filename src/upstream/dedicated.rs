@@ -126,7 +126,7 @@ impl Dedicated {
                 let hold = holds_the_server(req).and_then(|h| self.holds.begin(h));
                 self.outstanding.push_back(Outstanding {
                     blocking: props.blocking,
-                    block_for: block_timeout(req).filter(|_| props.blocking),
+                    block_for: props.blocking.then(|| block_timeout(req)).flatten(),
                     silent: false,
                     discard: false,
                     learns_id: false,
