@@ -28,7 +28,8 @@ pub(crate) enum UpstreamFailure {
     Unavailable,
     /// The connection closed or failed with the request in flight.
     ConnectionLost,
-    /// No reply within the command timeout; the connection was dropped.
+    /// No reply within the command timeout: for the oldest request on a connection, or for
+    /// those behind it once the upstream was found silent.
     Timeout(Duration),
     /// The upstream sent bytes that are not RESP; the connection was dropped.
     BadReply,

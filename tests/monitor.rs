@@ -165,6 +165,54 @@ async fn hung_is_unavailable_after_failures_times_interval() {
     assert_eq!(w.event_names(), ["BACKEND_DEGRADED", "BACKEND_RECOVERED"]);
 }
 
+/// The data path's suspicions start a probe at once and count only when it fails: any number
+/// of them against an upstream that answers change nothing; against a hung one, the first
+/// failed probe confirms them, long before `failure_threshold` probe intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspicions_count_only_when_the_probe_confirms_them() {
+    let redis = RedisServer::start();
+    let w = start(redis.addr()).await;
+    let d = MonitorSettings::default();
+    let h = w.handle();
+    let mut changes = record(h.subscribe());
+    let raised = Instant::now();
+    let mut last = 0;
+    for _ in 0..10 {
+        last = h.suspect(Cause::Timeout);
+    }
+    while !h.cleared(last) {
+        assert!(raised.elapsed() < WAIT, "no probe answered the suspicions");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // At once, not at the next interval.
+    assert!(
+        raised.elapsed() < d.probe_interval / 2,
+        "{:?}",
+        raised.elapsed()
+    );
+    tokio::time::sleep(d.probe_interval).await;
+    assert_eq!(h.snapshot().state, State::Healthy);
+
+    redis.hang();
+    let hung = Instant::now();
+    h.suspect(Cause::Timeout);
+    h.suspect(Cause::BadReply);
+    let detected = w.until(State::Unavailable, hung).await;
+    assert!(
+        detected <= d.probe_timeout + SLACK,
+        "{detected:?}, probe timeout {:?}",
+        d.probe_timeout
+    );
+    assert!(!h.cleared(last + 1));
+    // Counted in the order raised, so the outage names the first.
+    assert_eq!(w.events()[0]["cause"], "timeout");
+    let mut seen = Vec::new();
+    seen_until(&mut changes, State::Unavailable, &mut seen).await;
+    assert_eq!(seen, [State::Unavailable], "no change before the outage");
+    redis.resume();
+    w.until(State::Healthy, Instant::now()).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_event_and_one_change_per_flip_over_repeated_outages() {
     let mut redis = RedisServer::start();

@@ -123,8 +123,12 @@ async fn upstream_killed_mid_pipeline_every_request_answered_then_recovers() {
     proxy.shutdown().await;
 }
 
+/// Every request sent to a hung upstream is answered with an error: the oldest on each
+/// connection when it has waited the command timeout, the ones behind it once the probe
+/// confirms the upstream is not answering (a timeout alone is a suspicion: it may be one
+/// client's slow command).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hung_upstream_fails_pending_requests_within_the_command_timeout() {
+async fn hung_upstream_fails_pending_requests_once_the_probe_confirms_the_timeout() {
     let redis = RedisServer::start();
     let proxy = Proxy::for_upstream(&redis).await; // command timeout 500 ms
     let mut clients = Vec::new();
@@ -145,9 +149,11 @@ async fn hung_upstream_fails_pending_requests_within_the_command_timeout() {
         }
     }
     let took = start.elapsed();
+    // Command timeout 500 ms, then at most two probes of 500 ms each (failure_threshold 3:
+    // the suspicions of the timed-out connections and the failed probes count together).
     assert!(
-        took < Duration::from_millis(500 + 300),
-        "errors after {took:?}, timeout is 500ms"
+        took < Duration::from_millis(500 + 2 * 500 + 400),
+        "errors after {took:?}, timeout is 500ms, probe timeout 500ms"
     );
     assert!(
         took >= Duration::from_millis(450),
@@ -341,8 +347,8 @@ fn script_running_ms(ms: u64) -> String {
     )
 }
 
-/// How long INFO says the upstream has been in its state, with the state.
-async fn upstream_state(proxy: &Proxy) -> (String, u64) {
+/// INFO's upstream state, with how long it has held.
+async fn upstream_state(proxy: &Proxy) -> (String, Duration) {
     let mut c = RawClient::connect(proxy.addr).await;
     let info = String::from_utf8_lossy(&c.cmd(&["INFO", "keywarden"]).await).into_owned();
     let field = |name: &str| {
@@ -352,8 +358,26 @@ async fn upstream_state(proxy: &Proxy) -> (String, u64) {
             .trim()
             .to_owned()
     };
-    let since = field("upstream_state_since_ms").parse().unwrap();
+    let since = Duration::from_millis(field("upstream_state_since_ms").parse().unwrap());
     (field("upstream_state"), since)
+}
+
+/// When the upstream became healthy, as INFO says; it must be healthy now.
+async fn healthy_since(proxy: &Proxy) -> Instant {
+    let (state, held) = upstream_state(proxy).await;
+    assert_eq!(state, "healthy");
+    Instant::now() - held
+}
+
+/// Asserts the upstream is still in the healthy state that began at `since`: no outage was
+/// declared in between (INFO's milliseconds are truncated, so instants within 50 ms agree).
+async fn assert_still_healthy(proxy: &Proxy, since: Instant) {
+    let now = healthy_since(proxy).await;
+    let moved = now.max(since) - now.min(since);
+    assert!(
+        moved < Duration::from_millis(50),
+        "the upstream changed state meanwhile (healthy again {moved:?} after it first was)"
+    );
 }
 
 /// A script that runs longer than the command timeout keeps Redis from answering anyone, by
@@ -365,7 +389,7 @@ async fn a_slow_script_fails_no_other_client_and_fakes_no_outage() {
     let redis = RedisServer::start();
     let proxy = Proxy::for_upstream(&redis).await; // command timeout 500 ms
     wait_until_served(&proxy).await;
-    let start = Instant::now();
+    let healthy = healthy_since(&proxy).await;
     let mut slow = RawClient::connect(proxy.addr).await;
     let script = script_running_ms(1200);
     slow.send(&[&["EVAL", &script, "0"]]).await;
@@ -384,12 +408,7 @@ async fn a_slow_script_fails_no_other_client_and_fakes_no_outage() {
         assert_eq!(show_bytes(&c.frame().await), show_bytes(b"+PONG\r\n"));
     }
     assert_eq!(show_bytes(&slow.frame().await), show_bytes(b":1\r\n"));
-    let (state, since_ms) = upstream_state(&proxy).await;
-    assert_eq!(state, "healthy");
-    assert!(
-        Duration::from_millis(since_ms) >= start.elapsed(),
-        "the upstream changed state during the script ({since_ms} ms ago)"
-    );
+    assert_still_healthy(&proxy, healthy).await;
     proxy.shutdown().await;
 }
 
@@ -477,5 +496,120 @@ async fn a_large_write_slower_than_the_command_timeout_is_not_timed_out() {
     drop(request);
     assert_eq!(c.reply().await, simple("OK"));
     assert_eq!(c.cmd(&["STRLEN", "big"]).await, int(LEN as i64));
+    proxy.shutdown().await;
+}
+
+/// A slow command keywarden does not know as slow (here a SORT of a long list) outlasts the
+/// command timeout on a shared connection: its own client is answered with the timeout, the
+/// other client's write queued behind it on the same connection is applied and answered when
+/// Redis gets to it, and the upstream, which answers the probe, is not declared unavailable
+/// (the timeout is a suspicion the probe judges, not a counted failure).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_unknown_command_fails_only_its_own_client_and_fakes_no_outage() {
+    let redis = RedisServer::start();
+    let mut direct = Client::connect(redis.addr()).await;
+    // A list long enough that sorting it takes several command timeouts.
+    let mut len = 250_000;
+    let took = loop {
+        let fill = "for i = 1, tonumber(ARGV[1]) do redis.call('RPUSH', KEYS[1], i) end";
+        direct.cmd(&["DEL", "big"]).await;
+        direct
+            .cmd(&["EVAL", fill, "1", "big", &len.to_string()])
+            .await;
+        let start = Instant::now();
+        assert_eq!(direct.cmd(&["SORT", "big", "STORE", "dst"]).await, int(len));
+        let took = start.elapsed();
+        if took >= Duration::from_millis(400) || len >= 8_000_000 {
+            break took;
+        }
+        len *= 2;
+    };
+    assert!(
+        took >= Duration::from_millis(400),
+        "SORT took only {took:?}"
+    );
+    let mut s = settings(&redis.addr());
+    s.upstream.connections = 1; // the slow command and the write share a connection
+    s.upstream.command_timeout = Duration::from_millis(100);
+    // Long enough for a probe to wait out the SORT: the upstream answers, only late.
+    s.health.probe_timeout = took * 4;
+    s.health.failure_threshold = 1;
+    let proxy = Proxy::start(s).await;
+    wait_until_served(&proxy).await;
+    let healthy = healthy_since(&proxy).await;
+    let start = Instant::now();
+    let mut slow = RawClient::connect(proxy.addr).await;
+    slow.send(&[&["SORT", "big", "STORE", "dst"]]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut other = RawClient::connect(proxy.addr).await;
+    other.send(&[&["SET", "other", "1"], &["INCR", "n"]]).await;
+    assert_eq!(
+        show_bytes(&slow.frame().await),
+        show_bytes(b"-UPSTREAM no reply from upstream within 100ms\r\n")
+    );
+    assert_eq!(show_bytes(&other.frame().await), show_bytes(b"+OK\r\n"));
+    assert_eq!(show_bytes(&other.frame().await), show_bytes(b":1\r\n"));
+    assert!(
+        start.elapsed() >= took / 2,
+        "answered before the SORT ended"
+    );
+    // The SORT's late reply was dropped, not handed to anyone: the connection pairs as before.
+    assert_eq!(other.cmd(&["GET", "other"]).await, b"$1\r\n1\r\n");
+    assert_eq!(slow.cmd(&["ECHO", "next"]).await, b"$4\r\nnext\r\n");
+    assert_still_healthy(&proxy, healthy).await;
+    proxy.shutdown().await;
+}
+
+/// Redis closes a shared connection under other clients' requests when one client's reply
+/// outgrows the operator's `client-output-buffer-limit`. The requests on that connection fail
+/// (Redis closed it), but a closed connection is a suspicion for the probe to judge, and
+/// Redis answers the probe: no outage is declared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_redis_closes_for_one_client_fakes_no_outage() {
+    let redis = RedisServer::start_with(&["--client-output-buffer-limit", "normal 256kb 0 0"]);
+    let mut direct = Client::connect(redis.addr()).await;
+    let big = "x".repeat(1024 * 1024);
+    assert_eq!(direct.cmd(&["SET", "big", &big]).await, simple("OK"));
+    let mut s = settings(&redis.addr());
+    s.health.failure_threshold = 1;
+    let proxy = Proxy::start(s).await;
+    wait_until_served(&proxy).await;
+    let healthy = healthy_since(&proxy).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for i in 0..8 {
+        let (addr, stop) = (proxy.addr, stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut c = RawClient::connect(addr).await;
+            let key = format!("load{i}");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                c.send(&[&["INCR", &key], &["INCR", &key], &["INCR", &key]])
+                    .await;
+                for _ in 0..3 {
+                    let reply = c.frame().await;
+                    assert!(
+                        reply.starts_with(b":") || reply.starts_with(b"-UPSTREAM"),
+                        "{}",
+                        show_bytes(&reply)
+                    );
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut greedy = RawClient::connect(proxy.addr).await;
+    for _ in 0..3 {
+        let reply = greedy.cmd(&["GET", "big"]).await;
+        assert_eq!(
+            show_bytes(&reply),
+            show_bytes(b"-UPSTREAM connection to upstream lost before the reply\r\n")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_still_healthy(&proxy, healthy).await;
     proxy.shutdown().await;
 }

@@ -188,7 +188,6 @@ impl Health {
         };
     }
 
-    #[cfg(test)]
     pub(crate) fn state(&self) -> State {
         self.state
     }

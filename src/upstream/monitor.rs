@@ -2,17 +2,21 @@
 //! its state, and emits the outage events.
 //!
 //! ```text
-//!   data path ──report(failure)──┐
-//!                                ├──▶ unbounded queue ──▶ monitor task: Health::observe
-//!   probe task ──report(outcome)─┘                          │ on a transition, in order:
+//!   data path ──report / suspect──┐
+//!                                 ├──▶ unbounded queue ──▶ monitor task: Health::observe
+//!   probe task ──outcome──────────┘                          │ on a transition, in order:
 //!       ▲                                                   ├─▶ Events::emit
 //!       │                                                   └─▶ watch ──▶ data path
 //!       └──── its pace follows the published state ◀──────────────┘  (snapshot(), never waits)
 //! ```
 //!
 //! - **Reports.** The data path reports failures only, once per failed connection or connect
-//!   attempt (not per request), so the success path costs nothing. [`MonitorHandle::report`]
-//!   never blocks: it pushes onto an unbounded queue, which allocates only once per 32 reports.
+//!   attempt (not per request), so the success path costs nothing. A failed connect is
+//!   counted as it comes ([`MonitorHandle::report`]). A failure of an established connection
+//!   (a timeout, an unframeable reply, a close under requests) may be one client's doing, so
+//!   it is a suspicion ([`MonitorHandle::suspect`]): it starts a probe at once and counts only
+//!   if that probe fails too. Neither blocks: they push onto an unbounded queue, which
+//!   allocates only once per 32 reports.
 //! - **Probe.** A second task connects (connect timeout), sends `PING`, expects `+PONG` within
 //!   the probe timeout, and reports the outcome, successes included. It probes every
 //!   `probe_interval` while healthy and every `recovery_probe_interval` otherwise, so a returning
@@ -38,6 +42,7 @@
 //!   again), and discarded then.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,13 +82,15 @@ pub struct MonitorSettings {
     /// How long the probe waits for `+PONG` once connected. Default 500 ms: hundreds of times a
     /// healthy round trip, yet under `probe_interval` so probes never overlap, and under the
     /// default command timeout (1 s) so the probe is no more lenient than clients are. A Redis
-    /// busy with one slow command longer than that costs one counted failure, which the
-    /// failure threshold absorbs.
+    /// busy with one slow command longer than that costs one counted failure (with the
+    /// suspicions it confirms), which the failure threshold absorbs.
     pub probe_timeout: Duration,
     /// Counted failures in a row (timeouts, bad replies, failed probes) that make a healthy
     /// upstream unavailable. Default 3: one slow reply or one lost probe never flips it; a hung
     /// upstream is declared unavailable after about `3 × probe_interval + probe_timeout` from
-    /// the probe alone, sooner when the data path reports its own timeouts.
+    /// the probe alone, after about `command_timeout + probe_timeout` when requests time out
+    /// on three shared connections (their suspicions and the probe they start count
+    /// together).
     pub failure_threshold: u32,
     /// Successes in a row while recovering (after the one that opened it) that make it healthy
     /// again. Default 1, so two successes in a row in all: one answer can come from an upstream
@@ -195,6 +202,13 @@ struct Shared {
     retuned: tokio::sync::Notify,
     state: watch::Receiver<HealthSnapshot>,
     counters: Counters,
+    /// Suspicions raised by the data path so far (see [`MonitorHandle::suspect`]).
+    suspected: AtomicU64,
+    /// The number of suspicions answered: a probe that started after the last of them got
+    /// `+PONG`.
+    cleared: AtomicU64,
+    /// Wakes the probe task for a suspicion, so the probe runs now.
+    probe_now: tokio::sync::Notify,
 }
 
 /// The monitor task: the only owner of the `Health`.
@@ -206,6 +220,9 @@ struct Driver {
     keyspaces: AffectedKeyspaces,
     /// The outage under way, if any: when and why it began, and the counts then.
     outage: Option<OutageStart>,
+    /// The data path's suspicions that no probe has judged yet, oldest first, each with its
+    /// number (see [`MonitorHandle::suspect`]).
+    suspicions: Vec<(u64, Cause)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -260,6 +277,9 @@ impl Monitor {
                 retuned: tokio::sync::Notify::new(),
                 state,
                 counters: Counters::default(),
+                suspected: AtomicU64::new(0),
+                cleared: AtomicU64::new(0),
+                probe_now: tokio::sync::Notify::new(),
             }),
         };
         let mut driver = Driver {
@@ -269,6 +289,7 @@ impl Monitor {
             events,
             keyspaces,
             outage: None,
+            suspicions: Vec::new(),
         };
         if let Outcome::Failure(cause) = first {
             tracing::warn!(upstream = %settings.address, %cause, "upstream unavailable at startup");
@@ -305,6 +326,25 @@ impl MonitorHandle {
     pub fn report(&self, outcome: Outcome) {
         // Fails only once the monitor has stopped (shutdown): nothing is listening then.
         let _ = self.shared.reports.send(Report::Outcome(outcome));
+    }
+
+    /// The data path saw a failure that one client's command could have caused (a request
+    /// with no reply within the command timeout, a reply it cannot frame, an established
+    /// connection lost): a suspicion, not a verdict. It counts toward an outage only if the
+    /// upstream also fails the probe, which runs now and then at the recovery pace until one
+    /// succeeds or the upstream is declared unavailable. Returns the suspicion's number, for
+    /// [`Self::cleared`]. Never blocks.
+    pub fn suspect(&self, cause: Cause) -> u64 {
+        let number = self.shared.suspected.fetch_add(1, Ordering::AcqRel) + 1;
+        let _ = self.shared.reports.send(Report::Suspect(number, cause));
+        self.shared.probe_now.notify_one();
+        number
+    }
+
+    /// Whether a probe that started after suspicion `number` was raised got `+PONG`: the
+    /// upstream answers, so whatever raised it is not about the upstream.
+    pub fn cleared(&self, number: u64) -> bool {
+        self.shared.cleared.load(Ordering::Acquire) >= number
     }
 
     /// A reload: the probe pace, timeouts and thresholds of `settings` apply from the next
@@ -351,16 +391,39 @@ impl Driver {
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Report>) {
         while let Some(report) = inbox.recv().await {
             match report {
-                Report::Outcome(outcome) => {
-                    if let Some(t) = self.health.observe(outcome, Instant::now()) {
-                        self.on_transition(t);
+                Report::Outcome(outcome) => self.observe(outcome),
+                Report::Suspect(number, cause) => {
+                    // Only a healthy upstream needs convincing; otherwise the probe is already
+                    // the judge, and recovering relapses on its next failed probe.
+                    if self.health.state() == State::Healthy {
+                        self.suspicions.push((number, cause));
                     }
+                }
+                Report::Probe(Outcome::Success, seen) => {
+                    // The upstream answers: what was suspected before the probe started is not
+                    // about it.
+                    self.suspicions.retain(|&(number, _)| number > seen);
+                    self.observe(Outcome::Success);
+                }
+                Report::Probe(failure, _) => {
+                    // Confirmed: the suspicions count, in the order they were raised, then
+                    // the probe's own failure.
+                    for (_, cause) in std::mem::take(&mut self.suspicions) {
+                        self.observe(Outcome::Failure(cause));
+                    }
+                    self.observe(failure);
                 }
                 Report::Retune(retune) => {
                     self.health.set_thresholds(retune.thresholds);
                     self.keyspaces = retune.keyspaces;
                 }
             }
+        }
+    }
+
+    fn observe(&mut self, outcome: Outcome) {
+        if let Some(t) = self.health.observe(outcome, Instant::now()) {
+            self.on_transition(t);
         }
     }
 
@@ -454,7 +517,12 @@ impl Tuning {
 
 /// What the monitor task is told: an outcome, or a reload's new thresholds and keyspaces.
 enum Report {
+    /// Counted as it comes: a failed connect, a test's report.
     Outcome(Outcome),
+    /// A suspicion from the data path, with its number.
+    Suspect(u64, Cause),
+    /// A probe's outcome, with the number of the last suspicion raised before it started.
+    Probe(Outcome, u64),
     Retune(Box<Retune>),
 }
 
@@ -474,13 +542,20 @@ impl Pace {
 
 /// Probes forever, one probe at a time, each `interval(state)` after the start of the one
 /// before (at once if that has passed). A change of state re-reads the interval, so a flip to
-/// `unavailable` found by the data path brings the next probe forward.
+/// `unavailable` found by the data path brings the next probe forward. While a suspicion is
+/// unanswered the pace is the recovery one, and a new suspicion starts a probe at once.
 async fn probe_loop<P: Probe>(probe: P, handle: MonitorHandle, mut last: Instant) {
     let mut state = handle.subscribe();
+    let shared = &*handle.shared;
     loop {
         loop {
             let pace = handle.tuning().pace;
-            let due = last + pace.interval(state.borrow_and_update().state);
+            let suspected = shared.suspected.load(Ordering::Acquire);
+            let due = if suspected > shared.cleared.load(Ordering::Acquire) {
+                last + pace.otherwise
+            } else {
+                last + pace.interval(state.borrow_and_update().state)
+            };
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => break,
                 changed = state.changed() => {
@@ -489,12 +564,17 @@ async fn probe_loop<P: Probe>(probe: P, handle: MonitorHandle, mut last: Instant
                     }
                 }
                 // A reload: the interval is read again.
-                _ = handle.shared.retuned.notified() => {}
+                _ = shared.retuned.notified() => {}
+                _ = shared.probe_now.notified() => break,
             }
         }
         last = Instant::now();
+        let seen = shared.suspected.load(Ordering::Acquire);
         let outcome = probe.probe(handle.tuning().timeouts).await;
-        handle.report(outcome);
+        if outcome == Outcome::Success {
+            shared.cleared.fetch_max(seen, Ordering::AcqRel);
+        }
+        let _ = shared.reports.send(Report::Probe(outcome, seen));
     }
 }
 

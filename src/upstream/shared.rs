@@ -223,16 +223,39 @@ struct Queue {
     waiters: Vec<Waiter>,
 }
 
-/// A run of requests from one session, waiting for its replies; `inbox` is `None` for the
-/// proxy's own setup commands, whose replies are checked and dropped.
+/// A run of requests from one session, waiting for its replies.
 struct Waiter {
-    inbox: Option<Arc<Inbox>>,
+    owner: Owner,
     /// Replies to drop before the ones delivered (a transaction's +OK and +QUEUED, which the
     /// proxy already answered).
     skip: u32,
     remaining: u32,
     /// Held while its run holds the upstream (a script, KEYS, ...): see [`Holds`].
     _hold: Option<HoldMark>,
+}
+
+/// Where a waiter's replies go.
+enum Owner {
+    /// A session's inbox.
+    Client(Arc<Inbox>),
+    /// The proxy's own setup commands: their replies are checked and dropped.
+    Setup,
+    /// A session that was answered with the command timeout: its replies, if they come, are
+    /// dropped, and the requests behind it keep their place.
+    TimedOut,
+}
+
+impl Waiter {
+    /// Answers the waiting client with `why` now, for each reply still owed, and drops those
+    /// replies when they arrive.
+    fn time_out(&mut self, why: UpstreamFailure) {
+        if let Owner::Client(inbox) = std::mem::replace(&mut self.owner, Owner::TimedOut) {
+            inbox.deliver(Chunk {
+                data: repeat(&ProxyError::from(why).to_reply(), self.remaining as usize),
+                frames: self.remaining,
+            });
+        }
+    }
 }
 
 impl SharedConn {
@@ -293,7 +316,7 @@ impl SharedConn {
             }
         }
         q.waiters.push(Waiter {
-            inbox: Some(inbox.clone()),
+            owner: Owner::Client(inbox.clone()),
             skip,
             remaining: reqs.len() as u32 - skip,
             _hold: hold,
@@ -347,7 +370,7 @@ impl SharedConn {
 fn fail_all(waiters: impl IntoIterator<Item = Waiter>, why: UpstreamFailure) {
     let err = ProxyError::from(why).to_reply();
     for w in waiters {
-        let Some(inbox) = w.inbox else {
+        let Owner::Client(inbox) = w.owner else {
             continue;
         };
         inbox.deliver(Chunk {
@@ -471,20 +494,24 @@ impl ConnTask {
                     );
                     link.set_up(&self.setup);
                     let mut health = self.monitor.subscribe();
-                    let why = link.serve(&self.conn, timing, &mut health).await;
+                    let why = link
+                        .serve(&self.conn, timing, &self.monitor, &mut health)
+                        .await;
                     tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
                     // A connection that closes with nothing in flight (Redis's idle timeout,
                     // CLIENT KILL) says little; the reconnect right after reports a refusal if
                     // the upstream is really gone.
                     // A refused setup is a configuration problem, not an outage; and an upstream
                     // the monitor declared unavailable is news from the monitor itself.
+                    // Anything else may be one client's doing (a reply it made Redis send, a
+                    // command that keeps the connection busy): a suspicion the probe judges.
                     let quiet = why == UpstreamFailure::ConnectionLost && link.in_flight.is_empty();
                     let news = !matches!(
                         why,
                         UpstreamFailure::SetupRefused | UpstreamFailure::Unavailable
                     );
                     if !quiet && news {
-                        self.monitor.report(Outcome::Failure(why.into()));
+                        self.monitor.suspect(why.into());
                     }
                     // In-flight work first: it was queued before anything still in the queue.
                     fail_all(link.in_flight.into_iter().map(|f| f.waiter), why);
@@ -532,8 +559,20 @@ struct Connection {
     framed: usize,
     /// The last time the upstream took request bytes or sent reply bytes.
     last_progress: Instant,
+    /// Raised when the oldest request timed out, until the upstream moves again or the probe
+    /// judges it.
+    suspicion: Option<Suspicion>,
     version: Arc<Mutex<Option<Arc<str>>>>,
     latency: Arc<Histogram>,
+}
+
+/// A command timeout the monitor was told of (see [`Connection::check_timeout`]).
+struct Suspicion {
+    /// Its number with the monitor.
+    number: u64,
+    since: Instant,
+    /// When this connection saw that a probe answered since.
+    cleared: Option<Instant>,
 }
 
 enum Event {
@@ -562,6 +601,7 @@ impl Connection {
             scanner: ReplyScanner::new(max_reply_depth),
             framed: 0,
             last_progress: Instant::now(),
+            suspicion: None,
         }
     }
 
@@ -575,7 +615,7 @@ impl Connection {
         }
         self.in_flight.push_back(InFlight {
             waiter: Waiter {
-                inbox: None,
+                owner: Owner::Setup,
                 skip: 0,
                 remaining: setup.len() as u32,
                 _hold: None,
@@ -589,6 +629,7 @@ impl Connection {
         &mut self,
         conn: &SharedConn,
         timing: &Timing,
+        monitor: &MonitorHandle,
         health: &mut watch::Receiver<HealthSnapshot>,
     ) -> UpstreamFailure {
         // Timeouts are checked on a tick rather than with a timer per request: arming a timer
@@ -627,7 +668,7 @@ impl Connection {
                     conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
                     self.write()
                 }
-                Event::Tick => self.check_timeout(timing.command_timeout(), &conn.holds),
+                Event::Tick => self.check_timeout(timing.command_timeout(), &conn.holds, monitor),
                 Event::Health if health.borrow_and_update().state == State::Unavailable => {
                     self.declared_unavailable(timing.command_timeout(), &conn.holds)
                 }
@@ -697,7 +738,7 @@ impl Connection {
                         self.rbuf.unsplit(rest);
                     }
                     Ok(Some(frame)) => {
-                        if head.waiter.inbox.is_none() {
+                        if matches!(head.waiter.owner, Owner::Setup) {
                             let reply = &self.rbuf[self.framed..self.framed + frame.len];
                             if reply[0] == b'-' {
                                 tracing::warn!(
@@ -720,7 +761,7 @@ impl Connection {
             if frames > 0 {
                 let data = self.rbuf.split_to(self.framed).freeze();
                 self.framed = 0;
-                if let Some(inbox) = &head.waiter.inbox {
+                if let Owner::Client(inbox) = &head.waiter.owner {
                     inbox.deliver(Chunk { data, frames });
                     // Each reply delivered here waited this long since its run was taken.
                     self.latency.record(head.since.elapsed(), u64::from(frames));
@@ -763,22 +804,63 @@ impl Connection {
         }
     }
 
-    /// Fails the connection when its oldest request has waited `timeout` with no progress
-    /// meanwhile: no reply bytes read and no request bytes taken by the upstream (a long reply
-    /// that keeps streaming, or a large write Redis keeps reading, is not a hang). No timeout
-    /// runs while a client's command holds the upstream (see [`Holds`]).
-    fn check_timeout(&mut self, timeout: Duration, holds: &Holds) -> Result<(), UpstreamFailure> {
-        let Some(head) = self.in_flight.front() else {
+    /// The command timeout: when the oldest request has waited `timeout` with no progress
+    /// meanwhile (no reply bytes read and no request bytes taken by the upstream: a long reply
+    /// that keeps streaming, or a large write Redis keeps reading, is not a hang), its own
+    /// client is answered with the timeout and the monitor is told of a suspicion. The
+    /// connection stays, and the requests behind keep their place: the timeout may be that one
+    /// client's slow command, which must not fail the others. What follows is the upstream's:
+    /// - it moves again (the slow command ended): the late reply is dropped, the rest go on;
+    /// - it fails the probe too: the monitor counts the suspicion, and once it declares the
+    ///   upstream unavailable, what waits here fails (see [`Self::declared_unavailable`]);
+    /// - it answers the probe while this connection stays silent another `timeout`: the
+    ///   connection alone is stuck (a blocking command keywarden does not know), so it goes.
+    ///
+    /// No timeout runs while a client's command holds the upstream (see [`Holds`]).
+    fn check_timeout(
+        &mut self,
+        timeout: Duration,
+        holds: &Holds,
+        monitor: &MonitorHandle,
+    ) -> Result<(), UpstreamFailure> {
+        let Some(head) = self.in_flight.front_mut() else {
+            self.suspicion = None;
             return Ok(());
         };
+        // Once the upstream is declared unavailable no probe will clear anything until it
+        // returns: a timeout fails the connection as it did before any suspicion.
+        let judged = !monitor.snapshot().upstream_available();
+        if let Some(suspicion) = &mut self.suspicion {
+            if self.last_progress <= suspicion.since {
+                if judged {
+                    return Err(UpstreamFailure::Timeout(timeout));
+                }
+                if suspicion.cleared.is_none() && monitor.cleared(suspicion.number) {
+                    suspicion.cleared = Some(Instant::now());
+                }
+                return match suspicion.cleared {
+                    // The upstream answers; this connection has had `timeout` since to move.
+                    Some(at) if at.elapsed() >= timeout => Err(UpstreamFailure::Timeout(timeout)),
+                    _ => Ok(()),
+                };
+            }
+            self.suspicion = None;
+        }
         let Some(waiting_since) = holds.timeout_from(head.since.max(self.last_progress)) else {
             return Ok(());
         };
         if waiting_since.elapsed() >= timeout {
-            Err(UpstreamFailure::Timeout(timeout))
-        } else {
-            Ok(())
+            if judged {
+                return Err(UpstreamFailure::Timeout(timeout));
+            }
+            head.waiter.time_out(UpstreamFailure::Timeout(timeout));
+            self.suspicion = Some(Suspicion {
+                number: monitor.suspect(Cause::Timeout),
+                since: Instant::now(),
+                cleared: None,
+            });
         }
+        Ok(())
     }
 }
 
