@@ -63,8 +63,8 @@ pub struct HealthSettings {
     pub probe_interval: Duration,
     /// A probe without `+PONG` within this long failed.
     pub probe_timeout: Duration,
-    /// Consecutive failed results (timeouts, probes) that make a healthy upstream unavailable.
-    /// A refused connection or a closed socket flips it at once.
+    /// Consecutive failed results (failed probes, with the data path's timeouts they confirm)
+    /// that make a healthy upstream unavailable. A refused connect flips it at once.
     pub failure_threshold: u32,
     /// Consecutive successes that make a recovering upstream healthy again.
     pub success_threshold: u32,
@@ -85,7 +85,8 @@ pub struct UpstreamSettings {
     /// Shared (multiplexed) connections to the upstream.
     pub connections: usize,
     pub connect_timeout: Duration,
-    /// A request without a reply after this long fails, and its connection is dropped.
+    /// The oldest request on a connection without a reply after this long fails; the
+    /// connection stays while the probe judges the upstream (see `upstream::shared`).
     pub command_timeout: Duration,
     pub reconnect_backoff_min: Duration,
     pub reconnect_backoff_max: Duration,

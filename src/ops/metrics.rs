@@ -112,6 +112,12 @@ pub(crate) const UPSTREAM_CONNECTS: Metric = counter(
     &["upstream"],
     "Shared upstream connections made: first connects and reconnects.",
 );
+pub(crate) const UPSTREAM_SUSPICIONS: Metric = counter(
+    "keywarden_upstream_suspicions_total",
+    &["upstream"],
+    "Data-path failures (a timeout, an unframeable reply, a connection closed under requests) \
+     that started a probe; they count toward an outage only if it fails.",
+);
 pub(crate) const UPSTREAM_REQUEST_DURATION: Metric = Metric {
     name: "keywarden_upstream_request_duration_seconds",
     kind: Kind::Histogram,
@@ -205,6 +211,7 @@ pub(crate) const CATALOGUE: &[Metric] = &[
     CLIENTS_CLOSED_BY_LIMIT,
     CLIENT_OUTPUT_BYTES,
     UPSTREAM_CONNECTS,
+    UPSTREAM_SUSPICIONS,
     UPSTREAM_HEALTH,
     UPSTREAM_HEALTH_TRANSITIONS,
     FAIL_CLOSED_REFUSALS,
@@ -262,6 +269,7 @@ pub(crate) struct Sample {
     /// Reply bytes held for all clients.
     pub output_bytes: usize,
     pub upstream_connects: u64,
+    pub upstream_suspicions: u64,
     /// (keyspace, fail-closed refusals, degraded replies), the default keyspace last.
     pub per_keyspace: Vec<(String, u64, u64)>,
     /// (command, outcome, requests) for every pair seen.
@@ -343,6 +351,7 @@ pub(crate) struct Metrics {
     protocol_errors: Counter,
     output_bytes: Gauge,
     upstream_connects: Counter,
+    upstream_suspicions: Counter,
     /// One per state in [`STATES`] order.
     health: [Gauge; 3],
     degraded_events: Counter,
@@ -414,6 +423,11 @@ impl Metrics {
                 UPSTREAM_CONNECTS,
                 vec![Label::new("upstream", upstream.to_owned())],
             ),
+            upstream_suspicions: register_counter(
+                &recorder,
+                UPSTREAM_SUSPICIONS,
+                vec![Label::new("upstream", upstream.to_owned())],
+            ),
             health: STATES
                 .map(|s| register_gauge(&recorder, UPSTREAM_HEALTH, up(("state", s.as_str())))),
             degraded_events: event(EventKind::Degraded),
@@ -463,6 +477,8 @@ impl Metrics {
             register_counter(&self.recorder, CLIENTS_CLOSED_BY_LIMIT, labels).absolute(*n);
         }
         self.upstream_connects.absolute(sample.upstream_connects);
+        self.upstream_suspicions
+            .absolute(sample.upstream_suspicions);
         // Registered at scrape time: the recorder hands back the same series each time.
         for (command, outcome, n) in &sample.commands {
             let labels = vec![
@@ -638,6 +654,7 @@ mod tests {
             closed_by_limit: vec![("max_client_output", 3)],
             output_bytes: 4096,
             upstream_connects: 6,
+            upstream_suspicions: 7,
             per_keyspace: vec![("limits".into(), 4, 0), ("default".into(), 3, 5)],
             commands: vec![("get", "upstream", 10), ("set", "refused", 2)],
             latency: String::new(),
@@ -733,6 +750,10 @@ mod tests {
             ),
             ("keywarden_client_output_bytes".to_owned(), 4096.0),
             (format!(r#"keywarden_upstream_connects_total{{{up}}}"#), 6.0),
+            (
+                format!(r#"keywarden_upstream_suspicions_total{{{up}}}"#),
+                7.0,
+            ),
             (
                 r#"keywarden_keyspace_fail_closed_refusals_total{keyspace="limits"}"#.to_owned(),
                 4.0,

@@ -85,6 +85,7 @@ impl Server {
             closed_by_limit: self.clients.closed_by_limit(),
             output_bytes: self.clients.output(),
             upstream_connects: self.upstream.connects(),
+            upstream_suspicions: self.monitor.suspicions(),
             per_keyspace: policy.per_keyspace.totals(&policy.settings.keyspaces),
             latency: self.upstream.latency().render(
                 metrics::UPSTREAM_REQUEST_DURATION.name,

@@ -18,6 +18,8 @@
 //! - A refused connection or a closed socket is definite: the upstream is not there, so the
 //!   machine flips at once. A timeout, a malformed reply or a failed probe can be one slow or
 //!   odd reply, so only `failures` of them in a row flip it; one success resets the run.
+//!   (What the data path sees on an established connection reaches this machine only once a
+//!   probe confirmed it: see `MonitorHandle::suspect`.)
 //! - The first success opens `recovering`; `successes` more in a row close the outage, so an
 //!   upstream that answers once and dies again (a restart loop) does not. With `successes` at
 //!   1, two successes in a row. Any failure while recovering goes back to `unavailable`.

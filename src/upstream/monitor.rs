@@ -341,6 +341,11 @@ impl MonitorHandle {
         number
     }
 
+    /// Suspicions raised so far.
+    pub fn suspicions(&self) -> u64 {
+        self.shared.suspected.load(Ordering::Relaxed)
+    }
+
     /// Whether a probe that started after suspicion `number` was raised got `+PONG`: the
     /// upstream answers, so whatever raised it is not about the upstream.
     pub fn cleared(&self, number: u64) -> bool {
