@@ -104,6 +104,7 @@ static CLIENT_DISPOSITIONS: &[(&str, Disposition)] = &[
 /// Redis busy. A busy Redis answers them from any connection but the one running the script,
 /// and answers BUSY to nearly everything else, so they go on a connection of the client's own
 /// and reach the upstream whatever its health (the session does not route them by keys).
+#[inline]
 pub(crate) fn stops_a_busy_server(req: &Request) -> bool {
     let name = req.name();
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
@@ -180,10 +181,19 @@ pub enum Hold {
 /// CLIENT PAUSE. While one is in flight, another request's silent wait is Redis doing what it
 /// was told, not a hang (see `upstream::holds`). O(N) commands on big values (SUNIONSTORE,
 /// SORT, DEL of a huge key) are not listed: they are the tail the command timeout is for.
+#[inline(always)]
 pub fn holds_the_server(req: &Request) -> Option<Hold> {
+    // By length first, inline: this is asked of every request sent upstream, and most (GET,
+    // SET, ...) are ruled out here.
+    match req.name().len() {
+        4..=8 | 10 => holds_by_name(req),
+        _ => None,
+    }
+}
+
+fn holds_by_name(req: &Request) -> Option<Hold> {
     let name = req.name();
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    // By length first: this is asked of every request sent upstream.
     let holds = match name.len() {
         4 => is(b"eval") || is(b"keys") || is(b"save"),
         5 => is(b"fcall") || is(b"debug"),
@@ -215,20 +225,17 @@ pub fn disposition(req: &Request) -> Disposition {
         return DISPOSITIONS[i].1;
     }
     let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    if stops_a_busy_server(req) {
-        STATEFUL
-    } else if is(b"client") {
-        req.arg(1)
+    // By length first: most requests are none of these (GET, SET, ...).
+    match name.len() {
+        6 | 8 if stops_a_busy_server(req) => STATEFUL,
+        6 if is(b"client") => req
+            .arg(1)
             .and_then(|sub| search(CLIENT_DISPOSITIONS, sub, |e| e.0))
-            .map_or(Disposition::Shared, |(_, d)| *d)
-    } else if is(b"xread") || is(b"xreadgroup") {
-        if super::keys::xread_options(req).blocks {
+            .map_or(Disposition::Shared, |(_, d)| *d),
+        5 | 10 if (is(b"xread") || is(b"xreadgroup")) && super::keys::xread_options(req).blocks => {
             BLOCKING
-        } else {
-            Disposition::Shared
         }
-    } else {
-        Disposition::Shared
+        _ => Disposition::Shared,
     }
 }
 
