@@ -106,6 +106,9 @@ pub(crate) enum ProxyError {
     },
     /// EXEC after a queue-time error.
     ExecAbort,
+    /// EXEC that could not run because the upstream refused it (a Redis busy with a script
+    /// answers EXEC so): the refusal's text, without its `-` and line end.
+    ExecAbortBecause(String),
     MultiNested,
     WatchInsideMulti,
     ExecWithoutMulti,
@@ -212,6 +215,9 @@ impl fmt::Display for ProxyError {
             ),
             ProxyError::ExecAbort => {
                 f.write_str("EXECABORT Transaction discarded because of previous errors.")
+            }
+            ProxyError::ExecAbortBecause(error) => {
+                write!(f, "EXECABORT Transaction discarded because of: {error}")
             }
             ProxyError::MultiNested => f.write_str("ERR MULTI calls can not be nested"),
             ProxyError::WatchInsideMulti => f.write_str("ERR WATCH inside MULTI is not allowed"),

@@ -332,6 +332,51 @@ async fn busy_upstream_answers_a_new_dedicated_connection_in_its_own_words() {
     // GET in database 1 needs a connection of the client's own, set up with SELECT 1.
     assert_eq!(show_bytes(&c.cmd(&["GET", "k"]).await), show_bytes(&busy));
     assert_eq!(direct.cmd(&["SCRIPT", "KILL"]).await, b"+OK\r\n");
+    looping.frame().await;
+    // Nothing was built upstream: the client stays, as on Redis, and is served once it is over.
+    assert_eq!(c.cmd(&["GET", "k"]).await, b"$-1\r\n");
+    proxy.shutdown().await;
+}
+
+/// EXEC of a transaction that needs a connection of the client's own (database 1), while
+/// Redis is busy with a script, is answered as Redis answers EXEC then, EXECABORT because of
+/// BUSY, with nothing applied; nothing was built upstream, so the client stays connected and
+/// runs its next transaction once the script is over, as on Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_while_busy_is_aborted_in_redis_words_and_the_client_stays() {
+    let redis = redis_busy_after_50ms().await;
+    let mut s = settings(&redis.addr());
+    s.health.probe_interval = Duration::from_secs(30);
+    let proxy = Proxy::start(s).await;
+    wait_until_served(&proxy).await;
+    let mut c = RawClient::connect(proxy.addr).await;
+    assert_eq!(c.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["INCR", "xx"]).await, b"+QUEUED\r\n");
+    let mut looping = RawClient::connect(redis.addr()).await;
+    looping.send(&[&["EVAL", "while true do end", "0"]]).await;
+    let mut direct = RawClient::connect(redis.addr()).await;
+    let busy = loop {
+        let reply = direct.cmd(&["GET", "k"]).await;
+        if reply.starts_with(b"-BUSY") {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut abort = b"-EXECABORT Transaction discarded because of: ".to_vec();
+    abort.extend_from_slice(&busy[1..]);
+    assert_eq!(show_bytes(&c.cmd(&["EXEC"]).await), show_bytes(&abort));
+    assert_eq!(direct.cmd(&["SCRIPT", "KILL"]).await, b"+OK\r\n");
+    looping.frame().await;
+    assert_eq!(c.cmd(&["PING"]).await, b"+PONG\r\n");
+    assert_eq!(
+        c.cmd(&["GET", "xx"]).await,
+        b"$-1\r\n",
+        "nothing was applied"
+    );
+    assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
+    assert_eq!(c.cmd(&["INCR", "xx"]).await, b"+QUEUED\r\n");
+    assert_eq!(c.cmd(&["EXEC"]).await, b"*1\r\n:1\r\n");
     proxy.shutdown().await;
 }
 

@@ -58,6 +58,11 @@ pub(crate) struct Dedicated {
     /// Redis's BUSY or LOADING error to a setup command: the server cannot serve anyone yet,
     /// and the client is told so in Redis's words, as it would be if connected directly.
     refused_with: Option<Bytes>,
+    /// A reply to one of the client's requests has come (so the client may have built state
+    /// on this connection).
+    answered: bool,
+    /// The request that opened the connection is a transaction's EXEC.
+    opened_for_exec: bool,
 }
 
 struct Outstanding {
@@ -106,6 +111,8 @@ impl Dedicated {
             upstream_id: None,
             asked_id: false,
             refused_with: None,
+            answered: false,
+            opened_for_exec: false,
         })
     }
 
@@ -198,6 +205,22 @@ impl Dedicated {
     /// connection failed (see [`Dedicated::next_replies`]).
     pub(crate) fn refused_with(&mut self) -> Option<Bytes> {
         self.refused_with.take()
+    }
+
+    /// Whether the connection was refused before any of the client's requests was answered
+    /// on it: nothing the client built upstream is lost with it, as none was built.
+    pub(crate) fn refused_at_setup(&self) -> bool {
+        self.refused_with.is_some() && !self.answered
+    }
+
+    /// The request that opens this connection is a transaction's EXEC (after its MULTI and
+    /// queued commands, discarded): a refusal answers it as Redis answers EXEC then.
+    pub(crate) fn mark_opened_for_exec(&mut self) {
+        self.opened_for_exec = true;
+    }
+
+    pub(crate) fn opened_for_exec(&self) -> bool {
+        self.opened_for_exec
     }
 
     pub(crate) fn is_paired(&self) -> bool {
@@ -368,6 +391,7 @@ impl Dedicated {
             if !silent {
                 self.framed += frame.len;
                 answered += u32::from(!frame.push);
+                self.answered = true;
                 continue;
             }
             // A queued command's error is Redis's answer (EXEC will say EXECABORT); a setup

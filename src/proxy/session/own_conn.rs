@@ -43,6 +43,7 @@ impl Busy {
                 if rest.is_empty() {
                     ded.queue(&req, props);
                 } else {
+                    ded.mark_opened_for_exec();
                     ded.queue_discarded(&req);
                     let (exec, queued) = rest.split_last().expect("a transaction ends in EXEC");
                     for r in queued {
@@ -152,9 +153,26 @@ impl Busy {
     /// The dedicated connection failed: every unanswered request gets an error reply, in order
     /// with the proxy's own replies, then the client is closed, since the state it built
     /// upstream (transaction, subscriptions, blocking) is gone and its library must start over.
+    /// Unless Redis refused the connection's setup with BUSY or LOADING before answering any
+    /// of the client's requests: then the client is answered in Redis's words (EXEC with
+    /// Redis's EXECABORT) and stays, with nothing lost, as it would on Redis; its next request
+    /// that needs a connection of its own opens another.
     pub(super) fn lose_dedicated(&mut self, why: UpstreamFailure) {
-        let refused = self.dedicated.take().and_then(|mut d| d.refused_with());
-        let err = refused.unwrap_or_else(|| ProxyError::from(why).to_reply());
+        let (refused, at_setup, exec) = match self.dedicated.take() {
+            Some(mut d) => {
+                let (at_setup, exec) = (d.refused_at_setup(), d.opened_for_exec());
+                (d.refused_with(), at_setup, exec)
+            }
+            None => (None, false, false),
+        };
+        let err = match refused {
+            Some(line) if exec => {
+                let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
+                ProxyError::ExecAbortBecause(text).to_reply()
+            }
+            Some(line) => line,
+            None => ProxyError::from(why).to_reply(),
+        };
         if matches!(self.stalled, Some((_, Stall::Reset))) {
             // The RESET sent to that connection is owed a reply too.
             self.stalled = None;
@@ -171,7 +189,9 @@ impl Busy {
                 Slot::Local(reply) => self.push_out(reply),
             }
         }
-        self.closing = true;
-        self.inbuf.clear();
+        if !at_setup {
+            self.closing = true;
+            self.inbuf.clear();
+        }
     }
 }
