@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -217,6 +217,41 @@ async fn local_replies_stay_in_order_on_a_dedicated_connection() {
     assert_eq!(c.cmd(&["SELECT", "0"]).await, simple("OK"));
     assert_eq!(c.cmd(&["GET", "tmp:x"]).await, Frame::Null);
     assert_eq!(c.cmd(&["GET", "up"]).await, Frame::Null);
+    proxy.shutdown().await;
+}
+
+/// CLIENT LIST shows `flags=b` for a client blocked in a blocking command (on its own upstream
+/// connection) and `flags=N` otherwise, as Redis does; tools and Redis's own test suite wait
+/// for blocked clients this way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_list_flags_a_blocked_client() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut blocked = RawClient::connect(proxy.addr).await;
+    let id = String::from_utf8(blocked.cmd(&["CLIENT", "ID"]).await).unwrap();
+    let id = id.trim_start_matches(':').trim_end().to_owned();
+    let mut other = RawClient::connect(proxy.addr).await;
+    let flags = |list: Vec<u8>| {
+        let list = String::from_utf8(list).unwrap();
+        list.split_whitespace()
+            .find_map(|f| f.strip_prefix("flags=").map(str::to_owned))
+            .unwrap_or_else(|| panic!("no flags in {list}"))
+    };
+    assert_eq!(flags(other.cmd(&["CLIENT", "LIST", "ID", &id]).await), "N");
+    blocked.send(&[&["BLPOP", "q", "0"]]).await;
+    wait_until_blocked(&redis).await;
+    let start = Instant::now();
+    loop {
+        let now = flags(other.cmd(&["CLIENT", "LIST", "ID", &id]).await);
+        if now == "b" {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "flags={now} while blocked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(other.cmd(&["RPUSH", "q", "x"]).await, b":1\r\n");
+    assert_eq!(blocked.frame().await, b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n");
+    assert_eq!(flags(other.cmd(&["CLIENT", "LIST", "ID", &id]).await), "N");
     proxy.shutdown().await;
 }
 

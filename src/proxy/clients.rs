@@ -322,11 +322,13 @@ impl Clients {
                     .unwrap_or_default()
             };
             out.push_str(&format!(
-                "id={} addr={} name={} age={} db={} user={} lib-name={} lib-ver={} resp={}\n",
+                "id={} addr={} name={} age={} flags={} db={} user={} lib-name={} lib-ver={} \
+                 resp={}\n",
                 e.id,
                 e.addr.map(|a| a.to_string()).unwrap_or_default(),
                 text(&l.name),
                 now.saturating_sub(e.since),
+                if e.inbox.is_blocked() { "b" } else { "N" },
                 l.db,
                 l.user
                     .as_deref()

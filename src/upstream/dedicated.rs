@@ -232,6 +232,11 @@ impl Dedicated {
         !self.outstanding.is_empty()
     }
 
+    /// True while a blocking command sent here is unanswered (Redis's `b` client flag).
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.paired && self.outstanding.iter().any(|o| o.blocking)
+    }
+
     /// True while the client waits on a blocking command or listens to pushes: Redis exempts
     /// such clients from its idle timeout, and so does the proxy.
     pub(crate) fn is_waiting(&self) -> bool {

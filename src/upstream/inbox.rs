@@ -34,6 +34,8 @@ pub(crate) struct Inbox {
     /// The health monitor declared the upstream unavailable: a session waiting on its own
     /// upstream connection (blocked, subscribed) gives it up when it notices.
     upstream_lost: AtomicBool,
+    /// The client waits in a blocking command, as its session last said (CLIENT LIST's `b`).
+    blocked: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -68,6 +70,17 @@ impl Inbox {
     /// Whether the upstream was declared unavailable since the last time this was asked.
     pub(crate) fn take_upstream_lost(&self) -> bool {
         self.upstream_lost.swap(false, Ordering::AcqRel)
+    }
+
+    /// Records whether the client waits in a blocking command (a store only when it changes).
+    pub(crate) fn set_blocked(&self, blocked: bool) {
+        if self.blocked.load(Ordering::Relaxed) != blocked {
+            self.blocked.store(blocked, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Relaxed)
     }
 
     pub(crate) fn is_killed(&self) -> bool {

@@ -429,6 +429,11 @@ impl Busy {
 
     /// Records in [`Clients`] the id in Redis of the client's own connection, or that it has
     /// none, when that changed (CLIENT UNBLOCK of this client names it).
+    /// Tells CLIENT LIST whether the client waits in a blocking command.
+    pub(super) fn list_blocked(&self, inbox: &Inbox) {
+        inbox.set_blocked(self.dedicated.as_ref().is_some_and(|d| d.is_blocked()));
+    }
+
     pub(super) fn list_upstream_id(&mut self, clients: &Clients) {
         let id = self.dedicated.as_ref().and_then(|d| d.upstream_id());
         if id != self.listed_upstream_id {

@@ -234,6 +234,7 @@ impl Session {
                 }
                 b.flush(&self.stream)?;
                 b.list_upstream_id(&self.server.clients);
+                b.list_blocked(&self.inbox);
                 if let Some(limit) = b.output_limit(&ctx.settings.limits, &self.server.clients) {
                     // Redis closes such a client without a reply; so does keywarden.
                     tracing::warn!(
