@@ -65,6 +65,15 @@ async fn same_as_redis(c: &mut Client, direct: &mut Client, prefix: &str) {
             vec!["DISCARD".into()],
             vec!["EXISTS".into(), k("e")],
         ],
+        // Commands Redis flags no_multi are refused when queued, and EXEC aborts.
+        vec![
+            vec!["MULTI".into()],
+            vec!["SET".into(), k("f"), "1".into()],
+            vec!["SAVE".into()],
+            vec!["SHUTDOWN".into()],
+            vec!["EXEC".into()],
+            vec!["EXISTS".into(), k("f")],
+        ],
         vec![
             vec!["WATCH".into(), k("w")],
             vec!["MULTI".into()],

@@ -136,6 +136,10 @@ impl Busy {
                 let command = cmd.name().to_owned();
                 return Err(ProxyError::Arity { command }.to_reply());
             }
+            // SAVE, SHUTDOWN, ...: Redis flags them `no_multi`.
+            if cmd.flags().contains(command::Flags::NO_MULTI) {
+                return Err(ProxyError::NotAllowedInMulti.to_reply());
+            }
             if req.name().eq_ignore_ascii_case(b"select") {
                 let valid = req
                     .arg(1)
