@@ -176,6 +176,23 @@ fn users() -> Users {
                 keyspaces: Vec::new(),
             },
         ),
+        // Every key, but only reads and scripting (keywarden only: not in AclRedis).
+        User::new(
+            "scripter".into(),
+            PasswordHash::of(PASSWORD.as_bytes()),
+            CommandAccess::of(read | Categories::from_name("scripting").unwrap()),
+            KeyAccess::All,
+        ),
+        // Every command, but only `t1:` keys (keywarden only: not in AclRedis).
+        User::new(
+            "tenant".into(),
+            PasswordHash::of(PASSWORD.as_bytes()),
+            CommandAccess::All,
+            KeyAccess::Only {
+                patterns: vec![Pattern::parse(b"t1:")],
+                keyspaces: Vec::new(),
+            },
+        ),
     ])
 }
 
@@ -721,6 +738,115 @@ const UNAUTHENTICATED_SESSION: &[&[&str]] = &[
     &["HELLO", "3", "AUTH", "reader", "wrong"],
     &["GET", "cache:x"],
 ];
+
+/// SORT's `BY <pattern>` and `GET` read keys that no argument names: refused to a user without
+/// every key exactly as Redis refuses them (here `reader`, limited to `cache:*`, who could
+/// otherwise read `secret:*` through `SORT_RO cache:ids BY nosort GET secret:*`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sort_patterns_are_refused_as_redis_refuses_them() {
+    let redis = RedisServer::start();
+    let acl = AclRedis::start();
+    let proxy = Proxy::start(secured_settings(&redis)).await;
+    let session: &[&[&str]] = &[
+        &["AUTH", "reader", PASSWORD],
+        &["SORT_RO", "cache:ids"],
+        &["SORT_RO", "cache:ids", "BY", "nosort"],
+        &["SORT_RO", "cache:ids", "BY", "nosort", "GET", "secret:*"],
+        &["SORT_RO", "cache:ids", "GET", "#"],
+        &["SORT_RO", "cache:ids", "BY", "w_*"],
+        &[
+            "SORT_RO",
+            "cache:ids",
+            "ALPHA",
+            "DESC",
+            "LIMIT",
+            "0",
+            "1",
+            "BY",
+            "w_*",
+        ],
+        &["SORT_RO", "cache:ids", "LIMIT", "x", "1", "GET", "y"],
+        &["SORT_RO", "cache:ids", "STORE", "cache:d", "GET", "y"],
+        &["SORT_RO", "cache:ids", "GET"],
+        &["SORT_RO", "secret:ids", "GET", "y"],
+        &["SORT", "cache:ids", "GET", "y"],
+        &["AUTH", "admin", PASSWORD],
+        &["SORT_RO", "cache:ids", "BY", "nosort", "GET", "secret:*"],
+        &[
+            "SORT",
+            "cache:ids",
+            "BY",
+            "w_*",
+            "GET",
+            "#",
+            "STORE",
+            "cache:out",
+        ],
+    ];
+    assert_same(proxy.addr, &acl.addr(), session).await;
+    proxy.shutdown().await;
+}
+
+/// What the proxy cannot check is refused unless the user could do anything anyway: scripts
+/// and functions run upstream as the proxy's own user (any command, any key), so they need
+/// every command and every key; a command the proxy does not know (newer than Redis 7.0, or a
+/// module's) has keys it cannot find, so a user with key limits may not run it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_and_unknown_commands_need_a_user_the_proxy_can_check_completely() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(secured_settings(&redis)).await;
+    let noperm = |name: &str| {
+        format!("-NOPERM this user has no permissions to run the '{name}' command\r\n").into_bytes()
+    };
+    let mut scripter = RawClient::connect(proxy.addr).await;
+    assert_eq!(
+        scripter.cmd(&["AUTH", "scripter", PASSWORD]).await,
+        b"+OK\r\n"
+    );
+    let del = "return redis.call('DEL', 'rl:x')";
+    let lib = "#!lua name=lib\nredis.register_function('f', function() return 1 end)";
+    assert_eq!(scripter.cmd(&["EVAL", del, "0"]).await, noperm("eval"));
+    assert_eq!(
+        scripter.cmd(&["EVAL_RO", "return 1", "0"]).await,
+        noperm("eval_ro")
+    );
+    assert_eq!(
+        scripter.cmd(&["SCRIPT", "LOAD", del]).await,
+        noperm("script|load")
+    );
+    assert_eq!(
+        scripter.cmd(&["FUNCTION", "LOAD", lib]).await,
+        noperm("function|load")
+    );
+    assert_eq!(
+        scripter.cmd(&["FUNCTION", "FLUSH"]).await,
+        noperm("function|flush")
+    );
+    assert_eq!(scripter.cmd(&["FCALL", "f", "0"]).await, noperm("fcall"));
+    assert_eq!(
+        scripter.cmd(&["SCRIPT", "EXISTS", "abc"]).await,
+        b"*1\r\n:0\r\n"
+    );
+    let mut tenant = RawClient::connect(proxy.addr).await;
+    assert_eq!(tenant.cmd(&["AUTH", "tenant", PASSWORD]).await, b"+OK\r\n");
+    assert_eq!(
+        tenant.cmd(&["HGETDEL", "t1:h", "FIELDS", "1", "f"]).await,
+        noperm("hgetdel")
+    );
+    assert_eq!(tenant.cmd(&["EVAL", "return 1", "0"]).await, noperm("eval"));
+    assert_eq!(tenant.cmd(&["GET", "t1:x"]).await, b"$-1\r\n");
+    // A user with every permission runs them; an unknown command goes to Redis, which answers.
+    let mut admin = RawClient::connect(proxy.addr).await;
+    assert_eq!(admin.cmd(&["AUTH", "admin", PASSWORD]).await, b"+OK\r\n");
+    assert_eq!(admin.cmd(&["EVAL", "return 1", "0"]).await, b":1\r\n");
+    let unknown = admin.cmd(&["HGETDEL", "t1:h", "FIELDS", "1", "f"]).await;
+    assert!(
+        unknown.starts_with(b"-ERR unknown command 'HGETDEL'"),
+        "{}",
+        show_bytes(&unknown)
+    );
+    proxy.shutdown().await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissions_hold_in_every_mode_and_while_the_upstream_is_down() {

@@ -284,6 +284,65 @@ pub(super) fn xread_options(req: &Request) -> XreadOptions {
     options
 }
 
+/// An option of SORT or SORT_RO that reads keys its arguments do not name: `BY` with a
+/// pattern (one containing `*`) and `GET`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SortPattern {
+    By,
+    Get,
+}
+
+impl SortPattern {
+    /// The option as Redis names it in its error.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SortPattern::By => "BY",
+            SortPattern::Get => "GET",
+        }
+    }
+}
+
+/// The first pattern option of a SORT or SORT_RO request that Redis refuses to a user without
+/// access to every key, walking the options as `sortCommandGeneric` does: `None` when there is
+/// none, and when Redis stops first at something else (a LIMIT that is not a number, a syntax
+/// error), which Redis answers itself. Not a sort: `None`.
+pub fn sort_pattern(req: &Request) -> Option<SortPattern> {
+    let name = req.name();
+    let readonly = name.eq_ignore_ascii_case(b"sort_ro");
+    if !readonly && !name.eq_ignore_ascii_case(b"sort") {
+        return None;
+    }
+    let args = Args(req);
+    let argc = args.argc();
+    let mut j = 2;
+    while j < argc {
+        let left = argc - j - 1;
+        if args.is(j, "asc") || args.is(j, "desc") || args.is(j, "alpha") {
+        } else if args.is(j, "limit") && left >= 2 {
+            let long = |i| args.get(i).and_then(string2ll).is_some();
+            if !long(j + 1) || !long(j + 2) {
+                return None;
+            }
+            j += 2;
+        } else if !readonly && args.is(j, "store") && left >= 1 {
+            j += 1;
+        } else if args.is(j, "by") && left >= 1 {
+            // `strchr(pattern, '*')`: up to the first NUL, as C sees the string.
+            let pattern = args.get(j + 1).unwrap_or_default();
+            if pattern.iter().take_while(|&&b| b != 0).any(|&b| b == b'*') {
+                return Some(SortPattern::By);
+            }
+            j += 1;
+        } else if args.is(j, "get") && left >= 1 {
+            return Some(SortPattern::Get);
+        } else {
+            return None;
+        }
+        j += 1;
+    }
+    None
+}
+
 struct Args<'a>(&'a Request);
 
 impl Args<'_> {

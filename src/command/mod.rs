@@ -85,7 +85,7 @@ use name_index::{Memo, NameIndex, MAX_NAME};
 
 pub(crate) use disposition::stops_a_busy_server;
 pub use disposition::{block_timeout, disposition, holds_the_server, Disposition, Hold, Stateful};
-pub use keys::{keys, KeyError, Keys};
+pub use keys::{keys, sort_pattern, KeyError, Keys, SortPattern};
 
 /// The Redis version the table was generated from.
 pub const REDIS_VERSION: &str = table::REDIS_VERSION;

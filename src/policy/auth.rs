@@ -24,17 +24,23 @@
 //! 2. every key it names must match one of the user's key patterns or belong (by
 //!    [`Keyspaces::classify`], the routing's own answer) to one of the user's keyspaces.
 //!
-//! Two rules go further than Redis, because the proxy cannot see what the upstream would do:
-//! a command the table does not know is allowed only to a user with every category (the
-//! upstream may know it, under a module, and run it), and a user limited to some keys may not
-//! run scripts (EVAL, FCALL, ...): the upstream runs them as the proxy's own user, so a script
-//! could reach keys that its arguments do not name.
+//! Rules that go further than Redis, because the proxy cannot see what the upstream would do:
+//! - a command the table does not know is allowed only to a user with every command and every
+//!   key (the upstream may know it, a newer command or a module's, and run it on keys the
+//!   proxy cannot find): otherwise it is Redis's unknown-command error, or NOPERM for a user
+//!   with every command but not every key;
+//! - code the proxy cannot look into (EVAL, EVALSHA, FCALL and their `_RO` forms, and what
+//!   plants it: SCRIPT LOAD, FUNCTION LOAD, DELETE, RESTORE and FLUSH) runs upstream as the
+//!   proxy's own user, with every permission, so only a user with every command and every key
+//!   may run it; anyone else gets NOPERM for it;
+//! - SORT and SORT_RO's `BY <pattern>` and `GET` read keys named by a pattern: as in Redis,
+//!   only a user with every key may use them ([`Users::check_sort`]).
 
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::command::{Categories, CommandInfo, Flags};
+use crate::command::{Categories, CommandInfo, Flags, SortPattern};
 use crate::policy::keyspace::{Keyspaces, Membership, Pattern};
 
 /// The name Redis gives the user that `AUTH <password>` logs in as.
@@ -102,6 +108,12 @@ pub enum Denial {
     /// beginning with: ...`, which needs the request's arguments): Redis looks a command up
     /// before it checks permissions, so no user ever sees NOPERM for one.
     UnknownCommand,
+    /// The command table does not know the command, and the user has every command but not
+    /// every key: the proxy cannot find its keys to check them. Answer it as
+    /// [`Denial::Command`] with the request's name in lower case.
+    Unclassified,
+    /// SORT's `BY` with a pattern, or `GET`, from a user without every key.
+    SortPattern(SortPattern),
 }
 
 /// Why `AUTH` (or `HELLO ... AUTH`) failed, or why `HELLO` needs it.
@@ -268,12 +280,13 @@ impl User {
         keyspaces: &Keyspaces,
     ) -> Result<(), Denial> {
         let Some(cmd) = cmd else {
-            return match self.commands {
-                CommandAccess::All => Ok(()),
-                CommandAccess::Categories(_) => Err(Denial::UnknownCommand),
+            return match (&self.commands, &self.keys) {
+                (CommandAccess::All, KeyAccess::All) => Ok(()),
+                (CommandAccess::All, KeyAccess::Only { .. }) => Err(Denial::Unclassified),
+                (CommandAccess::Categories(_), _) => Err(Denial::UnknownCommand),
             };
         };
-        if !self.commands.allows(cmd) || self.script_escapes_keys(cmd) {
+        if !self.commands.allows(cmd) || (runs_code(cmd) && !self.unrestricted()) {
             return Err(Denial::Command(cmd.name().to_owned()));
         }
         if keys.iter().all(|key| self.keys.allows(key, keyspaces)) {
@@ -283,13 +296,30 @@ impl User {
         }
     }
 
-    /// A script (EVAL, FCALL, ...) runs upstream as the proxy's user and may touch keys it does
-    /// not declare, so only a user who may access every key can run one.
-    fn script_escapes_keys(&self, cmd: &CommandInfo) -> bool {
-        self.keys != KeyAccess::All
-            && cmd.categories().contains(Categories::SCRIPTING)
-            && cmd.has_keys()
+    /// Every command and every key: nothing the upstream runs for this user can go beyond
+    /// what the proxy checks.
+    fn unrestricted(&self) -> bool {
+        self.commands == CommandAccess::All && self.keys == KeyAccess::All
     }
+}
+
+/// Runs or plants code the proxy cannot look into: scripts and functions, which the upstream
+/// runs as the proxy's own user (see the module doc).
+fn runs_code(cmd: &CommandInfo) -> bool {
+    matches!(
+        cmd.name(),
+        "eval"
+            | "evalsha"
+            | "eval_ro"
+            | "evalsha_ro"
+            | "fcall"
+            | "fcall_ro"
+            | "script|load"
+            | "function|load"
+            | "function|delete"
+            | "function|restore"
+            | "function|flush"
+    )
 }
 
 impl Default for Users {
@@ -403,6 +433,21 @@ impl Users {
             (None, Some(_)) => Err(Denial::NoAuth),
         }
     }
+
+    /// SORT and SORT_RO's pattern options (see [`crate::command::sort_pattern`]): refused, as
+    /// Redis refuses them, to a user without every key. Asked once [`Users::check`] passed.
+    pub fn check_sort(
+        &self,
+        who: Option<UserId>,
+        pattern: Option<SortPattern>,
+    ) -> Result<(), Denial> {
+        match (who, pattern) {
+            (Some(id), Some(p)) if self.user(id).keys != KeyAccess::All => {
+                Err(Denial::SortPattern(p))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl fmt::Display for Denial {
@@ -417,8 +462,14 @@ impl fmt::Display for Denial {
             Denial::Key => f.write_str(
                 "NOPERM this user has no permissions to access one of the keys used as arguments",
             ),
-            // Only a stand-in: see the variant's doc for the reply to send.
+            // Only stand-ins: see the variants' docs for the reply to send.
             Denial::UnknownCommand => f.write_str("ERR unknown command"),
+            Denial::Unclassified => f.write_str("NOPERM this user has no permissions"),
+            Denial::SortPattern(p) => write!(
+                f,
+                "ERR {} option of SORT denied due to insufficient ACL permissions.",
+                p.as_str()
+            ),
         }
     }
 }

@@ -348,8 +348,13 @@ impl<'a> Ctx<'a> {
             .collect();
         users
             .check(who, cmd, &keys, &self.settings.keyspaces)
+            .and_then(|()| users.check_sort(who, command::sort_pattern(req)))
             .map_err(|denial| match denial {
                 Denial::UnknownCommand => engine::unknown_command(req),
+                Denial::Unclassified => {
+                    let name = String::from_utf8_lossy(req.name()).to_lowercase();
+                    error::reply(&Denial::Command(name))
+                }
                 denial => error::reply(&denial),
             })
     }

@@ -52,6 +52,23 @@ fn users() -> Users {
                 keyspaces: vec![Membership::Named(0)],
             },
         ),
+        // Every key, some categories: a script could still run any command.
+        User::new(
+            "scripter".into(),
+            PasswordHash::of(b"scripter-pw"),
+            categories(&["read", "scripting"]),
+            KeyAccess::All,
+        ),
+        // Every command, some keys: a command the table does not know names keys unseen.
+        User::new(
+            "tenant".into(),
+            PasswordHash::of(b"tenant-pw"),
+            CommandAccess::All,
+            KeyAccess::Only {
+                patterns: vec![Pattern::parse(b"t1:*")],
+                keyspaces: vec![],
+            },
+        ),
         User::new(
             DEFAULT_USER.into(),
             PasswordHash::of(b"default-pw"),
@@ -231,11 +248,76 @@ fn permissions_are_enforced() {
         (Some("limiter"), "incr", None, &["rl:user:1"], Ok(())),
         (Some("limiter"), "incr", None, &["cache:x"], Err(Key)),
         (Some("limiter"), "get", None, &["rl:x"], Ok(())), // @string, not @read
-        // A limited user cannot run a script, which could reach other keys...
+        // Code the proxy cannot see into runs upstream with every permission: scripts and
+        // functions, and what loads them, only for a user with every command and every key.
         (Some("limiter"), "eval", None, &["rl:1"], noperm("eval")),
+        (Some("limiter"), "eval", None, &[], noperm("eval")),
         (Some("limiter"), "fcall", None, &["rl:1"], noperm("fcall")),
-        // ...but may manage them: SCRIPT LOAD names no key.
-        (Some("limiter"), "script", Some("load"), &[], Ok(())),
+        (
+            Some("limiter"),
+            "script",
+            Some("load"),
+            &[],
+            noperm("script|load"),
+        ),
+        (Some("scripter"), "eval", None, &[], noperm("eval")),
+        (Some("scripter"), "evalsha", None, &["x"], noperm("evalsha")),
+        (Some("scripter"), "eval_ro", None, &[], noperm("eval_ro")),
+        (
+            Some("scripter"),
+            "evalsha_ro",
+            None,
+            &[],
+            noperm("evalsha_ro"),
+        ),
+        (Some("scripter"), "fcall_ro", None, &[], noperm("fcall_ro")),
+        (
+            Some("scripter"),
+            "function",
+            Some("load"),
+            &[],
+            noperm("function|load"),
+        ),
+        (
+            Some("scripter"),
+            "function",
+            Some("delete"),
+            &[],
+            noperm("function|delete"),
+        ),
+        (
+            Some("scripter"),
+            "function",
+            Some("restore"),
+            &[],
+            noperm("function|restore"),
+        ),
+        (
+            Some("scripter"),
+            "function",
+            Some("flush"),
+            &[],
+            noperm("function|flush"),
+        ),
+        (
+            Some("scripter"),
+            "script",
+            Some("load"),
+            &[],
+            noperm("script|load"),
+        ),
+        // What only reads or stops code is the category's to allow.
+        (Some("scripter"), "script", Some("exists"), &[], Ok(())),
+        (Some("scripter"), "function", Some("list"), &[], Ok(())),
+        (Some("scripter"), "script", Some("kill"), &[], Ok(())),
+        (Some("scripter"), "get", None, &["anything"], Ok(())),
+        (Some("tenant"), "eval", None, &[], noperm("eval")),
+        (Some("admin"), "function", Some("load"), &[], Ok(())),
+        // A command the table does not know: a user with key limits is refused (its keys
+        // cannot be checked), named as Redis names a command it refuses.
+        (Some("tenant"), "nosuch", None, &[], Err(Unclassified)),
+        (Some("tenant"), "get", None, &["t1:x"], Ok(())),
+        (Some("scripter"), "nosuch", None, &[], Err(UnknownCommand)),
         // `default` limited to the default keyspace: keys of no named keyspace.
         (Some("default"), "get", None, &["plain"], Ok(())),
         (Some("default"), "get", None, &["rl:1"], Err(Key)),
