@@ -626,10 +626,26 @@ fn log_level(text: &str) -> Result<(), String> {
     if !text.is_ascii() {
         return Err(format!("{text:?} is not ASCII; a tracing filter is"));
     }
-    EnvFilter::try_new(text).map_err(|e| format!("{text:?} is not a tracing filter: {e}"))?;
+    // Levels and targets only: a span or field filter's value is a regular expression, and
+    // compiling a crafted one took seconds (found by the config fuzzer), on every reload too.
     for directive in text.split(',').map(str::trim) {
+        let target = match directive.split_once('=') {
+            Some((target, _)) => target,
+            None => "",
+        };
+        let is_path = |t: &str| {
+            !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+        };
+        if directive.matches('=').count() > 1 || (directive.contains('=') && !is_path(target)) {
+            return Err(format!(
+                "{directive:?} is not a level, or target=level (span and field filters are not \
+                 supported), e.g. \"keywarden=debug\""
+            ));
+        }
         if !directive.is_empty()
-            && !directive.contains(['=', '['])
+            && !directive.contains('=')
             && LevelFilter::from_str(directive).is_err()
         {
             return Err(format!(
@@ -637,5 +653,6 @@ fn log_level(text: &str) -> Result<(), String> {
             ));
         }
     }
+    EnvFilter::try_new(text).map_err(|e| format!("{text:?} is not a tracing filter: {e}"))?;
     Ok(())
 }

@@ -567,6 +567,24 @@ fn log_settings_are_checked() {
         "log.level",
         "is not ASCII",
     );
+    // Found by the config fuzzer: a span or field filter's value is a regular expression, and
+    // compiling a crafted one took the loader (and so a hot reload) many seconds. keywarden's
+    // filter is levels and targets only.
+    for slow in [
+        "keywarden[span{field=x}]=debug",
+        "[{D.vvv=vvvv1vvvvvvttttttttttttttttttttt|ttt..........................vvvvvvv}]",
+        "keywarden[span]=debug",
+        "key warden=debug",
+        "keywarden=debug=info",
+    ] {
+        let started = std::time::Instant::now();
+        assert_problem(
+            &format!("[log]\nlevel = {slow:?}"),
+            "log.level",
+            "a level, or target=level",
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
     assert_problem(
         "[log]\nformat = \"xml\"",
         "log.format",
