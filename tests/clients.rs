@@ -183,6 +183,13 @@ fn users() -> Users {
             CommandAccess::of(read | Categories::from_name("scripting").unwrap()),
             KeyAccess::All,
         ),
+        // Reads and connection commands, as the example config's sample user (keywarden only).
+        User::new(
+            "app".into(),
+            PasswordHash::of(PASSWORD.as_bytes()),
+            CommandAccess::of(read | Categories::from_name("connection").unwrap()),
+            KeyAccess::All,
+        ),
         // Every command, but only `t1:` keys (keywarden only: not in AclRedis).
         User::new(
             "tenant".into(),
@@ -844,6 +851,47 @@ async fn code_and_unknown_commands_need_a_user_the_proxy_can_check_completely() 
         unknown.starts_with(b"-ERR unknown command 'HGETDEL'"),
         "{}",
         show_bytes(&unknown)
+    );
+    proxy.shutdown().await;
+}
+
+/// What acts on the upstream server as a whole or on other clients (what Redis flags `admin`:
+/// CLIENT KILL, CLIENT LIST, CLIENT PAUSE, CONFIG, ...) needs every command or the admin
+/// category, though Redis would let `+@connection` run CLIENT KILL; FLUSHALL and FLUSHDB need
+/// every key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_wide_commands_need_an_administrator() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(secured_settings(&redis)).await;
+    let noperm = |name: &str| {
+        format!("-NOPERM this user has no permissions to run the '{name}' command\r\n").into_bytes()
+    };
+    let mut app = RawClient::connect(proxy.addr).await;
+    assert_eq!(app.cmd(&["AUTH", "app", PASSWORD]).await, b"+OK\r\n");
+    assert_eq!(app.cmd(&["CLIENT", "LIST"]).await, noperm("client|list"));
+    assert_eq!(
+        app.cmd(&["CLIENT", "KILL", "ID", "1"]).await,
+        noperm("client|kill")
+    );
+    assert_eq!(
+        app.cmd(&["CLIENT", "PAUSE", "10000", "ALL"]).await,
+        noperm("client|pause")
+    );
+    assert_eq!(app.cmd(&["CLIENT", "SETNAME", "web"]).await, b"+OK\r\n");
+    assert_eq!(
+        app.cmd(&["CONFIG", "SET", "maxmemory", "1"]).await,
+        noperm("config|set")
+    );
+    let mut tenant = RawClient::connect(proxy.addr).await;
+    assert_eq!(tenant.cmd(&["AUTH", "tenant", PASSWORD]).await, b"+OK\r\n");
+    assert_eq!(tenant.cmd(&["FLUSHALL"]).await, noperm("flushall"));
+    assert_eq!(tenant.cmd(&["FLUSHDB"]).await, noperm("flushdb"));
+    let mut admin = RawClient::connect(proxy.addr).await;
+    assert_eq!(admin.cmd(&["AUTH", "admin", PASSWORD]).await, b"+OK\r\n");
+    assert!(admin.cmd(&["CLIENT", "LIST"]).await.starts_with(b"$"));
+    assert_eq!(
+        admin.cmd(&["CONFIG", "GET", "maxmemory"]).await,
+        b"*2\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n"
     );
     proxy.shutdown().await;
 }

@@ -34,7 +34,12 @@
 //!   proxy's own user, with every permission, so only a user with every command and every key
 //!   may run it; anyone else gets NOPERM for it;
 //! - SORT and SORT_RO's `BY <pattern>` and `GET` read keys named by a pattern: as in Redis,
-//!   only a user with every key may use them ([`Users::check_sort`]).
+//!   only a user with every key may use them ([`Users::check_sort`]);
+//! - what Redis flags `admin` (CONFIG, DEBUG, SHUTDOWN, REPLICAOF, FAILOVER, MODULE, ACL,
+//!   SAVE, MONITOR, CLIENT KILL/LIST/PAUSE, ...) acts on the server as a whole or on other
+//!   clients' traffic: it needs every command or the `admin` category named, whatever other
+//!   category also holds it (Redis lets `+@connection` run CLIENT KILL);
+//! - FLUSHALL, FLUSHDB and SWAPDB name no key but act on every key: they need every key.
 
 use std::fmt;
 
@@ -286,7 +291,11 @@ impl User {
                 (CommandAccess::Categories(_), _) => Err(Denial::UnknownCommand),
             };
         };
-        if !self.commands.allows(cmd) || (runs_code(cmd) && !self.unrestricted()) {
+        let refused = !self.commands.allows(cmd)
+            || (runs_code(cmd) && !self.unrestricted())
+            || (cmd.flags().contains(Flags::ADMIN) && !self.administers())
+            || (acts_on_every_key(cmd) && self.keys != KeyAccess::All);
+        if refused {
             return Err(Denial::Command(cmd.name().to_owned()));
         }
         if keys.iter().all(|key| self.keys.allows(key, keyspaces)) {
@@ -296,11 +305,24 @@ impl User {
         }
     }
 
+    /// Every command, or the admin category named: what acts on the server as a whole.
+    fn administers(&self) -> bool {
+        match &self.commands {
+            CommandAccess::All => true,
+            CommandAccess::Categories(c) => c.contains(Categories::ADMIN),
+        }
+    }
+
     /// Every command and every key: nothing the upstream runs for this user can go beyond
     /// what the proxy checks.
     fn unrestricted(&self) -> bool {
         self.commands == CommandAccess::All && self.keys == KeyAccess::All
     }
+}
+
+/// A keyless command that acts on every key of a database or of the server.
+fn acts_on_every_key(cmd: &CommandInfo) -> bool {
+    matches!(cmd.name(), "flushall" | "flushdb" | "swapdb")
 }
 
 /// Runs or plants code the proxy cannot look into: scripts and functions, which the upstream

@@ -59,6 +59,13 @@ fn users() -> Users {
             categories(&["read", "scripting"]),
             KeyAccess::All,
         ),
+        // Only what acts on the server: the admin category.
+        User::new(
+            "operator".into(),
+            PasswordHash::of(b"operator-pw"),
+            categories(&["admin"]),
+            KeyAccess::All,
+        ),
         // Every command, some keys: a command the table does not know names keys unseen.
         User::new(
             "tenant".into(),
@@ -318,6 +325,42 @@ fn permissions_are_enforced() {
         (Some("tenant"), "nosuch", None, &[], Err(Unclassified)),
         (Some("tenant"), "get", None, &["t1:x"], Ok(())),
         (Some("scripter"), "nosuch", None, &[], Err(UnknownCommand)),
+        // What Redis flags `admin` acts on the server as a whole or on other clients: only for
+        // a user with every command or the admin category, whatever else the user has.
+        (
+            Some("default"),
+            "client",
+            Some("list"),
+            &[],
+            noperm("client|list"),
+        ),
+        (
+            Some("default"),
+            "client",
+            Some("kill"),
+            &[],
+            noperm("client|kill"),
+        ),
+        (
+            Some("default"),
+            "client",
+            Some("pause"),
+            &[],
+            noperm("client|pause"),
+        ),
+        (Some("default"), "client", Some("setname"), &[], Ok(())),
+        (Some("default"), "client", Some("id"), &[], Ok(())),
+        (Some("operator"), "client", Some("kill"), &[], Ok(())),
+        (Some("operator"), "config", Some("set"), &[], Ok(())),
+        (Some("operator"), "shutdown", None, &[], Ok(())),
+        (Some("operator"), "get", None, &["x"], noperm("get")),
+        (Some("admin"), "client", Some("pause"), &[], Ok(())),
+        (Some("tenant"), "config", Some("set"), &[], Ok(())),
+        // Keyless commands that act on every key need every key.
+        (Some("tenant"), "flushall", None, &[], noperm("flushall")),
+        (Some("tenant"), "flushdb", None, &[], noperm("flushdb")),
+        (Some("tenant"), "swapdb", None, &[], noperm("swapdb")),
+        (Some("admin"), "flushall", None, &[], Ok(())),
         // `default` limited to the default keyspace: keys of no named keyspace.
         (Some("default"), "get", None, &["plain"], Ok(())),
         (Some("default"), "get", None, &["rl:1"], Err(Key)),
