@@ -56,6 +56,70 @@ fn check_config_lists_every_problem_with_its_place() {
     assert!(text.contains(":2:1") && text.contains("adress"), "{text}");
 }
 
+/// Protected mode: the binary listening on every interface with no password refuses to start
+/// and says what allows it; given a password digest in the environment (as a container gets
+/// one), it starts and asks clients to authenticate.
+#[test]
+fn listening_beyond_loopback_needs_a_password() {
+    let port = free_port();
+    let mut refused = Command::new(BIN)
+        .args(["--config", "config/keywarden.toml"])
+        .args(["--listen", &format!("0.0.0.0:{port}")])
+        .env_remove("KEYWARDEN_REQUIREPASS_SHA256")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = refused.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = refused.kill();
+            panic!("keywarden started on 0.0.0.0 with no password");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(!status.success());
+    let out = refused.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("no password is configured") && text.contains("protected_mode = false"),
+        "{text}"
+    );
+    // sha256("password")
+    let digest = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+    let child = Command::new(BIN)
+        .args(["--config", "config/keywarden.toml"])
+        .args(["--listen", &format!("0.0.0.0:{port}")])
+        .env("KEYWARDEN_REQUIREPASS_SHA256", digest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = Running(child);
+    let deadline = Instant::now() + WAIT;
+    let mut stream = loop {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keywarden did not start listening"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    use std::io::{Read, Write};
+    stream
+        .write_all(b"SELECT 0\r\nAUTH password\r\nSELECT 0\r\n")
+        .unwrap();
+    let want = b"-NOAUTH Authentication required.\r\n+OK\r\n+OK\r\n";
+    let mut got = vec![0u8; want.len()];
+    stream.read_exact(&mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(want));
+}
+
 struct Running(Child);
 
 impl Drop for Running {

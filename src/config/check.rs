@@ -62,6 +62,9 @@ impl Checker<'_> {
             "listen" if self.overrides.listen.is_some() => " (from --listen)",
             "upstream.address" if self.overrides.upstream.is_some() => " (from --upstream)",
             "admin.listen" if self.overrides.admin_listen.is_some() => " (from --admin-listen)",
+            "requirepass_sha256" if self.overrides.requirepass_sha256.is_some() => {
+                " (from --requirepass-sha256 or KEYWARDEN_REQUIREPASS_SHA256)"
+            }
             _ => "",
         };
         self.problems.push(Problem {
@@ -106,6 +109,20 @@ pub(super) fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settin
         file: (!raw.events.file.is_empty()).then(|| raw.events.file.into()),
     };
     let admin = check_admin(c, raw.admin, listen);
+    // Protected mode, as Redis's: a listener others can reach needs a password.
+    if let (true, Some(addr), Some(users)) = (raw.protected_mode, listen, &users) {
+        if !addr.ip().is_loopback() && !users.required() {
+            c.report(
+                "listen",
+                format!(
+                    "{addr} accepts clients from beyond this machine, and no password is \
+                     configured: set requirepass_sha256 (or --requirepass-sha256, or \
+                     KEYWARDEN_REQUIREPASS_SHA256) or a [[user]], or protected_mode = false \
+                     to serve without one"
+                ),
+            );
+        }
+    }
     Some(Settings {
         listen: listen?,
         max_clients: max_clients?,

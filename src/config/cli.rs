@@ -32,6 +32,15 @@ pub struct Cli {
     /// Admin HTTP listener (IP:port); replaces `admin.listen` from the file
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<String>,
+    /// SHA-256 of the default user's password (64 hex digits); replaces `requirepass_sha256`
+    /// from the file
+    #[arg(
+        long,
+        value_name = "HEX",
+        env = "KEYWARDEN_REQUIREPASS_SHA256",
+        hide_env_values = true
+    )]
+    pub requirepass_sha256: Option<String>,
     #[command(subcommand)]
     pub action: Option<CliAction>,
 }
@@ -73,6 +82,7 @@ impl Cli {
             listen: self.listen,
             upstream: self.upstream,
             admin_listen: self.admin_listen,
+            requirepass_sha256: self.requirepass_sha256,
         };
         let (origin, loaded) = match self.config {
             // An explicit path must exist: a typo must not silently run on defaults.
@@ -169,6 +179,9 @@ mod tests {
             "redis:6390",
             "--admin-listen",
             "127.0.0.1:9121",
+            // Beyond loopback, so it needs a password (protected mode).
+            "--requirepass-sha256",
+            "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8",
         ])
         .into_command_with_default(&missing())
         .unwrap();

@@ -28,6 +28,7 @@ pub(super) struct RawSettings {
     pub(super) log: RawLog,
     pub(super) instance_id: String,
     pub(super) requirepass_sha256: Secret,
+    pub(super) protected_mode: bool,
     pub(super) default_mode: String,
     pub(super) keyspace: Vec<RawKeyspace>,
     pub(super) user: Vec<RawUser>,
@@ -138,6 +139,7 @@ impl Default for RawSettings {
             log: RawLog::default(),
             instance_id: String::new(),            // generated per process
             requirepass_sha256: Secret::default(), // no password
+            protected_mode: true,                  // as Redis's `protected-mode yes`
             default_mode: "fail_closed".to_owned(),
             keyspace: Vec::new(),
             user: Vec::new(),

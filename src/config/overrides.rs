@@ -1,7 +1,7 @@
 //! Step 2 of the pipeline: command-line flags, each replacing the file's value before the
 //! checks, so that a value given as a flag is checked as the file's would be.
 
-use crate::config::file::RawSettings;
+use crate::config::file::{RawSettings, Secret};
 
 /// Values from command-line flags; each one given replaces the file's value before validation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -12,6 +12,9 @@ pub struct Overrides {
     pub upstream: Option<String>,
     /// `--admin-listen`: replaces `admin.listen`.
     pub admin_listen: Option<String>,
+    /// `--requirepass-sha256` or `KEYWARDEN_REQUIREPASS_SHA256`: replaces
+    /// `requirepass_sha256` (a container's password, without a config file of its own).
+    pub requirepass_sha256: Option<String>,
 }
 
 impl RawSettings {
@@ -24,6 +27,9 @@ impl RawSettings {
         }
         if let Some(admin) = &overrides.admin_listen {
             self.admin.listen = admin.clone();
+        }
+        if let Some(digest) = &overrides.requirepass_sha256 {
+            self.requirepass_sha256 = Secret(digest.clone());
         }
     }
 }

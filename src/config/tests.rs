@@ -427,7 +427,9 @@ fn counts_are_bounded() {
 fn listen_must_be_a_socket_address() {
     for good in ["0.0.0.0:6380", "[::]:6380", "127.0.0.1:0"] {
         assert_eq!(
-            parse(&format!("listen = {good:?}")).unwrap().listen,
+            parse(&format!("listen = {good:?}\nprotected_mode = false"))
+                .unwrap()
+                .listen,
             good.parse().unwrap()
         );
     }
@@ -672,6 +674,10 @@ fn overrides_win_over_the_file() {
         listen: Some("0.0.0.0:7000".to_owned()),
         upstream: Some("flag-host:7001".to_owned()),
         admin_listen: Some("127.0.0.1:9121".to_owned()),
+        // Beyond loopback, so it needs a password (protected mode).
+        requirepass_sha256: Some(
+            "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8".to_owned(),
+        ),
     };
     let settings = Settings::from_toml_str(text, "test.toml", &overrides).unwrap();
     assert_eq!(settings.listen, "0.0.0.0:7000".parse().unwrap());
@@ -686,7 +692,7 @@ fn overrides_win_over_the_file() {
     );
 
     let only_listen = Overrides {
-        listen: Some("0.0.0.0:7000".to_owned()),
+        listen: Some("127.0.0.2:7000".to_owned()),
         ..Overrides::default()
     };
     let settings = Settings::from_toml_str(text, "test.toml", &only_listen).unwrap();
@@ -705,6 +711,7 @@ fn bad_overrides_are_validated_and_named() {
         listen: Some("nowhere".to_owned()),
         upstream: Some("nohost".to_owned()),
         admin_listen: None,
+        requirepass_sha256: None,
     };
     let error = Settings::from_toml_str(text, "test.toml", &overrides).unwrap_err();
     let lines: Vec<String> = error.problems.iter().map(Problem::to_string).collect();
@@ -763,4 +770,50 @@ fn the_quick_start_config_serves_every_key_locally() {
     assert!(settings.keyspaces.iter().next().is_none());
     assert!(settings.listen.ip().is_loopback());
     assert!(settings.admin.listen.is_none_or(|a| a.ip().is_loopback()));
+}
+
+/// Protected by default, as Redis's protected mode: a listener reachable beyond this machine
+/// with no password or user refuses to start, naming what allows it.
+#[test]
+fn a_listener_beyond_loopback_needs_a_password() {
+    let digest = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+    for open in ["0.0.0.0:6380", "10.1.2.3:6380", "[::]:6380"] {
+        assert_problem(
+            &format!("listen = {open:?}"),
+            "listen",
+            "requirepass_sha256",
+        );
+        assert_problem(
+            &format!("listen = {open:?}"),
+            "listen",
+            "protected_mode = false",
+        );
+        // A password, a user, or saying so explicitly allows it.
+        parse(&format!(
+            "listen = {open:?}\nrequirepass_sha256 = {digest:?}"
+        ))
+        .unwrap();
+        parse(&format!(
+            "listen = {open:?}\n[[user]]\nname = \"app\"\npassword_sha256 = {digest:?}"
+        ))
+        .unwrap();
+        parse(&format!("listen = {open:?}\nprotected_mode = false")).unwrap();
+    }
+    for loopback in ["127.0.0.1:6380", "127.5.5.5:6380", "[::1]:6380"] {
+        parse(&format!("listen = {loopback:?}")).unwrap();
+    }
+    // The flag and the environment variable give the password as the file would.
+    let overrides = Overrides {
+        listen: Some("0.0.0.0:6380".into()),
+        requirepass_sha256: Some(digest.into()),
+        ..Overrides::default()
+    };
+    let s = Settings::from_toml_str("", "test.toml", &overrides).unwrap();
+    assert!(s.users.required());
+    let overrides = Overrides {
+        listen: Some("0.0.0.0:6380".into()),
+        ..Overrides::default()
+    };
+    let error = Settings::from_toml_str("", "test.toml", &overrides).unwrap_err();
+    assert!(error.to_string().contains("(from --listen)"), "{error}");
 }
