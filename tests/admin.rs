@@ -582,3 +582,66 @@ async fn connection_counters_are_exact() {
     drop((a, over));
     proxy.shutdown().await;
 }
+
+/// One GET with an `Authorization` header (or none); the status code.
+async fn status_with(admin: SocketAddr, path: &str, authorization: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(admin).await.unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: keywarden\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("admin response within the wait")
+        .unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let code = text.split(' ').nth(1).unwrap().parse().unwrap();
+    (code, text)
+}
+
+/// With `admin.token_sha256`, every admin path needs `Authorization: Bearer <token>` (401 and
+/// `WWW-Authenticate: Bearer` otherwise); a listener beyond loopback must have one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_guards_every_admin_path() {
+    let redis = RedisServer::start();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // sha256("s3cret")
+    let digest = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0";
+    let text = format!(
+        "[upstream]\naddress = \"{}\"\n[admin]\nlisten = \"{admin}\"\ntoken_sha256 = \"{digest}\"\n",
+        redis.addr()
+    );
+    let settings = Settings::from_toml_str(&text, "test.toml", &Overrides::default()).unwrap();
+    let proxy = Proxy::start(settings).await;
+    let start = Instant::now();
+    while TcpStream::connect(admin).await.is_err() {
+        assert!(start.elapsed() < WAIT, "admin listener never answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for path in ["/metrics", "/healthz", "/readyz", "/status"] {
+        let (code, text) = status_with(admin, path, None).await;
+        assert_eq!(code, 401, "{path}: {text}");
+        assert!(
+            text.contains("www-authenticate: Bearer") || text.contains("WWW-Authenticate: Bearer"),
+            "{text}"
+        );
+        let (code, _) = status_with(admin, path, Some("Bearer wrong")).await;
+        assert_eq!(code, 401, "{path}");
+        let (code, _) = status_with(admin, path, Some("Basic czNjcmV0")).await;
+        assert_eq!(code, 401, "{path}");
+        let (code, text) = status_with(admin, path, Some("Bearer s3cret")).await;
+        assert_eq!(code, 200, "{path}: {text}");
+    }
+    proxy.shutdown().await;
+    // Beyond loopback, a token is required.
+    let open = "[admin]\nlisten = \"0.0.0.0:9121\"\n";
+    let error = Settings::from_toml_str(open, "test.toml", &Overrides::default()).unwrap_err();
+    assert!(
+        error.to_string().contains("admin.listen") && error.to_string().contains("token_sha256"),
+        "{error}"
+    );
+    let guarded = format!("{open}token_sha256 = \"{digest}\"\n");
+    Settings::from_toml_str(&guarded, "test.toml", &Overrides::default()).unwrap();
+}

@@ -164,8 +164,26 @@ fn check_admin(
         }
         Ok(Some(addr))
     });
+    let token = c.check("token_sha256", raw.token_sha256, |s| {
+        (!s.0.is_empty()).then(|| digest(&s.0)).transpose()
+    });
+    // The admin listener shows the proxy's state: beyond loopback, only to whoever has a token.
+    if let (Some(Some(addr)), Some(None)) = (address, token) {
+        if !addr.ip().is_loopback() {
+            c.report(
+                "listen",
+                format!(
+                    "{addr} is reachable beyond this machine: set admin.token_sha256 (the \
+                     SHA-256 of a token that requests send as `Authorization: Bearer <token>`)"
+                ),
+            );
+        }
+    }
     c.table = "";
-    Some(AdminSettings { listen: address? })
+    Some(AdminSettings {
+        listen: address?,
+        token: token?,
+    })
 }
 
 /// Keyspaces: names unique and non-empty, at least one pattern each, no empty pattern, no

@@ -78,6 +78,7 @@ pub(super) struct RawHealth {
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub(super) listen: String,
+    pub(super) token_sha256: Secret,
 }
 
 /// `file` empty (the default) = events go to the log only.

@@ -47,6 +47,9 @@ pub struct Settings {
 pub struct AdminSettings {
     /// Where it listens; `None` (the default) = no admin listener.
     pub listen: Option<SocketAddr>,
+    /// The digest of the bearer token every request must carry (`Authorization: Bearer
+    /// <token>`); `None` = no token asked. Required for a listener beyond loopback.
+    pub token: Option<auth::PasswordHash>,
 }
 
 /// The local store serving `degraded` and `local_only` keyspaces.

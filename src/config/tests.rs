@@ -236,6 +236,7 @@ fn a_full_file_is_typed() {
             },
             admin: AdminSettings {
                 listen: Some("127.0.0.1:9121".parse().unwrap()),
+                token: None,
             },
             source: None,
         }
@@ -453,9 +454,12 @@ fn listen_must_be_a_socket_address() {
 fn admin_listen_is_off_or_a_socket_address_of_its_own() {
     assert_eq!(Settings::default().admin.listen, None);
     assert_eq!(parse("[admin]\nlisten = \"\"").unwrap().admin.listen, None);
+    // (Beyond loopback with a token: see tests/admin.rs.)
+    let token =
+        "token_sha256 = \"1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0\"";
     for good in ["127.0.0.1:9121", "[::1]:9121", "0.0.0.0:0"] {
         assert_eq!(
-            parse(&format!("[admin]\nlisten = {good:?}"))
+            parse(&format!("[admin]\nlisten = {good:?}\n{token}"))
                 .unwrap()
                 .admin
                 .listen,

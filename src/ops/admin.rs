@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -146,7 +146,10 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
 async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-        let response = respond(&shared, req.method(), req.uri().path());
+        let response = match authorized(&shared, req.headers()) {
+            true => respond(&shared, req.method(), req.uri().path()),
+            false => unauthorized(),
+        };
         async move { Ok::<_, Infallible>(response) }
     });
     let connection = http1::Builder::new()
@@ -156,6 +159,30 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     if let Err(e) = connection.await {
         tracing::debug!(error = %e, "admin connection failed");
     }
+}
+
+/// Whether the request carries the configured bearer token (read from the policy in force, so
+/// a reload changes it), or none is configured.
+fn authorized(shared: &Shared, headers: &hyper::HeaderMap) -> bool {
+    let Some(token) = shared.proxy.policy().settings.admin.token else {
+        return true;
+    };
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| token.matches(given))
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut response = reply(
+        StatusCode::UNAUTHORIZED,
+        "text/plain; charset=utf-8",
+        "a bearer token is required\n",
+    );
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 fn respond(shared: &Shared, method: &Method, path: &str) -> Response<Full<Bytes>> {

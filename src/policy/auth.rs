@@ -56,7 +56,7 @@ pub(crate) const DEFAULT_USER: &str = "default";
 pub struct UserId(u32);
 
 /// The SHA-256 digest of a password. Equality is constant-time; `Debug` never shows it.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 pub struct PasswordHash([u8; 32]);
 
 /// Which commands a user may run.
