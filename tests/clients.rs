@@ -1286,3 +1286,50 @@ async fn no_connection_state_leaks_across_a_thousand_clients() {
     }
     proxy.shutdown().await;
 }
+
+/// A RESP3 client may send any command while subscribed. AUTH, HELLO with AUTH and SELECT are
+/// still answered by keywarden, as at any other time: they never reach the upstream (which
+/// would see a keywarden password) and they change the client's keywarden user and database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_resp3_client_authenticates_with_keywarden() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(secured_settings(&redis)).await;
+    let mut c = RawClient::connect(proxy.addr).await;
+    let hello = c.cmd(&["HELLO", "3", "AUTH", "admin", PASSWORD]).await;
+    assert!(hello.starts_with(b"%7\r\n"), "{}", show_bytes(&hello));
+    assert_eq!(
+        show_bytes(&c.cmd(&["SUBSCRIBE", "news"]).await),
+        show_bytes(b">3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n")
+    );
+    assert_eq!(
+        show_bytes(&c.cmd(&["AUTH", "reader", PASSWORD]).await),
+        show_bytes(b"+OK\r\n")
+    );
+    let hello = c.cmd(&["HELLO", "3", "AUTH", "admin", PASSWORD]).await;
+    assert!(hello.starts_with(b"%7\r\n"), "{}", show_bytes(&hello));
+    assert_eq!(
+        show_bytes(&c.cmd(&["AUTH", "admin", "wrong"]).await),
+        show_bytes(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+    );
+    // Redis saw none of it: its log of failed authentications is empty.
+    let mut direct = RawClient::connect(redis.addr()).await;
+    assert_eq!(direct.cmd(&["ACL", "LOG"]).await, b"*0\r\n");
+    proxy.shutdown().await;
+}
+
+/// A RESP2 subscriber's AUTH gets Redis's context error, as from Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribed_resp2_client_gets_redis_context_error_for_auth() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(secured_settings(&redis)).await;
+    let mut c = RawClient::connect(proxy.addr).await;
+    assert_eq!(c.cmd(&["AUTH", "admin", PASSWORD]).await, b"+OK\r\n");
+    c.cmd(&["SUBSCRIBE", "news"]).await;
+    let reply = c.cmd(&["AUTH", "reader", PASSWORD]).await;
+    assert!(
+        reply.starts_with(b"-ERR Can't execute 'auth'"),
+        "{}",
+        show_bytes(&reply)
+    );
+    proxy.shutdown().await;
+}

@@ -229,7 +229,11 @@ impl Busy {
         runs: &mut Runs,
         b: &mut Batch<'_>,
     ) -> Result<Option<Request>, Stale> {
-        if unpaired {
+        // AUTH, and HELLO with AUTH, name keywarden's users: a RESP3 client may send any
+        // command while subscribed, and they are answered here then too, never sent to the
+        // upstream. (A RESP2 subscriber's get Redis's "only (P|S)SUBSCRIBE ... are allowed"
+        // from the upstream, which refuses them before reading them.)
+        if unpaired && !(b.state.resp3() && carries_credentials(&req)) {
             if special != Handling::Reset {
                 return Ok(Some(req));
             }
@@ -533,4 +537,12 @@ impl Busy {
         }
         run.clear();
     }
+}
+
+/// AUTH, or HELLO with an AUTH option: a keywarden user's credentials.
+fn carries_credentials(req: &Request) -> bool {
+    let name = req.name();
+    name.eq_ignore_ascii_case(b"auth")
+        || (name.eq_ignore_ascii_case(b"hello")
+            && req.args().skip(1).any(|a| a.eq_ignore_ascii_case(b"auth")))
 }
