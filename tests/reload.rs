@@ -746,6 +746,40 @@ async fn a_subscriber_of_a_withdrawn_user_is_closed() {
     rig.proxy.shutdown().await;
 }
 
+/// A reload that changes a user's permissions (same name and password) closes that user's
+/// subscribers and MONITOR clients: what they receive was allowed by the old permissions, and
+/// only a new connection is judged by the new ones (client libraries reconnect and
+/// resubscribe). Their other clients stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_and_monitors_of_a_user_whose_permissions_changed_are_closed() {
+    let (rig, mut ops, mut alice) = Rig::with_alice("500ms").await;
+    let sub = alice.cmd(&["SUBSCRIBE", "ch"]).await;
+    assert!(sub.starts_with(b"*3"), "{}", show_bytes(&sub));
+    let mut watcher = login(rig.proxy.addr, "alice", "alice-pw").await;
+    assert_eq!(watcher.cmd(&["MONITOR"]).await, b"+OK\r\n");
+    let mut plain = login(rig.proxy.addr, "alice", "alice-pw").await;
+    rig.config.write(&format!(
+        "{}{}",
+        user("ops", "ops-pw", "\"all\""),
+        user("alice", "alice-pw", "\"read\", \"pubsub\"")
+    ));
+    assert_eq!(reload(&mut ops).await, b"+OK\r\n");
+    assert_eq!(alice.bytes_until_closed().await, b"");
+    // MONITOR may have shown the reload itself before it closed.
+    let rest = watcher.bytes_until_closed().await;
+    assert!(
+        rest.is_empty() || rest.starts_with(b"+"),
+        "{}",
+        show_bytes(&rest)
+    );
+    assert_eq!(plain.cmd(&["GET", "k"]).await, b"$-1\r\n");
+    assert!(
+        plain.cmd(&["SET", "k", "v"]).await.starts_with(b"-NOPERM"),
+        "the new permissions apply"
+    );
+    rig.proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shorter_idle_timeout_counts_from_the_last_request() {
     let rig = Rig::start("client_idle_timeout = \"30s\"\n").await;

@@ -275,6 +275,11 @@ impl User {
         &self.keys
     }
 
+    /// The same commands and keys as `other`.
+    pub(crate) fn same_permissions(&self, other: &User) -> bool {
+        self.commands == other.commands && self.keys == other.keys
+    }
+
     /// May this user run `cmd` (`None`: not in the command table) on `keys`? `keys` are the
     /// request's keys as [`crate::command::keys`] finds them; `keyspaces` classifies them.
     /// The command is checked before its keys, as Redis does.

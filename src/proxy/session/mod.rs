@@ -337,6 +337,14 @@ impl Session {
         }
     }
 
+    /// Subscribed or monitoring: its own upstream connection is no longer paired.
+    fn listens(&self) -> bool {
+        self.busy
+            .as_deref()
+            .and_then(|b| b.dedicated.as_ref())
+            .is_some_and(|d| !d.is_paired())
+    }
+
     fn busy_mut(&mut self) -> &mut Busy {
         let ctx = Ctx::new(&self.server, &self.policy);
         self.busy
@@ -345,7 +353,8 @@ impl Session {
 
     /// Takes the configuration a reload installed. The client keeps its connection, and its
     /// user if one of the same name and password is still configured; otherwise it is closed
-    /// at once, as Redis closes the clients of a deleted user. Returns false when the session
+    /// at once, as Redis closes the clients of a deleted user. A subscribed or monitoring
+    /// client is closed too when its user's permissions changed. Returns false when the session
     /// should end now.
     fn adopt_policy(&mut self) -> bool {
         let new = self.server.policy();
@@ -360,6 +369,14 @@ impl Session {
                 true
             }
             Some(id) => match new_users.same_user(old_users.user(id)) {
+                // Subscribed or monitoring: what it receives was allowed by the permissions it
+                // had; changed ones judge a new connection (its library reconnects).
+                Some(same)
+                    if !new_users.user(same).same_permissions(old_users.user(id))
+                        && self.listens() =>
+                {
+                    false
+                }
                 Some(same) => {
                     if let Some(state) = self.state.get_mut() {
                         state.user = Some(same);
@@ -383,7 +400,7 @@ impl Session {
             // command, a request stalled behind earlier replies) must not run on its behalf.
             // Replies already made go out if the socket takes them now (a reloading admin's
             // own +OK).
-            tracing::info!("closing a client whose user a reload withdrew");
+            tracing::info!("closing a client whose user a reload withdrew or changed");
             if let Some(b) = self.busy.as_deref_mut() {
                 let _ = b.flush(&self.stream);
             }
