@@ -4,7 +4,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use keywarden::config::Settings;
 use keywarden::policy::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
@@ -115,6 +115,57 @@ async fn degraded_keyspace_is_served_locally_during_an_outage_then_discarded() {
     assert_eq!(c.cmd(&["SET", "cache:page", "again"]).await, simple("OK"));
     let mut direct = Client::connect(redis.addr()).await;
     assert_eq!(direct.cmd(&["GET", "cache:page"]).await, bulk("again"));
+    proxy.shutdown().await;
+}
+
+/// What a degraded keyspace wrote locally in one outage is never served in a later one: once
+/// requests are forwarded again (the upstream recovering), writes may reach the upstream, so
+/// a relapse before the upstream is declared healthy must not bring the old local value back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relapse_never_serves_the_writes_of_an_earlier_outage() {
+    let mut redis = RedisServer::start();
+    let (_dir, ev) = event_file();
+    let mut s = keyspaces(&redis, &ev);
+    // Stay recovering: the relapse comes before the outage would close.
+    s.health.success_threshold = 1_000_000;
+    let proxy = Proxy::start(s).await;
+    let mut c = proxy.client().await;
+    redis.kill();
+    wait_for_events(&ev, 1).await;
+    assert_eq!(
+        c.cmd(&["SET", "cache:page", "outage-1"]).await,
+        simple("OK")
+    );
+    assert_eq!(c.cmd(&["GET", "cache:page"]).await, bulk("outage-1"));
+    redis.restart();
+    // Recovering: forwarded again (seen on another key), then this write reaches the upstream.
+    let start = Instant::now();
+    let mut direct = Client::connect(redis.addr()).await;
+    loop {
+        c.cmd(&["SET", "cache:probe", "x"]).await;
+        if direct.cmd(&["GET", "cache:probe"]).await == bulk("x") {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "never forwarded again");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        c.cmd(&["SET", "cache:page", "upstream"]).await,
+        simple("OK")
+    );
+    assert_eq!(direct.cmd(&["GET", "cache:page"]).await, bulk("upstream"));
+    redis.kill();
+    let start = Instant::now();
+    loop {
+        // Served locally again once the relapse is seen; never the first outage's value.
+        let got = c.cmd(&["GET", "cache:page"]).await;
+        assert_ne!(got, bulk("outage-1"), "the first outage's write came back");
+        if got == Frame::Null {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "never served locally: {got:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     proxy.shutdown().await;
 }
 

@@ -155,10 +155,11 @@ pub async fn run(
 }
 
 /// Background work on the local store: active expiry, and discarding what degraded keyspaces
-/// wrote locally once the upstream is healthy again (the upstream's data is the truth).
+/// wrote locally once requests are forwarded again (the upstream's data is the truth, and
+/// writes may reach it from then on, so a relapse must not bring the old values back).
 async fn housekeeping(server: Arc<Server>) {
     let mut health = server.monitor.subscribe();
-    let mut was_healthy = health.borrow().state == State::Healthy;
+    let mut was_forwarding = health.borrow().state != State::Unavailable;
     let mut expiry = tokio::time::interval(Duration::from_millis(100));
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -178,8 +179,8 @@ async fn housekeeping(server: Arc<Server>) {
                     // if Redis had died, so their libraries reconnect.
                     server.clients.upstream_lost();
                 }
-                let healthy = state == State::Healthy;
-                if healthy && !was_healthy {
+                let forwarding = state != State::Unavailable;
+                if forwarding && !was_forwarding {
                     // Judged by the policy in force while the store is locked (a reload
                     // installs its policy under the same lock).
                     let judge = || server.policy();
@@ -189,7 +190,7 @@ async fn housekeeping(server: Arc<Server>) {
                     });
                     tracing::info!(keys = removed, "discarded local data of degraded keyspaces");
                 }
-                was_healthy = healthy;
+                was_forwarding = forwarding;
             }
         }
     }

@@ -38,8 +38,8 @@
 //!   product goal is that the first request after it returns succeeds within 50 ms, which
 //!   waiting for `success_threshold` probes would put off. Being early costs at most a failed
 //!   request, which is reported and puts the state back to `unavailable`. The local writes of
-//!   the outage are kept until `healthy` (so a relapse serves degraded keyspaces from them
-//!   again), and discarded then.
+//!   the outage are discarded as soon as requests are forwarded again: from then on writes
+//!   may reach the upstream, so a relapse must not serve the earlier outage's values.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
