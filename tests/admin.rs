@@ -645,3 +645,39 @@ async fn a_token_guards_every_admin_path() {
     let guarded = format!("{open}token_sha256 = \"{digest}\"\n");
     Settings::from_toml_str(&guarded, "test.toml", &Overrides::default()).unwrap();
 }
+
+/// Refused AUTH and HELLO ... AUTH attempts are counted (`keywarden_auth_failures_total`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_counted() {
+    let redis = RedisServer::start();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // sha256("s3cret")
+    let digest = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0";
+    let text = format!(
+        "requirepass_sha256 = \"{digest}\"\n[upstream]\naddress = \"{}\"\n[admin]\nlisten = \"{admin}\"\n",
+        redis.addr()
+    );
+    let settings = Settings::from_toml_str(&text, "test.toml", &Overrides::default()).unwrap();
+    let proxy = Proxy::start(settings).await;
+    until_ready(admin).await;
+    assert_eq!(
+        value(&metrics(admin).await, "keywarden_auth_failures_total"),
+        0.0
+    );
+    let mut c = RawClient::connect(proxy.addr).await;
+    let replies = c
+        .run(&[
+            &["AUTH", "wrong"],
+            &["AUTH", "nobody", "s3cret"],
+            &["HELLO", "3", "AUTH", "default", "nope"],
+            &["AUTH", "s3cret"],
+        ])
+        .await;
+    assert!(replies[..3].iter().all(|r| r.starts_with(b"-WRONGPASS")));
+    assert_eq!(replies[3], b"+OK\r\n");
+    assert_eq!(
+        value(&metrics(admin).await, "keywarden_auth_failures_total"),
+        3.0
+    );
+    proxy.shutdown().await;
+}

@@ -97,6 +97,11 @@ pub(crate) const PROTOCOL_ERRORS: Metric = counter(
     &[],
     "Clients closed for sending bytes that are not RESP (answered -ERR Protocol error, as Redis does).",
 );
+pub(crate) const AUTH_FAILURES: Metric = counter(
+    "keywarden_auth_failures_total",
+    &[],
+    "AUTH and HELLO ... AUTH refused with WRONGPASS (an unknown user or a wrong password).",
+);
 pub(crate) const CLIENTS_CLOSED_BY_LIMIT: Metric = counter(
     "keywarden_clients_closed_total",
     &["limit"],
@@ -208,6 +213,7 @@ pub(crate) const CATALOGUE: &[Metric] = &[
     CLIENT_CONNECTIONS_TOTAL,
     CLIENT_CONNECTIONS_REJECTED,
     PROTOCOL_ERRORS,
+    AUTH_FAILURES,
     CLIENTS_CLOSED_BY_LIMIT,
     CLIENT_OUTPUT_BYTES,
     UPSTREAM_CONNECTS,
@@ -264,6 +270,7 @@ pub(crate) struct Sample {
     pub accepted: u64,
     pub rejected: u64,
     pub protocol_errors: u64,
+    pub auth_failures: u64,
     /// (limit, clients closed for reaching it) for each limit.
     pub closed_by_limit: Vec<(&'static str, u64)>,
     /// Reply bytes held for all clients.
@@ -349,6 +356,7 @@ pub(crate) struct Metrics {
     accepted: Counter,
     rejected: Counter,
     protocol_errors: Counter,
+    auth_failures: Counter,
     output_bytes: Gauge,
     upstream_connects: Counter,
     upstream_suspicions: Counter,
@@ -417,6 +425,7 @@ impl Metrics {
             accepted: register_counter(&recorder, CLIENT_CONNECTIONS_TOTAL, vec![]),
             rejected: register_counter(&recorder, CLIENT_CONNECTIONS_REJECTED, vec![]),
             protocol_errors: register_counter(&recorder, PROTOCOL_ERRORS, vec![]),
+            auth_failures: register_counter(&recorder, AUTH_FAILURES, vec![]),
             output_bytes: register_gauge(&recorder, CLIENT_OUTPUT_BYTES, vec![]),
             upstream_connects: register_counter(
                 &recorder,
@@ -471,6 +480,7 @@ impl Metrics {
         self.accepted.absolute(sample.accepted);
         self.rejected.absolute(sample.rejected);
         self.protocol_errors.absolute(sample.protocol_errors);
+        self.auth_failures.absolute(sample.auth_failures);
         self.output_bytes.set(sample.output_bytes as f64);
         for (limit, n) in &sample.closed_by_limit {
             let labels = vec![Label::new("limit", *limit)];
@@ -651,6 +661,7 @@ mod tests {
             accepted: 11,
             rejected: 2,
             protocol_errors: 1,
+            auth_failures: 5,
             closed_by_limit: vec![("max_client_output", 3)],
             output_bytes: 4096,
             upstream_connects: 6,
@@ -744,6 +755,7 @@ mod tests {
                 2.0,
             ),
             ("keywarden_protocol_errors_total".to_owned(), 1.0),
+            ("keywarden_auth_failures_total".to_owned(), 5.0),
             (
                 r#"keywarden_clients_closed_total{limit="max_client_output"}"#.to_owned(),
                 3.0,

@@ -64,6 +64,8 @@ pub(crate) struct Clients {
     accepted: AtomicU64,
     rejected: AtomicU64,
     protocol_errors: AtomicU64,
+    /// AUTH (and HELLO ... AUTH) refused with WRONGPASS.
+    auth_failures: AtomicU64,
     /// Clients closed by each [`Limit`], in [`Limit::ALL`] order.
     closed_by: [AtomicU64; 3],
     /// Reply bytes held for all clients, as their sessions last published it (see
@@ -229,6 +231,15 @@ impl Clients {
     /// A connection refused at `max_clients`.
     pub(crate) fn record_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An AUTH (or HELLO ... AUTH) refused with WRONGPASS.
+    pub(crate) fn record_auth_failure(&self) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn auth_failures(&self) -> u64 {
+        self.auth_failures.load(Ordering::Relaxed)
     }
 
     /// A client closed for sending something that is not RESP.

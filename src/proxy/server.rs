@@ -82,6 +82,7 @@ impl Server {
             accepted,
             rejected,
             protocol_errors,
+            auth_failures: self.clients.auth_failures(),
             closed_by_limit: self.clients.closed_by_limit(),
             output_bytes: self.clients.output(),
             upstream_connects: self.upstream.connects(),

@@ -270,6 +270,9 @@ impl Busy {
             }
             _ => {
                 let reply = self.answer_connection_command(&req, b);
+                if reply.starts_with(b"-WRONGPASS") {
+                    b.ctx.clients.record_auth_failure();
+                }
                 self.push_local(reply);
             }
         }
