@@ -1333,3 +1333,52 @@ async fn a_subscribed_resp2_client_gets_redis_context_error_for_auth() {
     );
     proxy.shutdown().await;
 }
+
+/// Failed AUTHs from one address are answered at full speed five times in a row, then each
+/// more waits twice as long as the one before (100 ms, 200 ms, ...), on any connection from
+/// that address, until one succeeds. Other addresses are not slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_failed_auth_from_one_address_is_slowed() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(secured_settings(&redis)).await;
+    let wrong: &[&str] = &["AUTH", "admin", "wrong"];
+    let wrongpass = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
+    let mut c = RawClient::connect(proxy.addr).await;
+    let start = Instant::now();
+    let replies = c.run(&[wrong, wrong, wrong, wrong, wrong]).await;
+    assert!(replies.iter().all(|r| r == wrongpass));
+    assert!(
+        start.elapsed() < Duration::from_millis(100),
+        "the first five at full speed"
+    );
+    let start = Instant::now();
+    let replies = c.run(&[wrong, wrong, wrong]).await;
+    assert!(replies.iter().all(|r| r == wrongpass));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(700),
+        "100 + 200 + 400 ms, took {took:?}"
+    );
+    // Another connection from the same address waits too.
+    let mut again = RawClient::connect(proxy.addr).await;
+    let start = Instant::now();
+    assert_eq!(again.cmd(wrong).await, wrongpass);
+    assert!(start.elapsed() >= Duration::from_millis(800));
+    // Another address is not slowed.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(proxy.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let start = Instant::now();
+    other.write_all(b"AUTH admin wrong\r\n").await.unwrap();
+    let mut got = vec![0u8; wrongpass.len()];
+    other.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, wrongpass);
+    assert!(start.elapsed() < Duration::from_millis(100));
+    // A success forgets the failures.
+    assert_eq!(again.cmd(&["AUTH", "admin", PASSWORD]).await, b"+OK\r\n");
+    let start = Instant::now();
+    assert_eq!(again.cmd(wrong).await, wrongpass);
+    assert!(start.elapsed() < Duration::from_millis(100));
+    proxy.shutdown().await;
+}

@@ -5,9 +5,11 @@
 //! Each client costs one slab slot: its inbox, id, address and connect time, plus a boxed
 //! [`Listed`] only once it set a name, database, protocol or user.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -56,6 +58,12 @@ impl Limit {
     }
 }
 
+/// Failed authentications in a row an address makes at full speed (see
+/// [`Clients::auth_failed`]).
+pub(crate) const FREE_AUTH_FAILURES: u32 = 5;
+/// Addresses whose failures are remembered at once.
+const MAX_FAILING_ADDRS: usize = 4096;
+
 #[derive(Debug, Default)]
 pub(crate) struct Clients {
     phase: AtomicU8,
@@ -66,6 +74,8 @@ pub(crate) struct Clients {
     protocol_errors: AtomicU64,
     /// AUTH (and HELLO ... AUTH) refused with WRONGPASS.
     auth_failures: AtomicU64,
+    /// Failed authentications in a row, by client address (see [`Clients::auth_failed`]).
+    failures_by_addr: Mutex<HashMap<IpAddr, u32>>,
     /// Clients closed by each [`Limit`], in [`Limit::ALL`] order.
     closed_by: [AtomicU64; 3],
     /// Reply bytes held for all clients, as their sessions last published it (see
@@ -233,9 +243,37 @@ impl Clients {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An AUTH (or HELLO ... AUTH) refused with WRONGPASS.
-    pub(crate) fn record_auth_failure(&self) {
+    /// An AUTH (or HELLO ... AUTH) refused with WRONGPASS, from `addr`: counted, and how long
+    /// its reply waits. An address gets [`FREE_AUTH_FAILURES`] in a row at full speed, then
+    /// each more waits twice as long as the one before, from 100 ms up to 3.2 s, until an
+    /// AUTH from it succeeds: guessing passwords from one place slows to one try in seconds,
+    /// while a client that mistyped is not held up.
+    pub(crate) fn auth_failed(&self, addr: Option<IpAddr>) -> Option<Duration> {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
+        let addr = addr?;
+        let mut by_addr = self
+            .failures_by_addr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if by_addr.len() >= MAX_FAILING_ADDRS && !by_addr.contains_key(&addr) {
+            // Bounded: a flood from many addresses starts the count afresh.
+            by_addr.clear();
+        }
+        let failures = by_addr.entry(addr).or_insert(0);
+        *failures = failures.saturating_add(1);
+        let beyond = failures.checked_sub(FREE_AUTH_FAILURES + 1)?;
+        Some(Duration::from_millis(100 << beyond.min(5)))
+    }
+
+    /// An AUTH from `addr` succeeded: its failures are forgotten.
+    pub(crate) fn auth_succeeded(&self, addr: Option<IpAddr>) {
+        if let Some(addr) = addr {
+            let mut by_addr = self
+                .failures_by_addr
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            by_addr.remove(&addr);
+        }
     }
 
     pub(crate) fn auth_failures(&self) -> u64 {

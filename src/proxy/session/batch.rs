@@ -100,7 +100,12 @@ impl Busy {
         // Kept between reads: a pipelining client reuses the same two vectors.
         let mut runs = std::mem::take(&mut self.runs);
         let users = &ctx.settings.users;
-        while !self.closing && self.stalled.is_none() && !self.inbuf.is_empty() && !self.rejudge {
+        while !self.closing
+            && self.stalled.is_none()
+            && self.penalty.is_none()
+            && !self.inbuf.is_empty()
+            && !self.rejudge
+        {
             // Redis's tighter input limits until the client has authenticated; checked for
             // every request, as AUTH pipelined before a large command lifts them for it.
             (self.parser).set_auth_required(users.required() && b.state.user(users).is_none());
@@ -270,8 +275,15 @@ impl Busy {
             }
             _ => {
                 let reply = self.answer_connection_command(&req, b);
-                if reply.starts_with(b"-WRONGPASS") {
-                    b.ctx.clients.record_auth_failure();
+                if carries_credentials(&req) {
+                    let addr = b.stream.peer_addr().ok().map(|a| a.ip());
+                    if reply.starts_with(b"-WRONGPASS") {
+                        if let Some(wait) = b.ctx.clients.auth_failed(addr) {
+                            self.penalty = Some(Box::pin(tokio::time::sleep(wait)));
+                        }
+                    } else if !reply.starts_with(b"-") {
+                        b.ctx.clients.auth_succeeded(addr);
+                    }
                 }
                 self.push_local(reply);
             }

@@ -5,9 +5,11 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::client_state::Multi;
 use crate::command::Stateful;
@@ -173,6 +175,9 @@ pub(super) struct Busy {
     /// [`Store::recoveries`](crate::local::store::Store::recoveries) when the current batch read the
     /// health snapshot that routes it.
     pub(super) recoveries: u64,
+    /// A failed AUTH from an address with many: nothing more is read or written until then
+    /// (its WRONGPASS reply included; see [`Clients::auth_failed`]).
+    pub(super) penalty: Option<Pin<Box<Sleep>>>,
 }
 
 /// Requests parsed from one read, gathered until the next one goes elsewhere.
@@ -195,6 +200,7 @@ impl Busy {
             b.parser = RequestParser::new(limits);
             b.rejudge = false;
             b.recoveries = 0;
+            b.penalty = None;
             return b;
         }
         Box::new(Busy {
@@ -214,6 +220,7 @@ impl Busy {
             runs: Runs::default(),
             rejudge: false,
             recoveries: 0,
+            penalty: None,
         })
     }
 
@@ -285,6 +292,7 @@ impl Busy {
             && self.dedicated.is_none()
             && self.stalled.is_none()
             && !self.closing
+            && self.penalty.is_none()
     }
 
     /// True when no reply is owed to the client beyond what is already in `out`.

@@ -144,6 +144,8 @@ enum Event {
     DedicatedWritable,
     Tick,
     Idle,
+    /// The wait after a failed AUTH is over (see [`Busy::penalty`]).
+    PenaltyOver,
 }
 
 impl Session {
@@ -232,7 +234,9 @@ impl Session {
                     )));
                     continue;
                 }
-                b.flush(&self.stream)?;
+                if b.penalty.is_none() {
+                    b.flush(&self.stream)?;
+                }
                 b.list_upstream_id(&self.server.clients);
                 b.list_blocked(&self.inbox);
                 if let Some(limit) = b.output_limit(&ctx.settings.limits, &self.server.clients) {
@@ -300,6 +304,7 @@ impl Session {
                     }
                 }
                 Event::ClientWritable => {}
+                Event::PenaltyOver => self.busy_mut().penalty = None,
                 Event::DedicatedReadable => self.busy_mut().read_dedicated(),
                 Event::DedicatedWritable => self.busy_mut().write_dedicated(),
                 Event::Tick => {
@@ -422,16 +427,21 @@ impl Session {
         }
         let max_out = self.policy.settings.limits.max_pending_output;
         let b = self.busy.as_deref_mut();
-        let can_read = b
-            .as_ref()
-            .is_none_or(|b| !b.closing && b.stalled.is_none() && b.pending_out() < max_out);
+        let can_read = b.as_ref().is_none_or(|b| {
+            !b.closing && b.stalled.is_none() && b.penalty.is_none() && b.pending_out() < max_out
+        });
         if can_read {
             if let Poll::Ready(r) = self.stream.poll_read_ready(cx) {
                 return Poll::Ready(r.map(|()| Event::ClientReadable));
             }
         }
         if let Some(b) = b {
-            if !b.out.is_empty() {
+            if let Some(penalty) = b.penalty.as_mut() {
+                if penalty.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(Event::PenaltyOver));
+                }
+            }
+            if !b.out.is_empty() && b.penalty.is_none() {
                 if let Poll::Ready(r) = self.stream.poll_write_ready(cx) {
                     return Poll::Ready(r.map(|()| Event::ClientWritable));
                 }
