@@ -380,6 +380,30 @@ async fn exec_while_busy_is_aborted_in_redis_words_and_the_client_stays() {
     proxy.shutdown().await;
 }
 
+/// SUBSCRIBE that opens a client's own connection (database 1) while Redis is busy: the
+/// setup is refused, and since a subscribed connection tracks no reply owed, the client is
+/// closed as on any lost connection (its library reconnects), never left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_while_busy_closes_the_client_instead_of_hanging() {
+    let redis = redis_busy_after_50ms().await;
+    let mut s = settings(&redis.addr());
+    s.health.probe_interval = Duration::from_secs(30);
+    let proxy = Proxy::start(s).await;
+    wait_until_served(&proxy).await;
+    let mut c = RawClient::connect(proxy.addr).await;
+    assert_eq!(c.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    let mut looping = RawClient::connect(redis.addr()).await;
+    looping.send(&[&["EVAL", "while true do end", "0"]]).await;
+    let mut direct = RawClient::connect(redis.addr()).await;
+    while !direct.cmd(&["GET", "k"]).await.starts_with(b"-BUSY") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.send(&[&["SUBSCRIBE", "news"]]).await;
+    let _ = c.bytes_until_closed().await;
+    assert_eq!(direct.cmd(&["SCRIPT", "KILL"]).await, b"+OK\r\n");
+    proxy.shutdown().await;
+}
+
 /// A script that busy-waits `ms` milliseconds on the upstream's clock: Redis answers no one
 /// meanwhile (under `lua-time-limit`, 5 s).
 fn script_running_ms(ms: u64) -> String {

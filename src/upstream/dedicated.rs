@@ -210,7 +210,9 @@ impl Dedicated {
     /// Whether the connection was refused before any of the client's requests was answered
     /// on it: nothing the client built upstream is lost with it, as none was built.
     pub(crate) fn refused_at_setup(&self) -> bool {
-        self.refused_with.is_some() && !self.answered
+        // Unpaired (SUBSCRIBE, MONITOR opened it), nothing tracks what the client is owed,
+        // so it is closed as on any other loss.
+        self.refused_with.is_some() && !self.answered && self.paired
     }
 
     /// The request that opens this connection is a transaction's EXEC (after its MULTI and

@@ -850,7 +850,9 @@ impl Connection {
             return Ok(());
         };
         if waiting_since.elapsed() >= timeout {
-            if judged {
+            // The proxy's own setup (AUTH, HELLO 3) must be checked: without its reply the
+            // connection is not what clients need, so it fails as a whole.
+            if judged || matches!(head.waiter.owner, Owner::Setup) {
                 return Err(UpstreamFailure::Timeout(timeout));
             }
             head.waiter.time_out(UpstreamFailure::Timeout(timeout));

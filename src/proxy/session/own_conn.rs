@@ -165,14 +165,14 @@ impl Busy {
             }
             None => (None, false, false),
         };
-        let err = match refused {
-            Some(line) if exec => {
-                let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
-                ProxyError::ExecAbortBecause(text).to_reply()
-            }
-            Some(line) => line,
-            None => ProxyError::from(why).to_reply(),
-        };
+        // EXEC, the request that opened the connection, is owed the first reply: Redis's
+        // EXECABORT; anything after it gets the refusal itself.
+        let exec_abort = refused.as_ref().filter(|_| exec && at_setup).map(|line| {
+            let text = String::from_utf8_lossy(&line[1..line.len() - 2]).into_owned();
+            ProxyError::ExecAbortBecause(text).to_reply()
+        });
+        let err = refused.unwrap_or_else(|| ProxyError::from(why).to_reply());
+        let mut first = exec_abort;
         if matches!(self.stalled, Some((_, Stall::Reset))) {
             // The RESET sent to that connection is owed a reply too.
             self.stalled = None;
@@ -182,7 +182,7 @@ impl Busy {
             match slot {
                 Slot::Upstream(n) => {
                     for _ in 0..n {
-                        self.push_out(err.clone());
+                        self.push_out(first.take().unwrap_or_else(|| err.clone()));
                     }
                 }
                 Slot::Info(_) => self.push_out(err.clone()),
