@@ -1334,9 +1334,10 @@ async fn a_subscribed_resp2_client_gets_redis_context_error_for_auth() {
     proxy.shutdown().await;
 }
 
-/// Failed AUTHs from one address are answered at full speed five times in a row, then each
-/// more waits twice as long as the one before (100 ms, 200 ms, ...), on any connection from
-/// that address, until one succeeds. Other addresses are not slowed.
+/// Failed AUTHs from one address are answered at full speed five times, then every AUTH reply
+/// to that address waits twice as long as the one before (100 ms, 200 ms, ...), on any
+/// connection from it, successes too (silence must not tell a failure), and a success does not
+/// reset the count. Other addresses are not slowed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failed_auth_from_one_address_is_slowed() {
     let redis = RedisServer::start();
@@ -1375,10 +1376,13 @@ async fn repeated_failed_auth_from_one_address_is_slowed() {
     other.read_exact(&mut got).await.unwrap();
     assert_eq!(got, wrongpass);
     assert!(start.elapsed() < Duration::from_millis(100));
-    // A success forgets the failures.
+    // A success waits too, and forgets nothing: one valid account must not reset the count
+    // for guessing another's password.
+    let start = Instant::now();
     assert_eq!(again.cmd(&["AUTH", "admin", PASSWORD]).await, b"+OK\r\n");
+    assert!(start.elapsed() >= Duration::from_millis(1600));
     let start = Instant::now();
     assert_eq!(again.cmd(wrong).await, wrongpass);
-    assert!(start.elapsed() < Duration::from_millis(100));
+    assert!(start.elapsed() >= Duration::from_millis(1600));
     proxy.shutdown().await;
 }

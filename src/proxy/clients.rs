@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -58,11 +58,21 @@ impl Limit {
     }
 }
 
-/// Failed authentications in a row an address makes at full speed (see
-/// [`Clients::auth_failed`]).
+/// Failed authentications an address makes at full speed (see [`Clients::auth_wait`]).
 pub(crate) const FREE_AUTH_FAILURES: u32 = 5;
 /// Addresses whose failures are remembered at once.
 const MAX_FAILING_ADDRS: usize = 4096;
+/// An address's failures are forgotten this long after its last one.
+const AUTH_FAILURES_LAPSE: Duration = Duration::from_secs(60);
+
+/// One address's failed authentications.
+#[derive(Debug)]
+struct Failures {
+    failures: u32,
+    last: Instant,
+    /// When the last reply it was made to wait for goes out.
+    next: Instant,
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct Clients {
@@ -74,8 +84,8 @@ pub(crate) struct Clients {
     protocol_errors: AtomicU64,
     /// AUTH (and HELLO ... AUTH) refused with WRONGPASS.
     auth_failures: AtomicU64,
-    /// Failed authentications in a row, by client address (see [`Clients::auth_failed`]).
-    failures_by_addr: Mutex<HashMap<IpAddr, u32>>,
+    /// Failed authentications by client address (see [`Clients::auth_wait`]).
+    failures_by_addr: Mutex<HashMap<IpAddr, Failures>>,
     /// Clients closed by each [`Limit`], in [`Limit::ALL`] order.
     closed_by: [AtomicU64; 3],
     /// Reply bytes held for all clients, as their sessions last published it (see
@@ -243,37 +253,60 @@ impl Clients {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An AUTH (or HELLO ... AUTH) refused with WRONGPASS, from `addr`: counted, and how long
-    /// its reply waits. An address gets [`FREE_AUTH_FAILURES`] in a row at full speed, then
-    /// each more waits twice as long as the one before, from 100 ms up to 3.2 s, until an
-    /// AUTH from it succeeds: guessing passwords from one place slows to one try in seconds,
-    /// while a client that mistyped is not held up.
-    pub(crate) fn auth_failed(&self, addr: Option<IpAddr>) -> Option<Duration> {
-        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    /// How long the reply to an AUTH (or HELLO ... AUTH) from `addr` waits, success or not:
+    /// an address gets [`FREE_AUTH_FAILURES`] failures at full speed; beyond them each reply
+    /// waits twice as long as the one before, from 100 ms up to 3.2 s, and the waits of
+    /// attempts made at once queue one after the other, so opening more connections does not
+    /// add tries. A success waits too (silence must not tell a failure) and forgets nothing
+    /// (one valid account must not reset the count for guessing another's); the count lapses
+    /// a minute after the last failure.
+    pub(crate) fn auth_wait(&self, addr: Option<IpAddr>) -> Option<Duration> {
         let addr = addr?;
+        let now = Instant::now();
+        let mut by_addr = self
+            .failures_by_addr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let entry = by_addr.get_mut(&addr)?;
+        if now.duration_since(entry.last) >= AUTH_FAILURES_LAPSE {
+            by_addr.remove(&addr);
+            return None;
+        }
+        let beyond = entry.failures.checked_sub(FREE_AUTH_FAILURES)?;
+        let until = entry.next.max(now) + Duration::from_millis(100 << beyond.min(5));
+        entry.next = until;
+        Some(until - now)
+    }
+
+    /// An AUTH (or HELLO ... AUTH) from `addr` refused with WRONGPASS.
+    pub(crate) fn auth_failed(&self, addr: Option<IpAddr>) {
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+        let Some(addr) = addr else {
+            return;
+        };
+        let now = Instant::now();
         let mut by_addr = self
             .failures_by_addr
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if by_addr.len() >= MAX_FAILING_ADDRS && !by_addr.contains_key(&addr) {
-            // Bounded: a flood from many addresses starts the count afresh.
-            by_addr.clear();
+            // Bounded: the addresses whose count has lapsed go first, then the quietest.
+            by_addr.retain(|_, f| now.duration_since(f.last) < AUTH_FAILURES_LAPSE);
+            if by_addr.len() >= MAX_FAILING_ADDRS {
+                let quietest = by_addr.iter().min_by_key(|(_, f)| f.last).map(|(a, _)| *a);
+                by_addr.remove(&quietest.expect("the map is full"));
+            }
         }
-        let failures = by_addr.entry(addr).or_insert(0);
-        *failures = failures.saturating_add(1);
-        let beyond = failures.checked_sub(FREE_AUTH_FAILURES + 1)?;
-        Some(Duration::from_millis(100 << beyond.min(5)))
-    }
-
-    /// An AUTH from `addr` succeeded: its failures are forgotten.
-    pub(crate) fn auth_succeeded(&self, addr: Option<IpAddr>) {
-        if let Some(addr) = addr {
-            let mut by_addr = self
-                .failures_by_addr
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            by_addr.remove(&addr);
+        let entry = by_addr.entry(addr).or_insert(Failures {
+            failures: 0,
+            last: now,
+            next: now,
+        });
+        if now.duration_since(entry.last) >= AUTH_FAILURES_LAPSE {
+            entry.failures = 0;
         }
+        entry.failures = entry.failures.saturating_add(1);
+        entry.last = now;
     }
 
     pub(crate) fn auth_failures(&self) -> u64 {

@@ -277,12 +277,13 @@ impl Busy {
                 let reply = self.answer_connection_command(&req, b);
                 if carries_credentials(&req) {
                     let addr = b.stream.peer_addr().ok().map(|a| a.ip());
+                    let clients = &b.ctx.clients;
+                    let wait = clients.auth_wait(addr);
                     if reply.starts_with(b"-WRONGPASS") {
-                        if let Some(wait) = b.ctx.clients.auth_failed(addr) {
-                            self.penalty = Some(Box::pin(tokio::time::sleep(wait)));
-                        }
-                    } else if !reply.starts_with(b"-") {
-                        b.ctx.clients.auth_succeeded(addr);
+                        clients.auth_failed(addr);
+                    }
+                    if let Some(wait) = wait {
+                        self.penalty = Some(Box::pin(tokio::time::sleep(wait)));
                     }
                 }
                 self.push_local(reply);
