@@ -82,8 +82,8 @@ pub struct MonitorSettings {
     /// How long the probe waits for `+PONG` once connected. Default 500 ms: hundreds of times a
     /// healthy round trip, yet under `probe_interval` so probes never overlap, and under the
     /// default command timeout (1 s) so the probe is no more lenient than clients are. A Redis
-    /// busy with one slow command longer than that costs one counted failure (with the
-    /// suspicions it confirms), which the failure threshold absorbs.
+    /// busy with one slow command longer than that costs one counted failure, plus the
+    /// data path's suspicions it confirms (one per shared connection that timed out).
     pub probe_timeout: Duration,
     /// Counted failures in a row (timeouts, bad replies, failed probes) that make a healthy
     /// upstream unavailable. Default 3: one slow reply or one lost probe never flips it; a hung
@@ -410,10 +410,15 @@ impl Driver {
                     self.suspicions.retain(|&(number, _)| number > seen);
                     self.observe(Outcome::Success);
                 }
-                Report::Probe(failure, _) => {
-                    // Confirmed: the suspicions count, in the order they were raised, then
-                    // the probe's own failure.
-                    for (_, cause) in std::mem::take(&mut self.suspicions) {
+                Report::Probe(failure, seen) => {
+                    // Confirmed: the suspicions raised before the probe started count, in
+                    // the order they were raised, then the probe's own failure. Later ones
+                    // wait for the next probe, which starts at once.
+                    let (confirmed, later) = std::mem::take(&mut self.suspicions)
+                        .into_iter()
+                        .partition::<Vec<_>, _>(|&(number, _)| number <= seen);
+                    self.suspicions = later;
+                    for (_, cause) in confirmed {
                         self.observe(Outcome::Failure(cause));
                     }
                     self.observe(failure);
