@@ -583,6 +583,14 @@ async fn connection_counters_are_exact() {
     proxy.shutdown().await;
 }
 
+/// sha256("s3cret"): the password or token of the tests below.
+const S3CRET_SHA256: &str = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0";
+
+/// Settings read from a config file's text, which must be valid.
+fn from_text(text: &str) -> Settings {
+    Settings::from_toml_str(text, "test.toml", &Overrides::default()).unwrap()
+}
+
 /// One GET with an `Authorization` header (or none); the status code.
 async fn status_with(admin: SocketAddr, path: &str, authorization: Option<&str>) -> (u16, String) {
     let mut stream = TcpStream::connect(admin).await.unwrap();
@@ -607,14 +615,12 @@ async fn status_with(admin: SocketAddr, path: &str, authorization: Option<&str>)
 async fn a_token_guards_every_admin_path() {
     let redis = RedisServer::start();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    // sha256("s3cret")
-    let digest = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0";
+    let digest = S3CRET_SHA256;
     let text = format!(
         "[upstream]\naddress = \"{}\"\n[admin]\nlisten = \"{admin}\"\ntoken_sha256 = \"{digest}\"\n",
         redis.addr()
     );
-    let settings = Settings::from_toml_str(&text, "test.toml", &Overrides::default()).unwrap();
-    let proxy = Proxy::start(settings).await;
+    let proxy = Proxy::start(from_text(&text)).await;
     let start = Instant::now();
     while TcpStream::connect(admin).await.is_err() {
         assert!(start.elapsed() < WAIT, "admin listener never answered");
@@ -643,7 +649,7 @@ async fn a_token_guards_every_admin_path() {
         "{error}"
     );
     let guarded = format!("{open}token_sha256 = \"{digest}\"\n");
-    Settings::from_toml_str(&guarded, "test.toml", &Overrides::default()).unwrap();
+    from_text(&guarded);
 }
 
 /// Refused AUTH and HELLO ... AUTH attempts are counted (`keywarden_auth_failures_total`).
@@ -651,14 +657,12 @@ async fn a_token_guards_every_admin_path() {
 async fn failed_authentications_are_counted() {
     let redis = RedisServer::start();
     let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    // sha256("s3cret")
-    let digest = "1ec1c26b50d5d3c58d9583181af8076655fe00756bf7285940ba3670f99fcba0";
+    let digest = S3CRET_SHA256;
     let text = format!(
         "requirepass_sha256 = \"{digest}\"\n[upstream]\naddress = \"{}\"\n[admin]\nlisten = \"{admin}\"\n",
         redis.addr()
     );
-    let settings = Settings::from_toml_str(&text, "test.toml", &Overrides::default()).unwrap();
-    let proxy = Proxy::start(settings).await;
+    let proxy = Proxy::start(from_text(&text)).await;
     until_ready(admin).await;
     assert_eq!(
         value(&metrics(admin).await, "keywarden_auth_failures_total"),

@@ -306,27 +306,42 @@ async fn script_kill_reaches_a_busy_upstream_in_every_health_state() {
     proxy.shutdown().await;
 }
 
+/// A proxy in front of `redis` whose health stays healthy for the length of a test (one
+/// probe in 30 s): requests are forwarded, not refused, while Redis is busy.
+async fn proxy_that_stays_healthy(redis: &RedisServer) -> Proxy {
+    let mut s = settings(&redis.addr());
+    s.health.probe_interval = Duration::from_secs(30);
+    let proxy = Proxy::start(s).await;
+    wait_until_served(&proxy).await;
+    proxy
+}
+
+/// Starts a script that never ends on `redis` (one started by [`redis_busy_after_50ms`]) and
+/// waits until Redis answers BUSY: the script's connection, a direct connection to end it
+/// with SCRIPT KILL, and Redis's BUSY reply.
+async fn run_looping_script(redis: &RedisServer) -> (RawClient, RawClient, Vec<u8>) {
+    let mut looping = RawClient::connect(redis.addr()).await;
+    looping.send(&[&["EVAL", "while true do end", "0"]]).await;
+    let mut direct = RawClient::connect(redis.addr()).await;
+    let start = Instant::now();
+    loop {
+        let reply = direct.cmd(&["GET", "k"]).await;
+        if reply.starts_with(b"-BUSY") {
+            return (looping, direct, reply);
+        }
+        assert!(start.elapsed() < WAIT, "Redis never answered BUSY");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A client that needs a connection of its own while Redis is busy with a script is told
 /// Redis's own BUSY error, as a client connected to Redis would be, not that the proxy's
 /// connection setup failed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_upstream_answers_a_new_dedicated_connection_in_its_own_words() {
     let redis = redis_busy_after_50ms().await;
-    let mut s = settings(&redis.addr());
-    // Health stays healthy for the length of the test: the request is forwarded, not refused.
-    s.health.probe_interval = Duration::from_secs(30);
-    let proxy = Proxy::start(s).await;
-    wait_until_served(&proxy).await;
-    let mut looping = RawClient::connect(redis.addr()).await;
-    looping.send(&[&["EVAL", "while true do end", "0"]]).await;
-    let mut direct = RawClient::connect(redis.addr()).await;
-    let busy = loop {
-        let reply = direct.cmd(&["GET", "k"]).await;
-        if reply.starts_with(b"-BUSY") {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let proxy = proxy_that_stays_healthy(&redis).await;
+    let (mut looping, mut direct, busy) = run_looping_script(&redis).await;
     let mut c = RawClient::connect(proxy.addr).await;
     assert_eq!(c.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
     // GET in database 1 needs a connection of the client's own, set up with SELECT 1.
@@ -345,24 +360,12 @@ async fn busy_upstream_answers_a_new_dedicated_connection_in_its_own_words() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_while_busy_is_aborted_in_redis_words_and_the_client_stays() {
     let redis = redis_busy_after_50ms().await;
-    let mut s = settings(&redis.addr());
-    s.health.probe_interval = Duration::from_secs(30);
-    let proxy = Proxy::start(s).await;
-    wait_until_served(&proxy).await;
+    let proxy = proxy_that_stays_healthy(&redis).await;
     let mut c = RawClient::connect(proxy.addr).await;
     assert_eq!(c.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&["MULTI"]).await, b"+OK\r\n");
     assert_eq!(c.cmd(&["INCR", "xx"]).await, b"+QUEUED\r\n");
-    let mut looping = RawClient::connect(redis.addr()).await;
-    looping.send(&[&["EVAL", "while true do end", "0"]]).await;
-    let mut direct = RawClient::connect(redis.addr()).await;
-    let busy = loop {
-        let reply = direct.cmd(&["GET", "k"]).await;
-        if reply.starts_with(b"-BUSY") {
-            break reply;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let (mut looping, mut direct, busy) = run_looping_script(&redis).await;
     let mut abort = b"-EXECABORT Transaction discarded because of: ".to_vec();
     abort.extend_from_slice(&busy[1..]);
     assert_eq!(show_bytes(&c.cmd(&["EXEC"]).await), show_bytes(&abort));
@@ -386,18 +389,10 @@ async fn exec_while_busy_is_aborted_in_redis_words_and_the_client_stays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_while_busy_closes_the_client_instead_of_hanging() {
     let redis = redis_busy_after_50ms().await;
-    let mut s = settings(&redis.addr());
-    s.health.probe_interval = Duration::from_secs(30);
-    let proxy = Proxy::start(s).await;
-    wait_until_served(&proxy).await;
+    let proxy = proxy_that_stays_healthy(&redis).await;
     let mut c = RawClient::connect(proxy.addr).await;
     assert_eq!(c.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
-    let mut looping = RawClient::connect(redis.addr()).await;
-    looping.send(&[&["EVAL", "while true do end", "0"]]).await;
-    let mut direct = RawClient::connect(redis.addr()).await;
-    while !direct.cmd(&["GET", "k"]).await.starts_with(b"-BUSY") {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (_looping, mut direct, _) = run_looping_script(&redis).await;
     c.send(&[&["SUBSCRIBE", "news"]]).await;
     let _ = c.bytes_until_closed().await;
     assert_eq!(direct.cmd(&["SCRIPT", "KILL"]).await, b"+OK\r\n");
