@@ -1349,7 +1349,7 @@ async fn repeated_failed_auth_from_one_address_is_slowed() {
     let replies = c.run(&[wrong, wrong, wrong, wrong, wrong]).await;
     assert!(replies.iter().all(|r| r == wrongpass));
     assert!(
-        start.elapsed() < Duration::from_millis(100),
+        start.elapsed() < Duration::from_millis(1000),
         "the first five at full speed"
     );
     let start = Instant::now();
@@ -1375,7 +1375,7 @@ async fn repeated_failed_auth_from_one_address_is_slowed() {
     let mut got = vec![0u8; wrongpass.len()];
     other.read_exact(&mut got).await.unwrap();
     assert_eq!(got, wrongpass);
-    assert!(start.elapsed() < Duration::from_millis(100));
+    assert!(start.elapsed() < Duration::from_millis(1000));
     // A success waits too, and forgets nothing: one valid account must not reset the count
     // for guessing another's password.
     let start = Instant::now();
