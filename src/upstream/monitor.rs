@@ -410,15 +410,13 @@ impl Driver {
                     self.suspicions.retain(|&(number, _)| number > seen);
                     self.observe(Outcome::Success);
                 }
-                Report::Probe(failure, seen) => {
-                    // Confirmed: the suspicions raised before the probe started count, in
-                    // the order they were raised, then the probe's own failure. Later ones
-                    // wait for the next probe, which starts at once.
-                    let (confirmed, later) = std::mem::take(&mut self.suspicions)
-                        .into_iter()
-                        .partition::<Vec<_>, _>(|&(number, _)| number <= seen);
-                    self.suspicions = later;
-                    for (_, cause) in confirmed {
+                Report::Probe(failure, _) => {
+                    // Confirmed: the suspicions count, in the order they were raised, then
+                    // the probe's own failure. Those raised while it ran count too: it failed
+                    // across that time (a probe that started earlier and times out saw the
+                    // same silence), and waiting for the next one would delay a hang's
+                    // detection by a probe timeout.
+                    for (_, cause) in std::mem::take(&mut self.suspicions) {
                         self.observe(Outcome::Failure(cause));
                     }
                     self.observe(failure);
