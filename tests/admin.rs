@@ -223,7 +223,7 @@ async fn metrics_and_status_follow_an_outage_exactly() {
     );
     assert_eq!(
         s["local_store"],
-        json!({"keys": 3, "used_bytes": three as u64, "max_bytes": 1048576, "evictions": 0, "expirations": 0})
+        json!({"keys": 3, "used_bytes": three as u64, "max_bytes": 1048576, "evictions": 0, "expirations": 0, "oom_refusals": 0})
     );
     assert_eq!(s["clients"], 1);
     assert_eq!(

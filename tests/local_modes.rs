@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use keywarden::config::Settings;
-use keywarden::policy::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+use keywarden::policy::keyspace::{Eviction, Keyspace, Keyspaces, Mode, Pattern, StoreShare};
 use support::*;
 
 fn keyspaces(redis: &RedisServer, events: &Path) -> Settings {
@@ -234,5 +234,99 @@ async fn fixed_window_rate_limit_in_the_local_store() {
         simple("OK")
     );
     assert_eq!(c.cmd(&["DEL", "tmp:lock"]).await, int(1));
+    proxy.shutdown().await;
+}
+
+/// The replay found in review: one tenant flooding its own keyspace once evicted another
+/// keyspace's nonce, after which the same nonce was accepted again. Each keyspace now has its
+/// own part of the store; a `noeviction` one refuses with -OOM instead of forgetting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_in_one_keyspace_never_makes_another_forget_a_nonce() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    let ks = |name: &str, pattern: &str| Keyspace {
+        name: name.into(),
+        patterns: vec![Pattern::parse(pattern.as_bytes())],
+        mode: Mode::LocalOnly,
+    };
+    s.keyspaces = Keyspaces::new(
+        vec![ks("nonces", "nonce:"), ks("scratch", "tmp:")],
+        Mode::FailClosed,
+    );
+    s.local_store.max_bytes = 1 << 20;
+    s.local_store.shares = vec![StoreShare {
+        name: "nonces".into(),
+        // Room for three nonces of this size (key, value, 256 bytes of overhead each).
+        max_bytes: Some(3 * (7 + 1 + 256) + 100),
+        eviction: Eviction::NoEviction,
+    }];
+    let proxy = Proxy::start(s).await;
+    let mut tenant = proxy.client().await;
+    let mut flood = RawClient::connect(proxy.addr).await;
+    let nx = |n: &'static str| ["SET", n, "1", "NX", "EX", "300"];
+    assert_eq!(tenant.cmd(&nx("nonce:a")).await, simple("OK"));
+    // 5,000 writes of 1 KB in the scratch keyspace: ten times the whole store's budget.
+    let value = "x".repeat(1000);
+    for batch in 0..50 {
+        let keys: Vec<String> = (0..100).map(|i| format!("tmp:{batch}:{i}")).collect();
+        let cmds: Vec<Vec<&str>> = keys
+            .iter()
+            .map(|k| vec!["SET", k.as_str(), value.as_str()])
+            .collect();
+        let cmds: Vec<&[&str]> = cmds.iter().map(Vec::as_slice).collect();
+        for reply in flood.run(&cmds).await {
+            assert_eq!(reply, b"+OK\r\n");
+        }
+    }
+    // The nonce is remembered: its replay is refused.
+    assert_eq!(tenant.cmd(&nx("nonce:a")).await, Frame::Null);
+    assert_eq!(tenant.cmd(&nx("nonce:b")).await, simple("OK"));
+    assert_eq!(tenant.cmd(&nx("nonce:c")).await, simple("OK"));
+    // Full: a new nonce is refused with Redis's noeviction error, not accepted by forgetting.
+    let full = tenant.cmd(&nx("nonce:d")).await;
+    assert!(is_error(&full, "OOM command not allowed"), "{full:?}");
+    assert_eq!(tenant.cmd(&nx("nonce:a")).await, Frame::Null);
+    // INFO shows each keyspace's part.
+    let Frame::BulkString(info) = tenant.cmd(&["INFO", "keywarden"]).await else {
+        panic!("INFO")
+    };
+    let info = String::from_utf8_lossy(&info).into_owned();
+    assert!(
+        info.contains("keyspace=nonces,keys=3,used_bytes=792,max_bytes=892,eviction=noeviction,evictions=0,oom_refusals=1"),
+        "{info}"
+    );
+    assert!(info.contains("keyspace=scratch,keys="), "{info}");
+    proxy.shutdown().await;
+}
+
+/// FLUSHDB during an outage is routed by the degraded default keyspace: it empties what the
+/// degraded keyspaces hold locally, and never the local_only keys a FLUSHDB while healthy
+/// (forwarded upstream) would not touch either. KEYS, SCAN, RANDOMKEY and DBSIZE alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_commands_in_an_outage_leave_local_only_keyspaces_alone() {
+    let mut redis = RedisServer::start();
+    let (_dir, ev) = event_file();
+    let mut s = keyspaces(&redis, &ev);
+    s.keyspaces = scratch_keyspace(Mode::Degraded);
+    let proxy = Proxy::start(s).await;
+    let mut c = proxy.client().await;
+    assert_eq!(c.cmd(&["SET", "tmp:kept", "1"]).await, simple("OK"));
+    redis.kill();
+    wait_for_events(&ev, 1).await;
+    assert_eq!(c.cmd(&["SET", "plain", "1"]).await, simple("OK"));
+    assert_eq!(c.cmd(&["DBSIZE"]).await, int(1));
+    assert_eq!(
+        c.cmd(&["KEYS", "*"]).await,
+        Frame::Array(vec![bulk("plain")])
+    );
+    assert_eq!(c.cmd(&["RANDOMKEY"]).await, bulk("plain"));
+    let scan = c.cmd(&["SCAN", "0"]).await;
+    assert_eq!(
+        scan,
+        Frame::Array(vec![bulk("0"), Frame::Array(vec![bulk("plain")])])
+    );
+    assert_eq!(c.cmd(&["FLUSHDB"]).await, simple("OK"));
+    assert_eq!(c.cmd(&["GET", "tmp:kept"]).await, bulk("1"));
+    assert_eq!(c.cmd(&["DBSIZE"]).await, int(0));
     proxy.shutdown().await;
 }

@@ -21,10 +21,13 @@ use crate::config::settings::{
     LogSettings, Settings, UpstreamSettings, MAX_MULTIBULK_LEN,
 };
 use crate::config::units::{
-    duration, keepalive, show_duration, show_size, size, timeout, zero_is_off, KIB, MAX_SIZE, MIB,
+    duration, keepalive, show_duration, show_size, size, timeout, zero_is_off, Quantity, KIB,
+    MAX_SIZE, MIB,
 };
 use crate::policy::auth::{self, CommandAccess, KeyAccess, PasswordHash, User, Users};
-use crate::policy::keyspace::{Keyspace, Keyspaces, Membership, Mode, Pattern};
+use crate::policy::keyspace::{
+    Eviction, Keyspace, Keyspaces, Membership, Mode, Pattern, StoreShare, DEFAULT_NAME,
+};
 
 /// Redis's own floor for `client-query-buffer-limit`.
 const MIN_QUERY_BUFFER: usize = MIB;
@@ -93,9 +96,9 @@ pub(super) fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settin
     let log = check_log(c, raw.log);
     // Users name keyspaces by their position in the file, which is also their index.
     let keyspace_names: Vec<String> = raw.keyspace.iter().map(|ks| ks.name.clone()).collect();
-    let keyspaces = check_keyspaces(c, raw.keyspace, default_mode);
+    let (keyspaces, shares) = check_keyspaces(c, raw.keyspace, default_mode);
     let users = check_users(c, raw.requirepass_sha256, raw.user, &keyspace_names);
-    let local_store = check_local_store(c, raw.local_store);
+    let local_store = check_local_store(c, raw.local_store, keyspaces.as_ref(), shares);
     let health = check_health(c, raw.health);
     c.table = "";
     let instance_id = c.check("instance_id", raw.instance_id, |id| {
@@ -193,8 +196,9 @@ fn check_keyspaces(
     c: &mut Checker,
     raw: Vec<RawKeyspace>,
     default_mode: Option<Mode>,
-) -> Option<Keyspaces> {
+) -> (Option<Keyspaces>, Vec<StoreShare>) {
     let mut list = Vec::with_capacity(raw.len());
+    let mut shares = Vec::new();
     let mut ok = true;
     let mut seen_patterns: Vec<(String, String)> = Vec::new();
     for (i, ks) in raw.into_iter().enumerate() {
@@ -249,10 +253,40 @@ fn check_keyspaces(
                 seen_patterns.push((p.clone(), ks.name.clone()));
             }
         }
+        let share = check_share(
+            c,
+            &at("max_bytes"),
+            &at("eviction"),
+            ks.max_bytes,
+            ks.eviction.as_deref().unwrap_or("lru"),
+        );
         let Some(mode) = mode else {
             ok = false;
             continue;
         };
+        match share {
+            Some((max_bytes, eviction)) => {
+                if mode == Mode::FailClosed && (max_bytes.is_some() || ks.eviction.is_some()) {
+                    c.report(
+                        &at("max_bytes"),
+                        "a fail_closed keyspace never holds local keys: max_bytes and \
+                         eviction are for degraded and local_only keyspaces"
+                            .to_owned(),
+                    );
+                    ok = false;
+                }
+                // Only what differs from the defaults, so that a reload that adds a keyspace
+                // changes the keyspaces, not the store's settings.
+                if max_bytes.is_some() || eviction != Eviction::Lru {
+                    shares.push(StoreShare {
+                        name: ks.name.clone(),
+                        max_bytes,
+                        eviction,
+                    });
+                }
+            }
+            None => ok = false,
+        }
         list.push(Keyspace {
             name: ks.name,
             patterns: ks
@@ -263,8 +297,26 @@ fn check_keyspaces(
             mode,
         });
     }
-    let default_mode = default_mode?;
-    ok.then(|| Keyspaces::new(list, default_mode))
+    let keyspaces = default_mode.filter(|_| ok).map(|m| Keyspaces::new(list, m));
+    (keyspaces, shares)
+}
+
+/// A keyspace's own budget (`None`: a share) and its eviction.
+fn check_share(
+    c: &mut Checker,
+    bytes_at: &str,
+    eviction_at: &str,
+    max_bytes: Option<Quantity>,
+    eviction: &str,
+) -> Option<(Option<usize>, Eviction)> {
+    let max_bytes = match max_bytes {
+        None => Some(None),
+        Some(q) => c.check(bytes_at, q, |q| size(q, KIB..=MAX_SIZE)).map(Some),
+    };
+    let eviction = c.check(eviction_at, eviction, |e: &str| {
+        Eviction::parse(e).ok_or_else(|| format!("{e:?} is not an eviction: lru or noeviction"))
+    });
+    Some((max_bytes?, eviction?))
 }
 
 /// Users: `requirepass_sha256` (the `default` user, every permission) and `[[user]]` entries,
@@ -427,12 +479,73 @@ fn key_patterns(patterns: &[String]) -> Result<Vec<Pattern>, String> {
         .collect()
 }
 
-fn check_local_store(c: &mut Checker, raw: RawLocalStore) -> Option<LocalStoreSettings> {
+/// The store's budget, divided among the keyspaces: the budgets keyspaces name must fit in it,
+/// and leave at least a KiB to each keyspace that shares the rest.
+fn check_local_store(
+    c: &mut Checker,
+    raw: RawLocalStore,
+    keyspaces: Option<&Keyspaces>,
+    mut shares: Vec<StoreShare>,
+) -> Option<LocalStoreSettings> {
     c.table = "local_store.";
     let max_bytes = c.check("max_bytes", raw.max_bytes, |q| size(q, KIB..=MAX_SIZE));
-    Some(LocalStoreSettings {
-        max_bytes: max_bytes?,
-    })
+    let default = check_share(
+        c,
+        "default_max_bytes",
+        "default_eviction",
+        raw.default_max_bytes,
+        &raw.default_eviction,
+    );
+    let (default_bytes, default_eviction) = default?;
+    if default_bytes.is_some() || default_eviction != Eviction::Lru {
+        shares.push(StoreShare {
+            name: DEFAULT_NAME.to_owned(),
+            max_bytes: default_bytes,
+            eviction: default_eviction,
+        });
+    }
+    let (max_bytes, keyspaces) = (max_bytes?, keyspaces?);
+    let local = |name: &str| {
+        keyspaces
+            .names()
+            .zip(keyspaces.modes())
+            .any(|(n, m)| n == name && m != Mode::FailClosed)
+    };
+    let named: usize = shares
+        .iter()
+        .filter(|s| local(&s.name))
+        .filter_map(|s| s.max_bytes)
+        .sum();
+    let sharing = keyspaces
+        .names()
+        .zip(keyspaces.modes())
+        .filter(|&(n, m)| {
+            m != Mode::FailClosed && shares.iter().all(|s| s.name != n || s.max_bytes.is_none())
+        })
+        .count();
+    if named > max_bytes {
+        c.report(
+            "max_bytes",
+            format!(
+                "the keyspaces' own max_bytes add up to {}, more than the store's {}",
+                show_size(named),
+                show_size(max_bytes)
+            ),
+        );
+        return None;
+    }
+    if sharing > 0 && (max_bytes - named) / sharing < KIB {
+        c.report(
+            "max_bytes",
+            format!(
+                "{} left after the keyspaces' own max_bytes, shared by {sharing} keyspaces \
+                 without one: each needs at least 1KiB",
+                show_size(max_bytes - named)
+            ),
+        );
+        return None;
+    }
+    Some(LocalStoreSettings { max_bytes, shares })
 }
 
 fn check_health(c: &mut Checker, raw: RawHealth) -> Option<HealthSettings> {

@@ -44,6 +44,11 @@ pub(super) struct RawKeyspace {
     pub(super) name: String,
     pub(super) patterns: Vec<String>,
     pub(super) mode: String,
+    /// Absent = an equal share of what the keyspaces with a budget leave.
+    #[serde(default)]
+    pub(super) max_bytes: Option<Quantity>,
+    #[serde(default)]
+    pub(super) eviction: Option<String>,
 }
 
 /// A `[[user]]`. `keyspaces` and `key_patterns` both absent = every key; `categories` absent
@@ -62,6 +67,9 @@ pub(super) struct RawUser {
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawLocalStore {
     pub(super) max_bytes: Quantity,
+    /// The default keyspace's budget; absent = a share, as a keyspace without one.
+    pub(super) default_max_bytes: Option<Quantity>,
+    pub(super) default_eviction: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +164,8 @@ impl Default for RawLocalStore {
     fn default() -> RawLocalStore {
         RawLocalStore {
             max_bytes: "64MiB".into(),
+            default_max_bytes: None,
+            default_eviction: "lru".to_owned(),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config::ConfigSource;
 use crate::policy::auth;
-use crate::policy::keyspace::Keyspaces;
+use crate::policy::keyspace::{Keyspaces, StoreShare};
 
 /// The typed, validated configuration the proxy runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,10 +53,15 @@ pub struct AdminSettings {
 }
 
 /// The local store serving `degraded` and `local_only` keyspaces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalStoreSettings {
-    /// Byte budget; beyond it the least recently used keys are evicted.
+    /// The byte budget of the whole store, divided among the keyspaces (see
+    /// [`crate::policy::keyspace::Keyspaces::budgets`]).
     pub max_bytes: usize,
+    /// Keyspaces' own budgets and what each does when full, by name (`default` for keys in no
+    /// keyspace), for those that set either; a keyspace not listed shares what is left and
+    /// evicts.
+    pub shares: Vec<StoreShare>,
 }
 
 /// How upstream health is judged.

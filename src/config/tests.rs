@@ -14,7 +14,7 @@ use crate::config::{
     LogFormat, LogSettings, Overrides, Problem, Settings, UpstreamSettings,
 };
 use crate::policy::auth::Users;
-use crate::policy::keyspace::{Keyspace, Keyspaces, Mode, Pattern};
+use crate::policy::keyspace::{Eviction, Keyspace, Keyspaces, Mode, Pattern, StoreShare};
 
 const EXAMPLE: &str = include_str!("../../config/keywarden.toml");
 const LOCAL_ONLY: &str = include_str!("../../config/local-only.toml");
@@ -52,12 +52,25 @@ fn example_file_is_the_defaults() {
     assert_eq!(modes, [Mode::FailClosed, Mode::Degraded, Mode::LocalOnly]);
     let defaults = Settings::default();
     assert!(defaults.keyspaces.iter().next().is_none());
+    // ...and gives the local_only one a part of the store of its own.
+    let own: Vec<_> = settings
+        .local_store
+        .shares
+        .iter()
+        .filter_map(|s| s.max_bytes.map(|b| (s.name.as_str(), b, s.eviction)))
+        .collect();
+    assert_eq!(own, [("scratch", 16 * MIB, Eviction::Lru)]);
     assert_eq!(
         Settings {
             keyspaces: defaults.keyspaces.clone(),
+            local_store: defaults.local_store.clone(),
             ..settings.clone()
         },
         defaults
+    );
+    assert_eq!(
+        settings.local_store.max_bytes,
+        defaults.local_store.max_bytes
     );
     assert_eq!(settings.listen, "127.0.0.1:6380".parse().unwrap());
     assert_eq!(settings.upstream.address, "127.0.0.1:6379");
@@ -96,6 +109,7 @@ fn example_file_mentions_every_option() {
         "log.format",
         "log.level",
         "local_store.max_bytes",
+        "local_store.default_eviction",
         "health.probe_interval",
         "health.probe_timeout",
         "health.failure_threshold",
@@ -167,8 +181,15 @@ fn a_full_file_is_typed() {
             name = "limits"
             patterns = ["rl:", "quota:*"]
             mode = "fail_closed"
+            [[keyspace]]
+            name = "nonces"
+            patterns = ["nonce:"]
+            mode = "degraded"
+            max_bytes = "1MiB"
+            eviction = "noeviction"
             [local_store]
             max_bytes = "8MiB"
+            default_eviction = "noeviction"
             [health]
             probe_interval = "250ms"
             probe_timeout = "100ms"
@@ -216,15 +237,36 @@ fn a_full_file_is_typed() {
             },
             instance_id: Some("edge-1".to_owned()),
             keyspaces: Keyspaces::new(
-                vec![Keyspace {
-                    name: "limits".to_owned(),
-                    patterns: vec![Pattern::parse(b"rl:"), Pattern::parse(b"quota:*")],
-                    mode: Mode::FailClosed,
-                }],
+                vec![
+                    Keyspace {
+                        name: "limits".to_owned(),
+                        patterns: vec![Pattern::parse(b"rl:"), Pattern::parse(b"quota:*")],
+                        mode: Mode::FailClosed,
+                    },
+                    Keyspace {
+                        name: "nonces".to_owned(),
+                        patterns: vec![Pattern::parse(b"nonce:")],
+                        mode: Mode::Degraded,
+                    }
+                ],
                 Mode::Degraded
             ),
             users: Users::open(),
-            local_store: LocalStoreSettings { max_bytes: 8 * MIB },
+            local_store: LocalStoreSettings {
+                max_bytes: 8 * MIB,
+                shares: vec![
+                    StoreShare {
+                        name: "nonces".to_owned(),
+                        max_bytes: Some(MIB),
+                        eviction: Eviction::NoEviction,
+                    },
+                    StoreShare {
+                        name: "default".to_owned(),
+                        max_bytes: None,
+                        eviction: Eviction::NoEviction,
+                    },
+                ],
+            },
             health: HealthSettings {
                 probe_interval: Duration::from_millis(250),
                 probe_timeout: Duration::from_millis(100),
@@ -820,4 +862,78 @@ fn a_listener_beyond_loopback_needs_a_password() {
     };
     let error = Settings::from_toml_str("", "test.toml", &overrides).unwrap_err();
     assert!(error.to_string().contains("(from --listen)"), "{error}");
+}
+
+#[test]
+fn keyspace_budgets_must_fit_the_store() {
+    let ks = |name: &str, mode: &str, extra: &str| {
+        format!("[[keyspace]]\nname = \"{name}\"\npatterns = [\"{name}:\"]\nmode = \"{mode}\"\n{extra}\n")
+    };
+    assert_problem(
+        &format!(
+            "{}{}[local_store]\nmax_bytes = \"1MiB\"\n",
+            ks("a", "degraded", "max_bytes = \"600KiB\""),
+            ks("b", "local_only", "max_bytes = \"600KiB\"")
+        ),
+        "local_store.max_bytes",
+        "add up to 1200KiB, more than the store's 1MiB",
+    );
+    assert_problem(
+        &format!(
+            "{}default_mode = \"degraded\"\n[local_store]\nmax_bytes = \"1MiB\"\n",
+            ks("a", "degraded", "max_bytes = \"1MiB\"")
+        )
+        .replace("default_mode = \"degraded\"\n", "")
+        .replacen(
+            "[[keyspace]]",
+            "default_mode = \"degraded\"\n[[keyspace]]",
+            1,
+        ),
+        "local_store.max_bytes",
+        "each needs at least 1KiB",
+    );
+    assert_problem(
+        &ks("limits", "fail_closed", "max_bytes = \"1MiB\""),
+        "keyspace[0].max_bytes",
+        "a fail_closed keyspace never holds local keys",
+    );
+    assert_problem(
+        &ks("a", "degraded", "eviction = \"allkeys-lru\""),
+        "keyspace[0].eviction",
+        "\"allkeys-lru\" is not an eviction: lru or noeviction",
+    );
+    assert_problem(
+        "[local_store]\ndefault_eviction = \"volatile-lru\"\n",
+        "local_store.default_eviction",
+        "is not an eviction",
+    );
+    assert_problem(
+        &ks("a", "degraded", "max_bytes = 100"),
+        "keyspace[0].max_bytes",
+        "",
+    );
+    // Own parts that fit, and a share for the rest.
+    let settings = parse(&format!(
+        "{}{}[local_store]\nmax_bytes = \"1MiB\"\ndefault_max_bytes = \"1KiB\"\n",
+        ks(
+            "a",
+            "degraded",
+            "max_bytes = \"512KiB\"\neviction = \"noeviction\""
+        ),
+        ks("b", "local_only", "")
+    ))
+    .unwrap();
+    let budgets = settings
+        .keyspaces
+        .budgets(settings.local_store.max_bytes, &settings.local_store.shares);
+    let got: Vec<(usize, Eviction)> = budgets.iter().map(|b| (b.max_bytes, b.eviction)).collect();
+    // The default keyspace fails closed (the default mode): it gets nothing.
+    assert_eq!(
+        got,
+        [
+            (512 * KIB, Eviction::NoEviction),
+            (512 * KIB, Eviction::Lru),
+            (0, Eviction::Lru)
+        ]
+    );
 }

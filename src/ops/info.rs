@@ -76,6 +76,22 @@ pub(crate) fn section(sample: &Overview, policy: &Policy) -> String {
     line("local_store_max_bytes", &store.max_bytes);
     line("local_store_evictions", &store.evictions);
     line("local_store_expirations", &store.expirations);
+    line("local_store_oom_refusals", &store.oom_refusals);
+    for (i, part) in sample.store_parts.iter().enumerate() {
+        line(
+            &format!("local_store_part{i}"),
+            &format!(
+                "keyspace={},keys={},used_bytes={},max_bytes={},eviction={},evictions={},oom_refusals={}",
+                part.keyspace,
+                part.keys,
+                part.used_bytes,
+                part.max_bytes,
+                part.eviction.as_str(),
+                part.evictions,
+                part.refusals
+            ),
+        );
+    }
     let (applied, failed, last_failed) = sample.reloads;
     line("config_generation", &policy.generation);
     line("config_reloads", &applied);

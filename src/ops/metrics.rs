@@ -27,6 +27,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::local::store::PartStats;
 use crate::ops::events::{Counts, EventKind};
 use crate::upstream::health::State;
 use crate::upstream::monitor::HealthSnapshot;
@@ -195,6 +196,36 @@ pub(crate) const LOCAL_STORE_EXPIRATIONS: Metric = counter(
     &[],
     "Keys removed from the local store because their TTL passed.",
 );
+pub(crate) const LOCAL_STORE_OOM_REFUSALS: Metric = counter(
+    "keywarden_local_store_oom_refusals_total",
+    &[],
+    "Writes the local store refused with -OOM: a noeviction keyspace was full, or an entry alone exceeded its keyspace's budget.",
+);
+pub(crate) const KEYSPACE_LOCAL_KEYS: Metric = gauge(
+    "keywarden_keyspace_local_keys",
+    &["keyspace"],
+    "Keys the local store holds for the keyspace, all databases.",
+);
+pub(crate) const KEYSPACE_LOCAL_USED_BYTES: Metric = gauge(
+    "keywarden_keyspace_local_used_bytes",
+    &["keyspace"],
+    "Bytes the keyspace's part of the local store counts against its budget.",
+);
+pub(crate) const KEYSPACE_LOCAL_MAX_BYTES: Metric = gauge(
+    "keywarden_keyspace_local_max_bytes",
+    &["keyspace"],
+    "The keyspace's budget in the local store (its max_bytes, or its share of local_store.max_bytes).",
+);
+pub(crate) const KEYSPACE_LOCAL_EVICTIONS: Metric = counter(
+    "keywarden_keyspace_local_evictions_total",
+    &["keyspace"],
+    "Keys evicted from the keyspace's part of the local store to make room for its own writes.",
+);
+pub(crate) const KEYSPACE_LOCAL_OOM_REFUSALS: Metric = counter(
+    "keywarden_keyspace_local_oom_refusals_total",
+    &["keyspace"],
+    "Writes to the keyspace refused with -OOM by the local store.",
+);
 pub(crate) const CONFIG_RELOADS: Metric = counter(
     "keywarden_config_reloads_total",
     &["result"],
@@ -232,6 +263,12 @@ pub(crate) const CATALOGUE: &[Metric] = &[
     LOCAL_STORE_MAX_BYTES,
     LOCAL_STORE_EVICTIONS,
     LOCAL_STORE_EXPIRATIONS,
+    LOCAL_STORE_OOM_REFUSALS,
+    KEYSPACE_LOCAL_KEYS,
+    KEYSPACE_LOCAL_USED_BYTES,
+    KEYSPACE_LOCAL_MAX_BYTES,
+    KEYSPACE_LOCAL_EVICTIONS,
+    KEYSPACE_LOCAL_OOM_REFUSALS,
     CONFIG_RELOADS,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
 ];
@@ -247,6 +284,8 @@ pub(crate) struct StoreUsage {
     pub max_bytes: usize,
     pub evictions: u64,
     pub expirations: u64,
+    /// Writes refused with -OOM.
+    pub oom_refusals: u64,
 }
 
 /// The proxy's state as INFO and `/status` show it: the part of a [`Sample`] that needs no
@@ -258,6 +297,8 @@ pub(crate) struct Overview {
     pub(crate) health: HealthSnapshot,
     pub(crate) counts: Counts,
     pub(crate) store: StoreUsage,
+    /// Each keyspace's part of the local store, the default keyspace's last.
+    pub(crate) store_parts: Vec<PartStats>,
     /// Reloads applied, reloads failed, and whether the last one failed.
     pub(crate) reloads: (u64, u64, bool),
 }
@@ -286,6 +327,8 @@ pub(crate) struct Sample {
     pub health: HealthSnapshot,
     pub counts: Counts,
     pub store: StoreUsage,
+    /// Each keyspace's part of the local store, the default keyspace's last.
+    pub store_parts: Vec<PartStats>,
     /// Reloads applied, reloads failed, and whether the last one failed.
     pub reloads: (u64, u64, bool),
 }
@@ -373,6 +416,7 @@ pub(crate) struct Metrics {
     store_max: Gauge,
     store_evictions: Counter,
     store_expirations: Counter,
+    store_refusals: Counter,
     reloads_applied: Counter,
     reloads_failed: Counter,
     last_reload_ok: Gauge,
@@ -450,6 +494,7 @@ impl Metrics {
             store_max: register_gauge(&recorder, LOCAL_STORE_MAX_BYTES, vec![]),
             store_evictions: register_counter(&recorder, LOCAL_STORE_EVICTIONS, vec![]),
             store_expirations: register_counter(&recorder, LOCAL_STORE_EXPIRATIONS, vec![]),
+            store_refusals: register_counter(&recorder, LOCAL_STORE_OOM_REFUSALS, vec![]),
             reloads_applied: reload("applied"),
             reloads_failed: reload("failed"),
             last_reload_ok: register_gauge(&recorder, CONFIG_LAST_RELOAD_SUCCESSFUL, vec![]),
@@ -515,6 +560,16 @@ impl Metrics {
         self.store_max.set(store.max_bytes as f64);
         self.store_evictions.absolute(store.evictions);
         self.store_expirations.absolute(store.expirations);
+        self.store_refusals.absolute(store.oom_refusals);
+        for part in &sample.store_parts {
+            let label = || vec![Label::new("keyspace", part.keyspace.clone())];
+            let r = &self.recorder;
+            register_gauge(r, KEYSPACE_LOCAL_KEYS, label()).set(part.keys as f64);
+            register_gauge(r, KEYSPACE_LOCAL_USED_BYTES, label()).set(part.used_bytes as f64);
+            register_gauge(r, KEYSPACE_LOCAL_MAX_BYTES, label()).set(part.max_bytes as f64);
+            register_counter(r, KEYSPACE_LOCAL_EVICTIONS, label()).absolute(part.evictions);
+            register_counter(r, KEYSPACE_LOCAL_OOM_REFUSALS, label()).absolute(part.refusals);
+        }
         let (applied, failed, last_failed) = sample.reloads;
         self.reloads_applied.absolute(applied);
         self.reloads_failed.absolute(failed);
@@ -681,7 +736,17 @@ mod tests {
                 max_bytes: 1 << 20,
                 evictions: 1,
                 expirations: 9,
+                oom_refusals: 4,
             },
+            store_parts: vec![PartStats {
+                keyspace: "default".into(),
+                keys: 3,
+                used_bytes: 812,
+                max_bytes: 1 << 20,
+                eviction: crate::policy::keyspace::Eviction::NoEviction,
+                evictions: 1,
+                refusals: 4,
+            }],
             reloads: (2, 1, true),
         }
     }
@@ -798,6 +863,27 @@ mod tests {
             ("keywarden_local_store_max_bytes".to_owned(), 1048576.0),
             ("keywarden_local_store_evictions_total".to_owned(), 1.0),
             ("keywarden_local_store_expirations_total".to_owned(), 9.0),
+            ("keywarden_local_store_oom_refusals_total".to_owned(), 4.0),
+            (
+                r#"keywarden_keyspace_local_keys{keyspace="default"}"#.to_owned(),
+                3.0,
+            ),
+            (
+                r#"keywarden_keyspace_local_used_bytes{keyspace="default"}"#.to_owned(),
+                812.0,
+            ),
+            (
+                r#"keywarden_keyspace_local_max_bytes{keyspace="default"}"#.to_owned(),
+                1048576.0,
+            ),
+            (
+                r#"keywarden_keyspace_local_evictions_total{keyspace="default"}"#.to_owned(),
+                1.0,
+            ),
+            (
+                r#"keywarden_keyspace_local_oom_refusals_total{keyspace="default"}"#.to_owned(),
+                4.0,
+            ),
             (
                 r#"keywarden_config_reloads_total{result="applied"}"#.to_owned(),
                 2.0,

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::live::{Live, Policy};
 use crate::config::Settings;
-use crate::local::store::Store;
+use crate::local::store::{Layout, Store};
 use crate::ops::events::Events;
 use crate::ops::events::{AffectedKeyspaces, ReloadEvent, ReloadOutcome};
 use crate::policy::keyspace::PerKeyspace;
@@ -71,6 +71,12 @@ pub(crate) struct Plan {
 }
 
 /// Compares `new` with `current`, setting by setting.
+/// How `settings` divide the local store among their keyspaces.
+pub(crate) fn store_layout(settings: &Settings) -> Layout {
+    let store = &settings.local_store;
+    Layout::new(&settings.keyspaces, store.max_bytes, &store.shares)
+}
+
 pub(crate) fn plan(current: &Settings, mut new: Settings) -> Plan {
     let mut restart_required = Vec::new();
     macro_rules! fixed {
@@ -187,7 +193,7 @@ pub(crate) fn reload(parts: &Parts<'_>, trigger: Trigger) -> Result<Applied, Rej
         .monitor
         .reconfigure(&MonitorSettings::from_settings(&settings), affected.clone());
     let generation = current.generation + 1;
-    let max_bytes = settings.local_store.max_bytes;
+    let layout = store_layout(&settings);
     // A key stays only while its keyspace keeps its mode (no need to look when the keyspaces
     // did not change). Both lists are owned here: the new one moves into the policy while the
     // store is locked.
@@ -201,7 +207,7 @@ pub(crate) fn reload(parts: &Parts<'_>, trigger: Trigger) -> Result<Applied, Rej
         per_keyspace,
     });
     let discarded_local_keys = parts.store.reconfigure(
-        max_bytes,
+        layout,
         generation,
         || parts.live.install(policy.take().expect("installed once")),
         discard,

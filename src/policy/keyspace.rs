@@ -178,6 +178,53 @@ impl PerKeyspace {
     }
 }
 
+/// What a keyspace's part of the local store does when a write would take it past its
+/// budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Eviction {
+    /// Evict the keyspace's least recently used keys (Redis's `allkeys-lru`, within the
+    /// keyspace).
+    #[default]
+    Lru,
+    /// Refuse the write with Redis's `-OOM` error (Redis's `noeviction`): for keys whose loss
+    /// is a security hole (nonces, idempotency keys, rate limits).
+    NoEviction,
+}
+
+impl Eviction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Eviction::Lru => "lru",
+            Eviction::NoEviction => "noeviction",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Eviction> {
+        match text {
+            "lru" => Some(Eviction::Lru),
+            "noeviction" => Some(Eviction::NoEviction),
+            _ => None,
+        }
+    }
+}
+
+/// One keyspace's part of the local store as configured: its own byte budget, or `None` for
+/// an equal share of what the keyspaces with one leave, and what it does when full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreShare {
+    /// The keyspace's name (`default` for keys in none).
+    pub name: String,
+    pub max_bytes: Option<usize>,
+    pub eviction: Eviction,
+}
+
+/// One keyspace's byte budget in the local store and what it does when full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    pub max_bytes: usize,
+    pub eviction: Eviction,
+}
+
 /// The name used for keys that match no configured keyspace.
 pub(crate) const DEFAULT_NAME: &str = "default";
 
@@ -231,6 +278,47 @@ impl Keyspaces {
 
     pub fn iter(&self) -> impl Iterator<Item = &Keyspace> {
         self.list.iter()
+    }
+
+    /// The mode of every keyspace in [`Keyspaces::names`] order, the default one last.
+    pub fn modes(&self) -> impl Iterator<Item = Mode> + '_ {
+        let named = self.list.iter().map(|ks| ks.mode);
+        named.chain(std::iter::once(self.default_mode))
+    }
+
+    /// Each keyspace's part of a local store of `total` bytes, in [`Keyspaces::names`] order:
+    /// a keyspace named in `shares` with a budget gets it; every other keyspace that can hold
+    /// local keys (`degraded` or `local_only`) gets an equal share of what those leave; a
+    /// `fail_closed` keyspace never holds a local key and gets nothing. Budgets that add up to
+    /// more than `total` (the config check refuses them) are cut to what is left, in order.
+    pub fn budgets(&self, total: usize, shares: &[StoreShare]) -> Vec<Budget> {
+        let share = |name: &str| shares.iter().find(|s| s.name == name);
+        let mut left = total;
+        let mut fixed: Vec<Option<usize>> = Vec::new();
+        let mut sharing = 0;
+        for (name, mode) in self.names().zip(self.modes()) {
+            let own = match (mode, share(name).and_then(|s| s.max_bytes)) {
+                (Mode::FailClosed, _) => Some(0),
+                (_, Some(bytes)) => {
+                    let bytes = bytes.min(left);
+                    left -= bytes;
+                    Some(bytes)
+                }
+                (_, None) => {
+                    sharing += 1;
+                    None
+                }
+            };
+            fixed.push(own);
+        }
+        let each = left.checked_div(sharing).unwrap_or(0);
+        self.names()
+            .zip(fixed)
+            .map(|(name, own)| Budget {
+                max_bytes: own.unwrap_or(each),
+                eviction: share(name).map_or(Eviction::Lru, |s| s.eviction),
+            })
+            .collect()
     }
 
     /// Names of the keyspaces in `mode`, the default one included when it is in that mode.

@@ -20,7 +20,7 @@ use crate::local::clock::unix_ms;
 use crate::local::store::Store;
 use crate::ops::admin::{self, Admin};
 use crate::ops::events::{self, AffectedKeyspaces, Events};
-use crate::ops::reload::{ReloadCounts, Trigger};
+use crate::ops::reload::{store_layout, ReloadCounts, Trigger};
 use crate::policy::keyspace::Mode;
 use crate::proxy::clients::{Clients, Phase};
 use crate::proxy::server::Server;
@@ -70,7 +70,7 @@ pub async fn run(
         settings.tcp_keepalive,
         monitor.handle(),
     );
-    let store = Arc::new(Store::new(settings.local_store.max_bytes));
+    let store = Arc::new(Store::with_layout(store_layout(&settings)));
     tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
     let server = Arc::new(Server {
         live: Live::new(settings),

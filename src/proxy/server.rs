@@ -60,7 +60,9 @@ impl Server {
                 max_bytes: store.max_bytes(),
                 evictions: store.evictions(),
                 expirations: store.expirations(),
+                oom_refusals: store.refusals(),
             },
+            store_parts: store.part_stats(),
             reloads: self.reloads.totals(),
         }
     }
@@ -73,6 +75,7 @@ impl Server {
             health,
             counts,
             store,
+            store_parts,
             reloads,
         } = self.overview();
         let policy = self.policy();
@@ -98,6 +101,7 @@ impl Server {
             health,
             counts,
             store,
+            store_parts,
             reloads,
         }
     }

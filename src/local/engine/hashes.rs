@@ -31,7 +31,7 @@ fn write_fields(
             Ok(created)
         }
         Some(bytes) => {
-            c.txn.check_fits(key.len(), bytes)?;
+            c.txn.check_fits(c.db, key, bytes)?;
             let created = c.txn.update(c.db, key, |value| match value {
                 Value::Hash(h) => set_all(h),
                 Value::Str(_) => 0,

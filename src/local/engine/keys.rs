@@ -67,7 +67,7 @@ fn rename_generic(c: &mut Call<'_, '_>, nx: bool) -> Result<(), Error> {
         c.out.int(0);
         return Ok(());
     }
-    c.txn.check_fits(to.len(), bytes)?;
+    c.txn.check_writes(c.db, &[(to, bytes)], &[from])?;
     c.txn.remove(c.db, to);
     let entry = c.txn.remove(c.db, from).expect("checked above");
     let expiry = entry.expire_at().map_or(Expiry::Persist, Expiry::At);
@@ -128,7 +128,7 @@ pub(super) fn copy(c: &mut Call<'_, '_>) -> Result<(), Error> {
         c.out.int(0);
         return Ok(());
     }
-    c.txn.check_fits(to.len(), value.bytes())?;
+    c.txn.check_fits(to_db, to, value.bytes())?;
     c.txn.remove(to_db, to);
     c.txn
         .insert(to_db, to, value, at.map_or(Expiry::Persist, Expiry::At))?;

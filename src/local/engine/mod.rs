@@ -451,11 +451,13 @@ mod tests {
         );
         assert_eq!(run(&store, 0, &["EXISTS", "k2"]), ":0\r\n");
         assert_eq!(store.evictions(), 1);
-        // Updating an existing key, even growing it, evicts nothing.
+        // Growing a key past the budget evicts the least recently used other key, never the
+        // key written.
         run(&store, 0, &["APPEND", "k1", "more bytes"]);
-        run(&store, 0, &["SET", "k3", "a longer value"]);
-        assert_eq!(store.evictions(), 1);
-        assert_eq!(run(&store, 0, &["DBSIZE"]), ":3\r\n");
+        assert_eq!(store.evictions(), 2);
+        assert_eq!(run(&store, 0, &["EXISTS", "k1", "k3", "k4"]), ":2\r\n");
+        assert_eq!(run(&store, 0, &["GET", "k1"]), "$11\r\nvmore bytes\r\n");
+        assert!(store.used_bytes() <= store.max_bytes());
     }
 
     #[test]

@@ -245,9 +245,11 @@ fn mset_generic(c: &mut Call<'_, '_>, nx: bool) -> Result<(), Error> {
         c.out.int(0);
         return Ok(());
     }
-    for i in (1..c.argc()).step_by(2) {
-        c.txn.check_fits(c.arg(i).len(), c.arg(i + 1).len())?;
-    }
+    let writes: Vec<(&[u8], usize)> = (1..c.argc())
+        .step_by(2)
+        .map(|i| (c.arg(i), c.arg(i + 1).len()))
+        .collect();
+    c.txn.check_writes(c.db, &writes, &[])?;
     for i in (1..c.argc()).step_by(2) {
         let value = Value::Str(Str::from_slice(c.arg(i + 1)));
         c.txn.insert(c.db, c.arg(i), value, Expiry::Persist)?;
@@ -339,7 +341,7 @@ pub(super) fn append(c: &mut Call<'_, '_>) -> Result<(), Error> {
     if total as u64 > PROTO_MAX_BULK_LEN {
         return Err(Error::StringTooLong);
     }
-    c.txn.check_fits(key.len(), total)?;
+    c.txn.check_fits(c.db, key, total)?;
     c.txn.update(c.db, key, |value| {
         if let Value::Str(s) = value {
             s.extend_from_slice(tail);
@@ -405,7 +407,7 @@ pub(super) fn setrange(c: &mut Call<'_, '_>) -> Result<(), Error> {
     }
     let (offset, end) = (offset as usize, end as usize);
     let new_len = existing.unwrap_or(0).max(end);
-    c.txn.check_fits(key.len(), new_len)?;
+    c.txn.check_fits(c.db, key, new_len)?;
     match existing {
         None => {
             let mut s = Str::from_elem(0, end);

@@ -1,5 +1,6 @@
-//! The local store: keys of every database in one byte-bounded, exactly-LRU map, with per-key
-//! deadlines. It holds data only; what commands mean is in [`crate::local::engine`].
+//! The local store: keys of every database, held per keyspace in byte-bounded, exactly-LRU
+//! parts, with per-key deadlines. It holds data only; what commands mean is in
+//! [`crate::local::engine`].
 //!
 //! Layout: this file owns the map, its byte count, eviction and expiry; `txn` is the view one
 //! command gets while it holds the lock; `value` is what a key holds (strings, hashes);
@@ -8,8 +9,8 @@
 //! # One lock
 //! Everything sits behind one `Mutex`, and a command holds it from start to end ([`Store::lock`]
 //! hands out a [`Txn`]). That one choice gives, with no further machinery:
-//! - exact LRU across all databases (one `lru::LruCache`, one recency list), which per-shard
-//!   locks could only approximate;
+//! - exact LRU within each keyspace across all databases (one `lru::LruCache` per keyspace),
+//!   which per-shard locks could only approximate;
 //! - atomic commands: SET NX (first writer wins), MSET, MSETNX, RENAME and COPY are each seen
 //!   whole or not at all by every other client;
 //! - WATCH with no race: a write marks its watchers dirty inside the critical section that
@@ -22,7 +23,13 @@
 //! runtime ever makes the lock hot, sharding by key would trade exact global LRU and
 //! multi-key atomicity for it; that is why it is not done now.
 //!
-//! # Byte budget
+//! # Byte budgets, one per keyspace
+//! Every keyspace has its own part of the store ([`Layout`]): its own map, recency list and
+//! byte budget, so that one tenant's writes never evict another keyspace's keys. What a part
+//! does when full is its keyspace's [`Eviction`]: `lru` evicts that keyspace's least recently
+//! used keys, `noeviction` refuses the write with Redis's `-OOM` error. A key's part is found
+//! from its bytes on every lookup (one pattern walk; none when no keyspace is configured).
+//!
 //! Each key counts `key.len() + value bytes + ENTRY_OVERHEAD` ([`entry_bytes`]), where a
 //! string's value bytes are its length and a hash's are, per field, `field.len() +
 //! value.len() + FIELD_OVERHEAD`. The overheads approximate this map's own structures (the LRU
@@ -30,12 +37,14 @@
 //! entries), so the budget tracks real memory within a small factor for tiny keys and closely
 //! for large ones; spare capacity of a string grown by APPEND is not counted.
 //!
-//! - Writing a **new** key makes room first: expired keys go (counted as expirations), then
-//!   the least recently used keys (counted as evictions) until the new entry fits.
-//! - **Updating** an existing key never evicts another one: the update is applied and the
-//!   store may sit above its budget until the next new key makes room again.
-//! - An entry that alone exceeds the budget is refused ([`OutOfMemory`]) rather than emptying
-//!   the store for nothing.
+//! - Every write is held to its keyspace's budget, new keys and growing ones alike (SET,
+//!   APPEND, SETRANGE, HSET, INCR...). Room is made first from expired keys (counted as
+//!   expirations); then an `lru` keyspace evicts its least recently used *other* keys (counted
+//!   as evictions), never the key being written and never another keyspace's, while a
+//!   `noeviction` keyspace refuses the whole command ([`OutOfMemory`], counted as a refusal)
+//!   before anything is written, so a multi-key write (MSET, RENAME) is all or nothing.
+//! - An entry that alone exceeds its keyspace's budget is refused rather than emptying the
+//!   keyspace for nothing.
 //! - Reads count as use, as in Redis's LRU: GET, HGET, TOUCH... move a key to the front;
 //!   EXISTS, TYPE, TTL and SCAN do not (Redis's `LOOKUP_NOTOUCH`).
 //!
@@ -66,6 +75,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use key::Key;
 use lru::LruCache;
+
+use crate::policy::keyspace::{Budget, Eviction, Keyspaces, Membership, Mode, StoreShare};
 use smallvec::SmallVec;
 
 pub(crate) use txn::Txn;
@@ -88,7 +99,8 @@ pub fn entry_bytes(key_len: usize, value_bytes: usize) -> usize {
     key_len + value_bytes + ENTRY_OVERHEAD
 }
 
-/// A write refused because the entry alone would exceed the store's budget.
+/// A write refused: the entry alone would exceed its keyspace's budget, or the keyspace is
+/// full and does not evict (`noeviction`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OutOfMemory;
 
@@ -101,6 +113,85 @@ pub(crate) enum Expiry {
     Persist,
     /// Expire after this unix time in milliseconds.
     At(u64),
+}
+
+/// How the store is divided: which keyspace each key is in, each keyspace's budget, and which
+/// keyspaces keyless commands act on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    keyspaces: Keyspaces,
+    /// In [`Keyspaces::names`] order, the default keyspace last.
+    budgets: Vec<Budget>,
+    /// Per part, whether keyless commands served locally (FLUSHDB, KEYS, SCAN, RANDOMKEY,
+    /// DBSIZE) see it: the keyspaces in the default keyspace's mode, by which they are routed.
+    keyless: Vec<bool>,
+}
+
+impl Layout {
+    /// `keyspaces`, each with its part of `total` bytes (see [`Keyspaces::budgets`]).
+    pub fn new(keyspaces: &Keyspaces, total: usize, shares: &[StoreShare]) -> Layout {
+        let default = keyspaces.default_mode();
+        Layout {
+            keyspaces: keyspaces.clone(),
+            budgets: keyspaces.budgets(total, shares),
+            keyless: keyspaces.modes().map(|m| m == default).collect(),
+        }
+    }
+
+    /// One part holding every key in `max_bytes`, evicting (tests, the fuzzer).
+    pub fn single(max_bytes: usize) -> Layout {
+        Layout::new(&Keyspaces::new(Vec::new(), Mode::LocalOnly), max_bytes, &[])
+    }
+
+    /// The part `key` (without its database prefix) belongs to.
+    fn part_of(&self, key: &[u8]) -> usize {
+        if self.budgets.len() == 1 {
+            return 0;
+        }
+        match self.keyspaces.classify(key) {
+            Membership::Named(i) => i,
+            Membership::Default => self.budgets.len() - 1,
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.budgets.iter().map(|b| b.max_bytes).sum()
+    }
+}
+
+/// One keyspace's part of the store.
+struct Part {
+    /// Its keys in every database, most recently used first.
+    lru: LruCache<Key, Entry, RandomState>,
+    used: usize,
+    budget: Budget,
+    evictions: u64,
+    /// Writes refused with `-OOM`.
+    refusals: u64,
+}
+
+impl Part {
+    fn new(budget: Budget) -> Part {
+        Part {
+            lru: LruCache::unbounded_with_hasher(RandomState::new()),
+            used: 0,
+            budget,
+            evictions: 0,
+            refusals: 0,
+        }
+    }
+}
+
+/// One keyspace's part of the store, for INFO and the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartStats {
+    pub keyspace: String,
+    pub keys: usize,
+    pub used_bytes: usize,
+    pub max_bytes: usize,
+    pub eviction: Eviction,
+    pub evictions: u64,
+    pub refusals: u64,
 }
 
 /// The local store, shared by every session as `Arc<Store>`.
@@ -200,14 +291,16 @@ enum Removal {
 }
 
 struct Inner {
-    max_bytes: usize,
+    layout: Layout,
     /// The generation of the policy in force (see [`Store::lock_judged`]).
     generation: u64,
+    /// Bytes of every part together.
     used: usize,
-    /// Every key of every database, most recently used first.
-    lru: LruCache<Key, Entry, RandomState>,
-    /// Per database, its keys ordered by (scan hash, full key): SCAN, KEYS, RANDOMKEY, DBSIZE.
-    dbs: BTreeMap<u32, BTreeSet<(u64, Key)>>,
+    /// One per keyspace, indexed like [`Layout::budgets`].
+    parts: Vec<Part>,
+    /// Per database and part, its keys ordered by (scan hash, full key): SCAN, KEYS,
+    /// RANDOMKEY, DBSIZE.
+    dbs: BTreeMap<(u32, usize), BTreeSet<(u64, Key)>>,
     /// Keys with a deadline, soonest first.
     deadlines: BTreeSet<(u64, Key)>,
     scan_hasher: RandomState,
@@ -223,38 +316,60 @@ impl Inner {
         self.scan_hasher.hash_one(key)
     }
 
+    /// The part of the db-prefixed key `full`.
+    fn part(&self, full: &[u8]) -> usize {
+        self.layout.part_of(&full[DB_PREFIX..])
+    }
+
+    /// The entry under `full`, expired or not, without counting a use.
+    fn peek_full(&self, full: &[u8]) -> Option<&Entry> {
+        self.parts[self.part(full)].lru.peek(full)
+    }
+
+    /// The parts keyless commands act on (see [`Layout`]).
+    fn keyless_parts(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.parts.len()).filter(|&p| self.layout.keyless[p])
+    }
+
     /// Takes the entry detached from under `full` out of the indexes and the byte count, and
     /// tells its watchers: every removal but FLUSHDB's passes here (delete, expiry, eviction).
     fn forget(&mut self, full: Key, entry: &Entry, why: Removal) {
         let hash = self.scan_hash(&full[DB_PREFIX..]);
         let db = db_of(&full);
-        self.used -= entry.bytes(&full);
+        let p = self.part(&full);
+        let bytes = entry.bytes(&full);
+        self.used -= bytes;
+        self.parts[p].used -= bytes;
         match why {
             Removal::Deleted => {}
             Removal::Expired => self.expirations += 1,
-            Removal::Evicted => self.evictions += 1,
+            Removal::Evicted => {
+                self.evictions += 1;
+                self.parts[p].evictions += 1;
+            }
         }
         self.signal_modified(&full, true);
         if let Some(at) = entry.expire_at() {
             self.deadlines.remove(&(at, full.clone()));
         }
-        if let Some(index) = self.dbs.get_mut(&db) {
+        if let Some(index) = self.dbs.get_mut(&(db, p)) {
             index.remove(&(hash, full));
             if index.is_empty() {
-                self.dbs.remove(&db);
+                self.dbs.remove(&(db, p));
             }
         }
     }
 
     fn remove_full(&mut self, full: &[u8], why: Removal) -> Option<Entry> {
-        let (full, entry) = self.lru.pop_entry(full)?;
+        let p = self.part(full);
+        let (full, entry) = self.parts[p].lru.pop_entry(full)?;
         self.forget(full, &entry, why);
         Some(entry)
     }
 
     /// Removes the key if it has expired at `now`; true when no live key is left under `full`.
     fn expire_if_needed(&mut self, full: &[u8], now: u64) -> bool {
-        match self.lru.peek(full) {
+        match self.peek_full(full) {
             None => true,
             Some(e) if e.expire_at().is_some_and(|at| now > at) => {
                 self.remove_full(full, Removal::Expired);
@@ -282,8 +397,9 @@ impl Inner {
 
     fn remove_where(&mut self, f: impl Fn(u32, &[u8]) -> bool) -> usize {
         let doomed: Vec<Key> = self
-            .lru
+            .parts
             .iter()
+            .flat_map(|part| part.lru.iter())
             .filter(|(full, _)| f(db_of(full), &full[DB_PREFIX..]))
             .map(|(full, _)| full.clone())
             .collect();
@@ -293,16 +409,65 @@ impl Inner {
         doomed.len()
     }
 
-    /// Frees room for `bytes` more: expired keys first, then least recently used ones.
-    fn make_room(&mut self, bytes: usize, now: u64) {
-        while self.used + bytes > self.max_bytes {
+    /// Frees room in part `p` for `bytes` more: expired keys first (of any part: they go in
+    /// deadline order), then, if the part evicts, its least recently used keys but `keep`
+    /// (the key just written). A `noeviction` part is left as it is: its writes were checked
+    /// before they were made (see [`Txn::check_writes`]).
+    fn make_room(&mut self, p: usize, bytes: usize, now: u64, keep: Option<&[u8]>) {
+        while self.parts[p].used + bytes > self.parts[p].budget.max_bytes {
             if self.expire_some(now, 1) == 1 {
                 continue;
             }
-            let Some((full, victim)) = self.lru.pop_lru() else {
+            let part = &mut self.parts[p];
+            if part.budget.eviction == Eviction::NoEviction {
+                break;
+            }
+            match part.lru.peek_lru() {
+                Some((oldest, _)) if keep != Some(&oldest[..]) => {}
+                _ => break,
+            }
+            let Some((full, victim)) = part.lru.pop_lru() else {
                 break;
             };
             self.forget(full, &victim, Removal::Evicted);
+        }
+    }
+
+    /// Installs `layout`: the budgets, and when the keyspaces changed, every key moved to the
+    /// part it now belongs to (in each old part's recency order, so recency across keyspaces
+    /// that merge is approximate). Evicting parts are brought within their budget; a
+    /// `noeviction` part over a shrunk budget keeps its keys and refuses writes until it is
+    /// back under.
+    fn install(&mut self, layout: Layout, now: u64) {
+        let same = layout.keyspaces == self.layout.keyspaces;
+        if same {
+            for (part, budget) in self.parts.iter_mut().zip(&layout.budgets) {
+                part.budget = *budget;
+            }
+            self.layout = layout;
+        } else {
+            let mut old = std::mem::take(&mut self.parts);
+            self.parts = layout.budgets.iter().map(|b| Part::new(*b)).collect();
+            self.layout = layout;
+            self.dbs.clear();
+            self.used = 0;
+            for part in &mut old {
+                while let Some((full, entry)) = part.lru.pop_lru() {
+                    let p = self.part(&full);
+                    let bytes = entry.bytes(&full);
+                    let hash = self.scan_hash(&full[DB_PREFIX..]);
+                    self.dbs
+                        .entry((db_of(&full), p))
+                        .or_default()
+                        .insert((hash, full.clone()));
+                    self.used += bytes;
+                    self.parts[p].used += bytes;
+                    self.parts[p].lru.push(full, entry);
+                }
+            }
+        }
+        for p in 0..self.parts.len() {
+            self.make_room(p, 0, now, None);
         }
     }
 
@@ -330,16 +495,22 @@ impl Inner {
 }
 
 impl Store {
-    /// An empty store that holds at most `max_bytes` (see the module docs for what counts).
+    /// An empty store of one part that holds at most `max_bytes` and evicts (see the module
+    /// docs for what counts).
     pub fn new(max_bytes: usize) -> Store {
+        Store::with_layout(Layout::single(max_bytes))
+    }
+
+    /// An empty store divided as `layout` says.
+    pub fn with_layout(layout: Layout) -> Store {
         let scan_hasher = RandomState::new();
         let rng = scan_hasher.hash_one("keywarden rng seed") | 1;
         Store {
             inner: Mutex::new(Inner {
-                max_bytes,
+                parts: layout.budgets.iter().map(|b| Part::new(*b)).collect(),
+                layout,
                 generation: 1,
                 used: 0,
-                lru: LruCache::unbounded_with_hasher(RandomState::new()),
                 dbs: BTreeMap::new(),
                 deadlines: BTreeSet::new(),
                 scan_hasher,
@@ -370,7 +541,32 @@ impl Store {
 
     /// Keys held in all databases (expired ones not yet removed included).
     pub fn keys(&self) -> usize {
-        self.inner().lru.len()
+        self.inner().parts.iter().map(|p| p.lru.len()).sum()
+    }
+
+    /// Each keyspace's part, in config order, the default keyspace's last.
+    pub fn part_stats(&self) -> Vec<PartStats> {
+        let inner = self.inner();
+        inner
+            .layout
+            .keyspaces
+            .names()
+            .zip(&inner.parts)
+            .map(|(name, part)| PartStats {
+                keyspace: name.to_owned(),
+                keys: part.lru.len(),
+                used_bytes: part.used,
+                max_bytes: part.budget.max_bytes,
+                eviction: part.budget.eviction,
+                evictions: part.evictions,
+                refusals: part.refusals,
+            })
+            .collect()
+    }
+
+    /// Writes refused with `-OOM`, in every part.
+    pub fn refusals(&self) -> u64 {
+        self.inner().parts.iter().map(|p| p.refusals).sum()
     }
 
     /// Keys removed to make room for new ones.
@@ -388,24 +584,24 @@ impl Store {
         self.inner().expire_some(now_ms, budget)
     }
 
-    /// A reload: sets the byte budget to `max_bytes` (evicting least recently used keys at once
-    /// when it shrinks), runs `install` and removes every key for which `discard(db, key)` is
-    /// true, all under one lock, so that no command runs between the new policy taking effect
-    /// and the discard. Returns how many keys were discarded.
+    /// A reload: installs `layout` (moving keys between parts when the keyspaces changed, and
+    /// evicting least recently used keys at once where a budget shrank), runs `install` and
+    /// removes every key for which `discard(db, key)` is true, all under one lock, so that no
+    /// command runs between the new policy taking effect and the discard. Returns how many
+    /// keys were discarded.
     ///
     /// `generation` is the new policy's: from now on [`Store::lock_judged`] refuses commands
     /// judged by an older one.
     pub(crate) fn reconfigure(
         &self,
-        max_bytes: usize,
+        layout: Layout,
         generation: u64,
         install: impl FnOnce(),
         discard: Option<impl Fn(u32, &[u8]) -> bool>,
     ) -> usize {
         let mut inner = self.inner();
-        inner.max_bytes = max_bytes;
         inner.generation = generation;
-        inner.make_room(0, crate::local::clock::unix_ms());
+        inner.install(layout, crate::local::clock::unix_ms());
         install();
         discard.map_or(0, |discard| inner.remove_where(discard))
     }
@@ -441,23 +637,30 @@ impl Store {
     pub fn check_invariants(&self) {
         let inner = self.inner();
         let mut used = 0;
-        let mut want_dbs: BTreeMap<u32, BTreeSet<(u64, Vec<u8>)>> = BTreeMap::new();
+        type Index = BTreeMap<(u32, usize), BTreeSet<(u64, Vec<u8>)>>;
+        let mut want_dbs: Index = BTreeMap::new();
         let mut want_dl: BTreeSet<(u64, Vec<u8>)> = BTreeSet::new();
-        for (k, e) in inner.lru.iter() {
-            assert_eq!(matches!(k, Key::Inline { .. }), k.len() <= key::INLINE);
-            used += e.bytes(k);
-            want_dbs
-                .entry(db_of(k))
-                .or_default()
-                .insert((inner.scan_hash(&k[DB_PREFIX..]), k.to_vec()));
-            if let Some(at) = e.expire_at() {
-                want_dl.insert((at, k.to_vec()));
+        for (p, part) in inner.parts.iter().enumerate() {
+            let mut part_used = 0;
+            for (k, e) in part.lru.iter() {
+                assert_eq!(matches!(k, Key::Inline { .. }), k.len() <= key::INLINE);
+                assert_eq!(inner.part(k), p, "a key in another keyspace's part");
+                part_used += e.bytes(k);
+                want_dbs
+                    .entry((db_of(k), p))
+                    .or_default()
+                    .insert((inner.scan_hash(&k[DB_PREFIX..]), k.to_vec()));
+                if let Some(at) = e.expire_at() {
+                    want_dl.insert((at, k.to_vec()));
+                }
+                // A lookup by bytes finds it, whichever its form.
+                assert!(inner.peek_full(&k[..]).is_some());
             }
-            // A lookup by bytes finds it, whichever its form.
-            assert!(inner.lru.peek(&k[..]).is_some());
+            assert_eq!(part.used, part_used, "used of part {p}");
+            used += part_used;
         }
         assert_eq!(inner.used, used, "used");
-        let got_dbs: BTreeMap<u32, BTreeSet<(u64, Vec<u8>)>> = inner
+        let got_dbs: Index = inner
             .dbs
             .iter()
             .map(|(d, s)| (*d, s.iter().map(|(h, k)| (*h, k.to_vec())).collect()))
@@ -471,9 +674,9 @@ impl Store {
         assert_eq!(got_dl, want_dl, "deadlines");
     }
 
-    /// The byte budget in force.
+    /// The byte budget in force: every part's together.
     pub fn max_bytes(&self) -> usize {
-        self.inner().max_bytes
+        self.inner().layout.total()
     }
 
     /// Removes every key for which `f(db, key)` is true; returns how many (discarding a
@@ -503,3 +706,6 @@ mod tests;
 
 #[cfg(test)]
 mod model_tests;
+
+#[cfg(test)]
+mod budget_tests;

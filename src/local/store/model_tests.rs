@@ -187,6 +187,11 @@ fn random_operations_under_eviction_keep_the_bookkeeping_exact() {
             )
             .unwrap();
     }
-    store.reconfigure(2000, 2, || (), Some(|_, k: &[u8]| k.len() == 34));
+    store.reconfigure(
+        Layout::single(2000),
+        2,
+        || (),
+        Some(|_, k: &[u8]| k.len() == 34),
+    );
     store.check_invariants();
 }

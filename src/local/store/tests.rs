@@ -28,7 +28,12 @@ fn work_judged_before_a_reload_or_a_recovery_is_refused() {
     );
     let seen = store.recoveries();
     assert!(store.lock_judged(0, 1, seen).is_some());
-    store.reconfigure(1 << 20, 2, || (), None::<fn(u32, &[u8]) -> bool>);
+    store.reconfigure(
+        Layout::single(1 << 20),
+        2,
+        || (),
+        None::<fn(u32, &[u8]) -> bool>,
+    );
     assert!(
         store.lock_judged(0, 1, seen).is_none(),
         "a reload came between"
@@ -122,25 +127,26 @@ fn lru_is_global_across_databases() {
 }
 
 #[test]
-fn updates_never_evict_and_oversized_entries_are_refused() {
+fn growth_evicts_others_never_itself_and_oversized_entries_are_refused() {
     let store = Store::new(room_for(2));
     put(&store, 0, "a", "1", 0);
     put(&store, 0, "b", "2", 0);
-    // Growing b past the budget keeps a.
+    // Replacing b with a longer value evicts a, the least recently used.
     put(&store, 0, "b", "22222", 0);
-    assert_eq!(store.evictions(), 0);
-    assert!(store.used_bytes() > room_for(2));
-    assert!(get(&store, 0, "a", 0).is_some());
+    assert_eq!(store.evictions(), 1);
+    assert!(store.used_bytes() <= room_for(2));
+    assert!(get(&store, 0, "a", 0).is_none());
+    // Alone in the store, a key may grow up to the whole budget.
     store
         .lock(0)
-        .update(0, b"a", |v| {
+        .update(0, b"b", |v| {
             if let Value::Str(s) = v {
                 s.extend_from_slice(b"more")
             }
         })
         .unwrap();
-    assert_eq!(store.evictions(), 0);
-    // The next new key brings the store back under its budget.
+    assert_eq!(store.evictions(), 1);
+    assert_eq!(get(&store, 0, "b", 0), Some(s("22222more")));
     put(&store, 0, "c", "3", 0);
     assert!(store.used_bytes() <= room_for(2));
     assert_eq!(get(&store, 0, "c", 0), Some(s("3")));

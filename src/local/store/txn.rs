@@ -10,10 +10,11 @@ use std::collections::BTreeSet;
 use std::sync::MutexGuard;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use super::{
-    entry_bytes, full_key, Entry, Expiry, FullKey, Inner, Key, OutOfMemory, Removal, Value, Watch,
-    DB_PREFIX,
+    entry_bytes, full_key, Entry, Eviction, Expiry, FullKey, Inner, Key, OutOfMemory, Removal,
+    Value, Watch, DB_PREFIX,
 };
 
 /// The store, locked for one command at one instant.
@@ -48,13 +49,92 @@ impl<'a> Txn<'a> {
         self.now
     }
 
-    /// Refuses an entry that alone would exceed the budget.
-    pub(crate) fn check_fits(&self, key_len: usize, value_bytes: usize) -> Result<(), OutOfMemory> {
-        if entry_bytes(key_len, value_bytes) > self.inner.max_bytes {
-            Err(OutOfMemory)
-        } else {
-            Ok(())
+    /// Whether `key` in `db` may come to hold `value_bytes` (see [`Txn::check_writes`]).
+    pub(crate) fn check_fits(
+        &mut self,
+        db: u32,
+        key: &[u8],
+        value_bytes: usize,
+    ) -> Result<(), OutOfMemory> {
+        self.check_writes(db, &[(key, value_bytes)], &[])
+    }
+
+    /// Checks, before a command writes anything, that its writes fit: each key of `writes`
+    /// in `db` coming to hold that many value bytes (a key listed twice: the last counts) and
+    /// each key of `removes` deleted. Refused when an entry alone exceeds its keyspace's
+    /// budget, or when a `noeviction` keyspace would end above its budget once expired keys
+    /// are gone; an `lru` keyspace makes room as the writes are made. A refusal is counted
+    /// once, in the first keyspace that refuses.
+    pub(crate) fn check_writes(
+        &mut self,
+        db: u32,
+        writes: &[(&[u8], usize)],
+        removes: &[&[u8]],
+    ) -> Result<(), OutOfMemory> {
+        let now = self.now;
+        let inner = &mut *self.inner;
+        // Growth per part, signed; parts are few.
+        let mut growth: SmallVec<[(usize, isize); 4]> = SmallVec::new();
+        let mut add = |p: usize, bytes: isize| match growth.iter_mut().find(|(q, _)| *q == p) {
+            Some((_, g)) => *g += bytes,
+            None => growth.push((p, bytes)),
+        };
+        let live_bytes = |inner: &mut Inner, full: &[u8]| {
+            if inner.expire_if_needed(full, now) {
+                0
+            } else {
+                inner.peek_full(full).map_or(0, |e| e.bytes(full))
+            }
+        };
+        for (i, &(key, value_bytes)) in writes.iter().enumerate() {
+            if writes[i + 1..].iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let full = full_key(db, key);
+            let p = inner.part(&full);
+            let new = entry_bytes(key.len(), value_bytes);
+            let budget = inner.parts[p].budget;
+            if new > budget.max_bytes {
+                inner.parts[p].refusals += 1;
+                return Err(OutOfMemory);
+            }
+            if budget.eviction != Eviction::NoEviction {
+                // An evicting part makes room as it is written.
+                continue;
+            }
+            let old = live_bytes(inner, &full);
+            add(p, new as isize - old as isize);
         }
+        for key in removes {
+            if writes.iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            let full = full_key(db, key);
+            let p = inner.part(&full);
+            if inner.parts[p].budget.eviction == Eviction::NoEviction {
+                let old = live_bytes(inner, &full);
+                add(p, -(old as isize));
+            }
+        }
+        for &(p, g) in &growth {
+            if g <= 0 {
+                continue;
+            }
+            let fits = |inner: &Inner| {
+                let part = &inner.parts[p];
+                part.used.saturating_add_signed(g) <= part.budget.max_bytes
+            };
+            if fits(inner) {
+                continue;
+            }
+            // Expired keys go first, as Redis's eviction takes them before refusing.
+            inner.expire_some(now, usize::MAX);
+            if !fits(inner) {
+                inner.parts[p].refusals += 1;
+                return Err(OutOfMemory);
+            }
+        }
+        Ok(())
     }
 
     /// The live entry under `key`, counted as a use (moves to the front of the LRU).
@@ -65,7 +145,8 @@ impl<'a> Txn<'a> {
     pub(crate) fn get(&mut self, db: u32, key: &[u8]) -> Option<&Entry> {
         let full = full_key(db, key);
         let now = self.now;
-        let entry = self.inner.lru.get(&full[..])?;
+        let p = self.inner.part(&full);
+        let entry = self.inner.parts[p].lru.get(&full[..])?;
         if entry.expire_at().is_some_and(|at| now > at) {
             self.expired.push(full);
             return None;
@@ -78,7 +159,7 @@ impl<'a> Txn<'a> {
     pub(crate) fn peek(&mut self, db: u32, key: &[u8]) -> Option<&Entry> {
         let full = full_key(db, key);
         let now = self.now;
-        let entry = self.inner.lru.peek(&full[..])?;
+        let entry = self.inner.peek_full(&full[..])?;
         if entry.expire_at().is_some_and(|at| now > at) {
             self.expired.push(full);
             return None;
@@ -92,7 +173,8 @@ impl<'a> Txn<'a> {
     }
 
     /// Changes the value of a live key in place, counting a use; `None` when there is no such
-    /// key. Never evicts; the caller has checked with [`Txn::check_fits`] that the result fits.
+    /// key. A change that grows the key must have been checked with [`Txn::check_fits`]; an
+    /// `lru` keyspace then evicts its least recently used other keys until it fits.
     pub(crate) fn update<R>(
         &mut self,
         db: u32,
@@ -105,19 +187,24 @@ impl<'a> Txn<'a> {
             return None;
         }
         let inner = &mut *self.inner;
-        let entry = inner.lru.get_mut(&full[..])?;
+        let p = inner.part(&full);
+        let entry = inner.parts[p].lru.get_mut(&full[..])?;
         let before = entry.value.bytes();
         let result = f(&mut entry.value);
         let after = entry.value.bytes();
         inner.used = inner.used - before + after;
+        inner.parts[p].used = inner.parts[p].used - before + after;
         // Whatever `f` did counts as a change, as every Redis command that gets this far
         // signals (APPEND of "", HSET of the same value...).
         inner.signal_modified(&full, false);
+        if after > before {
+            inner.make_room(p, 0, now, Some(&full));
+        }
         Some(result)
     }
 
-    /// Writes `value` under `key`. A new key makes room first (expired, then least recently
-    /// used keys); an existing one is replaced without evicting anything.
+    /// Writes `value` under `key`, held to its keyspace's budget (see [`Txn::check_writes`]):
+    /// room is made first for a new key, after the write for a replaced one that grew.
     pub(crate) fn insert(
         &mut self,
         db: u32,
@@ -125,12 +212,13 @@ impl<'a> Txn<'a> {
         value: Value,
         expiry: Expiry,
     ) -> Result<(), OutOfMemory> {
-        self.check_fits(key.len(), value.bytes())?;
+        self.check_fits(db, key, value.bytes())?;
         let full = full_key(db, key);
         let now = self.now;
         let inner = &mut *self.inner;
+        let p = inner.part(&full);
         // A live key is replaced in place, found with one lookup.
-        if let Some((stored, entry)) = inner.lru.get_key_value_mut(&full[..]) {
+        if let Some((stored, entry)) = inner.parts[p].lru.get_key_value_mut(&full[..]) {
             if entry.expire_at().is_none_or(|at| now <= at) {
                 let before = entry.value.bytes();
                 let after = value.bytes();
@@ -143,12 +231,16 @@ impl<'a> Txn<'a> {
                 };
                 entry.set_expire_at(new);
                 let new = entry.expire_at();
+                let stored = (old != new).then(|| stored.clone());
                 inner.used = inner.used - before + after;
-                if old != new {
-                    let stored = stored.clone();
+                inner.parts[p].used = inner.parts[p].used - before + after;
+                if let Some(stored) = stored {
                     inner.set_deadline(&stored, old, new);
                 }
                 inner.signal_modified(&full, false);
+                if after > before {
+                    inner.make_room(p, 0, now, Some(&full));
+                }
                 return Ok(());
             }
         }
@@ -161,19 +253,20 @@ impl<'a> Txn<'a> {
             },
         );
         let bytes = entry.bytes(&full);
-        inner.make_room(bytes, now);
+        inner.make_room(p, bytes, now, None);
         let stored = Key::new(&full);
         let hash = inner.scan_hash(key);
         inner
             .dbs
-            .entry(db)
+            .entry((db, p))
             .or_default()
             .insert((hash, stored.clone()));
         if let Some(at) = entry.expire_at() {
             inner.deadlines.insert((at, stored.clone()));
         }
         inner.used += bytes;
-        inner.lru.push(stored, entry);
+        inner.parts[p].used += bytes;
+        inner.parts[p].lru.push(stored, entry);
         inner.signal_modified(&full, false);
         Ok(())
     }
@@ -199,7 +292,8 @@ impl<'a> Txn<'a> {
             return None;
         }
         let inner = &mut *self.inner;
-        let entry = inner.lru.peek_mut(&full[..])?;
+        let p = inner.part(&full);
+        let entry = inner.parts[p].lru.peek_mut(&full[..])?;
         let old = entry.set_expire_at(at);
         let at = entry.expire_at();
         if old != at {
@@ -211,25 +305,38 @@ impl<'a> Txn<'a> {
         old
     }
 
-    /// Live keys in `db` (expired ones are removed first).
+    /// Live keys in `db` of the keyspaces keyless commands see (expired ones are removed
+    /// first).
     pub(crate) fn dbsize(&mut self, db: u32) -> usize {
         let now = self.now;
         self.inner.expire_some(now, usize::MAX);
-        self.inner.dbs.get(&db).map_or(0, BTreeSet::len)
+        let inner = &*self.inner;
+        inner
+            .keyless_parts()
+            .filter_map(|p| inner.dbs.get(&(db, p)))
+            .map(BTreeSet::len)
+            .sum()
     }
 
-    /// Deletes every key of `db`. Each key removed is a change to its watchers, as in Redis's
-    /// `touchAllWatchedKeysInDb`; a watched key that did not exist is not.
+    /// Deletes every key of `db` in the keyspaces keyless commands see. Each key removed is a
+    /// change to its watchers, as in Redis's `touchAllWatchedKeysInDb`; a watched key that did
+    /// not exist is not.
     pub(crate) fn flush_db(&mut self, db: u32) {
-        let Some(index) = self.inner.dbs.remove(&db) else {
-            return;
-        };
-        for (_, full) in index {
-            if let Some(entry) = self.inner.lru.pop(&full[..]) {
-                self.inner.used -= entry.bytes(&full);
-                self.inner.signal_modified(&full, true);
-                if let Some(at) = entry.expire_at() {
-                    self.inner.deadlines.remove(&(at, full));
+        let parts: Vec<usize> = self.inner.keyless_parts().collect();
+        for p in parts {
+            let Some(index) = self.inner.dbs.remove(&(db, p)) else {
+                continue;
+            };
+            let inner = &mut *self.inner;
+            for (_, full) in index {
+                if let Some(entry) = inner.parts[p].lru.pop(&full[..]) {
+                    let bytes = entry.bytes(&full);
+                    inner.used -= bytes;
+                    inner.parts[p].used -= bytes;
+                    inner.signal_modified(&full, true);
+                    if let Some(at) = entry.expire_at() {
+                        inner.deadlines.remove(&(at, full));
+                    }
                 }
             }
         }
@@ -247,48 +354,89 @@ impl<'a> Txn<'a> {
         watch.release(&mut self.inner);
     }
 
-    /// One SCAN step over `db` from `cursor`: about `count` keys (more when hashes tie) and
-    /// the next cursor, 0 at the end. Keys may have expired: callers check each with
-    /// [`Txn::peek`].
+    /// One SCAN step over `db` from `cursor`, in the keyspaces keyless commands see: about
+    /// `count` keys (more when hashes tie) and the next cursor, 0 at the end. Keys may have
+    /// expired: callers check each with [`Txn::peek`].
+    ///
+    /// Each part keeps its keys in hash order, so a step merges the parts' runs from
+    /// `cursor`: up to `count` keys and their ties from each, and the key after them (where
+    /// the next step would start), then the lowest `count` (with ties) of all of them.
     pub(crate) fn scan(&mut self, db: u32, cursor: u64, count: usize) -> (u64, Vec<Bytes>) {
-        let Some(index) = self.inner.dbs.get(&db) else {
-            return (0, Vec::new());
-        };
+        let count = count.max(1);
+        let inner = &*self.inner;
+        let mut found: Vec<(u64, &Key)> = Vec::new();
+        for p in inner.keyless_parts() {
+            let Some(index) = inner.dbs.get(&(db, p)) else {
+                continue;
+            };
+            let mut last_hash = None;
+            for (taken, (hash, full)) in index.range((cursor, Key::empty())..).enumerate() {
+                let beyond = taken >= count && last_hash != Some(*hash);
+                found.push((*hash, full));
+                if beyond {
+                    break;
+                }
+                last_hash = Some(*hash);
+            }
+        }
+        found.sort_unstable_by_key(|&(hash, _)| hash);
         let mut keys = Vec::new();
         let mut last_hash = None;
-        for (hash, full) in index.range((cursor, Key::empty())..) {
-            if keys.len() >= count.max(1) && last_hash != Some(*hash) {
-                return (*hash, keys);
+        for (hash, full) in found {
+            if keys.len() >= count && last_hash != Some(hash) {
+                return (hash, keys);
             }
             keys.push(full.slice_from(DB_PREFIX));
-            last_hash = Some(*hash);
+            last_hash = Some(hash);
         }
         (0, keys)
     }
 
-    /// Every live key of `db` for which `pred` holds (KEYS).
+    /// Every live key of `db` for which `pred` holds, in the keyspaces keyless commands see
+    /// (KEYS).
     pub(crate) fn keys_where(&self, db: u32, pred: impl Fn(&[u8]) -> bool) -> Vec<Bytes> {
-        let Some(index) = self.inner.dbs.get(&db) else {
-            return Vec::new();
-        };
-        index
-            .iter()
+        let inner = &*self.inner;
+        inner
+            .keyless_parts()
+            .filter_map(|p| inner.dbs.get(&(db, p)))
+            .flatten()
             .filter(|(_, full)| pred(&full[DB_PREFIX..]))
             .filter(|(_, full)| {
-                self.inner
-                    .lru
-                    .peek(&full[..])
+                inner
+                    .peek_full(&full[..])
                     .is_some_and(|e| e.expire_at().is_none_or(|at| self.now <= at))
             })
             .map(|(_, full)| full.slice_from(DB_PREFIX))
             .collect()
     }
 
-    /// A random live key of `db` (expired keys met on the way are removed).
+    /// A random live key of `db` in the keyspaces keyless commands see, each part chosen in
+    /// proportion to its keys (expired keys met on the way are removed).
     pub(crate) fn random_key(&mut self, db: u32) -> Option<Bytes> {
         loop {
+            let inner = &*self.inner;
+            let sizes: SmallVec<[(usize, usize); 4]> = inner
+                .keyless_parts()
+                .filter_map(|p| inner.dbs.get(&(db, p)).map(|index| (p, index.len())))
+                .collect();
+            let total: usize = sizes.iter().map(|&(_, n)| n).sum();
+            if total == 0 {
+                return None;
+            }
             let r = self.inner.next_random();
-            let index = self.inner.dbs.get(&db)?;
+            let mut pick = (r % total as u64) as usize;
+            let p = sizes
+                .iter()
+                .find(|&&(_, n)| {
+                    let here = pick < n;
+                    if !here {
+                        pick -= n;
+                    }
+                    here
+                })
+                .map_or(sizes[0].0, |&(p, _)| p);
+            let r = self.inner.next_random();
+            let index = self.inner.dbs.get(&(db, p))?;
             let (_, full) = index
                 .range((r, Key::empty())..)
                 .next()

@@ -105,7 +105,7 @@ impl Inner {
     /// Redis's `watchForKey`: records whether the key is already expired, without removing it.
     fn watch_key(&mut self, id: WatcherId, db: u32, key: &[u8], now: u64) {
         let full = full_key(db, key);
-        let expired = self.lru.peek(&full[..]).is_some_and(|e| e.is_expired(now));
+        let expired = self.peek_full(&full[..]).is_some_and(|e| e.is_expired(now));
         self.watched.add(id, &full, expired);
     }
 
@@ -121,7 +121,7 @@ impl Inner {
     /// EXEC's check: true when the transaction must abort.
     pub(super) fn watch_dirty(&self, watch: &Watch, now: u64) -> bool {
         self.watched.is_dirty(watch.id(), |full| {
-            self.lru.peek(full).is_some_and(|e| e.is_expired(now))
+            self.peek_full(full).is_some_and(|e| e.is_expired(now))
         })
     }
 }
