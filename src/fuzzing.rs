@@ -6,7 +6,8 @@ use bytes::BytesMut;
 
 use crate::config::{Overrides, Settings};
 use crate::local::engine;
-use crate::local::store::Store;
+use crate::local::store::{Layout, Store};
+use crate::policy::keyspace::{Eviction, Keyspace, Keyspaces, Mode, Pattern, StoreShare};
 use crate::protocol::parser::{ParserLimits, RequestParser};
 use crate::protocol::request::Request;
 use crate::protocol::scanner::{Frame, ReplyError, ReplyScanner};
@@ -230,13 +231,15 @@ impl Script<'_> {
     }
 }
 
-/// The local engine on a command sequence: a small store (4 KiB, so eviction is constant),
-/// a clock that moves forward, databases 0 and 1, RESP2 and RESP3, background expiry in
-/// between. After every step the store's bookkeeping must match its contents, and the reply
-/// bytes must be exactly one well-formed frame per command.
+/// The local engine on a command sequence: a small store (4 KiB in three keyspaces: `h`
+/// evicting in 1 KiB, `key:` refusing with -OOM in 1.5 KiB, the rest evicting, so eviction and
+/// refusals are constant), a clock that moves forward, databases 0 and 1, RESP2 and RESP3,
+/// background expiry in between. After every step the store's bookkeeping must match its
+/// contents, every keyspace must be within its budget, and the reply bytes must be exactly one
+/// well-formed frame per command.
 pub fn run_engine(data: &[u8]) {
     let names: Vec<&str> = engine::command_names().collect();
-    let store = Store::new(4096);
+    let store = Store::with_layout(fuzz_layout());
     let mut script = Script { data };
     let mut now_ms: u64 = 1_700_000_000_000;
     let mut db = 0;
@@ -270,6 +273,28 @@ pub fn run_engine(data: &[u8]) {
     run_batch(&store, db, resp3, &mut batch, now_ms);
 }
 
+fn fuzz_layout() -> Layout {
+    let keyspace = |name: &str, pattern: &[u8]| Keyspace {
+        name: name.into(),
+        patterns: vec![Pattern::parse(pattern)],
+        mode: Mode::LocalOnly,
+    };
+    let keyspaces = Keyspaces::new(
+        vec![keyspace("h", b"h"), keyspace("long", b"key:")],
+        Mode::LocalOnly,
+    );
+    let share = |name: &str, max_bytes, eviction| StoreShare {
+        name: name.into(),
+        max_bytes: Some(max_bytes),
+        eviction,
+    };
+    let shares = [
+        share("h", 1024, Eviction::Lru),
+        share("long", 1536, Eviction::NoEviction),
+    ];
+    Layout::new(&keyspaces, 4096, &shares)
+}
+
 fn run_batch(store: &Store, db: u32, resp3: bool, batch: &mut Vec<Request>, now_ms: u64) {
     if batch.is_empty() {
         return;
@@ -283,4 +308,7 @@ fn run_batch(store: &Store, db: u32, resp3: bool, batch: &mut Vec<Request>, now_
     assert!(frames.iter().all(|f| !f.push));
     batch.clear();
     store.check_invariants();
+    for part in store.part_stats() {
+        assert!(part.used_bytes <= part.max_bytes, "over budget: {part:?}");
+    }
 }

@@ -235,6 +235,14 @@ pub fn disposition(req: &Request) -> Disposition {
         5 | 10 if (is(b"xread") || is(b"xreadgroup")) && super::keys::xread_options(req).blocks => {
             BLOCKING
         }
+        // A module's blocking command, learned from the upstream: its own connection, as
+        // BLPOP's, waiting as long as it blocks (its timeout argument is not known).
+        _ if super::learned::any_blocking()
+            && super::lookup_request(req)
+                .is_some_and(|c| c.is_blocking() && c.flags().contains(super::Flags::LEARNED)) =>
+        {
+            BLOCKING
+        }
         _ => Disposition::Shared,
     }
 }

@@ -74,6 +74,7 @@
 
 mod disposition;
 mod keys;
+pub mod learned;
 pub(crate) mod name_index;
 mod table;
 
@@ -267,6 +268,8 @@ bitset! {
         ALLOW_BUSY = 19, "allow_busy";
         /// Ours: depends on or changes the state of the client's connection.
         CONNECTION_STATE = 20, "connection_state";
+        /// Ours: not in the built-in table; learned from the upstream's `COMMAND`.
+        LEARNED = 21, "learned";
     }
 }
 
@@ -411,14 +414,26 @@ pub fn commands() -> &'static [CommandInfo] {
 /// The command `name` (any case), or its subcommand `sub` if it is a container and `sub` is
 /// given, as Redis resolves a request whose arguments 0 and 1 are `name` and `sub`. `None` for
 /// an unknown command, or an unknown subcommand of a container.
+///
+/// The built-in table answers first; only a name it does not know (or an unknown subcommand of
+/// one of its containers) is looked up among the commands learned from the upstream (see
+/// [`learned`]).
 pub fn lookup(name: &[u8], sub: Option<&[u8]>) -> Option<&'static CommandInfo> {
-    let cmd = &table::COMMANDS[position(name)?];
+    let Some(cmd) = builtin(name) else {
+        return learned::lookup_learned(name, sub, None);
+    };
     match sub {
         Some(sub) if !cmd.subcommands.is_empty() => {
             search(cmd.subcommands, sub, CommandInfo::short_name)
+                .or_else(|| learned::lookup_learned(name, Some(sub), Some(cmd)))
         }
         _ => Some(cmd),
     }
+}
+
+/// The top-level command `name` (any case) in the built-in table.
+fn builtin(name: &[u8]) -> Option<&'static CommandInfo> {
+    Some(&table::COMMANDS[position(name)?])
 }
 
 /// Where the top-level command `name` (any case) is in [`commands`].

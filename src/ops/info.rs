@@ -71,6 +71,18 @@ pub(crate) fn section(sample: &Overview, policy: &Policy) -> String {
     line("fail_closed_refusals", &counts.refused);
     line("degraded_replies", &counts.degraded_replies);
     line("discarded_writes", &counts.discarded_writes);
+    line(
+        "upstream_commands",
+        &match crate::command::learned::learned() {
+            None => "not_read".to_owned(),
+            Some(l) => format!(
+                "read,learned={},unknown_keys={},missing={}",
+                l.added().count(),
+                l.undecidable().len(),
+                l.missing().len()
+            ),
+        },
+    );
     line("local_store_keys", &store.keys);
     line("local_store_used_bytes", &store.used_bytes);
     line("local_store_max_bytes", &store.max_bytes);

@@ -331,22 +331,25 @@ fn acts_on_every_key(cmd: &CommandInfo) -> bool {
 }
 
 /// Runs or plants code the proxy cannot look into: scripts and functions, which the upstream
-/// runs as the proxy's own user (see the module doc).
+/// runs as the proxy's own user (see the module doc). A command learned from the upstream in
+/// the `scripting` category is taken to, as no list of its own can name it.
 fn runs_code(cmd: &CommandInfo) -> bool {
-    matches!(
-        cmd.name(),
-        "eval"
-            | "evalsha"
-            | "eval_ro"
-            | "evalsha_ro"
-            | "fcall"
-            | "fcall_ro"
-            | "script|load"
-            | "function|load"
-            | "function|delete"
-            | "function|restore"
-            | "function|flush"
-    )
+    let learned = cmd.flags().contains(Flags::LEARNED);
+    (learned && cmd.categories().contains(Categories::SCRIPTING))
+        || matches!(
+            cmd.name(),
+            "eval"
+                | "evalsha"
+                | "eval_ro"
+                | "evalsha_ro"
+                | "fcall"
+                | "fcall_ro"
+                | "script|load"
+                | "function|load"
+                | "function|delete"
+                | "function|restore"
+                | "function|flush"
+        )
 }
 
 impl Default for Users {

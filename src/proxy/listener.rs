@@ -25,6 +25,7 @@ use crate::policy::keyspace::Mode;
 use crate::proxy::clients::{Clients, Phase};
 use crate::proxy::server::Server;
 use crate::proxy::session::Session;
+use crate::upstream::catalog;
 use crate::upstream::health::State;
 use crate::upstream::monitor::{Monitor, MonitorSettings};
 use crate::upstream::shared::Upstream;
@@ -71,6 +72,7 @@ pub async fn run(
         monitor.handle(),
     );
     let store = Arc::new(Store::with_layout(store_layout(&settings)));
+    let catalog = tokio::spawn(catalog::learn(settings.upstream.clone(), monitor.handle()));
     tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
     let server = Arc::new(Server {
         live: Live::new(settings),
@@ -145,6 +147,7 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), clients.all_gone()).await;
     }
     housekeeping.abort();
+    catalog.abort();
     if let Some(admin) = admin {
         admin.stop();
     }

@@ -1,5 +1,6 @@
 //! The upstream Redis: shared and dedicated connections, their sockets, and its health.
 
+pub(crate) mod catalog;
 pub(crate) mod dedicated;
 pub(crate) mod handshake;
 pub mod health;
