@@ -1235,3 +1235,114 @@ async fn client_unblock_of_a_keywarden_id_unblocks_that_client() {
     }
     proxy.shutdown().await;
 }
+
+/// What the upstream has counted of a command (`INFO commandstats`): 0 when never called.
+async fn upstream_calls(redis: &RedisServer, command: &str) -> String {
+    let mut direct = Client::connect(redis.addr()).await;
+    let Frame::BulkString(stats) = direct.cmd(&["INFO", "commandstats"]).await else {
+        panic!("INFO commandstats")
+    };
+    let stats = String::from_utf8_lossy(&stats).into_owned();
+    let prefix = format!("cmdstat_{command}:");
+    stats
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The next frame that is not a MONITOR line (`+<time> [...] "cmd" ...`).
+async fn reply_among_monitor_lines(c: &mut Raw) -> Vec<u8> {
+    loop {
+        let frame = c.frame().await;
+        if !frame.starts_with(b"+1") {
+            return frame;
+        }
+    }
+}
+
+/// AUTH and HELLO ... AUTH name keywarden's users, so they never go to the upstream: not from a
+/// MONITOR client (Redis runs any command there), nor from a RESP2 subscriber (which gets
+/// Redis's refusal from keywarden, byte for byte).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_from_listening_clients_never_reach_the_upstream() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    wait_until_served(&proxy).await;
+    // keywarden's own connections ask HELLO (to learn the server's version): counted before.
+    let hellos_before = upstream_calls(&redis, "hello").await;
+    let mut monitor = Raw::connect(proxy.addr).await;
+    assert_eq!(monitor.cmd(&["MONITOR"]).await, b"+OK\r\n");
+    monitor.send(&[&["AUTH", "guess"]]).await;
+    let auth = reply_among_monitor_lines(&mut monitor).await;
+    assert!(
+        auth.starts_with(b"-ERR AUTH <password> called"),
+        "{}",
+        show_bytes(&auth)
+    );
+    monitor
+        .send(&[&["HELLO", "2", "AUTH", "default", "guess"]])
+        .await;
+    // No password is configured: `default` takes any, as in Redis.
+    let hello = reply_among_monitor_lines(&mut monitor).await;
+    assert!(
+        hello.starts_with(b"*14\r\n$6\r\nserver"),
+        "{}",
+        show_bytes(&hello)
+    );
+
+    let mut subs = Mirror::connect(proxy.addr, &redis).await;
+    subs.send(&[&["SUBSCRIBE", "a"]]).await;
+    subs.same(1, "subscribe").await;
+    subs.send(&[&["AUTH", "guess"]]).await;
+    subs.same(1, "AUTH while subscribed, refused as Redis refuses it")
+        .await;
+    subs.send(&[&["HELLO", "3", "AUTH", "default", "guess"]])
+        .await;
+    subs.same(1, "HELLO AUTH while subscribed").await;
+
+    // Only the direct subscriber's AUTH and HELLO reached the server (refused there).
+    assert_eq!(
+        upstream_calls(&redis, "auth").await,
+        "cmdstat_auth:calls=0,usec=0,usec_per_call=0.00,rejected_calls=1,failed_calls=0"
+    );
+    let calls = |line: &str| line.split(',').next().unwrap_or("").to_owned();
+    let hellos_after = upstream_calls(&redis, "hello").await;
+    assert_eq!(
+        calls(&hellos_after),
+        calls(&hellos_before),
+        "{hellos_after}"
+    );
+    assert!(hellos_after.contains("rejected_calls=1,"), "{hellos_after}");
+    proxy.shutdown().await;
+}
+
+/// SELECT from a client Redis lets run any command while listening (RESP3 subscriber, MONITOR)
+/// switches the database for keywarden too: a local_only key written afterwards lands in the
+/// selected database, and an invalid index is refused without reaching the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_while_listening_switches_the_database_everywhere() {
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    s.keyspaces = scratch_keyspace(Mode::FailClosed);
+    let proxy = Proxy::start(s).await;
+    let mut subs = Raw::connect(proxy.addr).await;
+    let hello = subs.cmd(&["HELLO", "3"]).await;
+    assert!(hello.starts_with(b"%"), "{}", show_bytes(&hello));
+    subs.send(&[&["SUBSCRIBE", "a"]]).await;
+    subs.frame().await;
+    assert_eq!(subs.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    assert_eq!(
+        subs.cmd(&["SELECT", "99"]).await,
+        b"-ERR DB index is out of range\r\n"
+    );
+    assert_eq!(subs.cmd(&["SET", "tmp:k", "1"]).await, b"+OK\r\n");
+    assert_eq!(subs.cmd(&["SET", "up", "1"]).await, b"+OK\r\n");
+    let mut other = Raw::connect(proxy.addr).await;
+    assert_eq!(other.cmd(&["GET", "tmp:k"]).await, b"$-1\r\n");
+    assert_eq!(other.cmd(&["GET", "up"]).await, b"$-1\r\n");
+    assert_eq!(other.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    assert_eq!(other.cmd(&["GET", "tmp:k"]).await, b"$1\r\n1\r\n");
+    assert_eq!(other.cmd(&["GET", "up"]).await, b"$1\r\n1\r\n");
+    proxy.shutdown().await;
+}

@@ -747,16 +747,23 @@ async fn a_subscriber_of_a_withdrawn_user_is_closed() {
 }
 
 /// A reload that changes a user's permissions (same name and password) closes that user's
-/// subscribers and MONITOR clients: what they receive was allowed by the old permissions, and
-/// only a new connection is judged by the new ones (client libraries reconnect and
-/// resubscribe). Their other clients stay.
+/// subscribers, MONITOR clients and clients tracking keys (their invalidations name keys):
+/// what they receive was allowed by the old permissions, and only a new connection is judged
+/// by the new ones (client libraries reconnect and resubscribe). Their other clients stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribers_and_monitors_of_a_user_whose_permissions_changed_are_closed() {
+async fn subscribers_monitors_and_trackers_of_a_user_whose_permissions_changed_are_closed() {
     let (rig, mut ops, mut alice) = Rig::with_alice("500ms").await;
     let sub = alice.cmd(&["SUBSCRIBE", "ch"]).await;
     assert!(sub.starts_with(b"*3"), "{}", show_bytes(&sub));
     let mut watcher = login(rig.proxy.addr, "alice", "alice-pw").await;
     assert_eq!(watcher.cmd(&["MONITOR"]).await, b"+OK\r\n");
+    let mut tracker = login(rig.proxy.addr, "alice", "alice-pw").await;
+    let hello = tracker.cmd(&["HELLO", "3"]).await;
+    assert!(hello.starts_with(b"%"), "{}", show_bytes(&hello));
+    assert_eq!(
+        tracker.cmd(&["CLIENT", "TRACKING", "ON", "BCAST"]).await,
+        b"+OK\r\n"
+    );
     let mut plain = login(rig.proxy.addr, "alice", "alice-pw").await;
     rig.config.write(&format!(
         "{}{}",
@@ -772,6 +779,7 @@ async fn subscribers_and_monitors_of_a_user_whose_permissions_changed_are_closed
         "{}",
         show_bytes(&rest)
     );
+    assert_eq!(tracker.bytes_until_closed().await, b"");
     assert_eq!(plain.cmd(&["GET", "k"]).await, b"$-1\r\n");
     assert!(
         plain.cmd(&["SET", "k", "v"]).await.starts_with(b"-NOPERM"),

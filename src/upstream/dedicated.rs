@@ -39,6 +39,10 @@ pub(crate) struct Dedicated {
     framed: usize,
     /// False once a command broke the one-request-one-reply pairing.
     paired: bool,
+    /// CLIENT TRACKING was sent here: invalidations (key names) may arrive as RESP3 pushes.
+    tracking: bool,
+    /// MONITOR unpaired it (rather than SUBSCRIBE): Redis runs any command sent there.
+    monitoring: bool,
     /// Requests without a reply yet (only tracked while paired).
     outstanding: VecDeque<Outstanding>,
     /// The last time the upstream took request bytes or sent reply bytes.
@@ -103,6 +107,8 @@ impl Dedicated {
             scanner: ReplyScanner::new(max_reply_depth),
             framed: 0,
             paired: true,
+            tracking: false,
+            monitoring: false,
             outstanding: VecDeque::new(),
             last_progress: Instant::now(),
             holds,
@@ -125,10 +131,18 @@ impl Dedicated {
             self.queue_client_id();
         }
         self.wbuf.put_slice(req.raw());
+        if req.name().eq_ignore_ascii_case(b"client")
+            && req
+                .arg(1)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"tracking"))
+        {
+            self.tracking = true;
+        }
         if self.paired {
             if props.unpaired {
                 // Replies still owed before this one are framed as before (see `take_raw`).
                 self.paired = false;
+                self.monitoring = req.name().eq_ignore_ascii_case(b"monitor");
             } else {
                 let hold = holds_the_server(req).and_then(|h| self.holds.begin(h));
                 self.outstanding.push_back(Outstanding {
@@ -227,6 +241,18 @@ impl Dedicated {
 
     pub(crate) fn is_paired(&self) -> bool {
         self.paired
+    }
+
+    /// MONITOR unpaired this connection: Redis runs any command the client sends there, in
+    /// RESP2 too (a RESP2 subscriber's are limited to the SUBSCRIBE family, PING, QUIT, RESET).
+    pub(crate) fn is_monitoring(&self) -> bool {
+        self.monitoring
+    }
+
+    /// CLIENT TRACKING was sent on this connection (on or off: which one won is not looked
+    /// at), so it may carry invalidations naming keys.
+    pub(crate) fn tracks_keys(&self) -> bool {
+        self.tracking
     }
 
     /// Replies are owed to requests sent while paired (tracked one by one).

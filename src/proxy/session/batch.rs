@@ -234,11 +234,30 @@ impl Busy {
         runs: &mut Runs,
         b: &mut Batch<'_>,
     ) -> Result<Option<Request>, Stale> {
-        // AUTH, and HELLO with AUTH, name keywarden's users: a RESP3 client may send any
-        // command while subscribed, and they are answered here then too, never sent to the
-        // upstream. (A RESP2 subscriber's get Redis's "only (P|S)SUBSCRIBE ... are allowed"
-        // from the upstream, which refuses them before reading them.)
-        if unpaired && !(b.state.resp3() && carries_credentials(&req)) {
+        // AUTH, and HELLO with AUTH, name keywarden's users: never sent to the upstream. Where
+        // Redis runs any command on a listening connection (a RESP3 subscriber, MONITOR) they
+        // are answered here; a RESP2 subscriber gets Redis's refusal of them, from here.
+        // SELECT there is answered here too, for the proxy's own database, and then goes on to
+        // switch the connection's (Redis's +OK is the reply).
+        let any_command = unpaired
+            && (b.state.resp3() || self.dedicated.as_ref().is_some_and(|d| d.is_monitoring()));
+        if unpaired && carries_credentials(&req) && !any_command {
+            let req = self.flush_runs(runs, b, req)?;
+            b.count(req.name(), CommandOutcome::Proxy);
+            self.push_local(subscribed_refusal(&req));
+            return Ok(None);
+        }
+        if any_command && req.name().eq_ignore_ascii_case(b"select") {
+            let req = self.flush_runs(runs, b, req)?;
+            let reply = self.answer_connection_command(&req, b);
+            if reply.starts_with(b"+") {
+                return Ok(Some(req));
+            }
+            b.count(req.name(), CommandOutcome::Proxy);
+            self.push_local(reply);
+            return Ok(None);
+        }
+        if unpaired && !(any_command && carries_credentials(&req)) {
             if special != Handling::Reset {
                 return Ok(Some(req));
             }
@@ -556,6 +575,14 @@ impl Busy {
 }
 
 /// AUTH, or HELLO with an AUTH option: a keywarden user's credentials.
+/// Redis's reply to a command a RESP2 subscriber may not send.
+fn subscribed_refusal(req: &Request) -> Bytes {
+    let name = String::from_utf8_lossy(req.name()).to_ascii_lowercase();
+    Bytes::from(format!(
+        "-ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n"
+    ))
+}
+
 fn carries_credentials(req: &Request) -> bool {
     let name = req.name();
     name.eq_ignore_ascii_case(b"auth")

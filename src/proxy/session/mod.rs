@@ -342,12 +342,13 @@ impl Session {
         }
     }
 
-    /// Subscribed or monitoring: its own upstream connection is no longer paired.
+    /// Subscribed or monitoring (its own upstream connection is no longer paired), or tracking
+    /// keys: it receives what it did not ask for one request at a time.
     fn listens(&self) -> bool {
         self.busy
             .as_deref()
             .and_then(|b| b.dedicated.as_ref())
-            .is_some_and(|d| !d.is_paired())
+            .is_some_and(|d| !d.is_paired() || d.tracks_keys())
     }
 
     fn busy_mut(&mut self) -> &mut Busy {
@@ -358,9 +359,9 @@ impl Session {
 
     /// Takes the configuration a reload installed. The client keeps its connection, and its
     /// user if one of the same name and password is still configured; otherwise it is closed
-    /// at once, as Redis closes the clients of a deleted user. A subscribed or monitoring
-    /// client is closed too when its user's permissions changed. Returns false when the session
-    /// should end now.
+    /// at once, as Redis closes the clients of a deleted user. A subscribed, monitoring or
+    /// tracking client is closed too when its user's permissions changed. Returns false when
+    /// the session should end now.
     fn adopt_policy(&mut self) -> bool {
         let new = self.server.policy();
         let old_users = &self.policy.settings.users;
