@@ -300,6 +300,7 @@ fn probe(address: String) -> PingProbe {
     PingProbe {
         address,
         login: None,
+        tls: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::net::{Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use tracing::level_filters::LevelFilter;
@@ -11,14 +12,14 @@ use tracing_subscriber::EnvFilter;
 
 use crate::command::Categories;
 use crate::config::file::{
-    RawAdmin, RawHealth, RawKeyspace, RawLimits, RawLocalStore, RawLog, RawSettings, RawUpstream,
-    RawUser, Secret,
+    RawAdmin, RawHealth, RawKeyspace, RawLimits, RawLocalStore, RawLog, RawSettings, RawTls,
+    RawUpstream, RawUser, Secret,
 };
 use crate::config::overrides::Overrides;
 use crate::config::problem::Problem;
 use crate::config::settings::{
-    AdminSettings, EventSettings, HealthSettings, Limits, LocalStoreSettings, LogFormat,
-    LogSettings, Settings, UpstreamSettings, MAX_MULTIBULK_LEN,
+    AdminSettings, ClientTls, EventSettings, HealthSettings, Limits, LocalStoreSettings, LogFormat,
+    LogSettings, Settings, UpstreamSettings, UpstreamTls, MAX_MULTIBULK_LEN,
 };
 use crate::config::units::{
     duration, keepalive, show_duration, show_size, size, timeout, zero_is_off, Quantity, KIB,
@@ -112,11 +113,20 @@ pub(super) fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settin
         file: (!raw.events.file.is_empty()).then(|| raw.events.file.into()),
     };
     let admin = check_admin(c, raw.admin, listen);
+    let tls = check_tls(c, raw.tls, listen);
     // Protected mode, as Redis's: a listener others can reach needs a password.
-    if let (true, Some(addr), Some(users)) = (raw.protected_mode, listen, &users) {
+    c.table = "";
+    let tls_listen = tls
+        .as_ref()
+        .and_then(|t| t.as_ref().map(|t| ("tls.listen", t.listen)));
+    let listeners = listen.map(|a| ("listen", a)).into_iter().chain(tls_listen);
+    for (place, addr) in listeners {
+        let Some(users) = (raw.protected_mode).then_some(users.as_ref()).flatten() else {
+            break;
+        };
         if !addr.ip().is_loopback() && !users.required() {
             c.report(
-                "listen",
+                place,
                 format!(
                     "{addr} accepts clients from beyond this machine, and no password is \
                      configured: set requirepass_sha256 (or --requirepass-sha256, or \
@@ -143,6 +153,7 @@ pub(super) fn check_settings(c: &mut Checker, raw: RawSettings) -> Option<Settin
         health: health?,
         events,
         admin: admin?,
+        tls: tls?,
         source: None,
     })
 }
@@ -603,7 +614,37 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
             "needs upstream.password: Redis takes a username only with its password".to_owned(),
         );
     }
+    c.table = "upstream.";
+    let tls = match raw.tls {
+        false => {
+            let set = [&raw.tls_ca_file, &raw.tls_cert_file, &raw.tls_key_file]
+                .iter()
+                .any(|f| !f.is_empty())
+                || !raw.tls_server_name.is_empty();
+            if set {
+                c.report(
+                    "tls",
+                    "is false, but tls_* options are set: set tls = true to use them".to_owned(),
+                );
+            }
+            Some(None)
+        }
+        true => {
+            let ca = c.check("tls_ca_file", raw.tls_ca_file, |f| pem_file(&f, Pem::Certs));
+            let pair = client_cert_pair(c, raw.tls_cert_file, raw.tls_key_file);
+            let name = (!raw.tls_server_name.is_empty()).then_some(raw.tls_server_name);
+            match (ca, pair) {
+                (Some(ca_file), Some(client_cert)) => Some(Some(UpstreamTls {
+                    ca_file,
+                    client_cert,
+                    server_name: name,
+                })),
+                _ => None,
+            }
+        }
+    };
     Some(UpstreamSettings {
+        tls: tls?,
         address: address?,
         connections: connections?,
         connect_timeout: connect_timeout?,
@@ -613,6 +654,106 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
         username: username?,
         password,
     })
+}
+
+/// `tls_cert_file` and `tls_key_file`: both or neither.
+fn client_cert_pair(
+    c: &mut Checker,
+    cert: String,
+    key: String,
+) -> Option<Option<(PathBuf, PathBuf)>> {
+    match (cert.is_empty(), key.is_empty()) {
+        (true, true) => Some(None),
+        (false, true) | (true, false) => {
+            c.report(
+                "tls_cert_file",
+                "tls_cert_file and tls_key_file go together (a client certificate and its key)"
+                    .to_owned(),
+            );
+            None
+        }
+        (false, false) => {
+            let cert = c.check("tls_cert_file", cert, |f| pem_file(&f, Pem::Certs));
+            let key = c.check("tls_key_file", key, |f| pem_file(&f, Pem::Key));
+            Some(Some((cert?, key?)))
+        }
+    }
+}
+
+/// What a PEM file must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pem {
+    /// At least one certificate.
+    Certs,
+    /// A private key (PKCS#8, PKCS#1 or SEC1).
+    Key,
+}
+
+/// A readable PEM file holding what `what` says. Read at check time, so that `check-config`
+/// and a reload refuse a missing or wrong file with its name.
+fn pem_file(path: &str, what: Pem) -> Result<PathBuf, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    if path.is_empty() {
+        return Err("needs a file".to_owned());
+    }
+    let found = match what {
+        Pem::Certs => CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("{path:?}: {e}"))?
+            .map(|c| c.map(|_| ()))
+            .collect::<Result<Vec<()>, _>>()
+            .map_err(|e| format!("{path:?}: {e}"))?
+            .len(),
+        Pem::Key => PrivateKeyDer::from_pem_file(path)
+            .map(|_| 1)
+            .map_err(|e| format!("{path:?}: {e}"))?,
+    };
+    match found {
+        0 => Err(format!("{path:?} holds no PEM certificate")),
+        _ => Ok(PathBuf::from(path)),
+    }
+}
+
+/// `[tls]`: off unless `listen` is set; then a certificate and key, and optionally the CA
+/// that client certificates must be signed by.
+fn check_tls(
+    c: &mut Checker,
+    raw: RawTls,
+    listen: Option<SocketAddr>,
+) -> Option<Option<ClientTls>> {
+    c.table = "tls.";
+    if raw.listen.is_empty() {
+        if !(raw.cert_file.is_empty() && raw.key_file.is_empty() && raw.ca_file.is_empty()) {
+            c.report(
+                "listen",
+                "is empty, but TLS files are set: set listen to serve TLS".to_owned(),
+            );
+            return None;
+        }
+        return Some(None);
+    }
+    let address = c.check("listen", raw.listen, |s| {
+        let addr = socket_addr(&s)?;
+        if Some(addr) == listen && addr.port() != 0 {
+            return Err(format!(
+                "{s:?} is the client `listen` address; choose another port"
+            ));
+        }
+        Ok(addr)
+    });
+    let cert = c.check("cert_file", raw.cert_file, |f| pem_file(&f, Pem::Certs));
+    let key = c.check("key_file", raw.key_file, |f| pem_file(&f, Pem::Key));
+    let ca = c.check("ca_file", raw.ca_file, |f| {
+        (!f.is_empty())
+            .then(|| pem_file(&f, Pem::Certs))
+            .transpose()
+    });
+    Some(Some(ClientTls {
+        listen: address?,
+        cert_file: cert?,
+        key_file: key?,
+        ca_file: ca?,
+    }))
 }
 
 fn check_limits(c: &mut Checker, raw: RawLimits) -> Option<Limits> {

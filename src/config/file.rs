@@ -36,6 +36,17 @@ pub(super) struct RawSettings {
     pub(super) health: RawHealth,
     pub(super) events: RawEvents,
     pub(super) admin: RawAdmin,
+    pub(super) tls: RawTls,
+}
+
+/// `[tls]`: a TLS listener for clients; `listen` empty (the default) = none.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) listen: String,
+    pub(super) cert_file: String,
+    pub(super) key_file: String,
+    pub(super) ca_file: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,6 +120,11 @@ pub(super) struct RawUpstream {
     pub(super) username: String,
     /// "" = none.
     pub(super) password: Secret,
+    pub(super) tls: bool,
+    pub(super) tls_ca_file: String,
+    pub(super) tls_cert_file: String,
+    pub(super) tls_key_file: String,
+    pub(super) tls_server_name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +172,7 @@ impl Default for RawSettings {
             health: RawHealth::default(),
             events: RawEvents::default(),
             admin: RawAdmin::default(), // off: it would expose state on a port nobody chose
+            tls: RawTls::default(),     // off
         }
     }
 }
@@ -192,6 +209,11 @@ impl Default for RawUpstream {
             reconnect_backoff_max: "50ms".into(),
             username: String::new(),
             password: Secret::default(),
+            tls: false,
+            tls_ca_file: String::new(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_server_name: String::new(),
         }
     }
 }

@@ -51,8 +51,8 @@ use crate::config::file::{toml_problem, RawSettings};
 pub use overrides::Overrides;
 pub use problem::{ConfigError, Problem};
 pub use settings::{
-    AdminSettings, EventSettings, HealthSettings, Limits, LocalStoreSettings, LogFormat,
-    LogSettings, Settings, UpstreamSettings,
+    AdminSettings, ClientTls, EventSettings, HealthSettings, Limits, LocalStoreSettings, LogFormat,
+    LogSettings, Settings, UpstreamSettings, UpstreamTls,
 };
 
 /// A config file and the command-line flags applied over it: what a reload reads again.

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::ConfigSource;
@@ -37,6 +38,8 @@ pub struct Settings {
     pub health: HealthSettings,
     pub events: EventSettings,
     pub admin: AdminSettings,
+    /// The TLS listener for clients, if any.
+    pub tls: Option<ClientTls>,
     /// Where these settings were read from, to read them again on a reload; `None` for
     /// settings that came from text (the built-in defaults, tests).
     pub source: Option<ConfigSource>,
@@ -50,6 +53,30 @@ pub struct AdminSettings {
     /// The digest of the bearer token every request must carry (`Authorization: Bearer
     /// <token>`); `None` = no token asked. Required for a listener beyond loopback.
     pub token: Option<auth::PasswordHash>,
+}
+
+/// A TLS listener for clients, as Redis's `tls-port`, beside the plain `listen` one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub listen: SocketAddr,
+    /// PEM: the certificate chain keywarden presents, and its private key.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate signed by one
+    /// (Redis's `tls-auth-clients yes`).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// TLS toward the upstream (Redis's `--tls` in its clients).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// PEM CA certificates the upstream's certificate must be signed by.
+    pub ca_file: PathBuf,
+    /// PEM client certificate and key, for an upstream that asks for one
+    /// (`tls-auth-clients yes`, Redis's default).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The name the upstream's certificate must carry; the address's host when not set.
+    pub server_name: Option<String>,
 }
 
 /// The local store serving `degraded` and `local_only` keyspaces.
@@ -104,6 +131,8 @@ pub struct UpstreamSettings {
     /// The password for those connections, in plain text because the proxy must send it;
     /// `None` = no AUTH. Never shown by `Debug`.
     pub password: Option<String>,
+    /// TLS on every upstream connection, if set.
+    pub tls: Option<UpstreamTls>,
 }
 
 impl fmt::Debug for UpstreamSettings {
@@ -118,6 +147,7 @@ impl fmt::Debug for UpstreamSettings {
             reconnect_backoff_max,
             username,
             password,
+            tls,
         } = self;
         f.debug_struct("UpstreamSettings")
             .field("address", address)
@@ -128,6 +158,7 @@ impl fmt::Debug for UpstreamSettings {
             .field("reconnect_backoff_max", reconnect_backoff_max)
             .field("username", username)
             .field("password", &password.as_ref().map(|_| REDACTED))
+            .field("tls", tls)
             .finish()
     }
 }

@@ -98,6 +98,15 @@ fn example_file_mentions_every_option() {
         "upstream.reconnect_backoff_max",
         "upstream.username",
         "upstream.password",
+        "upstream.tls",
+        "upstream.tls_ca_file",
+        "upstream.tls_cert_file",
+        "upstream.tls_key_file",
+        "upstream.tls_server_name",
+        "tls.listen",
+        "tls.cert_file",
+        "tls.key_file",
+        "tls.ca_file",
         "limits.max_bulk_len",
         "limits.max_multibulk_len",
         "limits.max_inline_len",
@@ -220,6 +229,7 @@ fn a_full_file_is_typed() {
                 reconnect_backoff_max: Duration::from_secs(1),
                 username: Some("keywarden".to_owned()),
                 password: Some("upstream secret".to_owned()),
+                tls: None,
             },
             limits: Limits {
                 max_bulk_len: MIB,
@@ -280,6 +290,7 @@ fn a_full_file_is_typed() {
                 listen: Some("127.0.0.1:9121".parse().unwrap()),
                 token: None,
             },
+            tls: None,
             source: None,
         }
     );
@@ -935,5 +946,60 @@ fn keyspace_budgets_must_fit_the_store() {
             (512 * KIB, Eviction::Lru),
             (0, Eviction::Lru)
         ]
+    );
+}
+
+#[test]
+fn tls_files_are_checked_when_the_config_is() {
+    let found = problems(
+        "[tls]\nlisten = \"127.0.0.1:6390\"\ncert_file = \"/nonexistent/kw.pem\"\nkey_file = \"/nonexistent/kw.key\"\n",
+    );
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].starts_with("tls.cert_file: \"/nonexistent/kw.pem\""),
+        "{found:?}"
+    );
+    assert!(
+        found[1].starts_with("tls.key_file: \"/nonexistent/kw.key\""),
+        "{found:?}"
+    );
+    assert_problem(
+        "[tls]\ncert_file = \"a.pem\"\n",
+        "tls.listen",
+        "TLS files are set: set listen",
+    );
+    assert_problem(
+        "[upstream]\ntls = true\n",
+        "upstream.tls_ca_file",
+        "needs a file",
+    );
+    assert_problem(
+        "[upstream]\ntls_ca_file = \"ca.pem\"\n",
+        "upstream.tls",
+        "set tls = true",
+    );
+    // Not PEM at all.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    assert_problem(
+        &format!(
+            "[upstream]\ntls = true\ntls_ca_file = {:?}\n",
+            junk.display().to_string()
+        ),
+        "upstream.tls_ca_file",
+        "holds no PEM certificate",
+    );
+    let found = problems(&format!(
+        "[upstream]\ntls = true\ntls_ca_file = {:?}\ntls_cert_file = {:?}\n",
+        junk.display().to_string(),
+        junk.display().to_string()
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|p| p
+                .starts_with("upstream.tls_cert_file: tls_cert_file and tls_key_file go together")),
+        "{found:?}"
     );
 }

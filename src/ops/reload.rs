@@ -94,6 +94,8 @@ pub(crate) fn plan(current: &Settings, mut new: Settings) -> Plan {
         "upstream.connections" => upstream.connections;
         "upstream.username" => upstream.username;
         "upstream.password" => upstream.password;
+        "upstream.tls" => upstream.tls;
+        "tls" => tls;
         "admin.listen" => admin.listen;
         "events.file" => events.file;
         "instance_id" => instance_id;

@@ -9,7 +9,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -29,7 +28,7 @@ use crate::upstream::catalog;
 use crate::upstream::health::State;
 use crate::upstream::monitor::{Monitor, MonitorSettings};
 use crate::upstream::shared::Upstream;
-use crate::upstream::socket;
+use crate::upstream::socket::{self, Conn};
 
 /// Serves clients from `listener` until `shutdown` resolves, then drains: stops accepting,
 /// lets in-flight requests finish within `shutdown_timeout`, and closes every connection.
@@ -53,6 +52,17 @@ pub async fn run(
     };
     let admin_listener = match settings.admin.listen {
         Some(addr) => Some(admin::bind(addr).await?),
+        None => None,
+    };
+    // The TLS listener, as Redis's tls-port: its certificate is read now, so a bad one stops
+    // startup with its reason.
+    let tls_listener = match &settings.tls {
+        Some(tls) => {
+            let config = crate::upstream::tls::server_config(tls)?;
+            let listener = TcpListener::bind(tls.listen).await?;
+            tracing::info!(listen = %listener.local_addr()?, "keywarden listening for TLS clients");
+            Some((listener, config))
+        }
         None => None,
     };
     let events = Arc::new(Events::new(
@@ -93,7 +103,13 @@ pub async fn run(
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
-            r = listener.accept() => r,
+            r = listener.accept() => r.map(|(s, _)| (s, None)),
+            r = async {
+                match &tls_listener {
+                    Some((l, config)) => l.accept().await.map(|(s, _)| (s, Some(config.clone()))),
+                    None => std::future::pending().await,
+                }
+            } => r,
             Some(()) = async {
                 match hangup.as_mut() {
                     Some(h) => h.recv().await,
@@ -109,8 +125,8 @@ pub async fn run(
             policy = server.policy();
         }
         let settings = &policy.settings;
-        let stream = match accepted {
-            Ok((stream, _peer)) => stream,
+        let (stream, tls) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and similar: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -120,14 +136,31 @@ pub async fn run(
         };
         if server.clients.count() >= settings.max_clients {
             server.clients.record_rejected();
-            tokio::spawn(refuse(stream));
+            tokio::spawn(refuse(stream, tls));
             continue;
         }
         if let Err(e) = socket::tune(&stream, settings.tcp_keepalive) {
             tracing::debug!(error = %e, "client socket setup failed");
             continue;
         }
-        tokio::spawn(Session::new(stream, server.clone(), policy.clone()));
+        match tls {
+            None => {
+                tokio::spawn(Session::new(
+                    Conn::plain(stream),
+                    server.clone(),
+                    policy.clone(),
+                ));
+            }
+            Some(config) => {
+                let (server, policy) = (server.clone(), policy.clone());
+                tokio::spawn(async move {
+                    // The handshake runs in the client's own task: a slow one delays no one.
+                    if let Some(conn) = tls_accept(stream, config).await {
+                        Session::new(conn, server, policy).await;
+                    }
+                });
+            }
+        }
     }
 
     drop(listener);
@@ -199,8 +232,34 @@ async fn housekeeping(server: Arc<Server>) {
     }
 }
 
-/// Tells a client over the limit why, as Redis does, and closes it.
-async fn refuse(mut stream: TcpStream) {
+/// How long a TLS client has to finish its handshake (Redis gives a connection's handshake
+/// no separate limit; an idle one is closed by `timeout`, which is off by default).
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// The TLS handshake of a client of the TLS listener; `None` (logged at debug, without
+/// anything the client sent) when it fails.
+async fn tls_accept(stream: TcpStream, config: Arc<rustls::ServerConfig>) -> Option<Conn> {
+    let session = rustls::ServerConnection::new(config).ok()?;
+    let conn = Conn::tls(stream, session);
+    match conn.handshake(TLS_HANDSHAKE).await {
+        Ok(()) => Some(conn),
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS handshake with a client failed");
+            None
+        }
+    }
+}
+
+/// Tells a client over the limit why, as Redis does (through TLS on the TLS listener), and
+/// closes it.
+async fn refuse(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
     let reply = ProxyError::MaxClients.to_reply();
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&reply)).await;
+    let conn = match tls {
+        None => Conn::plain(stream),
+        Some(config) => match tls_accept(stream, config).await {
+            Some(conn) => conn,
+            None => return,
+        },
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.write_all(&reply)).await;
 }

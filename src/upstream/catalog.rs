@@ -5,8 +5,6 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::command::learned::{self, Learned};
 use crate::command::REDIS_VERSION;
 use crate::config::UpstreamSettings;
@@ -85,7 +83,8 @@ fn report(learned: &Learned) {
 /// One connection: the proxy's login, then `COMMAND`; the raw reply.
 async fn fetch(settings: &UpstreamSettings) -> Result<Vec<u8>, Failure> {
     let transient = |e: std::io::Error| Failure::Transient(e.to_string());
-    let mut stream = socket::connect(&settings.address, settings.connect_timeout, None)
+    let tls = settings.tls.as_ref();
+    let stream = socket::connect_upstream(&settings.address, settings.connect_timeout, None, tls)
         .await
         .map_err(transient)?;
     let setup = setup_commands(settings, false);
@@ -96,8 +95,7 @@ async fn fetch(settings: &UpstreamSettings) -> Result<Vec<u8>, Failure> {
     wire.extend_from_slice(b"*1\r\n$7\r\nCOMMAND\r\n");
     let exchange = async {
         stream.write_all(&wire).await?;
-        let mut buf = Vec::with_capacity(64 << 10);
-        let mut chunk = vec![0u8; 64 << 10];
+        let mut buf = bytes::BytesMut::with_capacity(64 << 10);
         loop {
             // The login's replies come first; the COMMAND reply is the frame after them.
             let mut at = 0;
@@ -116,11 +114,9 @@ async fn fetch(settings: &UpstreamSettings) -> Result<Vec<u8>, Failure> {
             if buf.len() > MAX_REPLY {
                 return Ok(Err(Failure::Refused("a COMMAND reply over 16 MiB".into())));
             }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
+            if stream.read_some(&mut buf, 64 << 10).await? == 0 {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
             }
-            buf.extend_from_slice(&chunk[..n]);
         }
     };
     let reply = tokio::time::timeout(settings.command_timeout * 5, exchange)

@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Interval};
 
 use crate::command::{block_timeout, holds_the_server, Stateful};
@@ -25,12 +24,12 @@ use crate::protocol::request::Request;
 use crate::protocol::scanner::ReplyScanner;
 use crate::upstream::holds::{HoldMark, Holds};
 use crate::upstream::shared::timeout_tick;
-use crate::upstream::socket;
+use crate::upstream::socket::{self, Conn};
 
 const READ_CHUNK: usize = 16 * 1024;
 
 pub(crate) struct Dedicated {
-    stream: TcpStream,
+    stream: Conn,
     rbuf: BytesMut,
     wbuf: BytesMut,
     written: usize,
@@ -95,8 +94,9 @@ impl Dedicated {
         keepalive: Option<Duration>,
         max_reply_depth: usize,
         holds: Arc<Holds>,
+        tls: Option<crate::config::UpstreamTls>,
     ) -> Result<Dedicated, UpstreamFailure> {
-        let stream = socket::connect(&addr, connect_timeout, keepalive)
+        let stream = socket::connect_upstream(&addr, connect_timeout, keepalive, tls.as_ref())
             .await
             .map_err(|_| UpstreamFailure::Unavailable)?;
         Ok(Dedicated {
@@ -206,7 +206,7 @@ impl Dedicated {
     }
 
     pub(crate) fn wants_write(&self) -> bool {
-        self.written < self.wbuf.len()
+        self.written < self.wbuf.len() || self.stream.wants_write()
     }
 
     /// Requests written whose replies have not come back (once unpaired, only those sent
@@ -288,7 +288,7 @@ impl Dedicated {
     }
 
     pub(crate) fn write(&mut self) -> Result<(), UpstreamFailure> {
-        while self.wants_write() {
+        while self.written < self.wbuf.len() {
             match self.stream.try_write(&self.wbuf[self.written..]) {
                 Ok(n) => {
                     // The upstream takes what it is sent: progress (see `shared`).
@@ -301,7 +301,13 @@ impl Dedicated {
         }
         self.wbuf.clear();
         self.written = 0;
-        Ok(())
+        // TLS records the socket did not take yet (none on a plain connection).
+        match self.stream.flush_records() {
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                Err(UpstreamFailure::ConnectionLost)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Reads what the upstream has sent; false when nothing was there. `Err` when the
@@ -310,7 +316,7 @@ impl Dedicated {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
         }
-        match socket::read_available(&self.stream, &mut self.rbuf) {
+        match self.stream.read_available(&mut self.rbuf) {
             Ok(0) => Err(UpstreamFailure::ConnectionLost),
             Ok(_) => {
                 self.last_progress = Instant::now();

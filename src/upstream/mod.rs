@@ -11,3 +11,4 @@ pub mod monitor;
 pub(crate) mod outage;
 pub(crate) mod shared;
 pub(crate) mod socket;
+pub(crate) mod tls;

@@ -46,12 +46,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::Settings;
+use crate::config::{Settings, UpstreamTls};
 use crate::upstream::health::{Cause, Health, Outcome, State, Thresholds, Transition};
 use crate::upstream::outage::{
     AffectedKeyspaces, Counters, Counts, Event, EventKind, Outage, OutageEvents,
@@ -68,8 +67,10 @@ pub struct MonitorSettings {
     pub address: String,
     /// The proxy's own login (`AUTH ...`), sent before PING when the upstream needs one.
     pub login: Option<Bytes>,
-    /// The data path's connect timeout, used by the probe too.
+    /// The data path's connect timeout, used by the probe too (its TLS handshake included).
     pub connect_timeout: Duration,
+    /// TLS toward the upstream, as the data path's connections have it.
+    pub tls: Option<UpstreamTls>,
     /// Between probes while healthy. Default 1 s: a killed upstream with no traffic is noticed
     /// within one interval; the cost is one connection a second.
     pub probe_interval: Duration,
@@ -108,6 +109,7 @@ impl Default for MonitorSettings {
             address: "127.0.0.1:6379".to_owned(),
             login: None,
             connect_timeout: Duration::from_millis(500),
+            tls: None,
             probe_interval: Duration::from_secs(1),
             recovery_probe_interval: Duration::from_millis(25),
             probe_timeout: Duration::from_millis(500),
@@ -136,6 +138,7 @@ impl MonitorSettings {
                 .first()
                 .map(|login| login.raw().clone()),
             connect_timeout: s.upstream.connect_timeout,
+            tls: s.upstream.tls.clone(),
             probe_interval: s.health.probe_interval,
             probe_timeout: s.health.probe_timeout,
             failure_threshold: s.health.failure_threshold,
@@ -179,6 +182,7 @@ pub struct ProbeTimeouts {
 pub struct PingProbe {
     pub address: String,
     pub login: Option<Bytes>,
+    pub tls: Option<UpstreamTls>,
 }
 
 /// A running monitor. Dropping it (or [`Monitor::stop`]) stops its tasks.
@@ -243,6 +247,7 @@ impl Monitor {
         let probe = PingProbe {
             address: settings.address.clone(),
             login: settings.login.clone(),
+            tls: settings.tls.clone(),
         };
         Monitor::start_with(settings, probe, events, keyspaces).await
     }
@@ -588,10 +593,12 @@ async fn probe_loop<P: Probe>(probe: P, handle: MonitorHandle, mut last: Instant
 
 impl Probe for PingProbe {
     async fn probe(&self, timeouts: ProbeTimeouts) -> Outcome {
-        let mut stream = match socket::connect(&self.address, timeouts.connect, None).await {
-            Ok(stream) => stream,
-            Err(e) => return Outcome::Failure(Cause::of_connect_error(&e)),
-        };
+        let tls = self.tls.as_ref();
+        let stream =
+            match socket::connect_upstream(&self.address, timeouts.connect, None, tls).await {
+                Ok(stream) => stream,
+                Err(e) => return Outcome::Failure(Cause::of_connect_error(&e)),
+            };
         let exchange = async {
             let mut wire = Vec::new();
             if let Some(login) = &self.login {
@@ -599,7 +606,7 @@ impl Probe for PingProbe {
             }
             wire.extend_from_slice(b"PING\r\n");
             stream.write_all(&wire).await?;
-            read_lines(&mut stream, 1 + usize::from(self.login.is_some())).await
+            read_lines(&stream, 1 + usize::from(self.login.is_some())).await
         };
         let expected: &[&[u8]] = match self.login {
             Some(_) => &[b"+OK", b"+PONG"],
@@ -618,11 +625,10 @@ impl Probe for PingProbe {
 
 /// The first `n` reply lines, without their CRLF; a closed connection before them is an
 /// error. Only short lines are expected, so reading stops once 1 KiB has come.
-async fn read_lines(stream: &mut tokio::net::TcpStream, n: usize) -> std::io::Result<Vec<Vec<u8>>> {
-    let mut data = Vec::with_capacity(32);
-    let mut buf = [0u8; 128];
+async fn read_lines(stream: &socket::Conn, n: usize) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut data = bytes::BytesMut::with_capacity(128);
     loop {
-        let lines: Vec<Vec<u8>> = data
+        let lines: Vec<Vec<u8>> = data[..]
             .split(|&b| b == b'\n')
             .take(n)
             .filter_map(|l: &[u8]| l.strip_suffix(b"\r").map(<[u8]>::to_vec))
@@ -633,10 +639,8 @@ async fn read_lines(stream: &mut tokio::net::TcpStream, n: usize) -> std::io::Re
         if data.len() >= 1024 {
             return Ok(lines);
         }
-        let read = stream.read(&mut buf).await?;
-        if read == 0 {
+        if stream.read_some(&mut data, 128).await? == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        data.extend_from_slice(&buf[..read]);
     }
 }

@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::sync::{watch, Notify};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -40,7 +39,7 @@ use crate::upstream::histogram::Histogram;
 use crate::upstream::holds::{HoldMark, Holds};
 use crate::upstream::inbox::{Chunk, Inbox};
 use crate::upstream::monitor::{HealthSnapshot, MonitorHandle};
-use crate::upstream::socket;
+use crate::upstream::socket::{self, Conn};
 
 /// Read buffer growth step for upstream replies.
 const READ_CHUNK: usize = 16 * 1024;
@@ -478,7 +477,10 @@ impl ConnTask {
         let mut was_up = true;
         loop {
             let attempt = Instant::now();
-            match socket::connect(addr, timing.connect_timeout(), timing.keepalive()).await {
+            let tls = self.settings.tls.as_ref();
+            match socket::connect_upstream(addr, timing.connect_timeout(), timing.keepalive(), tls)
+                .await
+            {
                 Ok(stream) => {
                     backoff = timing.backoff_min();
                     self.connects.fetch_add(1, Ordering::Relaxed);
@@ -549,7 +551,7 @@ impl ConnTask {
 
 /// The task's side of one live upstream socket.
 struct Connection {
-    stream: TcpStream,
+    stream: Conn,
     rbuf: BytesMut,
     wbuf: BytesMut,
     written: usize,
@@ -585,7 +587,7 @@ enum Event {
 
 impl Connection {
     fn new(
-        stream: TcpStream,
+        stream: Conn,
         max_reply_depth: usize,
         version: Arc<Mutex<Option<Arc<str>>>>,
         latency: Arc<Histogram>,
@@ -642,7 +644,7 @@ impl Connection {
             return why;
         }
         loop {
-            let pending_write = self.written < self.wbuf.len();
+            let pending_write = self.written < self.wbuf.len() || self.stream.wants_write();
             let event = tokio::select! {
                 biased;
                 r = self.stream.readable() => match r {
@@ -695,14 +697,20 @@ impl Connection {
         }
         self.wbuf.clear();
         self.written = 0;
-        Ok(())
+        // TLS records the socket did not take yet (none on a plain connection).
+        match self.stream.flush_records() {
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                Err(UpstreamFailure::ConnectionLost)
+            }
+            _ => Ok(()),
+        }
     }
 
     fn read(&mut self) -> Result<(), UpstreamFailure> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
             self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
         }
-        match socket::read_available(&self.stream, &mut self.rbuf) {
+        match self.stream.read_available(&mut self.rbuf) {
             Ok(0) => Err(UpstreamFailure::ConnectionLost),
             Ok(_) => {
                 self.last_progress = Instant::now();

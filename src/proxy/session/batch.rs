@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
+use crate::upstream::socket::Conn;
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 
 use super::busy::{Busy, Runs, Slot, Stall};
 use super::connection_commands::{self, Follow, Handling, Unblock};
@@ -33,7 +33,7 @@ pub(super) struct Batch<'a> {
     pub(super) shared: &'a mut Arc<SharedConn>,
     pub(super) inbox: &'a Arc<Inbox>,
     pub(super) state: &'a mut SessionState,
-    pub(super) stream: &'a TcpStream,
+    pub(super) stream: &'a Conn,
     /// Whether requests go upstream (healthy or recovering).
     pub(super) available: bool,
     /// The last command counted, so a repeated name is counted without a lookup.
@@ -48,7 +48,7 @@ impl<'a> Batch<'a> {
         shared: &'a mut Arc<SharedConn>,
         inbox: &'a Arc<Inbox>,
         state: &'a mut SessionState,
-        stream: &'a TcpStream,
+        stream: &'a Conn,
         available: bool,
     ) -> Batch<'a> {
         Batch {
@@ -87,7 +87,7 @@ impl Busy {
         shared: &mut Arc<SharedConn>,
         inbox: &Arc<Inbox>,
         state: &mut SessionState,
-        stream: &TcpStream,
+        stream: &Conn,
     ) {
         if self.closing || self.stalled.is_some() || self.inbuf.is_empty() {
             return;

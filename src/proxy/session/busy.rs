@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 
+use crate::upstream::socket::Conn;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::client_state::Multi;
@@ -470,8 +470,19 @@ impl Busy {
     }
 
     /// Writes as much queued output as the socket takes without waiting.
-    pub(super) fn flush(&mut self, stream: &TcpStream) -> io::Result<()> {
-        while !self.out.is_empty() {
+    pub(super) fn flush(&mut self, stream: &Conn) -> io::Result<()> {
+        while !self.out.is_empty() || stream.wants_write() {
+            if self.out.is_empty() {
+                // Only TLS records of earlier replies are left.
+                match stream.flush_records() {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.behind = true;
+                        return Ok(());
+                    }
+                    other => other?,
+                }
+                break;
+            }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let n = self.out.len().min(MAX_IOVECS);
             for (slot, data) in slices.iter_mut().zip(self.out.iter()) {

@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use crate::config::live::Policy;
@@ -47,7 +46,7 @@ use crate::proxy::session::client_state::SessionState;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::inbox::Inbox;
 use crate::upstream::shared::SharedConn;
-use crate::upstream::socket;
+use crate::upstream::socket::Conn;
 
 /// The first read of a burst takes a buffer this large; it doubles while a request needs more.
 const READ_CHUNK: usize = 4 * 1024;
@@ -55,7 +54,7 @@ const READ_CHUNK: usize = 4 * 1024;
 const MAX_IOVECS: usize = 32;
 
 pub(crate) struct Session {
-    stream: TcpStream,
+    stream: Conn,
     server: Arc<Server>,
     /// The configuration this client's requests are judged by: the server's, taken again
     /// between batches after a reload (see [`crate::ops::reload`]).
@@ -149,7 +148,7 @@ enum Event {
 }
 
 impl Session {
-    pub(crate) fn new(stream: TcpStream, server: Arc<Server>, policy: Arc<Policy>) -> Session {
+    pub(crate) fn new(stream: Conn, server: Arc<Server>, policy: Arc<Policy>) -> Session {
         let inbox = Arc::new(Inbox::default());
         let (key, id) = server.clients.join(inbox.clone(), stream.peer_addr().ok());
         let idle = policy.settings.client_idle_timeout.map(IdleTimer::new);
@@ -231,6 +230,7 @@ impl Session {
                         ctx.settings.tcp_keepalive,
                         ctx.settings.limits.max_reply_depth,
                         ctx.upstream.holds().clone(),
+                        up.tls.clone(),
                     )));
                     continue;
                 }
@@ -249,7 +249,7 @@ impl Session {
                     self.server.clients.record_closed(limit);
                     return Poll::Ready(Ok(()));
                 }
-                if b.closing && b.owes_nothing() && b.out.is_empty() {
+                if b.closing && b.owes_nothing() && b.out.is_empty() && !self.stream.wants_write() {
                     return Poll::Ready(Ok(()));
                 }
                 if b.is_quiet() {
@@ -303,7 +303,16 @@ impl Session {
                         idle.last_activity = Instant::now();
                     }
                 }
-                Event::ClientWritable => {}
+                Event::ClientWritable => {
+                    if self.busy.is_none() {
+                        match self.stream.flush_records() {
+                            Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                                return Poll::Ready(Ok(()))
+                            }
+                            _ => {}
+                        }
+                    }
+                }
                 Event::PenaltyOver => self.busy_mut().penalty = None,
                 Event::DedicatedReadable => self.busy_mut().read_dedicated(),
                 Event::DedicatedWritable => self.busy_mut().write_dedicated(),
@@ -442,7 +451,7 @@ impl Session {
                     return Poll::Ready(Ok(Event::PenaltyOver));
                 }
             }
-            if !b.out.is_empty() && b.penalty.is_none() {
+            if (!b.out.is_empty() || self.stream.wants_write()) && b.penalty.is_none() {
                 if let Poll::Ready(r) = self.stream.poll_write_ready(cx) {
                     return Poll::Ready(r.map(|()| Event::ClientWritable));
                 }
@@ -464,6 +473,12 @@ impl Session {
                 }
             }
         }
+        if self.busy.is_none() && self.stream.wants_write() {
+            // TLS records (a session ticket, a key update) for a client with nothing else owed.
+            if let Poll::Ready(r) = self.stream.poll_write_ready(cx) {
+                return Poll::Ready(r.map(|()| Event::ClientWritable));
+            }
+        }
         if let Some(idle) = self.idle.as_deref_mut() {
             if idle.sleep.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Ok(Event::Idle));
@@ -480,7 +495,7 @@ impl Session {
         if b.inbuf.capacity() - b.inbuf.len() < READ_CHUNK / 4 {
             b.inbuf.reserve(READ_CHUNK.max(b.inbuf.len()));
         }
-        match socket::read_available(&self.stream, &mut b.inbuf) {
+        match self.stream.read_available(&mut b.inbuf) {
             Ok(0) => Ok(false),
             Ok(_) if b.inbuf.len() > max_query => {
                 // Redis closes such a client without a reply.
@@ -509,7 +524,7 @@ mod tests {
             .unwrap();
         rt.block_on(async {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let stream = TcpStream::connect(listener.local_addr().unwrap())
+            let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
                 .await
                 .unwrap();
             let settings = crate::config::Settings::default();
@@ -536,7 +551,7 @@ mod tests {
                 reloads: Default::default(),
             });
             let policy = server.policy();
-            let task = Session::new(stream, server, policy);
+            let task = Session::new(Conn::plain(stream), server, policy);
             let size = std::mem::size_of_val(&task);
             assert!(size <= 128, "session task state is {size} bytes");
         });
