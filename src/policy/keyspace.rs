@@ -68,10 +68,21 @@ impl Pattern {
         }
     }
 
+    /// Every key is classified on each routing and each local store lookup, mostly against
+    /// patterns it does not match: the first byte rules most of them out before a compare
+    /// call or the glob matcher (a glob that starts with a literal byte needs it first).
+    #[inline]
     pub fn matches(&self, key: &[u8]) -> bool {
         match self {
-            Pattern::Prefix(p) => key.starts_with(p),
-            Pattern::Glob(g) => glob::matches(g, key),
+            Pattern::Prefix(p) => {
+                key.len() >= p.len()
+                    && p.first().is_none_or(|b| key.first() == Some(b))
+                    && key.starts_with(p)
+            }
+            Pattern::Glob(g) => {
+                let literal_first = g.first().filter(|b| !b"*?[\\".contains(b));
+                literal_first.is_none_or(|b| key.first() == Some(b)) && glob::matches(g, key)
+            }
         }
     }
 }

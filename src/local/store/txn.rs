@@ -59,6 +59,21 @@ impl<'a> Txn<'a> {
         self.check_writes(db, &[(key, value_bytes)], &[])
     }
 
+    /// [`Txn::check_fits`] for the db-prefixed key `full` of part `p`, both already found:
+    /// one classification per write on the common path (an evicting part).
+    fn check_one(&mut self, p: usize, full: &[u8], value_bytes: usize) -> Result<(), OutOfMemory> {
+        let budget = self.inner.parts[p].budget;
+        if entry_bytes(full.len() - DB_PREFIX, value_bytes) > budget.max_bytes {
+            self.inner.parts[p].refusals += 1;
+            return Err(OutOfMemory);
+        }
+        if budget.eviction == Eviction::NoEviction {
+            let db = super::db_of(full);
+            return self.check_writes(db, &[(&full[DB_PREFIX..], value_bytes)], &[]);
+        }
+        Ok(())
+    }
+
     /// Checks, before a command writes anything, that its writes fit: each key of `writes`
     /// in `db` coming to hold that many value bytes (a key listed twice: the last counts) and
     /// each key of `removes` deleted. Refused when an entry alone exceeds its keyspace's
@@ -212,11 +227,11 @@ impl<'a> Txn<'a> {
         value: Value,
         expiry: Expiry,
     ) -> Result<(), OutOfMemory> {
-        self.check_fits(db, key, value.bytes())?;
         let full = full_key(db, key);
+        let p = self.inner.part(&full);
+        self.check_one(p, &full, value.bytes())?;
         let now = self.now;
         let inner = &mut *self.inner;
-        let p = inner.part(&full);
         // A live key is replaced in place, found with one lookup.
         if let Some((stored, entry)) = inner.parts[p].lru.get_key_value_mut(&full[..]) {
             if entry.expire_at().is_none_or(|at| now <= at) {
