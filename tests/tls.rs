@@ -273,3 +273,53 @@ async fn wait_until_forwarding(proxy: &Proxy) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A reload reads the certificate files again: a certificate rotated in place (same paths)
+/// is served from the next handshake on, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_serves_a_rotated_certificate() {
+    let redis = RedisServer::start();
+    let old = std::sync::Arc::new(Certs::make());
+    let new = std::sync::Arc::new(Certs::make());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("kw.pem"), dir.path().join("kw.key"));
+    std::fs::copy(old.path("server.pem"), &cert).unwrap();
+    std::fs::copy(old.path("server.key"), &key).unwrap();
+    let port = free_port();
+    let config = dir.path().join("keywarden.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[upstream]\naddress = \"{}\"\n[tls]\nlisten = \"127.0.0.1:{port}\"\ncert_file = {:?}\nkey_file = {:?}\n",
+            redis.addr(),
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let settings = keywarden::config::Settings::load(&config, &Default::default()).unwrap();
+    let proxy = Proxy::start(settings).await;
+    let ping = |certs: std::sync::Arc<Certs>| async move {
+        in_blocking(move || text(&cli(&certs, port, false, &["PING"], None))).await
+    };
+    assert_eq!(ping(old.clone()).await, "PONG");
+    assert_ne!(
+        ping(new.clone()).await,
+        "PONG",
+        "the new CA cannot vouch yet"
+    );
+
+    std::fs::copy(new.path("server.pem"), &cert).unwrap();
+    std::fs::copy(new.path("server.key"), &key).unwrap();
+    let mut admin = RawClient::connect(proxy.addr).await;
+    assert_eq!(admin.cmd(&["KEYWARDEN", "RELOAD"]).await, b"+OK\r\n");
+    assert_eq!(ping(new.clone()).await, "PONG");
+    assert_ne!(ping(old.clone()).await, "PONG");
+
+    // A key that is not the certificate's: the reload is refused, the old one stays.
+    std::fs::copy(old.path("server.key"), &key).unwrap();
+    let refused = admin.cmd(&["KEYWARDEN", "RELOAD"]).await;
+    assert!(refused.starts_with(b"-"), "{}", show_bytes(&refused));
+    assert_eq!(ping(new.clone()).await, "PONG");
+    proxy.shutdown().await;
+}

@@ -614,25 +614,13 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
             "needs upstream.password: Redis takes a username only with its password".to_owned(),
         );
     }
-    c.table = "upstream.";
+    c.table = "upstream.tls.";
     let tls = match raw.tls {
-        false => {
-            let set = [&raw.tls_ca_file, &raw.tls_cert_file, &raw.tls_key_file]
-                .iter()
-                .any(|f| !f.is_empty())
-                || !raw.tls_server_name.is_empty();
-            if set {
-                c.report(
-                    "tls",
-                    "is false, but tls_* options are set: set tls = true to use them".to_owned(),
-                );
-            }
-            Some(None)
-        }
-        true => {
-            let ca = c.check("tls_ca_file", raw.tls_ca_file, |f| pem_file(&f, Pem::Certs));
-            let pair = client_cert_pair(c, raw.tls_cert_file, raw.tls_key_file);
-            let name = (!raw.tls_server_name.is_empty()).then_some(raw.tls_server_name);
+        None => Some(None),
+        Some(raw) => {
+            let ca = c.check("ca_file", raw.ca_file, |f| pem_file(&f, Pem::Certs));
+            let pair = client_cert_pair(c, raw.cert_file, raw.key_file);
+            let name = (!raw.server_name.is_empty()).then_some(raw.server_name);
             match (ca, pair) {
                 (Some(ca_file), Some(client_cert)) => Some(Some(UpstreamTls {
                     ca_file,
@@ -656,7 +644,7 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
     })
 }
 
-/// `tls_cert_file` and `tls_key_file`: both or neither.
+/// `cert_file` and `key_file`: both or neither.
 fn client_cert_pair(
     c: &mut Checker,
     cert: String,
@@ -666,15 +654,14 @@ fn client_cert_pair(
         (true, true) => Some(None),
         (false, true) | (true, false) => {
             c.report(
-                "tls_cert_file",
-                "tls_cert_file and tls_key_file go together (a client certificate and its key)"
-                    .to_owned(),
+                "cert_file",
+                "cert_file and key_file go together (a client certificate and its key)".to_owned(),
             );
             None
         }
         (false, false) => {
-            let cert = c.check("tls_cert_file", cert, |f| pem_file(&f, Pem::Certs));
-            let key = c.check("tls_key_file", key, |f| pem_file(&f, Pem::Key));
+            let cert = c.check("cert_file", cert, |f| pem_file(&f, Pem::Certs));
+            let key = c.check("key_file", key, |f| pem_file(&f, Pem::Key));
             Some(Some((cert?, key?)))
         }
     }

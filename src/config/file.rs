@@ -120,11 +120,17 @@ pub(super) struct RawUpstream {
     pub(super) username: String,
     /// "" = none.
     pub(super) password: Secret,
-    pub(super) tls: bool,
-    pub(super) tls_ca_file: String,
-    pub(super) tls_cert_file: String,
-    pub(super) tls_key_file: String,
-    pub(super) tls_server_name: String,
+    /// `[upstream.tls]`: present = TLS on every upstream connection.
+    pub(super) tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawUpstreamTls {
+    pub(super) ca_file: String,
+    pub(super) cert_file: String,
+    pub(super) key_file: String,
+    pub(super) server_name: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,11 +215,7 @@ impl Default for RawUpstream {
             reconnect_backoff_max: "50ms".into(),
             username: String::new(),
             password: Secret::default(),
-            tls: false,
-            tls_ca_file: String::new(),
-            tls_cert_file: String::new(),
-            tls_key_file: String::new(),
-            tls_server_name: String::new(),
+            tls: None,
         }
     }
 }

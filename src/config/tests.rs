@@ -98,11 +98,6 @@ fn example_file_mentions_every_option() {
         "upstream.reconnect_backoff_max",
         "upstream.username",
         "upstream.password",
-        "upstream.tls",
-        "upstream.tls_ca_file",
-        "upstream.tls_cert_file",
-        "upstream.tls_key_file",
-        "upstream.tls_server_name",
         "tls.listen",
         "tls.cert_file",
         "tls.key_file",
@@ -968,38 +963,28 @@ fn tls_files_are_checked_when_the_config_is() {
         "tls.listen",
         "TLS files are set: set listen",
     );
-    assert_problem(
-        "[upstream]\ntls = true\n",
-        "upstream.tls_ca_file",
-        "needs a file",
-    );
-    assert_problem(
-        "[upstream]\ntls_ca_file = \"ca.pem\"\n",
-        "upstream.tls",
-        "set tls = true",
-    );
+    assert_problem("[upstream.tls]\n", "upstream.tls.ca_file", "needs a file");
     // Not PEM at all.
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.pem");
     std::fs::write(&junk, "not a certificate\n").unwrap();
     assert_problem(
         &format!(
-            "[upstream]\ntls = true\ntls_ca_file = {:?}\n",
+            "[upstream.tls]\nca_file = {:?}\n",
             junk.display().to_string()
         ),
-        "upstream.tls_ca_file",
+        "upstream.tls.ca_file",
         "holds no PEM certificate",
     );
     let found = problems(&format!(
-        "[upstream]\ntls = true\ntls_ca_file = {:?}\ntls_cert_file = {:?}\n",
+        "[upstream.tls]\nca_file = {:?}\ncert_file = {:?}\n",
         junk.display().to_string(),
         junk.display().to_string()
     ));
     assert!(
         found
             .iter()
-            .any(|p| p
-                .starts_with("upstream.tls_cert_file: tls_cert_file and tls_key_file go together")),
+            .any(|p| p.starts_with("upstream.tls.cert_file: cert_file and key_file go together")),
         "{found:?}"
     );
 }

@@ -95,11 +95,16 @@ pub(crate) fn plan(current: &Settings, mut new: Settings) -> Plan {
         "upstream.username" => upstream.username;
         "upstream.password" => upstream.password;
         "upstream.tls" => upstream.tls;
-        "tls" => tls;
         "admin.listen" => admin.listen;
         "events.file" => events.file;
         "instance_id" => instance_id;
         "log" => log;
+    }
+    // The TLS listener's address needs a restart; its certificate files are read again.
+    let listen_of = |s: &Settings| s.tls.as_ref().map(|t| t.listen);
+    if listen_of(&new) != listen_of(current) {
+        restart_required.push("tls.listen");
+        new.tls = current.tls.clone();
     }
     let mut applied = Vec::new();
     macro_rules! changed {
@@ -123,6 +128,7 @@ pub(crate) fn plan(current: &Settings, mut new: Settings) -> Plan {
         "upstream.reconnect_backoff_max" => upstream.reconnect_backoff_max;
         "health" => health;
         "local_store" => local_store;
+        "tls" => tls;
     }
     Plan {
         settings: new,
@@ -139,6 +145,8 @@ pub(crate) struct Parts<'a> {
     pub store: &'a Store,
     pub events: &'a Events,
     pub counts: &'a ReloadCounts,
+    /// The TLS listener's configuration, when there is one.
+    pub tls: Option<&'a crate::upstream::tls::ServerTls>,
     /// Wakes every client, so that idle ones take the new policy now.
     pub wake_clients: &'a dyn Fn(),
 }
@@ -184,6 +192,33 @@ pub(crate) fn reload(parts: &Parts<'_>, trigger: Trigger) -> Result<Applied, Rej
         applied,
         restart_required,
     } = plan(&current.settings, new);
+    // Certificates are read again on every reload (a rotated file keeps its path); one that
+    // cannot be used rejects the whole reload, as an invalid file does.
+    let server_tls = match (&settings.tls, parts.tls) {
+        (Some(tls), Some(_)) => match crate::upstream::tls::server_config(tls) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                let rejected = Rejected {
+                    errors: vec![format!("tls: {e}")],
+                };
+                parts.counts.record_reload(false);
+                parts.events.emit_reload(&ReloadEvent {
+                    source: &origin,
+                    trigger: trigger.as_str(),
+                    generation: current.generation,
+                    outcome: ReloadOutcome::Failed {
+                        errors: &rejected.errors,
+                    },
+                });
+                return Err(rejected);
+            }
+        },
+        _ => None,
+    };
+    if let (Some(config), Some(holder)) = (server_tls, parts.tls) {
+        holder.replace(config);
+    }
+    crate::upstream::tls::forget_connectors();
     let (old_keyspaces, new_keyspaces) = (&current.settings.keyspaces, &settings.keyspaces);
     let per_keyspace =
         PerKeyspace::carried(new_keyspaces, Some((old_keyspaces, &current.per_keyspace)));

@@ -61,7 +61,10 @@ pub async fn run(
             let config = crate::upstream::tls::server_config(tls)?;
             let listener = TcpListener::bind(tls.listen).await?;
             tracing::info!(listen = %listener.local_addr()?, "keywarden listening for TLS clients");
-            Some((listener, config))
+            Some((
+                listener,
+                Arc::new(crate::upstream::tls::ServerTls::new(config)),
+            ))
         }
         None => None,
     };
@@ -92,6 +95,7 @@ pub async fn run(
         store: store.clone(),
         events,
         reloads: ReloadCounts::default(),
+        tls: tls_listener.as_ref().map(|(_, tls)| tls.clone()),
     });
     let housekeeping = tokio::spawn(housekeeping(server.clone()));
     let admin = match admin_listener {
@@ -106,7 +110,7 @@ pub async fn run(
             r = listener.accept() => r.map(|(s, _)| (s, None)),
             r = async {
                 match &tls_listener {
-                    Some((l, config)) => l.accept().await.map(|(s, _)| (s, Some(config.clone()))),
+                    Some((l, tls)) => l.accept().await.map(|(s, _)| (s, Some(tls.current()))),
                     None => std::future::pending().await,
                 }
             } => r,

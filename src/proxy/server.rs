@@ -39,6 +39,8 @@ pub(crate) struct Server {
     /// Where events go (the monitor's, and reloads').
     pub events: Arc<Events>,
     pub reloads: ReloadCounts,
+    /// The TLS listener's configuration, when `[tls]` is set.
+    pub tls: Option<Arc<crate::upstream::tls::ServerTls>>,
 }
 
 impl Server {
@@ -115,6 +117,7 @@ impl Server {
             store: &self.store,
             events: &self.events,
             counts: &self.reloads,
+            tls: self.tls.as_deref(),
             wake_clients: &|| self.clients.wake_all(),
         };
         reload::reload(&parts, trigger)

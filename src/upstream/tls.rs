@@ -67,6 +67,34 @@ pub(crate) fn server_config(tls: &ClientTls) -> io::Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// The TLS listener's configuration in force: read by every accept, replaced by a reload
+/// (certificates are read again from their files, so a rotated certificate is served from
+/// the next handshake on; established connections keep theirs).
+pub(crate) struct ServerTls(Mutex<Arc<ServerConfig>>);
+
+impl ServerTls {
+    pub(crate) fn new(config: Arc<ServerConfig>) -> ServerTls {
+        ServerTls(Mutex::new(config))
+    }
+
+    pub(crate) fn current(&self) -> Arc<ServerConfig> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn replace(&self, config: Arc<ServerConfig>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+}
+
+/// Drops the upstream connectors built so far: the next upstream connection reads its
+/// certificate files again (a reload calls this, for rotated certificates).
+pub(crate) fn forget_connectors() {
+    *CONNECTORS.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+type Connectors = Mutex<Option<((UpstreamTls, String), Arc<Connector>)>>;
+static CONNECTORS: Connectors = Mutex::new(None);
+
 /// What every upstream connection needs for TLS: the configuration and the name to verify.
 pub(crate) struct Connector {
     config: Arc<ClientConfig>,
@@ -83,10 +111,8 @@ impl Connector {
 /// The connector for `tls` toward `address` (host:port), built once per distinct setting: the
 /// shared connections, dedicated ones, the probe and the command-table reader all ask.
 pub(crate) fn connector(tls: &UpstreamTls, address: &str) -> io::Result<Arc<Connector>> {
-    type Cache = Mutex<Option<((UpstreamTls, String), Arc<Connector>)>>;
-    static CACHE: Cache = Mutex::new(None);
     let wanted = (tls.clone(), address.to_owned());
-    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let mut cache = CONNECTORS.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((k, c)) = cache.as_ref() {
         if *k == wanted {
             return Ok(c.clone());

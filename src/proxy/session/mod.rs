@@ -549,6 +549,7 @@ mod tests {
                 store: Arc::new(crate::local::store::Store::new(1 << 20)),
                 events,
                 reloads: Default::default(),
+                tls: None,
             });
             let policy = server.policy();
             let task = Session::new(Conn::plain(stream), server, policy);
