@@ -27,6 +27,12 @@ const SYNTHETIC: &[&[u8]] = &[
     b"*10\r\n$6\r\nclient\r\n:-2\r\n*0\r\n:0\r\n:0\r\n:0\r\n*1\r\n+@slow\r\n*0\r\n*0\r\n*1\r\n*10\r\n$15\r\nclient|no-touch\r\n:3\r\n*3\r\n+noscript\r\n+loading\r\n+stale\r\n:0\r\n:0\r\n:0\r\n*2\r\n+@slow\r\n+@connection\r\n*0\r\n*0\r\n*0\r\n",
     b"*10\r\n$8\r\nmod.bpop\r\n:3\r\n*2\r\n+write\r\n+blocking\r\n:1\r\n:1\r\n:1\r\n*2\r\n+@write\r\n+@blocking\r\n*0\r\n*1\r\n*6\r\n$5\r\nflags\r\n*1\r\n+RW\r\n$12\r\nbegin_search\r\n*4\r\n$4\r\ntype\r\n$5\r\nindex\r\n$4\r\nspec\r\n*2\r\n$5\r\nindex\r\n:1\r\n$9\r\nfind_keys\r\n*4\r\n$4\r\ntype\r\n$5\r\nrange\r\n$4\r\nspec\r\n*6\r\n$7\r\nlastkey\r\n:0\r\n$7\r\nkeystep\r\n:1\r\n$5\r\nlimit\r\n:0\r\n*0\r\n",
     b"*10\r\n$11\r\nmod.ownkeys\r\n:-2\r\n*2\r\n+write\r\n+movablekeys\r\n:0\r\n:0\r\n:0\r\n*1\r\n+@write\r\n*0\r\n*0\r\n*0\r\n",
+    // A module's search: no keys declared, yet it reads keys.
+    b"*10\r\n$9\r\nft.search\r\n:-2\r\n*1\r\n+readonly\r\n:0\r\n:0\r\n:0\r\n*1\r\n+@read\r\n*0\r\n*0\r\n*0\r\n",
+    // A command that says it needs no login.
+    b"*10\r\n$8\r\nmod.open\r\n:-2\r\n*2\r\n+readonly\r\n+no_auth\r\n:1\r\n:1\r\n:1\r\n*2\r\n+@read\r\n+@module\r\n*0\r\n*1\r\n*6\r\n$5\r\nflags\r\n*2\r\n+RO\r\n+access\r\n$12\r\nbegin_search\r\n*4\r\n$4\r\ntype\r\n$5\r\nindex\r\n$4\r\nspec\r\n*2\r\n$5\r\nindex\r\n:1\r\n$9\r\nfind_keys\r\n*4\r\n$4\r\ntype\r\n$5\r\nrange\r\n$4\r\nspec\r\n*6\r\n$7\r\nlastkey\r\n:0\r\n$7\r\nkeystep\r\n:1\r\n$5\r\nlimit\r\n:0\r\n*0\r\n",
+    // A container whose only subcommand finds its keys in its own code.
+    b"*10\r\n$7\r\nmod.cfg\r\n:-2\r\n*0\r\n:0\r\n:0\r\n:0\r\n*1\r\n+@slow\r\n*0\r\n*0\r\n*1\r\n*10\r\n$11\r\nmod.cfg|set\r\n:-3\r\n*1\r\n+movablekeys\r\n:0\r\n:0\r\n:0\r\n*1\r\n+@write\r\n*0\r\n*0\r\n*0\r\n",
 ];
 
 /// The real reply with the synthetic entries appended.
@@ -124,9 +130,9 @@ async fn commands_the_builtin_table_lacks_are_learned_from_the_upstream() {
     let added: Vec<&str> = table.added().collect();
     assert_eq!(
         added,
-        ["hgetdel", "json.get", "mod.bpop", "client|no-touch"]
+        ["ft.search", "hgetdel", "json.get", "mod.bpop", "mod.open", "client|no-touch"]
     );
-    assert_eq!(table.undecidable(), ["mod.ownkeys"]);
+    assert_eq!(table.undecidable(), ["mod.ownkeys", "mod.cfg|set", "mod.cfg"]);
     assert!(table.missing().is_empty());
     learned::install(table);
 
@@ -137,6 +143,10 @@ async fn commands_the_builtin_table_lacks_are_learned_from_the_upstream() {
     assert!(command::lookup(b"client", Some(b"NO-TOUCH")).is_some());
     assert!(command::lookup(b"client", Some(b"setname")).is_some());
     assert!(command::lookup(b"mod.ownkeys", None).is_none());
+    assert!(command::lookup(b"mod.cfg", Some(b"set")).is_none());
+    // An upstream's no_auth is not taken.
+    let open = command::lookup(b"mod.open", None).unwrap();
+    assert!(!open.flags().contains(Flags::NO_AUTH));
     // A module's blocking command gets a connection of its own, as BLPOP does.
     assert!(matches!(
         command::disposition(&Request::from_args(&["MOD.BPOP", "k", "0"])),
@@ -175,6 +185,19 @@ async fn commands_the_builtin_table_lacks_are_learned_from_the_upstream() {
         ),
         "{json:?}"
     );
+    // A learned command without keys may read any: refused to users with key limits.
+    let search = tenant.cmd(&["FT.SEARCH", "idx", "*"]).await;
+    assert!(
+        is_error(
+            &search,
+            "NOPERM this user has no permissions to run the 'ft.search'"
+        ),
+        "{search:?}"
+    );
+    // A client that has not logged in runs no learned command, whatever the upstream says.
+    let mut anonymous = proxy.client().await;
+    let open = anonymous.cmd(&["MOD.OPEN", "report:1"]).await;
+    assert!(is_error(&open, "NOAUTH"), "{open:?}");
     // Keys only a module's code can find stay unknown: refused to users with key limits.
     let own = tenant.cmd(&["MOD.OWNKEYS", "report:1"]).await;
     assert!(is_error(&own, "NOPERM"), "{own:?}");

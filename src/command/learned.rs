@@ -57,6 +57,9 @@ impl Learned {
     }
 }
 
+/// Flags an upstream's `COMMAND` may not give a command: `no_auth`, and keywarden's own.
+const UNTRUSTED: Flags = Flags::of(&[Flags::NO_AUTH, Flags::CONNECTION_STATE, Flags::LEARNED]);
+
 static LEARNED: AtomicPtr<Learned> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Whether a learned command blocks (a module's blocking command): asked for every request
@@ -106,27 +109,26 @@ fn lookup_in_container(
     sub: Option<&[u8]>,
     container: Option<&'static CommandInfo>,
 ) -> Option<&'static CommandInfo> {
-    let find = |list: &'static [CommandInfo], name: &[u8]| {
-        let lower = name.to_ascii_lowercase();
+    // Lowercased on the stack: a client sending unknown names pays no allocation for them.
+    let find = |list: &'static [CommandInfo], parts: &[&[u8]]| {
+        let mut lower: smallvec::SmallVec<[u8; 64]> = smallvec::SmallVec::new();
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                lower.push(b'|');
+            }
+            lower.extend(part.iter().map(u8::to_ascii_lowercase));
+        }
         list.binary_search_by(|c| c.name.as_bytes().cmp(&lower))
             .ok()
             .map(|i| &list[i])
     };
     match container {
-        Some(container) => {
-            let mut full = container.name.as_bytes().to_vec();
-            full.push(b'|');
-            full.extend_from_slice(sub?);
-            find(learned.subcommands, &full)
-        }
+        Some(container) => find(learned.subcommands, &[container.name.as_bytes(), sub?]),
         None => {
-            let cmd = find(learned.commands, name)?;
+            let cmd = find(learned.commands, &[name])?;
             match sub {
                 Some(sub) if !cmd.subcommands.is_empty() => {
-                    let mut full = cmd.name.as_bytes().to_vec();
-                    full.push(b'|');
-                    full.extend_from_slice(sub);
-                    find(cmd.subcommands, &full)
+                    find(cmd.subcommands, &[cmd.name.as_bytes(), sub])
                 }
                 _ => Some(cmd),
             }
@@ -221,17 +223,25 @@ impl Parsed {
             undecidable.push(self.name);
             return None;
         }
+        let container = !self.subcommands.is_empty();
         let mut subcommands: Vec<CommandInfo> = self
             .subcommands
             .into_iter()
             .filter_map(|s| s.build(undecidable))
             .collect();
+        if container && subcommands.is_empty() {
+            // Without its subcommands a container would answer for all of them: unknown.
+            undecidable.push(self.name);
+            return None;
+        }
         subcommands.sort_by_key(|c| c.name);
         let key_specs: Vec<KeySpec> = self.key_specs.into_iter().flatten().collect();
         Some(CommandInfo {
             name: Box::leak(self.name.into_boxed_str()),
             arity: self.arity,
-            flags: self.flags | Flags::LEARNED,
+            // `no_auth` from an upstream would let unauthenticated clients run it; keywarden's
+            // own flags are keywarden's to set.
+            flags: Flags(self.flags.0 & !UNTRUSTED.0) | Flags::LEARNED,
             categories: self.categories,
             key_specs: Box::leak(key_specs.into_boxed_slice()),
             subcommands: Box::leak(subcommands.into_boxed_slice()),

@@ -296,6 +296,11 @@ impl User {
                 (CommandAccess::Categories(_), _) => Err(Denial::UnknownCommand),
             };
         };
+        // A learned command without keys may still reach keys no argument names (a module's
+        // search or query): the proxy cannot check it for a user with key limits.
+        if cmd.flags().contains(Flags::LEARNED) && !cmd.has_keys() && self.keys != KeyAccess::All {
+            return Err(Denial::Unclassified);
+        }
         let refused = !self.commands.allows(cmd)
             || (runs_code(cmd) && !self.unrestricted())
             || (cmd.flags().contains(Flags::ADMIN) && !self.administers())
