@@ -130,9 +130,19 @@ async fn commands_the_builtin_table_lacks_are_learned_from_the_upstream() {
     let added: Vec<&str> = table.added().collect();
     assert_eq!(
         added,
-        ["ft.search", "hgetdel", "json.get", "mod.bpop", "mod.open", "client|no-touch"]
+        [
+            "ft.search",
+            "hgetdel",
+            "json.get",
+            "mod.bpop",
+            "mod.open",
+            "client|no-touch"
+        ]
     );
-    assert_eq!(table.undecidable(), ["mod.ownkeys", "mod.cfg|set", "mod.cfg"]);
+    assert_eq!(
+        table.undecidable(),
+        ["mod.ownkeys", "mod.cfg|set", "mod.cfg"]
+    );
     assert!(table.missing().is_empty());
     learned::install(table);
 

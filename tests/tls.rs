@@ -323,3 +323,57 @@ async fn a_reload_serves_a_rotated_certificate() {
     assert_eq!(ping(new.clone()).await, "PONG");
     proxy.shutdown().await;
 }
+
+/// Found in review: TLS handshakes under way were not clients, so connections that never
+/// finish one could pile up without bound. They count toward max_clients now, and a TLS
+/// connection over the limit is closed before any handshake (no signature spent on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_under_way_count_toward_max_clients() {
+    let certs = Certs::make();
+    let redis = RedisServer::start();
+    let mut s = settings(&redis.addr());
+    let port = free_port();
+    s.max_clients = 2;
+    s.tls = Some(ClientTls {
+        listen: format!("127.0.0.1:{port}").parse().unwrap(),
+        cert_file: certs.path("server.pem"),
+        key_file: certs.path("server.key"),
+        ca_file: None,
+    });
+    let proxy = Proxy::start(s).await;
+    wait_until_forwarding(&proxy).await;
+    // Two connections to the TLS port that never say a word.
+    let silent: Vec<tokio::net::TcpStream> = futures_join(port, 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut plain = RawClient::connect(proxy.addr).await;
+    plain.send(&[&["PING"]]).await;
+    let refused = plain.bytes_until_closed().await;
+    assert!(
+        refused.starts_with(b"-ERR max number of clients reached"),
+        "{}",
+        show_bytes(&refused)
+    );
+    let mut third = RawClient::connect(format!("127.0.0.1:{port}")).await;
+    assert_eq!(
+        third.bytes_until_closed().await,
+        b"",
+        "closed without a handshake"
+    );
+    drop(silent);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut c = proxy.client().await;
+    assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
+    proxy.shutdown().await;
+}
+
+async fn futures_join(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}

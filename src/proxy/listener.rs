@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -103,6 +104,8 @@ pub async fn run(
         None => None,
     };
     let mut policy = server.policy();
+    // TLS handshakes under way (see the max_clients check).
+    let pending_tls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
     tokio::pin!(shutdown);
     loop {
@@ -138,9 +141,18 @@ pub async fn run(
                 continue;
             }
         };
-        if server.clients.count() >= settings.max_clients {
+        // Handshakes under way count as clients: each holds a socket and rustls's buffers.
+        let handshaking = pending_tls.load(Ordering::Relaxed);
+        if server.clients.count() + handshaking >= settings.max_clients {
             server.clients.record_rejected();
-            tokio::spawn(refuse(stream, tls));
+            match tls {
+                None => {
+                    tokio::spawn(refuse(stream));
+                }
+                // Closed without a handshake: saying why would cost a certificate signature
+                // per connection over the limit.
+                Some(_) => drop(stream),
+            }
             continue;
         }
         if let Err(e) = socket::tune(&stream, settings.tcp_keepalive) {
@@ -157,9 +169,13 @@ pub async fn run(
             }
             Some(config) => {
                 let (server, policy) = (server.clone(), policy.clone());
+                pending_tls.fetch_add(1, Ordering::Relaxed);
+                let pending = pending_tls.clone();
                 tokio::spawn(async move {
                     // The handshake runs in the client's own task: a slow one delays no one.
-                    if let Some(conn) = tls_accept(stream, config).await {
+                    let conn = tls_accept(stream, config).await;
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(conn) = conn {
                         Session::new(conn, server, policy).await;
                     }
                 });
@@ -254,16 +270,9 @@ async fn tls_accept(stream: TcpStream, config: Arc<rustls::ServerConfig>) -> Opt
     }
 }
 
-/// Tells a client over the limit why, as Redis does (through TLS on the TLS listener), and
-/// closes it.
-async fn refuse(stream: TcpStream, tls: Option<Arc<rustls::ServerConfig>>) {
+/// Tells a client over the limit why, as Redis does, and closes it.
+async fn refuse(stream: TcpStream) {
     let reply = ProxyError::MaxClients.to_reply();
-    let conn = match tls {
-        None => Conn::plain(stream),
-        Some(config) => match tls_accept(stream, config).await {
-            Some(conn) => conn,
-            None => return,
-        },
-    };
+    let conn = Conn::plain(stream);
     let _ = tokio::time::timeout(Duration::from_secs(1), conn.write_all(&reply)).await;
 }

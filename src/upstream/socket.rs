@@ -258,18 +258,18 @@ impl Conn {
         let start = buf.len();
         let want = (buf.capacity() - start).clamp(1, TLS_READ);
         loop {
-            buf.resize(start + want, 0);
-            let got = io::Read::read(&mut tls.reader(), &mut buf[start..]);
-            match got {
-                Ok(n) => {
-                    buf.truncate(start + n);
-                    return Ok(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.truncate(start),
-                Err(e) => {
-                    buf.truncate(start);
-                    return Err(e);
-                }
+            let state = tls.process_new_packets().map_err(tls_error)?;
+            let ready = state.plaintext_bytes_to_read().min(want);
+            if ready > 0 {
+                // Only the bytes about to be filled are zeroed first.
+                buf.resize(start + ready, 0);
+                let got = io::Read::read(&mut tls.reader(), &mut buf[start..]);
+                let n = *got.as_ref().unwrap_or(&0);
+                buf.truncate(start + n);
+                return got;
+            }
+            if state.peer_has_closed() {
+                return Ok(0);
             }
             // No plaintext yet: records from the socket (what the peer is owed first).
             while tls.wants_write() {

@@ -71,7 +71,7 @@ fn rename_generic(c: &mut Call<'_, '_>, nx: bool) -> Result<(), Error> {
     c.txn.remove(c.db, to);
     let entry = c.txn.remove(c.db, from).expect("checked above");
     let expiry = entry.expire_at().map_or(Expiry::Persist, Expiry::At);
-    c.txn.insert(c.db, to, entry.into_value(), expiry)?;
+    c.txn.insert_checked(c.db, to, entry.into_value(), expiry);
     if nx {
         c.out.int(1);
     } else {
@@ -131,7 +131,7 @@ pub(super) fn copy(c: &mut Call<'_, '_>) -> Result<(), Error> {
     c.txn.check_fits(to_db, to, value.bytes())?;
     c.txn.remove(to_db, to);
     c.txn
-        .insert(to_db, to, value, at.map_or(Expiry::Persist, Expiry::At))?;
+        .insert_checked(to_db, to, value, at.map_or(Expiry::Persist, Expiry::At));
     c.out.int(1);
     Ok(())
 }

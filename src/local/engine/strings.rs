@@ -250,9 +250,14 @@ fn mset_generic(c: &mut Call<'_, '_>, nx: bool) -> Result<(), Error> {
         .map(|i| (c.arg(i), c.arg(i + 1).len()))
         .collect();
     c.txn.check_writes(c.db, &writes, &[])?;
-    for i in (1..c.argc()).step_by(2) {
-        let value = Value::Str(Str::from_slice(c.arg(i + 1)));
-        c.txn.insert(c.db, c.arg(i), value, Expiry::Persist)?;
+    for (n, &(key, _)) in writes.iter().enumerate() {
+        // A key given twice ends with its last value: the earlier ones would only make room
+        // for nothing.
+        if writes[n + 1..].iter().any(|(k, _)| *k == key) {
+            continue;
+        }
+        let value = Value::Str(Str::from_slice(c.arg(2 * n + 2)));
+        c.txn.insert_checked(c.db, key, value, Expiry::Persist);
     }
     if nx {
         c.out.int(1);

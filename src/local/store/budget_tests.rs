@@ -358,3 +358,69 @@ fn every_write_path_stays_within_each_keyspaces_budget() {
     assert!(part(&stats, "n").refusals > 0, "{stats:?}");
     assert!(part(&stats, "t").evictions > 0, "{stats:?}");
 }
+
+/// Found in review: MSET was checked as a whole, then each key again alone as it was written,
+/// so a command whose end state fits could be refused half way, with its first keys written.
+#[test]
+fn a_multi_key_write_that_fits_as_a_whole_is_never_refused_half_way() {
+    let store = tenants(
+        entry_bytes(8, 300) + entry_bytes(7, 1) + entry_bytes(8, 200) + 50,
+        Mode::FailClosed,
+    );
+    let big = "x".repeat(300);
+    let mid = "y".repeat(200);
+    assert_eq!(run(&store, &["SET", "nonce:k1", &big]), "+OK\r\n");
+    // k1 shrinks at the end of the command, making room for the other two.
+    assert_eq!(
+        run(
+            &store,
+            &["MSET", "nonce:a", "1", "nonce:k2", &mid, "nonce:k1", ""]
+        ),
+        "+OK\r\n"
+    );
+    assert_eq!(run(&store, &["STRLEN", "nonce:k1"]), ":0\r\n");
+    // A key given twice counts once, with its last value.
+    let store = tenants(entry_bytes(7, 600) + 100, Mode::FailClosed);
+    let six = "z".repeat(600);
+    assert_eq!(
+        run(
+            &store,
+            &["MSET", "nonce:a", "1", "nonce:k", &six, "nonce:k", "1"]
+        ),
+        "+OK\r\n"
+    );
+    assert_eq!(run(&store, &["GET", "nonce:k"]), "$1\r\n1\r\n");
+    // And a whole that does not fit writes nothing.
+    assert_eq!(
+        run(&store, &["MSET", "nonce:b", &six, "nonce:c", &six]),
+        OOM
+    );
+    assert_eq!(run(&store, &["EXISTS", "nonce:b", "nonce:c"]), ":0\r\n");
+    store.check_invariants();
+}
+
+/// Counters belong to a keyspace's name: a reload that moves keys between parts keeps them,
+/// and the store's total never goes back when a keyspace goes away.
+#[test]
+fn counters_survive_a_repartition() {
+    let store = tenants(entry_bytes(7, 1), Mode::FailClosed);
+    assert_eq!(run(&store, &["SET", "nonce:a", "1"]), "+OK\r\n");
+    assert_eq!(run(&store, &["SET", "nonce:b", "1"]), OOM);
+    let renamed = Keyspaces::new(
+        vec![
+            keyspace("nonces", "nonce:", Mode::LocalOnly),
+            keyspace("new", "new:", Mode::LocalOnly),
+        ],
+        Mode::LocalOnly,
+    );
+    let layout = |k: &Keyspaces| Layout::new(k, 1 << 20, &[]);
+    store.reconfigure(layout(&renamed), 2, || (), None::<fn(u32, &[u8]) -> bool>);
+    assert_eq!(part(&store.part_stats(), "nonces").refusals, 1);
+    let gone = Keyspaces::new(
+        vec![keyspace("new", "new:", Mode::LocalOnly)],
+        Mode::LocalOnly,
+    );
+    store.reconfigure(layout(&gone), 3, || (), None::<fn(u32, &[u8]) -> bool>);
+    assert_eq!(store.refusals(), 1);
+    store.check_invariants();
+}

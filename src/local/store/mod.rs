@@ -307,6 +307,8 @@ struct Inner {
     rng: u64,
     evictions: u64,
     expirations: u64,
+    /// Refusals counted by keyspaces a reload removed (the total never goes back).
+    retired_refusals: u64,
     /// WATCHed keys; outside the byte budget, bounded by what sessions watch.
     watched: WatchTable,
 }
@@ -448,6 +450,18 @@ impl Inner {
         } else {
             let mut old = std::mem::take(&mut self.parts);
             self.parts = layout.budgets.iter().map(|b| Part::new(*b)).collect();
+            // A keyspace's counters belong to its name: they carry over, never go back.
+            let old_names: Vec<&str> = self.layout.keyspaces.names().collect();
+            for (name, part) in layout.keyspaces.names().zip(&mut self.parts) {
+                if let Some(i) = old_names.iter().position(|n| *n == name) {
+                    part.evictions = old[i].evictions;
+                    part.refusals = old[i].refusals;
+                }
+            }
+            self.retired_refusals += (old_names.iter().zip(&old))
+                .filter(|(n, _)| !layout.keyspaces.names().any(|m| m == **n))
+                .map(|(_, p)| p.refusals)
+                .sum::<u64>();
             self.layout = layout;
             self.dbs.clear();
             self.used = 0;
@@ -517,6 +531,7 @@ impl Store {
                 rng,
                 evictions: 0,
                 expirations: 0,
+                retired_refusals: 0,
                 watched: WatchTable::default(),
             }),
             recoveries: AtomicU64::new(0),
@@ -566,7 +581,8 @@ impl Store {
 
     /// Writes refused with `-OOM`, in every part.
     pub fn refusals(&self) -> u64 {
-        self.inner().parts.iter().map(|p| p.refusals).sum()
+        let inner = self.inner();
+        inner.retired_refusals + inner.parts.iter().map(|p| p.refusals).sum::<u64>()
     }
 
     /// Keys removed to make room for new ones.

@@ -230,10 +230,27 @@ impl<'a> Txn<'a> {
         let full = full_key(db, key);
         let p = self.inner.part(&full);
         self.check_one(p, &full, value.bytes())?;
+        self.put(&full, p, key, value, expiry);
+        Ok(())
+    }
+
+    /// [`Txn::insert`] of a write [`Txn::check_writes`] has passed with the others of its
+    /// command: checking it again alone, after some of them are written, could refuse it
+    /// and leave the command half done.
+    pub(crate) fn insert_checked(&mut self, db: u32, key: &[u8], value: Value, expiry: Expiry) {
+        let full = full_key(db, key);
+        let p = self.inner.part(&full);
+        self.put(&full, p, key, value, expiry);
+    }
+
+    /// Writes `value` under the db-prefixed `full` (key `key`, part `p`), making room as the
+    /// part's eviction says; the caller has checked that it may.
+    fn put(&mut self, full: &[u8], p: usize, key: &[u8], value: Value, expiry: Expiry) {
+        let db = super::db_of(full);
         let now = self.now;
         let inner = &mut *self.inner;
         // A live key is replaced in place, found with one lookup.
-        if let Some((stored, entry)) = inner.parts[p].lru.get_key_value_mut(&full[..]) {
+        if let Some((stored, entry)) = inner.parts[p].lru.get_key_value_mut(full) {
             if entry.expire_at().is_none_or(|at| now <= at) {
                 let before = entry.value.bytes();
                 let after = value.bytes();
@@ -252,14 +269,14 @@ impl<'a> Txn<'a> {
                 if let Some(stored) = stored {
                     inner.set_deadline(&stored, old, new);
                 }
-                inner.signal_modified(&full, false);
+                inner.signal_modified(full, false);
                 if after > before {
-                    inner.make_room(p, 0, now, Some(&full));
+                    inner.make_room(p, 0, now, Some(full));
                 }
-                return Ok(());
+                return;
             }
         }
-        inner.expire_if_needed(&full, now);
+        inner.expire_if_needed(full, now);
         let entry = Entry::new(
             value,
             match expiry {
@@ -267,9 +284,9 @@ impl<'a> Txn<'a> {
                 Expiry::Keep | Expiry::Persist => None,
             },
         );
-        let bytes = entry.bytes(&full);
+        let bytes = entry.bytes(full);
         inner.make_room(p, bytes, now, None);
-        let stored = Key::new(&full);
+        let stored = Key::new(full);
         let hash = inner.scan_hash(key);
         inner
             .dbs
@@ -282,8 +299,7 @@ impl<'a> Txn<'a> {
         inner.used += bytes;
         inner.parts[p].used += bytes;
         inner.parts[p].lru.push(stored, entry);
-        inner.signal_modified(&full, false);
-        Ok(())
+        inner.signal_modified(full, false);
     }
 
     /// Deletes a live key and returns it.
