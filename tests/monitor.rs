@@ -301,6 +301,7 @@ fn probe(address: String) -> PingProbe {
         address,
         login: None,
         tls: None,
+        target: None,
     }
 }
 

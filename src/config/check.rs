@@ -12,14 +12,14 @@ use tracing_subscriber::EnvFilter;
 
 use crate::command::Categories;
 use crate::config::file::{
-    RawAdmin, RawHealth, RawKeyspace, RawLimits, RawLocalStore, RawLog, RawSettings, RawTls,
-    RawUpstream, RawUser, Secret,
+    RawAdmin, RawHealth, RawKeyspace, RawLimits, RawLocalStore, RawLog, RawSentinel, RawSettings,
+    RawTls, RawUpstream, RawUser, Secret,
 };
 use crate::config::overrides::Overrides;
 use crate::config::problem::Problem;
 use crate::config::settings::{
     AdminSettings, ClientTls, EventSettings, HealthSettings, Limits, LocalStoreSettings, LogFormat,
-    LogSettings, Settings, UpstreamSettings, UpstreamTls, MAX_MULTIBULK_LEN,
+    LogSettings, SentinelSettings, Settings, UpstreamSettings, UpstreamTls, MAX_MULTIBULK_LEN,
 };
 use crate::config::units::{
     duration, keepalive, show_duration, show_size, size, timeout, zero_is_off, Quantity, KIB,
@@ -584,7 +584,27 @@ fn mode(text: &str) -> Result<Mode, String> {
 
 fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings> {
     c.table = "upstream.";
-    let address = c.check("address", raw.address, |s| host_port(&s).map(|()| s));
+    let sentinel = raw.sentinel.map(|s| check_sentinel(c, s));
+    c.table = "upstream.";
+    let address = match (raw.address, &sentinel) {
+        (Some(_), Some(_)) => {
+            c.report(
+                "address",
+                "and [upstream.sentinel] both name the upstream: keep one (with Sentinel, \
+                 the primary's address comes from the sentinels)"
+                    .to_owned(),
+            );
+            None
+        }
+        // Found by asking the sentinels when keywarden starts.
+        (None, Some(_)) => Some(String::new()),
+        (Some(a), None) => c.check("address", a, |s| host_port(&s).map(|()| s)),
+        (None, None) => Some(DEFAULT_UPSTREAM.to_owned()),
+    };
+    let sentinel = match sentinel {
+        None => Some(None),
+        Some(s) => s.map(Some),
+    };
     let connections = c.check("connections", raw.connections, |n| count(n, CONNECTIONS));
     let connect_timeout = c.check("connect_timeout", raw.connect_timeout, timeout);
     let command_timeout = c.check("command_timeout", raw.command_timeout, timeout);
@@ -632,6 +652,7 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
         }
     };
     Some(UpstreamSettings {
+        sentinel: sentinel?,
         tls: tls?,
         address: address?,
         connections: connections?,
@@ -640,6 +661,48 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
         reconnect_backoff_min: backoff_min?,
         reconnect_backoff_max: backoff_max?,
         username: username?,
+        password,
+    })
+}
+
+/// The upstream when neither `address` nor `[upstream.sentinel]` is set.
+pub(super) const DEFAULT_UPSTREAM: &str = "127.0.0.1:6379";
+
+/// `[upstream.sentinel]`: at least one sentinel address, and the master's name.
+fn check_sentinel(c: &mut Checker, raw: RawSentinel) -> Option<SentinelSettings> {
+    c.table = "upstream.sentinel.";
+    let addresses = c.check("addresses", raw.addresses, |list| {
+        if list.is_empty() {
+            return Err("needs at least one sentinel, as host:port".to_owned());
+        }
+        for a in &list {
+            host_port(a)?;
+        }
+        Ok(list)
+    });
+    let master = c.check("master", raw.master, |m| {
+        if m.is_empty()
+            || m.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            Err(format!(
+                "{m:?}: the name the sentinels monitor the primary under \
+                 (`sentinel monitor <name> ...`)"
+            ))
+        } else {
+            Ok(m)
+        }
+    });
+    let username = (!raw.username.is_empty()).then_some(raw.username);
+    let password = (!raw.password.0.is_empty()).then_some(raw.password.0);
+    if username.is_some() && password.is_none() {
+        c.report("username", "needs password".to_owned());
+        return None;
+    }
+    Some(SentinelSettings {
+        addresses: addresses?,
+        master: master?,
+        username,
         password,
     })
 }

@@ -110,7 +110,8 @@ pub(super) struct RawEvents {
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct RawUpstream {
-    pub(super) address: String,
+    /// Absent = the default, unless `[upstream.sentinel]` names the upstream instead.
+    pub(super) address: Option<String>,
     pub(super) connections: i64,
     pub(super) connect_timeout: Quantity,
     pub(super) command_timeout: Quantity,
@@ -122,6 +123,19 @@ pub(super) struct RawUpstream {
     pub(super) password: Secret,
     /// `[upstream.tls]`: present = TLS on every upstream connection.
     pub(super) tls: Option<RawUpstreamTls>,
+    /// `[upstream.sentinel]`: present = the upstream is the primary Sentinel names.
+    pub(super) sentinel: Option<RawSentinel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawSentinel {
+    pub(super) addresses: Vec<String>,
+    pub(super) master: String,
+    /// "" = none.
+    pub(super) username: String,
+    /// "" = none.
+    pub(super) password: Secret,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,7 +221,7 @@ impl Default for RawHealth {
 impl Default for RawUpstream {
     fn default() -> RawUpstream {
         RawUpstream {
-            address: "127.0.0.1:6379".to_owned(),
+            address: None, // 127.0.0.1:6379, see DEFAULT_UPSTREAM
             connections: 2,
             connect_timeout: "500ms".into(),
             command_timeout: "1s".into(),
@@ -216,6 +230,7 @@ impl Default for RawUpstream {
             username: String::new(),
             password: Secret::default(),
             tls: None,
+            sentinel: None,
         }
     }
 }

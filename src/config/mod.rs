@@ -52,7 +52,7 @@ pub use overrides::Overrides;
 pub use problem::{ConfigError, Problem};
 pub use settings::{
     AdminSettings, ClientTls, EventSettings, HealthSettings, Limits, LocalStoreSettings, LogFormat,
-    LogSettings, Settings, UpstreamSettings, UpstreamTls,
+    LogSettings, SentinelSettings, Settings, UpstreamSettings, UpstreamTls,
 };
 
 /// A config file and the command-line flags applied over it: what a reload reads again.

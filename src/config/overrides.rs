@@ -23,7 +23,7 @@ impl RawSettings {
             self.listen = listen.clone();
         }
         if let Some(upstream) = &overrides.upstream {
-            self.upstream.address = upstream.clone();
+            self.upstream.address = Some(upstream.clone());
         }
         if let Some(admin) = &overrides.admin_listen {
             self.admin.listen = admin.clone();

@@ -67,6 +67,35 @@ pub struct ClientTls {
     pub ca_file: Option<PathBuf>,
 }
 
+/// A primary found and followed through Redis Sentinel.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelSettings {
+    /// `host:port` of each sentinel, asked in order.
+    pub addresses: Vec<String>,
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> ...`).
+    pub master: String,
+    /// Credentials for the sentinels themselves (`AUTH`), if they require them.
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for SentinelSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let SentinelSettings {
+            addresses,
+            master,
+            username,
+            password,
+        } = self;
+        f.debug_struct("SentinelSettings")
+            .field("addresses", addresses)
+            .field("master", master)
+            .field("username", username)
+            .field("password", &password.as_ref().map(|_| REDACTED))
+            .finish()
+    }
+}
+
 /// TLS toward the upstream (Redis's `--tls` in its clients).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UpstreamTls {
@@ -133,6 +162,20 @@ pub struct UpstreamSettings {
     pub password: Option<String>,
     /// TLS on every upstream connection, if set.
     pub tls: Option<UpstreamTls>,
+    /// When set, the upstream is the primary these sentinels name, followed across
+    /// failovers; `address` is then only where it was first found.
+    pub sentinel: Option<SentinelSettings>,
+}
+
+impl UpstreamSettings {
+    /// How events, metrics and INFO name the upstream: its address, or `sentinel:<master>`
+    /// when Sentinel says where it is (the address changes with failovers; the name does not).
+    pub fn name(&self) -> String {
+        match &self.sentinel {
+            Some(s) => format!("sentinel:{}", s.master),
+            None => self.address.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for UpstreamSettings {
@@ -148,6 +191,7 @@ impl fmt::Debug for UpstreamSettings {
             username,
             password,
             tls,
+            sentinel,
         } = self;
         f.debug_struct("UpstreamSettings")
             .field("address", address)
@@ -159,6 +203,7 @@ impl fmt::Debug for UpstreamSettings {
             .field("username", username)
             .field("password", &password.as_ref().map(|_| REDACTED))
             .field("tls", tls)
+            .field("sentinel", sentinel)
             .finish()
     }
 }

@@ -225,6 +225,7 @@ fn a_full_file_is_typed() {
                 username: Some("keywarden".to_owned()),
                 password: Some("upstream secret".to_owned()),
                 tls: None,
+                sentinel: None,
             },
             limits: Limits {
                 max_bulk_len: MIB,
@@ -987,4 +988,37 @@ fn tls_files_are_checked_when_the_config_is() {
             .any(|p| p.starts_with("upstream.tls.cert_file: cert_file and key_file go together")),
         "{found:?}"
     );
+}
+
+#[test]
+fn the_upstream_is_an_address_or_sentinel_not_both() {
+    assert_problem(
+        "[upstream]\naddress = \"127.0.0.1:6379\"\n[upstream.sentinel]\naddresses = [\"127.0.0.1:26379\"]\nmaster = \"m\"\n",
+        "upstream.address",
+        "both name the upstream",
+    );
+    assert_problem(
+        "[upstream.sentinel]\naddresses = []\nmaster = \"m\"\n",
+        "upstream.sentinel.addresses",
+        "needs at least one sentinel",
+    );
+    assert_problem(
+        "[upstream.sentinel]\naddresses = [\"127.0.0.1:26379\"]\nmaster = \"my master\"\n",
+        "upstream.sentinel.master",
+        "the name the sentinels monitor",
+    );
+    let s = parse(
+        "[upstream.sentinel]\naddresses = [\"10.0.0.1:26379\", \"10.0.0.2:26379\"]\nmaster = \"m\"\npassword = \"pw\"\n",
+    )
+    .unwrap();
+    let sentinel = s.upstream.sentinel.as_ref().unwrap();
+    assert_eq!(sentinel.addresses, ["10.0.0.1:26379", "10.0.0.2:26379"]);
+    assert_eq!(sentinel.password.as_deref(), Some("pw"));
+    assert_eq!(s.upstream.name(), "sentinel:m");
+    assert!(
+        !format!("{s:?}").contains("\"pw\""),
+        "Debug hides the sentinel password"
+    );
+    // Neither: the default address.
+    assert_eq!(parse("").unwrap().upstream.address, "127.0.0.1:6379");
 }

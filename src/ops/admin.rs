@@ -235,7 +235,7 @@ pub(crate) struct Status<'a> {
     pub version: &'static str,
     /// `false` once shutdown began (as `/readyz`).
     pub ready: bool,
-    pub upstreams: Vec<UpstreamStatus<'a>>,
+    pub upstreams: Vec<UpstreamStatus>,
     pub default_mode: &'static str,
     pub keyspaces: Vec<KeyspaceStatus<'a>>,
     pub local_store: StoreUsage,
@@ -260,8 +260,9 @@ pub(crate) struct ConfigStatus {
 }
 
 #[derive(Debug, Serialize)]
-pub(crate) struct UpstreamStatus<'a> {
-    pub address: &'a str,
+pub(crate) struct UpstreamStatus {
+    /// Its address, or `sentinel:<master>` under Sentinel.
+    pub address: String,
     pub state: &'static str,
     /// Milliseconds since the upstream entered `state`.
     pub since_ms: u64,
@@ -285,7 +286,7 @@ impl<'a> Status<'a> {
             version: env!("CARGO_PKG_VERSION"),
             ready,
             upstreams: vec![UpstreamStatus {
-                address: &settings.upstream.address,
+                address: settings.upstream.name(),
                 state: sample.health.state.as_str(),
                 since_ms: sample.health.since.elapsed().as_millis() as u64,
             }],

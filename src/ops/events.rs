@@ -228,6 +228,32 @@ impl Events {
         self.append(line, name);
     }
 
+    /// Emits `BACKEND_SWITCHED`: Sentinel named a new primary for `upstream` (the master's
+    /// name) and keywarden now sends its traffic there.
+    pub(crate) fn emit_switched(&self, upstream: &str, from: &str, to: &str) {
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            event: &'a str,
+            timestamp: String,
+            instance: &'a str,
+            upstream: &'a str,
+            from: &'a str,
+            to: &'a str,
+        }
+        let name = "BACKEND_SWITCHED";
+        let line = serde_json::to_string(&Line {
+            event: name,
+            timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            instance: &self.instance,
+            upstream,
+            from,
+            to,
+        })
+        .expect("an event always encodes");
+        tracing::warn!(target: "keywarden::events", event = name, instance = %self.instance, upstream, from, to, "{name}");
+        self.append(line, name);
+    }
+
     /// The JSON line for a reload event at `at`, without the newline.
     pub(crate) fn reload_line(&self, event: &ReloadEvent<'_>, at: SystemTime) -> String {
         let head = ReloadHead {

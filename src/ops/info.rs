@@ -54,7 +54,7 @@ pub(crate) fn section(sample: &Overview, policy: &Policy) -> String {
         "instance_id",
         &events::instance_id(settings.instance_id.as_deref()),
     );
-    line("upstream", &settings.upstream.address);
+    line("upstream", &settings.upstream.name());
     line("upstream_state", &snapshot.state.as_str());
     line(
         "upstream_state_since_ms",

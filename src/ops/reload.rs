@@ -95,6 +95,7 @@ pub(crate) fn plan(current: &Settings, mut new: Settings) -> Plan {
         "upstream.username" => upstream.username;
         "upstream.password" => upstream.password;
         "upstream.tls" => upstream.tls;
+        "upstream.sentinel" => upstream.sentinel;
         "admin.listen" => admin.listen;
         "events.file" => events.file;
         "instance_id" => instance_id;

@@ -26,10 +26,12 @@ use crate::proxy::clients::{Clients, Phase};
 use crate::proxy::server::Server;
 use crate::proxy::session::Session;
 use crate::upstream::catalog;
+use crate::upstream::handshake;
 use crate::upstream::health::State;
 use crate::upstream::monitor::{Monitor, MonitorSettings};
 use crate::upstream::shared::Upstream;
 use crate::upstream::socket::{self, Conn};
+use crate::upstream::target::{self, Target};
 
 /// Serves clients from `listener` until `shutdown` resolves, then drains: stops accepting,
 /// lets in-flight requests finish within `shutdown_timeout`, and closes every connection.
@@ -73,8 +75,25 @@ pub async fn run(
         events::instance_id(settings.instance_id.as_deref()),
         settings.events.file.as_deref(),
     )?);
-    let monitor = Monitor::start(
+    // Where the upstream is: its address, or the primary the sentinels name now.
+    let target = match &settings.upstream.sentinel {
+        None => Target::new(&settings.upstream.address),
+        Some(sentinel) => {
+            let found = target::primary(sentinel).await;
+            match &found {
+                Some(primary) => {
+                    tracing::info!(master = %sentinel.master, %primary, "the sentinels name the primary")
+                }
+                None => {
+                    tracing::warn!(master = %sentinel.master, "no sentinel names a primary yet")
+                }
+            }
+            Target::new(found.as_deref().unwrap_or_default())
+        }
+    };
+    let monitor = Monitor::start_at(
         MonitorSettings::from_settings(&settings),
+        target.clone(),
         events.clone(),
         AffectedKeyspaces::of(&settings.keyspaces),
     )
@@ -84,10 +103,20 @@ pub async fn run(
         &settings.limits,
         settings.tcp_keepalive,
         monitor.handle(),
+        target.clone(),
     );
     let store = Arc::new(Store::with_layout(store_layout(&settings)));
-    let catalog = tokio::spawn(catalog::learn(settings.upstream.clone(), monitor.handle()));
-    tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.address, "keywarden listening");
+    let catalog = tokio::spawn(catalog::learn(
+        settings.upstream.clone(),
+        target.clone(),
+        monitor.handle(),
+    ));
+    tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.name(), "keywarden listening");
+    let sentinel = settings.upstream.sentinel.clone();
+    let login = handshake::setup_commands(&settings.upstream, false)
+        .into_iter()
+        .next();
+    let name = settings.upstream.name();
     let server = Arc::new(Server {
         live: Live::new(settings),
         upstream: upstream.clone(),
@@ -99,6 +128,15 @@ pub async fn run(
         tls: tls_listener.as_ref().map(|(_, tls)| tls.clone()),
     });
     let housekeeping = tokio::spawn(housekeeping(server.clone()));
+    // Following the sentinels: a new primary closes the clients' own connections to the old
+    // one (subscribers and blocked clients reconnect, as after a Redis that died).
+    let follower = sentinel.map(|sentinel| {
+        let server = server.clone();
+        tokio::spawn(target::follow(sentinel, target, login, move |from, to| {
+            server.events.emit_switched(&name, from, to);
+            server.clients.upstream_lost();
+        }))
+    });
     let admin = match admin_listener {
         Some(l) => Some(Admin::start(l, server.clone())?),
         None => None,
@@ -201,6 +239,9 @@ pub async fn run(
     }
     housekeeping.abort();
     catalog.abort();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
     if let Some(admin) = admin {
         admin.stop();
     }

@@ -12,6 +12,8 @@ use crate::upstream::handshake::setup_commands;
 use crate::upstream::health::State;
 use crate::upstream::monitor::MonitorHandle;
 use crate::upstream::socket;
+use crate::upstream::target::Target;
+use std::sync::Arc;
 
 /// Largest `COMMAND` reply read (Redis 7.4's is about 250 KiB; modules add to it).
 const MAX_REPLY: usize = 16 << 20;
@@ -28,7 +30,7 @@ enum Failure {
 
 /// Waits for the upstream to be healthy, learns its commands and installs them; retries after
 /// a connection failure, gives up (with one warning) when the upstream refuses.
-pub(crate) async fn learn(settings: UpstreamSettings, monitor: MonitorHandle) {
+pub(crate) async fn learn(settings: UpstreamSettings, target: Arc<Target>, monitor: MonitorHandle) {
     let mut state = monitor.subscribe();
     loop {
         while state.borrow_and_update().state != State::Healthy {
@@ -36,7 +38,7 @@ pub(crate) async fn learn(settings: UpstreamSettings, monitor: MonitorHandle) {
                 return;
             }
         }
-        match fetch(&settings)
+        match fetch(&settings, &target.current())
             .await
             .and_then(|reply| learned::from_reply(&reply).map_err(Failure::Refused))
         {
@@ -81,10 +83,10 @@ fn report(learned: &Learned) {
 }
 
 /// One connection: the proxy's login, then `COMMAND`; the raw reply.
-async fn fetch(settings: &UpstreamSettings) -> Result<Vec<u8>, Failure> {
+async fn fetch(settings: &UpstreamSettings, address: &str) -> Result<Vec<u8>, Failure> {
     let transient = |e: std::io::Error| Failure::Transient(e.to_string());
     let tls = settings.tls.as_ref();
-    let stream = socket::connect_upstream(&settings.address, settings.connect_timeout, None, tls)
+    let stream = socket::connect_upstream(address, settings.connect_timeout, None, tls)
         .await
         .map_err(transient)?;
     let setup = setup_commands(settings, false);

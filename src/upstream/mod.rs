@@ -11,4 +11,5 @@ pub mod monitor;
 pub(crate) mod outage;
 pub(crate) mod shared;
 pub(crate) mod socket;
+pub mod target;
 pub(crate) mod tls;

@@ -59,6 +59,7 @@ use bytes::Bytes;
 
 use crate::upstream::handshake;
 use crate::upstream::socket;
+use crate::upstream::target::Target;
 
 /// What the monitor of one upstream needs to know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,7 +134,7 @@ impl MonitorSettings {
     /// serves the 50 ms goal, not a trade-off an operator needs to make.
     pub(crate) fn from_settings(s: &Settings) -> MonitorSettings {
         MonitorSettings {
-            address: s.upstream.address.clone(),
+            address: s.upstream.name(),
             login: handshake::setup_commands(&s.upstream, false)
                 .first()
                 .map(|login| login.raw().clone()),
@@ -183,6 +184,8 @@ pub struct PingProbe {
     pub address: String,
     pub login: Option<Bytes>,
     pub tls: Option<UpstreamTls>,
+    /// Where to probe when set (rather than `address`): the current primary under Sentinel.
+    pub target: Option<Arc<Target>>,
 }
 
 /// A running monitor. Dropping it (or [`Monitor::stop`]) stops its tasks.
@@ -244,10 +247,23 @@ impl Monitor {
         events: Arc<dyn OutageEvents>,
         keyspaces: AffectedKeyspaces,
     ) -> Monitor {
+        let target = Target::new(&settings.address);
+        Monitor::start_at(settings, target, events, keyspaces).await
+    }
+
+    /// [`Monitor::start`] probing wherever `target` says the upstream is (Sentinel moves it);
+    /// `settings.address` then only names the upstream in events and metrics.
+    pub async fn start_at(
+        settings: MonitorSettings,
+        target: Arc<Target>,
+        events: Arc<dyn OutageEvents>,
+        keyspaces: AffectedKeyspaces,
+    ) -> Monitor {
         let probe = PingProbe {
             address: settings.address.clone(),
             login: settings.login.clone(),
             tls: settings.tls.clone(),
+            target: Some(target),
         };
         Monitor::start_with(settings, probe, events, keyspaces).await
     }
@@ -594,11 +610,14 @@ async fn probe_loop<P: Probe>(probe: P, handle: MonitorHandle, mut last: Instant
 impl Probe for PingProbe {
     async fn probe(&self, timeouts: ProbeTimeouts) -> Outcome {
         let tls = self.tls.as_ref();
-        let stream =
-            match socket::connect_upstream(&self.address, timeouts.connect, None, tls).await {
-                Ok(stream) => stream,
-                Err(e) => return Outcome::Failure(Cause::of_connect_error(&e)),
-            };
+        let address = match &self.target {
+            Some(target) => target.current().to_string(),
+            None => self.address.clone(),
+        };
+        let stream = match socket::connect_upstream(&address, timeouts.connect, None, tls).await {
+            Ok(stream) => stream,
+            Err(e) => return Outcome::Failure(Cause::of_connect_error(&e)),
+        };
         let exchange = async {
             let mut wire = Vec::new();
             if let Some(login) = &self.login {

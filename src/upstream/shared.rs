@@ -40,6 +40,7 @@ use crate::upstream::holds::{HoldMark, Holds};
 use crate::upstream::inbox::{Chunk, Inbox};
 use crate::upstream::monitor::{HealthSnapshot, MonitorHandle};
 use crate::upstream::socket::{self, Conn};
+use crate::upstream::target::Target;
 
 /// Read buffer growth step for upstream replies.
 const READ_CHUNK: usize = 16 * 1024;
@@ -61,15 +62,23 @@ pub(crate) struct Upstream {
     latency: Arc<Histogram>,
     next: AtomicUsize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where the upstream is now.
+    target: Arc<Target>,
 }
 
 impl Upstream {
+    /// Where the upstream is now: where new connections go.
+    pub(crate) fn target(&self) -> &Arc<Target> {
+        &self.target
+    }
+
     /// Starts the connection tasks on the current runtime.
     pub(crate) fn start(
         settings: &UpstreamSettings,
         limits: &Limits,
         keepalive: Option<Duration>,
         monitor: MonitorHandle,
+        target: Arc<Target>,
     ) -> Arc<Upstream> {
         let mut tasks = Vec::with_capacity(2 * settings.connections);
         let reached = Arc::new(Notify::new());
@@ -97,6 +106,7 @@ impl Upstream {
                         conn: conn.clone(),
                         setup: setup_commands(settings, resp3),
                         settings: settings.clone(),
+                        target: target.clone(),
                         timing: timing.clone(),
                         reached: reached.clone(),
                         monitor: monitor.clone(),
@@ -121,6 +131,7 @@ impl Upstream {
             latency,
             next: AtomicUsize::new(0),
             tasks,
+            target,
         })
     }
 
@@ -456,6 +467,8 @@ struct ConnTask {
     /// Sent first on every new connection (see [`setup_commands`](crate::upstream::handshake::setup_commands)).
     setup: Vec<Request>,
     settings: UpstreamSettings,
+    /// Where the upstream is now (Sentinel may move it).
+    target: Arc<Target>,
     /// The timeouts and limits in force (a reload changes them).
     timing: Arc<Timing>,
     /// Signalled by any connection of the pool that reaches the upstream, so that the others
@@ -471,12 +484,14 @@ struct ConnTask {
 
 impl ConnTask {
     async fn run(self) {
-        let addr = self.settings.address.as_str();
         let timing = &*self.timing;
         let mut backoff = timing.backoff_min();
         let mut was_up = true;
+        let mut switched = self.target.subscribe();
         loop {
             let attempt = Instant::now();
+            switched.borrow_and_update();
+            let addr = &*self.target.current();
             let tls = self.settings.tls.as_ref();
             match socket::connect_upstream(addr, timing.connect_timeout(), timing.keepalive(), tls)
                 .await
@@ -497,7 +512,13 @@ impl ConnTask {
                     link.set_up(&self.setup);
                     let mut health = self.monitor.subscribe();
                     let why = link
-                        .serve(&self.conn, timing, &self.monitor, &mut health)
+                        .serve(
+                            &self.conn,
+                            timing,
+                            &self.monitor,
+                            &mut health,
+                            &mut switched,
+                        )
                         .await;
                     tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
                     // A connection that closes with nothing in flight (Redis's idle timeout,
@@ -633,6 +654,7 @@ impl Connection {
         timing: &Timing,
         monitor: &MonitorHandle,
         health: &mut watch::Receiver<HealthSnapshot>,
+        switched: &mut watch::Receiver<Arc<str>>,
     ) -> UpstreamFailure {
         // Timeouts are checked on a tick rather than with a timer per request: arming a timer
         // for every batch would cost more than the requests themselves. The tick's period is
@@ -662,6 +684,8 @@ impl Connection {
                     // The monitor stopped (shutdown): nothing more to hear from it.
                     Err(_) => std::future::pending().await,
                 },
+                // Sentinel named another primary: this one is no longer the upstream.
+                Ok(()) = switched.changed() => return UpstreamFailure::Unavailable,
             };
             let result = match event {
                 Event::Readable => self.read(),

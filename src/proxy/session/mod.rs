@@ -224,7 +224,7 @@ impl Session {
                 if opens && b.pending.is_empty() {
                     let up = &ctx.settings.upstream;
                     self.opening = Some(Box::pin(Dedicated::open(
-                        up.address.clone(),
+                        ctx.upstream.target().current().to_string(),
                         up.connect_timeout,
                         up.command_timeout,
                         ctx.settings.tcp_keepalive,
@@ -540,6 +540,7 @@ mod tests {
                 &settings.limits,
                 None,
                 monitor.handle(),
+                crate::upstream::target::Target::new(&settings.upstream.address),
             );
             let server = Arc::new(Server {
                 live: crate::config::live::Live::new(settings),
