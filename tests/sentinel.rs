@@ -184,6 +184,10 @@ async fn a_sentinel_failover_moves_traffic_to_the_new_primary() {
     write_until_ok(&proxy, "before").await;
     assert_eq!(cli(rig.primary.port, &["GET", "before"]), "v");
 
+    // A client with its own upstream connection (database 1).
+    let mut stateful = RawClient::connect(proxy.addr).await;
+    assert_eq!(stateful.cmd(&["SELECT", "1"]).await, b"+OK\r\n");
+    assert_eq!(stateful.cmd(&["WATCH", "w"]).await, b"+OK\r\n");
     let start = Instant::now();
     assert_eq!(
         cli(rig.sentinels[0].port, &["SENTINEL", "FAILOVER", MASTER]),
@@ -210,6 +214,9 @@ async fn a_sentinel_failover_moves_traffic_to_the_new_primary() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let promoted = promoted.unwrap_or(switched_at);
+    // Its connection was to the old primary: closed, so its library reconnects to the new one.
+    let rest = stateful.bytes_until_closed().await;
+    assert!(rest.is_empty(), "{}", show_bytes(&rest));
     write_until_ok(&proxy, "after").await;
     assert_eq!(cli(rig.replica.port, &["GET", "after"]), "v");
     assert_eq!(cli(rig.primary.port, &["GET", "after"]), "");

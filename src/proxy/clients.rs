@@ -486,6 +486,14 @@ impl Clients {
         }
     }
 
+    /// Tells every client the upstream moved to another primary (see
+    /// [`Inbox::upstream_moved`]).
+    pub(crate) fn upstream_moved(&self) {
+        for (_, entry) in self.lock().iter() {
+            entry.inbox.upstream_moved();
+        }
+    }
+
     pub(crate) fn wake_all(&self) {
         for (_, entry) in self.lock().iter() {
             entry.inbox.poke();

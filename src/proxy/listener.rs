@@ -113,6 +113,7 @@ pub async fn run(
     ));
     tracing::info!(listen = %listener.local_addr()?, upstream = %settings.upstream.name(), "keywarden listening");
     let sentinel = settings.upstream.sentinel.clone();
+    let upstream_tls = settings.upstream.tls.clone();
     let login = handshake::setup_commands(&settings.upstream, false)
         .into_iter()
         .next();
@@ -132,10 +133,16 @@ pub async fn run(
     // one (subscribers and blocked clients reconnect, as after a Redis that died).
     let follower = sentinel.map(|sentinel| {
         let server = server.clone();
-        tokio::spawn(target::follow(sentinel, target, login, move |from, to| {
-            server.events.emit_switched(&name, from, to);
-            server.clients.upstream_lost();
-        }))
+        tokio::spawn(target::follow(
+            sentinel,
+            target,
+            upstream_tls,
+            login,
+            move |from, to| {
+                server.events.emit_switched(&name, from, to);
+                server.clients.upstream_moved();
+            },
+        ))
     });
     let admin = match admin_listener {
         Some(l) => Some(Admin::start(l, server.clone())?),

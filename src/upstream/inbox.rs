@@ -34,6 +34,9 @@ pub(crate) struct Inbox {
     /// The health monitor declared the upstream unavailable: a session waiting on its own
     /// upstream connection (blocked, subscribed) gives it up when it notices.
     upstream_lost: AtomicBool,
+    /// Sentinel named another primary: a session with its own upstream connection (or one
+    /// being opened) closes, since that connection is to the old primary.
+    upstream_moved: AtomicBool,
     /// The client waits in a blocking command, as its session last said (CLIENT LIST's `b`).
     blocked: AtomicBool,
     waker: AtomicWaker,
@@ -65,6 +68,17 @@ impl Inbox {
     pub(crate) fn upstream_lost(&self) {
         self.upstream_lost.store(true, Ordering::Release);
         self.poke();
+    }
+
+    /// Tells the session the upstream moved to another primary, and wakes it.
+    pub(crate) fn upstream_moved(&self) {
+        self.upstream_moved.store(true, Ordering::Release);
+        self.poke();
+    }
+
+    /// Whether the upstream moved since the last time this was asked.
+    pub(crate) fn take_upstream_moved(&self) -> bool {
+        self.upstream_moved.swap(false, Ordering::AcqRel)
     }
 
     /// Whether the upstream was declared unavailable since the last time this was asked.

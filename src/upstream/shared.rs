@@ -669,6 +669,10 @@ impl Connection {
             let pending_write = self.written < self.wbuf.len() || self.stream.wants_write();
             let event = tokio::select! {
                 biased;
+                // Sentinel named another primary: this one is no longer the upstream. First,
+                // so that no batch goes to the old one once it is known; what was sent may
+                // have run there, so it fails as a lost connection, not as never sent.
+                Ok(()) = switched.changed() => return UpstreamFailure::ConnectionLost,
                 r = self.stream.readable() => match r {
                     Ok(()) => Event::Readable,
                     Err(_) => return UpstreamFailure::ConnectionLost,
@@ -684,8 +688,6 @@ impl Connection {
                     // The monitor stopped (shutdown): nothing more to hear from it.
                     Err(_) => std::future::pending().await,
                 },
-                // Sentinel named another primary: this one is no longer the upstream.
-                Ok(()) = switched.changed() => return UpstreamFailure::Unavailable,
             };
             let result = match event {
                 Event::Readable => self.read(),

@@ -19,8 +19,9 @@ use redis_protocol::resp2::decode::decode;
 use redis_protocol::resp2::types::OwnedFrame;
 use tokio::sync::{watch, Notify};
 
-use crate::config::SentinelSettings;
+use crate::config::{SentinelSettings, UpstreamTls};
 use crate::protocol::request::Request;
+use crate::protocol::scanner::ReplyScanner;
 use crate::upstream::socket::{self, Conn};
 
 /// The upstream's current address; every new upstream connection reads it.
@@ -65,10 +66,49 @@ impl Target {
 /// How long one question to a sentinel or a candidate primary may take.
 const ASK: Duration = Duration::from_millis(500);
 
-/// One request-reply exchange with a server, logging in first when `login` is given.
-async fn ask(address: &str, login: Option<&Request>, req: &Request) -> Option<OwnedFrame> {
+/// Replies from a sentinel or a candidate primary, one at a time. Each is framed by the data
+/// path's reply scanner first, with its nesting capped, so that decoding it cannot recurse
+/// without bound (a hostile server could otherwise overflow the stack); at most 64 KiB is held.
+struct Replies {
+    buf: BytesMut,
+    scanner: ReplyScanner,
+}
+
+impl Replies {
+    fn new() -> Replies {
+        Replies {
+            buf: BytesMut::new(),
+            scanner: ReplyScanner::new(8),
+        }
+    }
+
+    async fn next(&mut self, conn: &Conn) -> Option<OwnedFrame> {
+        loop {
+            match self.scanner.scan(&self.buf) {
+                Ok(Some(frame)) => {
+                    let bytes = self.buf.split_to(frame.len);
+                    return decode(&bytes).ok().flatten().map(|(f, _)| f);
+                }
+                Ok(None) => {}
+                Err(_) => return None,
+            }
+            if self.buf.len() > 64 << 10 || conn.read_some(&mut self.buf, 4096).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+}
+
+/// One request-reply exchange with a server (TLS as `tls` says), logging in first when
+/// `login` is given.
+async fn ask(
+    address: &str,
+    tls: Option<&UpstreamTls>,
+    login: Option<&Request>,
+    req: &Request,
+) -> Option<OwnedFrame> {
     let exchange = async {
-        let conn = socket::connect_upstream(address, ASK, None, None)
+        let conn = socket::connect_upstream(address, ASK, None, tls)
             .await
             .ok()?;
         let mut wire = Vec::new();
@@ -77,21 +117,11 @@ async fn ask(address: &str, login: Option<&Request>, req: &Request) -> Option<Ow
         }
         wire.extend_from_slice(req.raw());
         conn.write_all(&wire).await.ok()?;
-        let mut buf = BytesMut::new();
-        let mut frames = Vec::new();
-        let want = 1 + usize::from(login.is_some());
-        loop {
-            while let Ok(Some((frame, used))) = decode(&buf) {
-                let _ = buf.split_to(used);
-                frames.push(frame);
-            }
-            if frames.len() >= want {
-                return frames.pop();
-            }
-            if conn.read_some(&mut buf, 4096).await.ok()? == 0 {
-                return None;
-            }
+        let mut replies = Replies::new();
+        if login.is_some() {
+            replies.next(&conn).await?;
         }
+        replies.next(&conn).await
     };
     tokio::time::timeout(ASK, exchange).await.ok().flatten()
 }
@@ -113,31 +143,41 @@ fn text(frame: &OwnedFrame) -> Option<String> {
     }
 }
 
-/// `host:port` of the primary the first answering sentinel names.
+/// `host:port` of the primary the sentinels name: each is asked, and the address most of
+/// those that answer agree on wins, so that one stale or isolated sentinel cannot move the
+/// traffic (a tie goes to the first sentinel's answer).
 pub(crate) async fn primary(s: &SentinelSettings) -> Option<String> {
     let req = Request::from_args(&["SENTINEL", "get-master-addr-by-name", &s.master]);
     let login = login(s);
+    let mut named: Vec<(String, usize)> = Vec::new();
     for sentinel in &s.addresses {
-        if let Some(OwnedFrame::Array(parts)) = ask(sentinel, login.as_ref(), &req).await {
-            if let [host, port] = &parts[..] {
-                if let (Some(host), Some(port)) = (text(host), text(port)) {
-                    let host = if host.contains(':') {
-                        format!("[{host}]")
-                    } else {
-                        host
-                    };
-                    return Some(format!("{host}:{port}"));
+        let Some(OwnedFrame::Array(parts)) = ask(sentinel, None, login.as_ref(), &req).await else {
+            continue;
+        };
+        if let [host, port] = &parts[..] {
+            if let (Some(host), Some(port)) = (text(host), text(port)) {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                let address = format!("{host}:{port}");
+                match named.iter_mut().find(|(a, _)| *a == address) {
+                    Some((_, n)) => *n += 1,
+                    None => named.push((address, 1)),
                 }
             }
         }
     }
-    None
+    let best = named.iter().map(|(_, n)| *n).max()?;
+    named.into_iter().find(|(_, n)| *n == best).map(|(a, _)| a)
 }
 
-/// Whether `address` answers `ROLE` as a primary. The upstream's own credentials are the
-/// data path's login (`setup`), as on any upstream connection.
-async fn is_primary(address: &str, setup: Option<&Request>) -> bool {
-    let role = ask(address, setup, &Request::from_args(&["ROLE"])).await;
+/// Whether `address` answers `ROLE` as a primary. It is asked as any upstream connection
+/// is: with `[upstream.tls]` (so a certificate check comes before the login) and the data
+/// path's login (`setup`).
+async fn is_primary(address: &str, tls: Option<&UpstreamTls>, setup: Option<&Request>) -> bool {
+    let role = ask(address, tls, setup, &Request::from_args(&["ROLE"])).await;
     matches!(role, Some(OwnedFrame::Array(parts))
         if parts.first().and_then(text).is_some_and(|r| r == "master"))
 }
@@ -148,6 +188,7 @@ async fn is_primary(address: &str, setup: Option<&Request>) -> bool {
 pub(crate) async fn follow(
     s: SentinelSettings,
     target: Arc<Target>,
+    tls: Option<UpstreamTls>,
     setup: Option<Request>,
     switched: impl Fn(&str, &str) + Send + 'static,
 ) {
@@ -173,7 +214,7 @@ pub(crate) async fn follow(
             continue;
         };
         let current = target.current();
-        if *found == *current || !is_primary(&found, setup.as_ref()).await {
+        if *found == *current || !is_primary(&found, tls.as_ref(), setup.as_ref()).await {
             continue;
         }
         tracing::warn!(master = %s.master, from = %current, to = %found, "the sentinels name a new primary: switching");
@@ -192,7 +233,9 @@ async fn listen(address: String, s: SentinelSettings, wake: Arc<Notify>) {
 }
 
 async fn subscribed(address: &str, s: &SentinelSettings, wake: &Notify) -> Option<()> {
-    let conn: Conn = socket::connect_upstream(address, ASK, None, None)
+    // Keepalive: a sentinel whose host vanished is noticed, and the listener reconnects.
+    let keepalive = Some(Duration::from_secs(30));
+    let conn: Conn = socket::connect_upstream(address, ASK, keepalive, None)
         .await
         .ok()?;
     let mut wire = Vec::new();
@@ -201,20 +244,22 @@ async fn subscribed(address: &str, s: &SentinelSettings, wake: &Notify) -> Optio
     }
     wire.extend_from_slice(Request::from_args(&["SUBSCRIBE", "+switch-master"]).raw());
     conn.write_all(&wire).await.ok()?;
-    let mut buf = BytesMut::new();
+    let mut replies = Replies::new();
     loop {
-        while let Ok(Some((frame, used))) = decode(&buf) {
-            let _ = buf.split_to(used);
+        match replies.next(&conn).await? {
             // ["message", "+switch-master", "<master> <old ip> <old port> <new ip> <new port>"]
-            if let OwnedFrame::Array(parts) = frame {
+            OwnedFrame::Array(parts) => {
                 let payload = parts.get(2).and_then(text).unwrap_or_default();
                 if payload.split(' ').next() == Some(s.master.as_str()) {
                     wake.notify_one();
                 }
             }
-        }
-        if buf.len() > 1 << 20 || conn.read_some(&mut buf, 4096).await.ok()? == 0 {
-            return None;
+            // A refused login or SUBSCRIBE: said once per attempt, then tried again.
+            OwnedFrame::Error(e) => {
+                tracing::warn!(sentinel = address, error = %e, "a sentinel refused the subscription to +switch-master");
+                return None;
+            }
+            _ => {}
         }
     }
 }

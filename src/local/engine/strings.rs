@@ -250,10 +250,11 @@ fn mset_generic(c: &mut Call<'_, '_>, nx: bool) -> Result<(), Error> {
         .map(|i| (c.arg(i), c.arg(i + 1).len()))
         .collect();
     c.txn.check_writes(c.db, &writes, &[])?;
+    let last = crate::local::store::last_of_each(writes.iter().map(|(k, _)| *k));
     for (n, &(key, _)) in writes.iter().enumerate() {
         // A key given twice ends with its last value: the earlier ones would only make room
         // for nothing.
-        if writes[n + 1..].iter().any(|(k, _)| *k == key) {
+        if !last[n] {
             continue;
         }
         let value = Value::Str(Str::from_slice(c.arg(2 * n + 2)));

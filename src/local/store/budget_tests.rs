@@ -424,3 +424,25 @@ fn counters_survive_a_repartition() {
     assert_eq!(store.refusals(), 1);
     store.check_invariants();
 }
+
+/// Found in review: finding MSET's repeated keys compared every pair, under the store's lock;
+/// a command with many keys must stay linear.
+#[test]
+fn a_large_mset_stays_linear() {
+    let store = Store::new(1 << 30);
+    let keys: Vec<String> = (0..60_000).map(|i| format!("k{}", i % 50_000)).collect();
+    let mut args: Vec<&str> = vec!["MSET"];
+    for k in &keys {
+        args.push(k);
+        args.push("v");
+    }
+    let started = std::time::Instant::now();
+    assert_eq!(run(&store, &args), "+OK\r\n");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(store.keys(), 50_000);
+    store.check_invariants();
+}

@@ -79,7 +79,7 @@ use lru::LruCache;
 use crate::policy::keyspace::{Budget, Eviction, Keyspaces, Membership, Mode, StoreShare};
 use smallvec::SmallVec;
 
-pub(crate) use txn::Txn;
+pub(crate) use txn::{last_of_each, Txn};
 pub use value::{
     Hash, Str, Value, FIELD_OVERHEAD, HASH_MAX_LISTPACK_ENTRIES, HASH_MAX_LISTPACK_VALUE,
 };

@@ -17,6 +17,22 @@ use super::{
     Value, Watch, DB_PREFIX,
 };
 
+/// For each of `keys`, whether no later one is the same key (MSET's last value wins): linear
+/// for a few keys, hashed beyond, so that a command with many keys stays linear.
+pub(crate) fn last_of_each<'k>(keys: impl ExactSizeIterator<Item = &'k [u8]> + Clone) -> Vec<bool> {
+    let n = keys.len();
+    if n <= 16 {
+        let all: SmallVec<[&[u8]; 16]> = keys.collect();
+        return (0..n).map(|i| !all[i + 1..].contains(&all[i])).collect();
+    }
+    let mut last: std::collections::HashMap<&[u8], usize> =
+        std::collections::HashMap::with_capacity(n);
+    for (i, key) in keys.clone().enumerate() {
+        last.insert(key, i);
+    }
+    keys.enumerate().map(|(i, key)| last[key] == i).collect()
+}
+
 /// The store, locked for one command at one instant.
 pub(crate) struct Txn<'a> {
     inner: MutexGuard<'a, Inner>,
@@ -101,8 +117,9 @@ impl<'a> Txn<'a> {
                 inner.peek_full(full).map_or(0, |e| e.bytes(full))
             }
         };
+        let last = last_of_each(writes.iter().map(|(k, _)| *k));
         for (i, &(key, value_bytes)) in writes.iter().enumerate() {
-            if writes[i + 1..].iter().any(|(k, _)| *k == key) {
+            if !last[i] {
                 continue;
             }
             let full = full_key(db, key);

@@ -274,6 +274,23 @@ impl Session {
                     }
                     return Poll::Ready(Ok(()));
                 }
+                Event::Inbox
+                    if self.inbox.take_upstream_moved()
+                        && (self.opening.is_some()
+                            || self.busy.as_deref().is_some_and(|b| b.dedicated.is_some())) =>
+                {
+                    // Its own connection is to the old primary (or about to be): closed, as
+                    // Sentinel has the old primary close its clients, so that the library
+                    // reconnects and starts afresh on the new one. What is ready goes out.
+                    tracing::info!(
+                        "closing a client whose own upstream connection is to the old primary"
+                    );
+                    if let Some(b) = self.busy.as_deref_mut() {
+                        b.take_inbox(&self.inbox);
+                        let _ = b.flush(&self.stream);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
                 Event::Inbox => match self.server.clients.phase() {
                     Phase::Run => {
                         let lost = self.inbox.take_upstream_lost();
