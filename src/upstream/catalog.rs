@@ -8,12 +8,17 @@ use std::time::Duration;
 use crate::command::learned::{self, Learned};
 use crate::command::REDIS_VERSION;
 use crate::config::UpstreamSettings;
+use crate::protocol::scanner::ReplyScanner;
 use crate::upstream::handshake::setup_commands;
 use crate::upstream::health::State;
 use crate::upstream::monitor::MonitorHandle;
 use crate::upstream::socket;
 use crate::upstream::target::Target;
 use std::sync::Arc;
+
+/// Deepest nesting of a `COMMAND` reply accepted (Redis 7's is 7: entries, subcommands, key
+/// specs and their parts).
+const MAX_DEPTH: usize = 16;
 
 /// Largest `COMMAND` reply read (Redis 7.4's is about 250 KiB; modules add to it).
 const MAX_REPLY: usize = 16 << 20;
@@ -98,11 +103,22 @@ async fn fetch(settings: &UpstreamSettings, address: &str) -> Result<Vec<u8>, Fa
     let exchange = async {
         stream.write_all(&wire).await?;
         let mut buf = bytes::BytesMut::with_capacity(64 << 10);
+        // Framed by the data path's scanner, resumably and with nesting capped (COMMAND's
+        // reply nests 7 deep), so that the decode of the whole reply afterwards is bounded.
+        let mut scanner = ReplyScanner::new(MAX_DEPTH);
+        let (mut at, mut frames) = (0, 0);
         loop {
             // The login's replies come first; the COMMAND reply is the frame after them.
-            let mut at = 0;
-            let mut frames = 0;
-            while let Ok(Some((_, used))) = redis_protocol::resp2::decode::decode(&buf[at..]) {
+            loop {
+                let used = match scanner.scan(&buf[at..]) {
+                    Ok(Some(frame)) => frame.len,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return Ok(Err(Failure::Refused(format!(
+                            "an unframeable reply: {e:?}"
+                        ))))
+                    }
+                };
                 if frames < setup.len() && !buf[at..].starts_with(b"+OK") {
                     let line = buf[at..at + used].escape_ascii().to_string();
                     return Ok(Err(Failure::Refused(format!("the proxy's login: {line}"))));
