@@ -302,7 +302,33 @@ fn probe(address: String) -> PingProbe {
         login: None,
         tls: None,
         target: None,
+        primary_only: false,
     }
+}
+
+/// Under Sentinel a demoted primary still answers PING; the probe asks ROLE too, and only a
+/// primary passes it, so keyspaces follow their modes instead of writes meeting -READONLY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_sentinel_only_a_primary_passes_the_probe() {
+    let primary = RedisServer::start();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    let sentinel_probe = |address: String| PingProbe {
+        primary_only: true,
+        ..probe(address)
+    };
+    assert_eq!(
+        sentinel_probe(primary.addr()).probe(TIMEOUTS).await,
+        Outcome::Success
+    );
+    assert_eq!(
+        sentinel_probe(replica.addr()).probe(TIMEOUTS).await,
+        Outcome::Failure(Cause::ProbeFailed)
+    );
+    // Without Sentinel the replica answers PING: the probe does not ask.
+    assert_eq!(
+        probe(replica.addr()).probe(TIMEOUTS).await,
+        Outcome::Success
+    );
 }
 
 const TIMEOUTS: ProbeTimeouts = ProbeTimeouts {

@@ -72,6 +72,8 @@ pub struct MonitorSettings {
     pub connect_timeout: Duration,
     /// TLS toward the upstream, as the data path's connections have it.
     pub tls: Option<UpstreamTls>,
+    /// Under Sentinel: only a primary (by `ROLE`) passes the probe.
+    pub primary_only: bool,
     /// Between probes while healthy. Default 1 s: a killed upstream with no traffic is noticed
     /// within one interval; the cost is one connection a second.
     pub probe_interval: Duration,
@@ -111,6 +113,7 @@ impl Default for MonitorSettings {
             login: None,
             connect_timeout: Duration::from_millis(500),
             tls: None,
+            primary_only: false,
             probe_interval: Duration::from_secs(1),
             recovery_probe_interval: Duration::from_millis(25),
             probe_timeout: Duration::from_millis(500),
@@ -140,6 +143,7 @@ impl MonitorSettings {
                 .map(|login| login.raw().clone()),
             connect_timeout: s.upstream.connect_timeout,
             tls: s.upstream.tls.clone(),
+            primary_only: s.upstream.sentinel.is_some(),
             probe_interval: s.health.probe_interval,
             probe_timeout: s.health.probe_timeout,
             failure_threshold: s.health.failure_threshold,
@@ -186,6 +190,9 @@ pub struct PingProbe {
     pub tls: Option<UpstreamTls>,
     /// Where to probe when set (rather than `address`): the current primary under Sentinel.
     pub target: Option<Arc<Target>>,
+    /// Under Sentinel: the probe also asks `ROLE`, and a server that is no longer a primary
+    /// (demoted, and the sentinels have not said so yet) fails it.
+    pub primary_only: bool,
 }
 
 /// A running monitor. Dropping it (or [`Monitor::stop`]) stops its tasks.
@@ -264,6 +271,7 @@ impl Monitor {
             login: settings.login.clone(),
             tls: settings.tls.clone(),
             target: Some(target),
+            primary_only: settings.primary_only,
         };
         Monitor::start_with(settings, probe, events, keyspaces).await
     }
@@ -624,13 +632,22 @@ impl Probe for PingProbe {
                 wire.extend_from_slice(login);
             }
             wire.extend_from_slice(b"PING\r\n");
+            if self.primary_only {
+                wire.extend_from_slice(b"ROLE\r\n");
+            }
+            let n = 1 + usize::from(self.login.is_some()) + 3 * usize::from(self.primary_only);
             stream.write_all(&wire).await?;
-            read_lines(&stream, 1 + usize::from(self.login.is_some())).await
+            read_lines(&stream, n).await
         };
-        let expected: &[&[u8]] = match self.login {
-            Some(_) => &[b"+OK", b"+PONG"],
-            None => &[b"+PONG"],
-        };
+        let mut expected: Vec<&[u8]> = Vec::with_capacity(5);
+        if self.login.is_some() {
+            expected.push(b"+OK");
+        }
+        expected.push(b"+PONG");
+        if self.primary_only {
+            // The head of ROLE's reply from a primary: `*3`, `$6`, `master`.
+            expected.extend([&b"*3"[..], b"$6", b"master"]);
+        }
         match tokio::time::timeout(timeouts.reply, exchange).await {
             Err(_) => Outcome::Failure(Cause::Timeout),
             Ok(Err(_)) => Outcome::Failure(Cause::Closed),
