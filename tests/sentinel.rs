@@ -17,27 +17,36 @@ const MASTER: &str = "kwmaster";
 /// One sentinel process, killed when dropped.
 struct Sentinel {
     port: u16,
+    /// Its TLS port, when the rig runs TLS.
+    tls_port: Option<u16>,
     child: Child,
     _dir: tempfile::TempDir,
 }
 
 impl Sentinel {
-    fn start(primary_port: u16) -> Sentinel {
+    fn start(primary_port: u16, certs: Option<&Certs>) -> Sentinel {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let tls_port = certs.map(|_| free_port());
         let conf = dir.path().join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\n\
-                 sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
-                 sentinel down-after-milliseconds {MASTER} 1000\n\
-                 sentinel failover-timeout {MASTER} 5000\n\
-                 sentinel parallel-syncs {MASTER} 1\n",
-                dir.path().display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\n\
+             sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
+             sentinel down-after-milliseconds {MASTER} 1000\n\
+             sentinel failover-timeout {MASTER} 5000\n\
+             sentinel parallel-syncs {MASTER} 1\n",
+            dir.path().display()
+        );
+        if let (Some(certs), Some(tls_port)) = (certs, tls_port) {
+            text.push_str(&format!(
+                "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\n\
+                 tls-ca-cert-file {}\ntls-auth-clients yes\ntls-replication yes\n",
+                certs.arg("server.pem"),
+                certs.arg("server.key"),
+                certs.arg("ca.pem")
+            ));
+        }
+        std::fs::write(&conf, text).unwrap();
         let child = Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
@@ -48,13 +57,15 @@ impl Sentinel {
         wait_for(&format!("sentinel on {port}"), || ping(port));
         Sentinel {
             port,
+            tls_port,
             child,
             _dir: dir,
         }
     }
 
+    /// Where keywarden reaches it: its TLS port when there is one.
     fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.tls_port.unwrap_or(self.port))
     }
 }
 
@@ -91,17 +102,62 @@ struct Rig {
     primary: RedisServer,
     replica: RedisServer,
     sentinels: Vec<Sentinel>,
+    /// With TLS: the certificates, and the primary's and the replica's TLS ports.
+    tls: Option<(std::sync::Arc<Certs>, u16, u16)>,
+}
+
+/// Options that make a redis-server serve TLS on `port` (and replicate over TLS).
+fn tls_args(certs: &Certs, port: u16) -> Vec<String> {
+    [
+        "--tls-port".to_owned(),
+        port.to_string(),
+        "--tls-cert-file".to_owned(),
+        certs.arg("server.pem"),
+        "--tls-key-file".to_owned(),
+        certs.arg("server.key"),
+        "--tls-ca-cert-file".to_owned(),
+        certs.arg("ca.pem"),
+        "--tls-auth-clients".to_owned(),
+        "yes".to_owned(),
+        "--tls-replication".to_owned(),
+        "yes".to_owned(),
+    ]
+    .to_vec()
 }
 
 impl Rig {
     fn start() -> Rig {
-        let primary = RedisServer::start();
-        let replica =
-            RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+        Rig::start_tls(None)
+    }
+
+    /// With certificates, everything talks TLS: replication, the sentinels to the servers,
+    /// and keywarden to the sentinels and the primary (plain ports stay for the test's checks).
+    fn start_tls(certs: Option<std::sync::Arc<Certs>>) -> Rig {
+        let (ptls, rtls) = (free_port(), free_port());
+        let primary_args = certs
+            .as_ref()
+            .map(|c| tls_args(c, ptls))
+            .unwrap_or_default();
+        let primary_args: Vec<&str> = primary_args.iter().map(String::as_str).collect();
+        let primary = RedisServer::start_with(&primary_args);
+        let upstream_port = if certs.is_some() { ptls } else { primary.port };
+        let mut replica_args = certs
+            .as_ref()
+            .map(|c| tls_args(c, rtls))
+            .unwrap_or_default();
+        replica_args.extend([
+            "--replicaof".to_owned(),
+            "127.0.0.1".to_owned(),
+            upstream_port.to_string(),
+        ]);
+        let replica_args: Vec<&str> = replica_args.iter().map(String::as_str).collect();
+        let replica = RedisServer::start_with(&replica_args);
         wait_for("the replica's sync", || {
             cli(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
         });
-        let sentinels: Vec<Sentinel> = (0..3).map(|_| Sentinel::start(primary.port)).collect();
+        let sentinels: Vec<Sentinel> = (0..3)
+            .map(|_| Sentinel::start(upstream_port, certs.as_deref()))
+            .collect();
         for s in &sentinels {
             wait_for("the sentinels to know each other and the replica", || {
                 let peers = cli(s.port, &["SENTINEL", "SENTINELS", MASTER]);
@@ -113,6 +169,7 @@ impl Rig {
             primary,
             replica,
             sentinels,
+            tls: certs.map(|c| (c, ptls, rtls)),
         }
     }
 
@@ -124,7 +181,15 @@ impl Rig {
             master: MASTER.to_owned(),
             username: None,
             password: None,
+            tls: self.tls.is_some(),
         });
+        if let Some((certs, _, _)) = &self.tls {
+            s.upstream.tls = Some(keywarden::config::UpstreamTls {
+                ca_file: certs.path("ca.pem"),
+                client_cert: Some((certs.path("client.pem"), certs.path("client.key"))),
+                server_name: None,
+            });
+        }
         s.events.file = Some(events.to_path_buf());
         s
     }
@@ -225,5 +290,32 @@ async fn a_sentinel_failover_moves_traffic_to_the_new_primary() {
         switched_at < promoted + Duration::from_millis(1500),
         "promoted {promoted:?}, switched {switched_at:?}"
     );
+    proxy.shutdown().await;
+}
+
+/// Everything over TLS: keywarden reaches the sentinels and the primary with the upstream's
+/// CA and client certificate, and follows the primary to the replica's TLS port after kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_and_primary_over_tls() {
+    let certs = std::sync::Arc::new(Certs::make());
+    let mut rig = tokio::task::spawn_blocking(move || Rig::start_tls(Some(certs)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let proxy = Proxy::start(rig.settings(&events)).await;
+    write_until_ok(&proxy, "before").await;
+    assert_eq!(cli(rig.primary.port, &["GET", "before"]), "v");
+    rig.primary.kill();
+    let took = write_until_ok(&proxy, "after").await;
+    assert_eq!(cli(rig.replica.port, &["GET", "after"]), "v");
+    let (_, _, replica_tls) = rig.tls.as_ref().unwrap();
+    let switched: Vec<_> = events_in(&events)
+        .into_iter()
+        .filter(|e| e["event"] == "BACKEND_SWITCHED")
+        .collect();
+    assert_eq!(switched.len(), 1, "{switched:?}");
+    assert_eq!(switched[0]["to"], format!("127.0.0.1:{replica_tls}"));
+    eprintln!("over TLS, kill -9 to the first write on the new primary: {took:?}");
     proxy.shutdown().await;
 }

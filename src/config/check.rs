@@ -605,6 +605,16 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
         None => Some(None),
         Some(s) => s.map(Some),
     };
+    if let (Some(Some(s)), None) = (&sentinel, &raw.tls) {
+        if s.tls {
+            c.report(
+                "sentinel.tls",
+                "needs [upstream.tls]: the sentinels are reached with its CA and client \
+                 certificate"
+                    .to_owned(),
+            );
+        }
+    }
     let connections = c.check("connections", raw.connections, |n| count(n, CONNECTIONS));
     let connect_timeout = c.check("connect_timeout", raw.connect_timeout, timeout);
     let command_timeout = c.check("command_timeout", raw.command_timeout, timeout);
@@ -704,6 +714,7 @@ fn check_sentinel(c: &mut Checker, raw: RawSentinel) -> Option<SentinelSettings>
         master: master?,
         username,
         password,
+        tls: raw.tls,
     })
 }
 

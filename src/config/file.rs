@@ -136,6 +136,8 @@ pub(super) struct RawSentinel {
     pub(super) username: String,
     /// "" = none.
     pub(super) password: Secret,
+    /// Reach the sentinels over TLS, with `[upstream.tls]`'s CA and client certificate.
+    pub(super) tls: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

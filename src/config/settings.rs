@@ -77,6 +77,9 @@ pub struct SentinelSettings {
     /// Credentials for the sentinels themselves (`AUTH`), if they require them.
     pub username: Option<String>,
     pub password: Option<String>,
+    /// Reach the sentinels over TLS, with the upstream's CA and client certificate (the
+    /// name checked is each sentinel's host).
+    pub tls: bool,
 }
 
 impl fmt::Debug for SentinelSettings {
@@ -86,12 +89,14 @@ impl fmt::Debug for SentinelSettings {
             master,
             username,
             password,
+            tls,
         } = self;
         f.debug_struct("SentinelSettings")
             .field("addresses", addresses)
             .field("master", master)
             .field("username", username)
             .field("password", &password.as_ref().map(|_| REDACTED))
+            .field("tls", tls)
             .finish()
     }
 }

@@ -1019,6 +1019,11 @@ fn the_upstream_is_an_address_or_sentinel_not_both() {
         !format!("{s:?}").contains("\"pw\""),
         "Debug hides the sentinel password"
     );
+    assert_problem(
+        "[upstream.sentinel]\naddresses = [\"127.0.0.1:26379\"]\nmaster = \"m\"\ntls = true\n",
+        "upstream.sentinel.tls",
+        "needs [upstream.tls]",
+    );
     // Neither: the default address.
     assert_eq!(parse("").unwrap().upstream.address, "127.0.0.1:6379");
 }

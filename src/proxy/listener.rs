@@ -79,7 +79,7 @@ pub async fn run(
     let target = match &settings.upstream.sentinel {
         None => Target::new(&settings.upstream.address),
         Some(sentinel) => {
-            let found = target::primary(sentinel).await;
+            let found = target::primary(sentinel, settings.upstream.tls.as_ref()).await;
             match &found {
                 Some(primary) => {
                     tracing::info!(master = %sentinel.master, %primary, "the sentinels name the primary")

@@ -126,6 +126,14 @@ async fn ask(
     tokio::time::timeout(ASK, exchange).await.ok().flatten()
 }
 
+/// TLS toward the sentinels when they ask for it: the upstream's CA and client certificate,
+/// each sentinel's own host as the name to check.
+fn sentinel_tls(s: &SentinelSettings, upstream: Option<&UpstreamTls>) -> Option<UpstreamTls> {
+    let mut tls = upstream.filter(|_| s.tls)?.clone();
+    tls.server_name = None;
+    Some(tls)
+}
+
 fn login(s: &SentinelSettings) -> Option<Request> {
     let password = s.password.as_deref()?;
     Some(match s.username.as_deref() {
@@ -146,12 +154,15 @@ fn text(frame: &OwnedFrame) -> Option<String> {
 /// `host:port` of the primary the sentinels name: each is asked, and the address most of
 /// those that answer agree on wins, so that one stale or isolated sentinel cannot move the
 /// traffic (a tie goes to the first sentinel's answer).
-pub(crate) async fn primary(s: &SentinelSettings) -> Option<String> {
+pub(crate) async fn primary(s: &SentinelSettings, tls: Option<&UpstreamTls>) -> Option<String> {
     let req = Request::from_args(&["SENTINEL", "get-master-addr-by-name", &s.master]);
     let login = login(s);
+    let tls = sentinel_tls(s, tls);
     let mut named: Vec<(String, usize)> = Vec::new();
     for sentinel in &s.addresses {
-        let Some(OwnedFrame::Array(parts)) = ask(sentinel, None, login.as_ref(), &req).await else {
+        let Some(OwnedFrame::Array(parts)) =
+            ask(sentinel, tls.as_ref(), login.as_ref(), &req).await
+        else {
             continue;
         };
         if let [host, port] = &parts[..] {
@@ -193,8 +204,12 @@ pub(crate) async fn follow(
     switched: impl Fn(&str, &str) + Send + 'static,
 ) {
     let wake = Arc::new(Notify::new());
+    let to_sentinels = sentinel_tls(&s, tls.as_ref());
     let listeners: Vec<_> = (s.addresses.iter())
-        .map(|a| tokio::spawn(listen(a.clone(), s.clone(), wake.clone())))
+        .map(|a| {
+            let (s, wake, tls) = (s.clone(), wake.clone(), to_sentinels.clone());
+            tokio::spawn(listen(a.clone(), s, tls, wake))
+        })
         .collect();
     struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
     impl Drop for AbortOnDrop {
@@ -210,7 +225,7 @@ pub(crate) async fn follow(
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = wake.notified() => {}
         }
-        let Some(found) = primary(&s).await else {
+        let Some(found) = primary(&s, tls.as_ref()).await else {
             continue;
         };
         let current = target.current();
@@ -225,17 +240,22 @@ pub(crate) async fn follow(
 
 /// Subscribes to one sentinel's `+switch-master` and wakes the follower on each message for
 /// this master; reconnects after a second when the sentinel goes away.
-async fn listen(address: String, s: SentinelSettings, wake: Arc<Notify>) {
+async fn listen(address: String, s: SentinelSettings, tls: Option<UpstreamTls>, wake: Arc<Notify>) {
     loop {
-        let _ = subscribed(&address, &s, &wake).await;
+        let _ = subscribed(&address, &s, tls.as_ref(), &wake).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn subscribed(address: &str, s: &SentinelSettings, wake: &Notify) -> Option<()> {
+async fn subscribed(
+    address: &str,
+    s: &SentinelSettings,
+    tls: Option<&UpstreamTls>,
+    wake: &Notify,
+) -> Option<()> {
     // Keepalive: a sentinel whose host vanished is noticed, and the listener reconnects.
     let keepalive = Some(Duration::from_secs(30));
-    let conn: Conn = socket::connect_upstream(address, ASK, keepalive, None)
+    let conn: Conn = socket::connect_upstream(address, ASK, keepalive, tls)
         .await
         .ok()?;
     let mut wire = Vec::new();

@@ -92,7 +92,7 @@ pub(crate) fn forget_connectors() {
     *CONNECTORS.lock().unwrap_or_else(|p| p.into_inner()) = None;
 }
 
-type Connectors = Mutex<Option<((UpstreamTls, String), Arc<Connector>)>>;
+type Connectors = Mutex<Option<(UpstreamTls, Arc<ClientConfig>)>>;
 static CONNECTORS: Connectors = Mutex::new(None);
 
 /// What every upstream connection needs for TLS: the configuration and the name to verify.
@@ -108,16 +108,30 @@ impl Connector {
     }
 }
 
-/// The connector for `tls` toward `address` (host:port), built once per distinct setting: the
-/// shared connections, dedicated ones, the probe and the command-table reader all ask.
-pub(crate) fn connector(tls: &UpstreamTls, address: &str) -> io::Result<Arc<Connector>> {
-    let wanted = (tls.clone(), address.to_owned());
-    let mut cache = CONNECTORS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((k, c)) = cache.as_ref() {
-        if *k == wanted {
-            return Ok(c.clone());
+/// The connector for `tls` toward `address` (host:port). The configuration (certificates read
+/// from their files) is built once per setting and shared by every address: the shared
+/// connections, dedicated ones, the probe, the command-table reader and the sentinels ask.
+pub(crate) fn connector(tls: &UpstreamTls, address: &str) -> io::Result<Connector> {
+    let config = {
+        let mut cache = CONNECTORS.lock().unwrap_or_else(|p| p.into_inner());
+        match cache.as_ref() {
+            Some((k, config)) if k == tls => config.clone(),
+            _ => {
+                let config = client_config(tls)?;
+                *cache = Some((tls.clone(), config.clone()));
+                config
+            }
         }
-    }
+    };
+    let host = match &tls.server_name {
+        Some(name) => name.clone(),
+        None => host_of(address).to_owned(),
+    };
+    let name = ServerName::try_from(host).map_err(invalid)?;
+    Ok(Connector { config, name })
+}
+
+fn client_config(tls: &UpstreamTls) -> io::Result<Arc<ClientConfig>> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(invalid)?
@@ -128,17 +142,7 @@ pub(crate) fn connector(tls: &UpstreamTls, address: &str) -> io::Result<Arc<Conn
             .with_client_auth_cert(certs(cert)?, key(k)?)
             .map_err(invalid)?,
     };
-    let host = match &tls.server_name {
-        Some(name) => name.clone(),
-        None => host_of(address).to_owned(),
-    };
-    let name = ServerName::try_from(host).map_err(invalid)?;
-    let connector = Arc::new(Connector {
-        config: Arc::new(config),
-        name,
-    });
-    *cache = Some((wanted, connector.clone()));
-    Ok(connector)
+    Ok(Arc::new(config))
 }
 
 /// The host of `host:port` (`[::1]:6379` gives `::1`).

@@ -3,6 +3,10 @@
 //! small RESP client over a raw socket.
 #![allow(dead_code)]
 
+mod certs;
+#[allow(unused_imports)] // only the TLS and Sentinel tests make certificates
+pub use certs::Certs;
+
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
