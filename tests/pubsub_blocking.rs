@@ -1195,7 +1195,14 @@ async fn client_unblock_of_a_keywarden_id_unblocks_that_client() {
 
     waiter.send(&[&["BLPOP", "jobs", "0"]]).await;
     wait_for_blocked(&redis, 1).await;
-    assert_eq!(other.cmd(&["CLIENT", "UNBLOCK", &id]).await, b":1\r\n");
+    // Redis may report the block a moment before keywarden has read the connection's id
+    // there (the CLIENT ID it sends ahead of the first blocking command): until then the
+    // client is not known to be blocked, and UNBLOCK answers 0, as for a client that is not.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while other.cmd(&["CLIENT", "UNBLOCK", &id]).await != b":1\r\n" {
+        assert!(tokio::time::Instant::now() < deadline, "never unblocked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(show_bytes(&waiter.frame().await), show_bytes(b"*-1\r\n"));
 
     waiter.send(&[&["BLPOP", "jobs", "0"]]).await;
