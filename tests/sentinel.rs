@@ -195,6 +195,14 @@ impl Rig {
     }
 }
 
+/// The `BACKEND_SWITCHED` events in the events file.
+fn switched_events(events: &Path) -> Vec<serde_json::Value> {
+    events_in(events)
+        .into_iter()
+        .filter(|e| e["event"] == "BACKEND_SWITCHED")
+        .collect()
+}
+
 /// Writes `SET key value` through keywarden until one succeeds; how long that took.
 async fn write_until_ok(proxy: &Proxy, key: &str) -> Duration {
     let start = Instant::now();
@@ -229,10 +237,7 @@ async fn the_primary_is_found_through_sentinel_and_followed_after_kill_9() {
         cli(rig.replica.port, &["ROLE"]).lines().next(),
         Some("master")
     );
-    let switched: Vec<_> = events_in(&events)
-        .into_iter()
-        .filter(|e| e["event"] == "BACKEND_SWITCHED")
-        .collect();
+    let switched = switched_events(&events);
     assert_eq!(switched.len(), 1, "{switched:?}");
     assert_eq!(switched[0]["to"], rig.replica.addr());
     assert_eq!(switched[0]["upstream"], format!("sentinel:{MASTER}"));
@@ -265,11 +270,7 @@ async fn a_sentinel_failover_moves_traffic_to_the_new_primary() {
         if promoted.is_none() && cli(rig.replica.port, &["ROLE"]).lines().next() == Some("master") {
             promoted = Some(start.elapsed());
         }
-        let switched = events_in(&events)
-            .into_iter()
-            .filter(|e| e["event"] == "BACKEND_SWITCHED")
-            .count();
-        if switched == 1 {
+        if switched_events(&events).len() == 1 {
             break start.elapsed();
         }
         assert!(
@@ -310,10 +311,7 @@ async fn sentinel_and_primary_over_tls() {
     let took = write_until_ok(&proxy, "after").await;
     assert_eq!(cli(rig.replica.port, &["GET", "after"]), "v");
     let (_, _, replica_tls) = rig.tls.as_ref().unwrap();
-    let switched: Vec<_> = events_in(&events)
-        .into_iter()
-        .filter(|e| e["event"] == "BACKEND_SWITCHED")
-        .collect();
+    let switched = switched_events(&events);
     assert_eq!(switched.len(), 1, "{switched:?}");
     assert_eq!(switched[0]["to"], format!("127.0.0.1:{replica_tls}"));
     eprintln!("over TLS, kill -9 to the first write on the new primary: {took:?}");

@@ -173,20 +173,22 @@ pub(crate) fn reload(parts: &Parts<'_>, trigger: Trigger) -> Result<Applied, Rej
             ],
         }),
     };
+    // A rejected reload is counted and told, and changes nothing.
+    let reject = |rejected: Rejected| {
+        parts.counts.record_reload(false);
+        parts.events.emit_reload(&ReloadEvent {
+            source: &origin,
+            trigger: trigger.as_str(),
+            generation: current.generation,
+            outcome: ReloadOutcome::Failed {
+                errors: &rejected.errors,
+            },
+        });
+        Err(rejected)
+    };
     let new = match loaded {
         Ok(new) => new,
-        Err(rejected) => {
-            parts.counts.record_reload(false);
-            parts.events.emit_reload(&ReloadEvent {
-                source: &origin,
-                trigger: trigger.as_str(),
-                generation: current.generation,
-                outcome: ReloadOutcome::Failed {
-                    errors: &rejected.errors,
-                },
-            });
-            return Err(rejected);
-        }
+        Err(rejected) => return reject(rejected),
     };
     let Plan {
         settings,
@@ -199,19 +201,9 @@ pub(crate) fn reload(parts: &Parts<'_>, trigger: Trigger) -> Result<Applied, Rej
         (Some(tls), Some(_)) => match crate::upstream::tls::server_config(tls) {
             Ok(config) => Some(config),
             Err(e) => {
-                let rejected = Rejected {
+                return reject(Rejected {
                     errors: vec![format!("tls: {e}")],
-                };
-                parts.counts.record_reload(false);
-                parts.events.emit_reload(&ReloadEvent {
-                    source: &origin,
-                    trigger: trigger.as_str(),
-                    generation: current.generation,
-                    outcome: ReloadOutcome::Failed {
-                        errors: &rejected.errors,
-                    },
-                });
-                return Err(rejected);
+                })
             }
         },
         _ => None,
