@@ -195,6 +195,25 @@ impl Rig {
     }
 }
 
+/// keywarden in front of `rig` writes to the primary; the primary is killed (`kill -9`); how
+/// long until a write through keywarden succeeds, on the replica (checked), with keywarden and
+/// its events file (in the directory returned, kept while it lives).
+async fn kill_primary_and_write(
+    rig: &mut Rig,
+) -> (Proxy, tempfile::TempDir, std::path::PathBuf, Duration) {
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("events.jsonl");
+    let proxy = Proxy::start(rig.settings(&events)).await;
+    write_until_ok(&proxy, "before").await;
+    assert_eq!(cli(rig.primary.port, &["GET", "before"]), "v");
+    rig.primary.kill();
+    let took = write_until_ok(&proxy, "after").await;
+    // down-after-milliseconds (1 s) plus the sentinels' election and promotion.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert_eq!(cli(rig.replica.port, &["GET", "after"]), "v");
+    (proxy, dir, events, took)
+}
+
 /// The `BACKEND_SWITCHED` events in the events file.
 fn switched_events(events: &Path) -> Vec<serde_json::Value> {
     events_in(events)
@@ -222,17 +241,7 @@ async fn write_until_ok(proxy: &Proxy, key: &str) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_primary_is_found_through_sentinel_and_followed_after_kill_9() {
     let mut rig = tokio::task::spawn_blocking(Rig::start).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
-    let proxy = Proxy::start(rig.settings(&events)).await;
-    write_until_ok(&proxy, "before").await;
-    assert_eq!(cli(rig.primary.port, &["GET", "before"]), "v");
-
-    rig.primary.kill();
-    let took = write_until_ok(&proxy, "after").await;
-    // down-after-milliseconds (1 s) plus the sentinels' election and promotion.
-    assert!(took < Duration::from_secs(15), "{took:?}");
-    assert_eq!(cli(rig.replica.port, &["GET", "after"]), "v");
+    let (proxy, _dir, events, took) = kill_primary_and_write(&mut rig).await;
     assert_eq!(
         cli(rig.replica.port, &["ROLE"]).lines().next(),
         Some("master")
@@ -302,14 +311,7 @@ async fn sentinel_and_primary_over_tls() {
     let mut rig = tokio::task::spawn_blocking(move || Rig::start_tls(Some(certs)))
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
-    let proxy = Proxy::start(rig.settings(&events)).await;
-    write_until_ok(&proxy, "before").await;
-    assert_eq!(cli(rig.primary.port, &["GET", "before"]), "v");
-    rig.primary.kill();
-    let took = write_until_ok(&proxy, "after").await;
-    assert_eq!(cli(rig.replica.port, &["GET", "after"]), "v");
+    let (proxy, _dir, events, took) = kill_primary_and_write(&mut rig).await;
     let (_, _, replica_tls) = rig.tls.as_ref().unwrap();
     let switched = switched_events(&events);
     assert_eq!(switched.len(), 1, "{switched:?}");
