@@ -76,6 +76,7 @@ mod disposition;
 mod keys;
 pub mod learned;
 pub(crate) mod name_index;
+pub mod slot;
 mod table;
 
 use std::fmt;

@@ -586,7 +586,35 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
     c.table = "upstream.";
     let sentinel = raw.sentinel.map(|s| check_sentinel(c, s));
     c.table = "upstream.";
+    let cluster_nodes = match raw.cluster_nodes {
+        None => Some(Vec::new()),
+        Some(nodes) => c.check("cluster_nodes", nodes, |list| {
+            if list.is_empty() {
+                return Err("needs at least one node of the cluster, as host:port".to_owned());
+            }
+            for a in &list {
+                host_port(a)?;
+            }
+            Ok(list)
+        }),
+    };
+    let clustered = cluster_nodes.as_ref().is_some_and(|n| !n.is_empty());
+    if clustered && (raw.address.is_some() || sentinel.is_some()) {
+        let other = if sentinel.is_some() {
+            "[upstream.sentinel]"
+        } else {
+            "upstream.address"
+        };
+        c.report(
+            "cluster_nodes",
+            format!(
+                "and {other} both name the upstream: keep one (a cluster's nodes are \
+                 discovered from its seeds)"
+            ),
+        );
+    }
     let address = match (raw.address, &sentinel) {
+        _ if clustered => cluster_nodes.as_ref().map(|n| n[0].clone()),
         (Some(_), Some(_)) => {
             c.report(
                 "address",
@@ -662,6 +690,7 @@ fn check_upstream(c: &mut Checker, raw: RawUpstream) -> Option<UpstreamSettings>
         }
     };
     Some(UpstreamSettings {
+        cluster_nodes: cluster_nodes?,
         sentinel: sentinel?,
         tls: tls?,
         address: address?,

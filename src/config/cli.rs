@@ -294,7 +294,7 @@ mod tests {
         let syntax = TempFile::new("syntax.toml", "[upstream]\nadress = \"h:1\"\n");
         let (text, code) = check_config(&syntax.0);
         assert_eq!(code, 1);
-        assert!(text.ends_with(&format!("{}:2:1: upstream.adress: unknown field `adress`, expected one of `address`, `connections`, `connect_timeout`, `command_timeout`, `reconnect_backoff_min`, `reconnect_backoff_max`, `username`, `password`, `tls`, `sentinel`", syntax.0.display())), "{text}");
+        assert!(text.ends_with(&format!("{}:2:1: upstream.adress: unknown field `adress`, expected one of `address`, `connections`, `connect_timeout`, `command_timeout`, `reconnect_backoff_min`, `reconnect_backoff_max`, `username`, `password`, `tls`, `sentinel`, `cluster_nodes`", syntax.0.display())), "{text}");
 
         let (text, code) = check_config(&missing());
         assert_eq!(code, 1);

@@ -125,6 +125,8 @@ pub(super) struct RawUpstream {
     pub(super) tls: Option<RawUpstreamTls>,
     /// `[upstream.sentinel]`: present = the upstream is the primary Sentinel names.
     pub(super) sentinel: Option<RawSentinel>,
+    /// Seed nodes of a Redis Cluster: present = the upstream is that cluster.
+    pub(super) cluster_nodes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +235,7 @@ impl Default for RawUpstream {
             password: Secret::default(),
             tls: None,
             sentinel: None,
+            cluster_nodes: None,
         }
     }
 }

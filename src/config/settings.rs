@@ -170,6 +170,9 @@ pub struct UpstreamSettings {
     /// When set, the upstream is the primary these sentinels name, followed across
     /// failovers; `address` is then only where it was first found.
     pub sentinel: Option<SentinelSettings>,
+    /// When not empty, the upstream is the Redis Cluster these seed nodes belong to (the
+    /// other nodes are discovered); `address` is then the first seed.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl UpstreamSettings {
@@ -178,6 +181,7 @@ impl UpstreamSettings {
     pub fn name(&self) -> String {
         match &self.sentinel {
             Some(s) => format!("sentinel:{}", s.master),
+            None if !self.cluster_nodes.is_empty() => format!("cluster:{}", self.address),
             None => self.address.clone(),
         }
     }
@@ -197,6 +201,7 @@ impl fmt::Debug for UpstreamSettings {
             password,
             tls,
             sentinel,
+            cluster_nodes,
         } = self;
         f.debug_struct("UpstreamSettings")
             .field("address", address)
@@ -209,6 +214,7 @@ impl fmt::Debug for UpstreamSettings {
             .field("password", &password.as_ref().map(|_| REDACTED))
             .field("tls", tls)
             .field("sentinel", sentinel)
+            .field("cluster_nodes", cluster_nodes)
             .finish()
     }
 }

@@ -226,6 +226,7 @@ fn a_full_file_is_typed() {
                 password: Some("upstream secret".to_owned()),
                 tls: None,
                 sentinel: None,
+                cluster_nodes: Vec::new(),
             },
             limits: Limits {
                 max_bulk_len: MIB,
@@ -1026,4 +1027,34 @@ fn the_upstream_is_an_address_or_sentinel_not_both() {
     );
     // Neither: the default address.
     assert_eq!(parse("").unwrap().upstream.address, "127.0.0.1:6379");
+}
+
+#[test]
+fn a_cluster_is_named_by_its_seeds_and_by_nothing_else() {
+    let s = parse("[upstream]\ncluster_nodes = [\"10.0.0.1:7000\", \"10.0.0.2:7000\"]\n").unwrap();
+    assert_eq!(s.upstream.cluster_nodes, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+    assert_eq!(s.upstream.address, "10.0.0.1:7000");
+    assert_eq!(s.upstream.name(), "cluster:10.0.0.1:7000");
+    assert_problem(
+        "[upstream]\ncluster_nodes = []\n",
+        "upstream.cluster_nodes",
+        "needs at least one node",
+    );
+    assert_problem(
+        "[upstream]\ncluster_nodes = [\"nowhere\"]\n",
+        "upstream.cluster_nodes",
+        "host:port",
+    );
+    assert_problem(
+        "[upstream]\naddress = \"127.0.0.1:6379\"\ncluster_nodes = [\"127.0.0.1:7000\"]\n",
+        "upstream.cluster_nodes",
+        "both name the upstream",
+    );
+    assert_problem(
+        "[upstream]\ncluster_nodes = [\"127.0.0.1:7000\"]\n[upstream.sentinel]\naddresses = [\"127.0.0.1:26379\"]\nmaster = \"m\"\n",
+        "upstream.cluster_nodes",
+        "[upstream.sentinel] both name the upstream",
+    );
+    // Without it: no cluster.
+    assert!(parse("").unwrap().upstream.cluster_nodes.is_empty());
 }

@@ -104,6 +104,21 @@ pub(crate) fn section(sample: &Overview, policy: &Policy) -> String {
             ),
         );
     }
+    if !settings.upstream.cluster_nodes.is_empty() {
+        line("cluster_shards", &sample.shards.len());
+        line("cluster_redirects", &sample.redirects);
+        for (i, shard) in sample.shards.iter().enumerate() {
+            line(
+                &format!("cluster_shard{i}"),
+                &format!(
+                    "name={},primary={},state={}",
+                    shard.name,
+                    shard.primary,
+                    shard.state.as_str()
+                ),
+            );
+        }
+    }
     let (applied, failed, last_failed) = sample.reloads;
     line("config_generation", &policy.generation);
     line("config_reloads", &applied);

@@ -226,6 +226,16 @@ pub(crate) const KEYSPACE_LOCAL_OOM_REFUSALS: Metric = counter(
     &["keyspace"],
     "Writes to the keyspace refused with -OOM by the local store.",
 );
+pub(crate) const CLUSTER_SHARD_UP: Metric = gauge(
+    "keywarden_cluster_shard_up",
+    &["shard"],
+    "Under a Redis Cluster: 1 while the shard (its primary when found, and its slots then) forwards, 0 while its keys follow their keyspace's outage mode.",
+);
+pub(crate) const CLUSTER_REDIRECTS: Metric = counter(
+    "keywarden_cluster_redirects_total",
+    &[],
+    "MOVED, ASK and TRYAGAIN replies keywarden followed for its clients (none reaches them).",
+);
 pub(crate) const CONFIG_RELOADS: Metric = counter(
     "keywarden_config_reloads_total",
     &["result"],
@@ -269,6 +279,8 @@ pub(crate) const CATALOGUE: &[Metric] = &[
     KEYSPACE_LOCAL_MAX_BYTES,
     KEYSPACE_LOCAL_EVICTIONS,
     KEYSPACE_LOCAL_OOM_REFUSALS,
+    CLUSTER_SHARD_UP,
+    CLUSTER_REDIRECTS,
     CONFIG_RELOADS,
     CONFIG_LAST_RELOAD_SUCCESSFUL,
 ];
@@ -301,6 +313,18 @@ pub(crate) struct Overview {
     pub(crate) store_parts: Vec<PartStats>,
     /// Reloads applied, reloads failed, and whether the last one failed.
     pub(crate) reloads: (u64, u64, bool),
+    /// Under a Redis Cluster: each shard, and the redirections followed.
+    pub(crate) shards: Vec<ShardStatus>,
+    pub(crate) redirects: u64,
+}
+
+/// One shard of a Redis Cluster upstream, as INFO and the metrics show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShardStatus {
+    pub(crate) name: String,
+    /// Its primary now.
+    pub(crate) primary: String,
+    pub(crate) state: State,
 }
 
 /// The state metrics are read from, taken at one scrape.
@@ -331,6 +355,9 @@ pub(crate) struct Sample {
     pub store_parts: Vec<PartStats>,
     /// Reloads applied, reloads failed, and whether the last one failed.
     pub reloads: (u64, u64, bool),
+    /// Under a Redis Cluster: each shard, and the redirections followed.
+    pub shards: Vec<ShardStatus>,
+    pub redirects: u64,
 }
 
 /// The last health snapshot the transition counters were brought up to date with.
@@ -570,6 +597,12 @@ impl Metrics {
             register_counter(r, KEYSPACE_LOCAL_EVICTIONS, label()).absolute(part.evictions);
             register_counter(r, KEYSPACE_LOCAL_OOM_REFUSALS, label()).absolute(part.refusals);
         }
+        for shard in &sample.shards {
+            let label = vec![Label::new("shard", shard.name.clone())];
+            let up = f64::from(u8::from(shard.state != State::Unavailable));
+            register_gauge(&self.recorder, CLUSTER_SHARD_UP, label).set(up);
+        }
+        register_counter(&self.recorder, CLUSTER_REDIRECTS, Vec::new()).absolute(sample.redirects);
         let (applied, failed, last_failed) = sample.reloads;
         self.reloads_applied.absolute(applied);
         self.reloads_failed.absolute(failed);
@@ -748,6 +781,12 @@ mod tests {
                 refusals: 4,
             }],
             reloads: (2, 1, true),
+            shards: vec![ShardStatus {
+                name: "127.0.0.1:7001 slots 0-5460".into(),
+                primary: "127.0.0.1:7004".into(),
+                state: State::Unavailable,
+            }],
+            redirects: 3,
         }
     }
 
@@ -893,6 +932,11 @@ mod tests {
                 1.0,
             ),
             ("keywarden_config_last_reload_successful".to_owned(), 0.0),
+            (
+                r#"keywarden_cluster_shard_up{shard="127.0.0.1:7001 slots 0-5460"}"#.to_owned(),
+                0.0,
+            ),
+            ("keywarden_cluster_redirects_total".to_owned(), 3.0),
         ];
         assert_eq!(s, want.into_iter().collect::<BTreeMap<_, _>>(), "{text}");
 

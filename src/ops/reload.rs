@@ -142,6 +142,8 @@ pub(crate) fn plan(current: &Settings, mut new: Settings) -> Plan {
 pub(crate) struct Parts<'a> {
     pub live: &'a Live,
     pub upstream: &'a Upstream,
+    /// The shards, when the upstream is a Redis Cluster.
+    pub cluster: Option<&'a crate::upstream::cluster::Cluster>,
     pub monitor: &'a MonitorHandle,
     pub store: &'a Store,
     pub events: &'a Events,
@@ -219,9 +221,19 @@ pub(crate) fn reload(parts: &Parts<'_>, trigger: Trigger) -> Result<Applied, Rej
     parts
         .upstream
         .retune(&settings.upstream, &settings.limits, settings.tcp_keepalive);
-    parts
-        .monitor
-        .reconfigure(&MonitorSettings::from_settings(&settings), affected.clone());
+    match parts.cluster {
+        // The whole cluster's monitor keeps its own pace; each shard's takes the new one.
+        Some(cluster) => cluster.reconfigure(
+            &settings.upstream,
+            &settings.limits,
+            settings.tcp_keepalive,
+            &MonitorSettings::from_settings(&settings),
+            &affected,
+        ),
+        None => parts
+            .monitor
+            .reconfigure(&MonitorSettings::from_settings(&settings), affected.clone()),
+    }
     let generation = current.generation + 1;
     let layout = store_layout(&settings);
     // A key stays only while its keyspace keeps its mode (no need to look when the keyspaces

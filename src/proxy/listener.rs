@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::live::Live;
 use crate::config::Settings;
+use crate::config::UpstreamSettings;
 use crate::error::ProxyError;
 use crate::local::clock::unix_ms;
 use crate::local::store::Store;
@@ -26,9 +27,13 @@ use crate::proxy::clients::{Clients, Phase};
 use crate::proxy::server::Server;
 use crate::proxy::session::Session;
 use crate::upstream::catalog;
+use crate::upstream::cluster::{Cluster, OnSwitch};
 use crate::upstream::handshake;
 use crate::upstream::health::State;
+use crate::upstream::health::{Cause, Outcome};
 use crate::upstream::monitor::{Monitor, MonitorSettings};
+use crate::upstream::monitor::{Probe, ProbeTimeouts};
+use crate::upstream::outage::{Event, OutageEvents};
 use crate::upstream::shared::Upstream;
 use crate::upstream::socket::{self, Conn};
 use crate::upstream::target::{self, Target};
@@ -91,15 +96,60 @@ pub async fn run(
             Target::new(found.as_deref().unwrap_or_default())
         }
     };
-    let monitor = Monitor::start_at(
-        MonitorSettings::from_settings(&settings),
-        target.clone(),
-        events.clone(),
-        AffectedKeyspaces::of(&settings.keyspaces),
-    )
-    .await;
+    // A cluster: its shards, each with its own monitor and connections, and one monitor
+    // over them all (healthy while every shard is) for what looks at the upstream as a whole.
+    let cluster = match settings.upstream.cluster_nodes.is_empty() {
+        true => None,
+        false => {
+            let told = events.clone();
+            let on_switch: OnSwitch = Arc::new(move |shard: &str, from: &str, to: &str| {
+                told.emit_switched(shard, from, to)
+            });
+            Some(
+                Cluster::start(
+                    &settings.upstream,
+                    &settings.limits,
+                    settings.tcp_keepalive,
+                    MonitorSettings::from_settings(&settings),
+                    events.clone(),
+                    AffectedKeyspaces::of(&settings.keyspaces),
+                    on_switch,
+                )
+                .await,
+            )
+        }
+    };
+    let monitor = match &cluster {
+        None => {
+            Monitor::start_at(
+                MonitorSettings::from_settings(&settings),
+                target.clone(),
+                events.clone(),
+                AffectedKeyspaces::of(&settings.keyspaces),
+            )
+            .await
+        }
+        Some(cluster) => {
+            Monitor::start_with(
+                whole_cluster(&settings),
+                WholeCluster(Arc::downgrade(cluster)),
+                Arc::new(Unheard),
+                AffectedKeyspaces::of(&settings.keyspaces),
+            )
+            .await
+        }
+    };
+    // Under a cluster, one connection per protocol to the first seed: it learns the
+    // version HELLO reports; every request goes through the shards' own connections.
+    let home = match &cluster {
+        None => settings.upstream.clone(),
+        Some(_) => UpstreamSettings {
+            connections: 1,
+            ..settings.upstream.clone()
+        },
+    };
     let upstream = Upstream::start(
-        &settings.upstream,
+        &home,
         &settings.limits,
         settings.tcp_keepalive,
         monitor.handle(),
@@ -120,6 +170,7 @@ pub async fn run(
     let name = settings.upstream.name();
     let server = Arc::new(Server {
         live: Live::new(settings),
+        cluster: cluster.clone(),
         upstream: upstream.clone(),
         clients: Clients::default(),
         monitor: monitor.handle(),
@@ -254,8 +305,43 @@ pub async fn run(
     }
     upstream.stop();
     monitor.stop();
+    if let Some(cluster) = &cluster {
+        cluster.stop();
+    }
     tracing::info!("keywarden stopped");
     Ok(())
+}
+
+/// The monitor over a whole cluster: it checks, every 25 ms, that every slot's shard forwards.
+/// Its events are not emitted: each shard's monitor emits its own, naming the shard.
+fn whole_cluster(settings: &Settings) -> MonitorSettings {
+    MonitorSettings {
+        address: settings.upstream.name(),
+        probe_interval: Duration::from_millis(25),
+        recovery_probe_interval: Duration::from_millis(25),
+        failure_threshold: 1,
+        success_threshold: 1,
+        ..MonitorSettings::from_settings(settings)
+    }
+}
+
+/// The probe of [`whole_cluster`]: no network, only the shards' published states.
+struct WholeCluster(std::sync::Weak<Cluster>);
+
+impl Probe for WholeCluster {
+    async fn probe(&self, _: ProbeTimeouts) -> Outcome {
+        match self.0.upgrade() {
+            Some(c) if c.all_available() => Outcome::Success,
+            _ => Outcome::Failure(Cause::ProbeFailed),
+        }
+    }
+}
+
+/// Where the whole cluster's monitor sends its events: nowhere (see [`whole_cluster`]).
+struct Unheard;
+
+impl OutageEvents for Unheard {
+    fn emit(&self, _: &Event<'_>) {}
 }
 
 /// Background work on the local store: active expiry, and discarding what degraded keyspaces

@@ -16,7 +16,7 @@ use crate::local::engine;
 use crate::local::store::{Store, Txn, Watch};
 use crate::ops::admin;
 use crate::ops::events::Events;
-use crate::ops::metrics::{self, Overview, Sample, StoreUsage};
+use crate::ops::metrics::{self, Overview, Sample, ShardStatus, StoreUsage};
 use crate::ops::reload::{self, Applied, Rejected, ReloadCounts, Trigger};
 use crate::policy::auth::{CommandAccess, Denial, UserId};
 use crate::policy::keyspace::{Membership, Mode};
@@ -24,6 +24,7 @@ use crate::policy::router::{self, Refusal, Route};
 use crate::protocol::request::Request;
 use crate::proxy::clients::{Clients, Phase};
 use crate::proxy::session::client_state::SessionState;
+use crate::upstream::cluster::Cluster;
 use crate::upstream::monitor::MonitorHandle;
 use crate::upstream::shared::Upstream;
 
@@ -31,6 +32,9 @@ use crate::upstream::shared::Upstream;
 pub(crate) struct Server {
     /// The configuration in force, replaced whole by a [reload](crate::ops::reload).
     pub live: Live,
+    /// The shards when the upstream is a Redis Cluster; `upstream` is then a connection to
+    /// its first seed, which only learns the server's version.
+    pub cluster: Option<Arc<Cluster>>,
     pub upstream: Arc<Upstream>,
     pub clients: Clients,
     pub monitor: MonitorHandle,
@@ -66,6 +70,18 @@ impl Server {
             },
             store_parts: store.part_stats(),
             reloads: self.reloads.totals(),
+            shards: self.cluster.as_ref().map_or_else(Vec::new, |c| {
+                (c.shards().iter())
+                    .map(|s| ShardStatus {
+                        name: s.name.clone(),
+                        primary: s.target.current().to_string(),
+                        state: s.monitor.handle().snapshot().state,
+                    })
+                    .collect()
+            }),
+            redirects: self.cluster.as_ref().map_or(0, |c| {
+                c.redirects.load(std::sync::atomic::Ordering::Relaxed)
+            }),
         }
     }
 
@@ -79,6 +95,8 @@ impl Server {
             store,
             store_parts,
             reloads,
+            shards,
+            redirects,
         } = self.overview();
         let policy = self.policy();
         let (accepted, rejected, protocol_errors) = self.clients.totals();
@@ -105,6 +123,8 @@ impl Server {
             store,
             store_parts,
             reloads,
+            shards,
+            redirects,
         }
     }
 
@@ -113,6 +133,7 @@ impl Server {
         let parts = reload::Parts {
             live: &self.live,
             upstream: &self.upstream,
+            cluster: self.cluster.as_deref(),
             monitor: &self.monitor,
             store: &self.store,
             events: &self.events,
@@ -205,6 +226,30 @@ impl<'a> Ctx<'a> {
         self.route_in(req, upstream_available, &mut engine::Supports::default())
     }
 
+    /// Whether requests go upstream, read once per batch: the monitor's state, or under a
+    /// cluster, whether every shard forwards (when one does not, each request is judged by
+    /// its keys' shards: see [`Ctx::route_in`]).
+    pub(crate) fn upstream_available(&self) -> bool {
+        match &self.cluster {
+            Some(cluster) => cluster.all_available(),
+            None => self.monitor.snapshot().upstream_available(),
+        }
+    }
+
+    /// Under a cluster with a shard that does not forward: whether the shards of `req`'s keys
+    /// do (for a keyless request, whether any shard does).
+    fn shards_available(&self, req: &Request) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        let positions = command::keys(req).unwrap_or_default();
+        let keys: SmallVec<[&[u8]; 4]> = positions
+            .iter()
+            .filter_map(|&i| req.arg(i as usize))
+            .collect();
+        cluster.available_for(&keys)
+    }
+
     /// [`Ctx::route`] for one of a batch of requests, which share `supports`.
     pub(crate) fn route_in(
         &self,
@@ -212,6 +257,9 @@ impl<'a> Ctx<'a> {
         upstream_available: bool,
         supports: &mut engine::Supports,
     ) -> Route {
+        // A request spanning an available shard and one that is not follows the strictest
+        // key, as any request does while the upstream is unavailable.
+        let upstream_available = upstream_available || self.shards_available(req);
         let keyspaces = &self.settings.keyspaces;
         if keyspaces.is_empty() {
             // Every key is in the default keyspace: the keys do not matter, skip finding them.

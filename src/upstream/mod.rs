@@ -1,6 +1,7 @@
 //! The upstream Redis: shared and dedicated connections, their sockets, and its health.
 
 pub(crate) mod catalog;
+pub(crate) mod cluster;
 pub(crate) mod dedicated;
 pub(crate) mod handshake;
 pub mod health;

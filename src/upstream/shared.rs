@@ -33,6 +33,7 @@ use crate::config::{Limits, UpstreamSettings};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::protocol::request::Request;
 use crate::protocol::scanner::ReplyScanner;
+use crate::upstream::cluster::relay::Relay;
 use crate::upstream::handshake::setup_commands;
 use crate::upstream::health::{Cause, Outcome, State};
 use crate::upstream::histogram::Histogram;
@@ -164,6 +165,13 @@ impl Upstream {
         pool[i].clone()
     }
 
+    /// The connection of `lane` (a session's own number): a cluster's sessions use one
+    /// connection per shard, so that their requests to a shard stay in order.
+    pub(crate) fn lane(&self, resp3: bool, lane: usize) -> Arc<SharedConn> {
+        let pool = self.pool(resp3);
+        pool[lane % pool.len()].clone()
+    }
+
     /// A connection that is up, for a session whose own connection is down and that has no
     /// reply outstanding (so moving cannot reorder anything). None if every one is down.
     pub(crate) fn pick_up(&self, resp3: bool) -> Option<Arc<SharedConn>> {
@@ -250,6 +258,12 @@ enum Owner {
     Client(Arc<Inbox>),
     /// The proxy's own setup commands: their replies are checked and dropped.
     Setup,
+    /// Parts of a cluster relay: the replies are for parts `ids[at..]`, in order.
+    Relay {
+        relay: Arc<Relay>,
+        ids: Box<[u32]>,
+        at: usize,
+    },
     /// A session that was answered with the command timeout: its replies, if they come, are
     /// dropped, and the requests behind it keep their place.
     TimedOut,
@@ -259,11 +273,13 @@ impl Waiter {
     /// Answers the waiting client with `why` now, for each reply still owed, and drops those
     /// replies when they arrive.
     fn time_out(&mut self, why: UpstreamFailure) {
-        if let Owner::Client(inbox) = std::mem::replace(&mut self.owner, Owner::TimedOut) {
-            inbox.deliver(Chunk {
+        match std::mem::replace(&mut self.owner, Owner::TimedOut) {
+            Owner::Client(inbox) => inbox.deliver(Chunk {
                 data: repeat(&ProxyError::from(why).to_reply(), self.remaining as usize),
                 frames: self.remaining,
-            });
+            }),
+            Owner::Relay { relay, ids, at } => relay.fail(&ids[at..], why),
+            Owner::Setup | Owner::TimedOut => {}
         }
     }
 }
@@ -299,11 +315,36 @@ impl SharedConn {
         self.enqueue(reqs, inbox, upstream_available, reqs.len() as u32 - 1)
     }
 
+    /// Queues `reqs` for a cluster relay: the replies after the first `skip` are for its parts
+    /// `ids`, one each.
+    pub(crate) fn send_relay(
+        &self,
+        reqs: &[Request],
+        relay: Arc<Relay>,
+        ids: Box<[u32]>,
+        skip: u32,
+        upstream_available: bool,
+    ) -> Result<(), UpstreamFailure> {
+        debug_assert_eq!(reqs.len() as u32 - skip, ids.len() as u32);
+        let owner = Owner::Relay { relay, ids, at: 0 };
+        self.enqueue_for(reqs, owner, upstream_available, skip)
+    }
+
     /// Queues `reqs`, whose replies after the first `skip` go to `inbox` (see [`Self::send`]).
     fn enqueue(
         &self,
         reqs: &[Request],
         inbox: &Arc<Inbox>,
+        upstream_available: bool,
+        skip: u32,
+    ) -> Result<(), UpstreamFailure> {
+        self.enqueue_for(reqs, Owner::Client(inbox.clone()), upstream_available, skip)
+    }
+
+    fn enqueue_for(
+        &self,
+        reqs: &[Request],
+        owner: Owner,
         upstream_available: bool,
         skip: u32,
     ) -> Result<(), UpstreamFailure> {
@@ -326,7 +367,7 @@ impl SharedConn {
             }
         }
         q.waiters.push(Waiter {
-            owner: Owner::Client(inbox.clone()),
+            owner,
             skip,
             remaining: reqs.len() as u32 - skip,
             _hold: hold,
@@ -380,13 +421,14 @@ impl SharedConn {
 fn fail_all(waiters: impl IntoIterator<Item = Waiter>, why: UpstreamFailure) {
     let err = ProxyError::from(why).to_reply();
     for w in waiters {
-        let Owner::Client(inbox) = w.owner else {
-            continue;
-        };
-        inbox.deliver(Chunk {
-            data: repeat(&err, w.remaining as usize),
-            frames: w.remaining,
-        });
+        match w.owner {
+            Owner::Client(inbox) => inbox.deliver(Chunk {
+                data: repeat(&err, w.remaining as usize),
+                frames: w.remaining,
+            }),
+            Owner::Relay { relay, ids, at } => relay.fail(&ids[at..], why),
+            Owner::Setup | Owner::TimedOut => {}
+        }
     }
 }
 
@@ -795,10 +837,19 @@ impl Connection {
             if frames > 0 {
                 let data = self.rbuf.split_to(self.framed).freeze();
                 self.framed = 0;
-                if let Owner::Client(inbox) = &head.waiter.owner {
-                    inbox.deliver(Chunk { data, frames });
-                    // Each reply delivered here waited this long since its run was taken.
-                    self.latency.record(head.since.elapsed(), u64::from(frames));
+                match &mut head.waiter.owner {
+                    Owner::Client(inbox) => {
+                        inbox.deliver(Chunk { data, frames });
+                        // Each reply delivered here waited this long since its run was taken.
+                        self.latency.record(head.since.elapsed(), u64::from(frames));
+                    }
+                    Owner::Relay { relay, ids, at } => {
+                        let end = *at + frames as usize;
+                        relay.receive(&ids[*at..end], data);
+                        *at = end;
+                        self.latency.record(head.since.elapsed(), u64::from(frames));
+                    }
+                    Owner::Setup | Owner::TimedOut => {}
                 }
                 head.waiter.remaining -= frames;
             }

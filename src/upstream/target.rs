@@ -57,7 +57,7 @@ impl Target {
         self.changed.subscribe()
     }
 
-    fn switch(&self, to: Arc<str>) {
+    pub(crate) fn switch(&self, to: Arc<str>) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = to.clone();
         self.changed.send_replace(to);
     }
@@ -101,7 +101,7 @@ impl Replies {
 
 /// One request-reply exchange with a server (TLS as `tls` says), logging in first when
 /// `login` is given.
-async fn ask(
+pub(crate) async fn ask(
     address: &str,
     tls: Option<&UpstreamTls>,
     login: Option<&Request>,

@@ -21,6 +21,7 @@ use crate::protocol::resp;
 use crate::proxy::clients::{CommandOutcome, LastCommand};
 use crate::proxy::server::Ctx;
 use crate::proxy::session::client_state::SessionState;
+use crate::upstream::cluster::relay::Relay;
 use crate::upstream::handshake;
 use crate::upstream::inbox::Inbox;
 use crate::upstream::shared::SharedConn;
@@ -95,7 +96,7 @@ impl Busy {
         // One read of the health snapshot per batch of requests, after the store's recovery
         // count: a recovery after this read makes the batch's local work stale.
         self.recoveries = ctx.store.recoveries();
-        let available = ctx.monitor.snapshot().upstream_available();
+        let available = ctx.upstream_available();
         let mut b = Batch::new(ctx, shared, inbox, state, stream, available);
         // Kept between reads: a pipelining client reuses the same two vectors.
         let mut runs = std::mem::take(&mut self.runs);
@@ -292,6 +293,12 @@ impl Busy {
                     Unblock::Forward(req) => return Ok(Some(req)),
                 }
             }
+            _ if b.ctx.cluster.is_some() && selects_another_db(&req) => {
+                // Redis Cluster has database 0 only.
+                self.push_local(Bytes::from_static(
+                    b"-ERR SELECT is not allowed in cluster mode\r\n",
+                ));
+            }
             _ => {
                 let reply = self.answer_connection_command(&req, b);
                 if carries_credentials(&req) {
@@ -360,6 +367,12 @@ impl Busy {
             // Shared connections stay in database 0.
             disposition = Disposition::Dedicated(Stateful::default());
         }
+        if b.ctx.cluster.is_some() && disposition == Disposition::Shared && self.own_conn_idle(b) {
+            // Under a cluster, a client's own connection is to one node: once its blocking
+            // command, transaction or WATCH is over, the client goes back to the relay, which
+            // reaches every node.
+            self.dedicated = None;
+        }
         if let Some(ded) = self.dedicated.as_mut() {
             let props = match disposition {
                 Disposition::Dedicated(props) => props,
@@ -400,6 +413,19 @@ impl Busy {
         }
     }
 
+    /// Whether the client's own upstream connection holds nothing: paired, no reply owed, no
+    /// transaction or WATCH on it.
+    fn own_conn_idle(&self, b: &Batch<'_>) -> bool {
+        let quiet = self
+            .dedicated
+            .as_ref()
+            .is_some_and(|d| d.is_paired() && !d.owes_replies());
+        let state = b.state.get();
+        quiet
+            && self.pending.is_empty()
+            && !state.is_some_and(|s| s.multi.is_some() || s.watched_upstream)
+    }
+
     /// INFO: the upstream's sections with the proxy's own appended; the proxy's alone when
     /// only those are asked for or the upstream is unavailable.
     pub(super) fn info(&mut self, req: Request, b: &mut Batch<'_>) {
@@ -435,6 +461,17 @@ impl Busy {
                 return;
             }
             *b.shared = ctx.upstream.pick(resp3);
+        }
+        if let Some(cluster) = &ctx.cluster {
+            let stream = b.stream;
+            let here = || here(stream);
+            let one = std::slice::from_ref(&req);
+            let (resp3, prev) = (b.shared.is_resp3(), self.relay.take());
+            self.relay = Some(Relay::send(
+                cluster, one, b.inbox, resp3, self.key, &here, prev,
+            ));
+            self.pending.push_back(slot);
+            return;
         }
         // Alone in its run, so its reply arrives as one chunk of one frame.
         match b
@@ -552,6 +589,18 @@ impl Busy {
     fn send_run(&mut self, run: &mut Vec<Request>, b: &mut Batch<'_>) {
         let (ctx, shared, inbox, available) = (b.ctx, &mut *b.shared, b.inbox, b.available);
         let n = run.len() as u32;
+        if let Some(cluster) = &ctx.cluster {
+            // Every reply comes back through the relay, in order, errors included.
+            let stream = b.stream;
+            let here = || here(stream);
+            let (resp3, prev) = (shared.is_resp3(), self.relay.take());
+            self.relay = Some(Relay::send(
+                cluster, run, inbox, resp3, self.key, &here, prev,
+            ));
+            self.pending.push_back(Slot::Upstream(n));
+            run.clear();
+            return;
+        }
         let mut sent = shared.send(run, inbox, available);
         if sent.is_err() && self.pending.is_empty() {
             // Nothing is owed on the old connection, so moving to one that is up cannot
@@ -574,7 +623,19 @@ impl Busy {
     }
 }
 
-/// AUTH, or HELLO with an AUTH option: a keywarden user's credentials.
+/// SELECT of a database other than 0 (what Redis Cluster refuses).
+fn selects_another_db(req: &Request) -> bool {
+    req.name().eq_ignore_ascii_case(b"select") && req.argc() == 2 && req.arg(1) != Some(b"0")
+}
+
+/// Keywarden's `host:port` as a client reached it (what CLUSTER SLOTS names).
+fn here(stream: &Conn) -> String {
+    match stream.local_addr() {
+        Ok(addr) => addr.to_string(),
+        Err(_) => "127.0.0.1:6379".to_owned(),
+    }
+}
+
 /// Redis's reply to a command a RESP2 subscriber may not send.
 fn subscribed_refusal(req: &Request) -> Bytes {
     let name = String::from_utf8_lossy(req.name()).to_ascii_lowercase();
@@ -583,6 +644,7 @@ fn subscribed_refusal(req: &Request) -> Bytes {
     ))
 }
 
+/// AUTH, or HELLO with an AUTH option: a keywarden user's credentials.
 fn carries_credentials(req: &Request) -> bool {
     let name = req.name();
     name.eq_ignore_ascii_case(b"auth")

@@ -6,6 +6,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::upstream::socket::Conn;
 use bytes::{Buf, Bytes, BytesMut};
@@ -21,6 +22,7 @@ use crate::protocol::request::Request;
 use crate::proxy::clients::{Clients, Limit, OUTPUT_STEP};
 use crate::proxy::server::Ctx;
 use crate::proxy::session::client_state::SessionState;
+use crate::upstream::cluster::relay::Relay;
 use crate::upstream::dedicated::Dedicated;
 use crate::upstream::inbox::{Chunk, Inbox};
 
@@ -178,6 +180,9 @@ pub(super) struct Busy {
     /// A failed AUTH from an address with many: nothing more is read or written until then
     /// (its WRONGPASS reply included; see [`Clients::auth_failed`]).
     pub(super) penalty: Option<Pin<Box<Sleep>>>,
+    /// Under a cluster: the last relay of this session's requests, whose replies go before
+    /// the next one's.
+    pub(super) relay: Option<Arc<Relay>>,
 }
 
 /// Requests parsed from one read, gathered until the next one goes elsewhere.
@@ -221,6 +226,7 @@ impl Busy {
             rejudge: false,
             recoveries: 0,
             penalty: None,
+            relay: None,
         })
     }
 
@@ -268,7 +274,7 @@ impl Busy {
             return;
         }
         let recoveries = ctx.store.recoveries();
-        let available = ctx.monitor.snapshot().upstream_available();
+        let available = ctx.upstream_available();
         match ctx.route(&req, available) {
             Route::Upstream => self.stalled = Some((req, stall)),
             Route::Local => {
@@ -321,6 +327,7 @@ impl Busy {
         if self.inbuf.capacity() > SPARE_INBUF || !self.inbuf.try_reclaim(READ_CHUNK) {
             self.inbuf = BytesMut::new();
         }
+        self.relay = None;
         self.out.shrink_to(SPARE_QUEUE);
         self.pending.shrink_to(SPARE_QUEUE);
         self.runs.shared.shrink_to(SPARE_QUEUE);

@@ -200,7 +200,7 @@ impl Session {
                     if let Some((req, _)) = b.stalled.take() {
                         let resp3 = self.state.resp3();
                         self.shared = ctx.upstream.pick(resp3);
-                        let available = ctx.monitor.snapshot().upstream_available();
+                        let available = ctx.upstream_available();
                         let mut batch = Batch::new(
                             ctx,
                             &mut self.shared,
@@ -223,8 +223,23 @@ impl Session {
                 );
                 if opens && b.pending.is_empty() {
                     let up = &ctx.settings.upstream;
+                    let address = match (&ctx.cluster, &b.stalled) {
+                        (Some(cluster), Some((req, stall))) => {
+                            // The node of the first key (a transaction's, its first command
+                            // with one); any node without keys.
+                            let queued = match stall {
+                                Stall::Transaction(reqs) => &reqs[..],
+                                _ => &[],
+                            };
+                            let slot = std::iter::once(req)
+                                .chain(queued)
+                                .find_map(crate::upstream::cluster::plan::home_slot);
+                            cluster.address_of(slot).unwrap_or_default()
+                        }
+                        _ => ctx.upstream.target().current().to_string(),
+                    };
                     self.opening = Some(Box::pin(Dedicated::open(
-                        ctx.upstream.target().current().to_string(),
+                        address,
                         up.connect_timeout,
                         up.command_timeout,
                         ctx.settings.tcp_keepalive,
@@ -561,6 +576,7 @@ mod tests {
             );
             let server = Arc::new(Server {
                 live: crate::config::live::Live::new(settings),
+                cluster: None,
                 upstream,
                 clients: Default::default(),
                 monitor: monitor.handle(),

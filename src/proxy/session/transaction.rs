@@ -15,6 +15,7 @@ use crate::local::engine;
 use crate::local::store::Watch;
 use crate::policy::router::Route;
 use crate::protocol::request::Request;
+use crate::upstream::cluster::relay::Relay;
 
 use super::batch::Batch;
 use super::busy::{Busy, Stall};
@@ -287,6 +288,14 @@ impl Busy {
         }
         if shared.is_resp3() != resp3 {
             *shared = ctx.upstream.pick(resp3);
+        }
+        if let Some(cluster) = &ctx.cluster {
+            let prev = self.relay.take();
+            self.relay = Some(Relay::send_transaction(
+                cluster, &reqs, inbox, resp3, self.key, prev,
+            ));
+            self.expect_upstream(1);
+            return None;
         }
         match shared.send_transaction(&reqs, inbox, available) {
             Ok(()) => self.expect_upstream(1),

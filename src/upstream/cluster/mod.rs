@@ -1,0 +1,502 @@
+//! A Redis Cluster upstream: its shards, the slot map, and how requests reach them.
+//!
+//! Each shard (a primary and its replicas) is what a standalone upstream is: a [`Target`] (its
+//! primary's address now), a health [`Monitor`] of its own, and pools of shared connections.
+//! The slot map says which shard serves each of the 16384 slots; it is read lock-free by the
+//! data path and rewritten by the control plane:
+//!
+//! ```text
+//!   refresh task ── CLUSTER SLOTS (any node that answers) ──▶ shards + slot map
+//!        ▲  every second (200 ms while a shard is down), and at once on a MOVED
+//!        │
+//!   data path: request ─▶ plan (slot, split, fan-out) ─▶ relay ─▶ shard's shared connection
+//!                                                         ◀── replies, MOVED/ASK/TRYAGAIN
+//! ```
+//!
+//! A shard is known by its nodes' ids, so a failover (a replica promoted: the slot map names
+//! another primary for the same shard) moves the shard's target, as Sentinel does for a
+//! standalone upstream: its connections reconnect to the new primary, its monitor probes it
+//! (with `ROLE`: only a primary passes), and the shard's outage, if one was open, ends with
+//! its BACKEND_RECOVERED; the move itself is a BACKEND_SWITCHED event naming the shard.
+
+pub(crate) mod plan;
+pub(crate) mod relay;
+
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use redis_protocol::resp2::types::OwnedFrame;
+use tokio::sync::{watch, Notify};
+
+use crate::command::slot::SLOTS;
+use crate::config::{Limits, UpstreamSettings};
+use crate::protocol::request::Request;
+use crate::upstream::handshake::setup_commands;
+use crate::upstream::monitor::{Monitor, MonitorSettings};
+use crate::upstream::outage::{AffectedKeyspaces, OutageEvents};
+use crate::upstream::shared::{SharedConn, Upstream};
+use crate::upstream::target::{self, Target};
+
+/// A slot no shard serves (yet).
+const UNASSIGNED: u16 = u16::MAX;
+
+/// How often the slot map is read again while every shard is healthy, and while one is not
+/// (a failover is then expected: it is noticed within this much of the promotion).
+const REFRESH: Duration = Duration::from_secs(1);
+const REFRESH_OUTAGE: Duration = Duration::from_millis(200);
+
+/// Told of a failover: the shard's name, the old primary, the new one.
+pub(crate) type OnSwitch = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
+
+/// One shard: where its primary is, its health, its shared connections.
+pub(crate) struct Shard {
+    /// How events, metrics and INFO name it: its primary when first seen, and its slots then.
+    pub(crate) name: String,
+    pub(crate) target: Arc<Target>,
+    pub(crate) monitor: Monitor,
+    pub(crate) upstream: Arc<Upstream>,
+    /// Node ids of its primary and replicas, as the slot map last said.
+    members: Mutex<Vec<String>>,
+}
+
+impl Shard {
+    pub(crate) fn available(&self) -> bool {
+        self.monitor.handle().snapshot().upstream_available()
+    }
+
+    /// The shared connection a client session (`lane`) uses on this shard.
+    pub(crate) fn conn(&self, resp3: bool, lane: usize) -> Arc<SharedConn> {
+        self.upstream.lane(resp3, lane)
+    }
+}
+
+/// What starting a shard takes, kept for the shards found later.
+struct Setup {
+    settings: UpstreamSettings,
+    limits: Limits,
+    keepalive: Option<Duration>,
+    monitor: MonitorSettings,
+    events: Arc<dyn OutageEvents>,
+    keyspaces: Mutex<AffectedKeyspaces>,
+    on_switch: OnSwitch,
+}
+
+/// The cluster as the proxy sees it.
+pub(crate) struct Cluster {
+    setup: Setup,
+    /// Append-only: a shard whose slots all moved away stays, idle.
+    shards: RwLock<Arc<[Arc<Shard>]>>,
+    /// The index in `shards` of each slot's shard, or [`UNASSIGNED`].
+    slots: Box<[AtomicU16]>,
+    /// Asks the refresh task for a new slot map now.
+    refresh: Notify,
+    /// Counts the refreshes done, for requests waiting for one.
+    refreshed: watch::Sender<u64>,
+    /// MOVED, ASK and TRYAGAIN replies followed, for the metrics.
+    pub(crate) redirects: AtomicU64,
+    /// The refresh task.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// One range of the slot map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Range {
+    pub(crate) start: u16,
+    pub(crate) end: u16,
+    pub(crate) primary: String,
+    /// The primary's node id first, then its replicas'.
+    pub(crate) ids: Vec<String>,
+}
+
+impl Cluster {
+    /// Reads the slot map from the seeds, starts a shard per primary, and keeps the map
+    /// fresh. Without any seed answering, no slot is served: every key follows its keyspace's
+    /// mode until a seed answers.
+    pub(crate) async fn start(
+        settings: &UpstreamSettings,
+        limits: &Limits,
+        keepalive: Option<Duration>,
+        monitor: MonitorSettings,
+        events: Arc<dyn OutageEvents>,
+        keyspaces: AffectedKeyspaces,
+        on_switch: OnSwitch,
+    ) -> Arc<Cluster> {
+        let cluster = Arc::new(Cluster {
+            setup: Setup {
+                settings: settings.clone(),
+                limits: *limits,
+                keepalive,
+                monitor,
+                events,
+                keyspaces: Mutex::new(keyspaces),
+                on_switch,
+            },
+            shards: RwLock::new(Arc::from(Vec::new())),
+            slots: (0..SLOTS).map(|_| AtomicU16::new(UNASSIGNED)).collect(),
+            refresh: Notify::new(),
+            refreshed: watch::Sender::new(0),
+            redirects: AtomicU64::new(0),
+            task: Mutex::new(None),
+        });
+        if !cluster.refresh_once().await {
+            tracing::warn!("no cluster node answered CLUSTER SLOTS yet");
+        }
+        let task = tokio::spawn(refresh_loop(Arc::downgrade(&cluster)));
+        *cluster.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        cluster
+    }
+
+    /// Every shard known, in discovery order.
+    pub(crate) fn shards(&self) -> Arc<[Arc<Shard>]> {
+        self.shards
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The shard serving `slot`, if any.
+    pub(crate) fn shard_of(&self, slot: u16, shards: &[Arc<Shard>]) -> Option<Arc<Shard>> {
+        let i = self.slots[slot as usize].load(Ordering::Relaxed);
+        shards.get(i as usize).cloned()
+    }
+
+    /// Whether every slot's shard forwards (healthy or recovering): then nothing in the
+    /// cluster needs judging key by key.
+    pub(crate) fn all_available(&self) -> bool {
+        let shards = self.shards();
+        !shards.is_empty()
+            && shards.iter().all(|s| s.available())
+            && self.slots[0].load(Ordering::Relaxed) != UNASSIGNED
+    }
+
+    /// Whether the shards of every key in `keys` forward; for keyless requests, whether any
+    /// shard does.
+    pub(crate) fn available_for(&self, keys: &[&[u8]]) -> bool {
+        let shards = self.shards();
+        if keys.is_empty() {
+            return shards.iter().any(|s| s.available());
+        }
+        keys.iter().all(|k| {
+            let slot = crate::command::slot::key_slot(k);
+            self.shard_of(slot, &shards).is_some_and(|s| s.available())
+        })
+    }
+
+    /// The address of the primary serving `slot` now (for a client's own connection).
+    pub(crate) fn address_of(&self, slot: Option<u16>) -> Option<String> {
+        let shards = self.shards();
+        let shard = match slot {
+            Some(slot) => self.shard_of(slot, &shards)?,
+            None => shards
+                .iter()
+                .find(|s| s.available())
+                .or(shards.first())?
+                .clone(),
+        };
+        Some(shard.target.current().to_string())
+    }
+
+    /// Asks for a new slot map now (a MOVED, a lost connection).
+    pub(crate) fn refresh_soon(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// A MOVED reply: `slot` is served at `address`. Taken at once when a known shard's
+    /// primary is there (the map is read again anyway); true if so.
+    pub(crate) fn moved(&self, slot: u16, address: &str) -> bool {
+        self.refresh_soon();
+        let shards = self.shards();
+        match shards.iter().position(|s| &*s.target.current() == address) {
+            Some(i) => {
+                self.slots[slot as usize].store(i as u16, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The shard whose primary is at `address` (an ASK's target).
+    pub(crate) fn shard_at(&self, address: &str) -> Option<Arc<Shard>> {
+        (self.shards().iter())
+            .find(|s| &*s.target.current() == address)
+            .cloned()
+    }
+
+    /// Waits for the next refresh of the slot map, at most `limit`.
+    pub(crate) async fn next_refresh(&self, limit: Duration) {
+        let mut seen = self.refreshed.subscribe();
+        seen.mark_unchanged();
+        self.refresh_soon();
+        let _ = tokio::time::timeout(limit, seen.changed()).await;
+    }
+
+    /// A reload: the probe pace and thresholds of `monitor` apply to every shard, and later
+    /// events name `keyspaces`.
+    pub(crate) fn reconfigure(
+        &self,
+        settings: &UpstreamSettings,
+        limits: &Limits,
+        keepalive: Option<Duration>,
+        monitor: &MonitorSettings,
+        keyspaces: &AffectedKeyspaces,
+    ) {
+        *self
+            .setup
+            .keyspaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = keyspaces.clone();
+        for shard in self.shards().iter() {
+            shard.upstream.retune(settings, limits, keepalive);
+            let mut own = monitor.clone();
+            own.address = shard.name.clone();
+            own.primary_only = true;
+            shard.monitor.handle().reconfigure(&own, keyspaces.clone());
+        }
+    }
+
+    /// Stops every shard's tasks (at shutdown).
+    pub(crate) fn stop(&self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        for shard in self.shards().iter() {
+            shard.upstream.stop();
+            shard.monitor.stop();
+        }
+    }
+
+    /// Asks the shards' primaries (the available ones first), then the seeds, for the slot
+    /// map, and applies the first answer. False if none answered.
+    async fn refresh_once(&self) -> bool {
+        let mut candidates: Vec<String> = Vec::new();
+        let shards = self.shards();
+        let (up, down): (Vec<_>, Vec<_>) = shards.iter().partition(|s| s.available());
+        for s in up.into_iter().chain(down) {
+            candidates.push(s.target.current().to_string());
+        }
+        for seed in &self.setup.settings.cluster_nodes {
+            if !candidates.contains(seed) {
+                candidates.push(seed.clone());
+            }
+        }
+        let login = setup_commands(&self.setup.settings, false)
+            .into_iter()
+            .next();
+        let ask = Request::from_args(&["CLUSTER", "SLOTS"]);
+        let tls = self.setup.settings.tls.as_ref();
+        for address in candidates {
+            let Some(reply) = target::ask(&address, tls, login.as_ref(), &ask).await else {
+                continue;
+            };
+            match parse_slots(&reply, &address) {
+                Some(ranges) if !ranges.is_empty() => {
+                    self.apply(&ranges).await;
+                    return true;
+                }
+                _ => tracing::debug!(node = %address, "no usable CLUSTER SLOTS reply"),
+            }
+        }
+        false
+    }
+
+    /// Installs a slot map: shards matched by their nodes' ids (or their primary's address),
+    /// new ones started, failed-over ones moved to their new primary.
+    async fn apply(&self, ranges: &[Range]) {
+        let mut owner = vec![UNASSIGNED; SLOTS];
+        for range in ranges {
+            let shards = self.shards();
+            let found = shards.iter().position(|s| {
+                let members = s.members.lock().unwrap_or_else(|e| e.into_inner());
+                members.iter().any(|id| range.ids.contains(id))
+                    || (members.is_empty() && *s.target.current() == *range.primary)
+            });
+            let i = match found {
+                Some(i) => i,
+                None => {
+                    let shard = self.start_shard(range, ranges).await;
+                    let mut all = self.shards.write().unwrap_or_else(|e| e.into_inner());
+                    let mut list = all.to_vec();
+                    list.push(shard);
+                    *all = Arc::from(list);
+                    all.len() - 1
+                }
+            };
+            let shard = self.shards()[i].clone();
+            *shard.members.lock().unwrap_or_else(|e| e.into_inner()) = range.ids.clone();
+            let now = shard.target.current();
+            if *now != *range.primary {
+                tracing::warn!(shard = %shard.name, from = %now, to = %range.primary, "cluster failover: the shard has a new primary");
+                shard.target.switch(range.primary.as_str().into());
+                (self.setup.on_switch)(&shard.name, &now, &range.primary);
+            }
+            for slot in range.start..=range.end.min(SLOTS as u16 - 1) {
+                owner[slot as usize] = i as u16;
+            }
+        }
+        for (slot, i) in owner.into_iter().enumerate() {
+            self.slots[slot].store(i, Ordering::Relaxed);
+        }
+        self.refreshed.send_modify(|n| *n += 1);
+    }
+
+    async fn start_shard(&self, range: &Range, all: &[Range]) -> Arc<Shard> {
+        let slots: Vec<String> = all
+            .iter()
+            .filter(|r| r.primary == range.primary)
+            .map(|r| format!("{}-{}", r.start, r.end))
+            .collect();
+        let name = format!("{} slots {}", range.primary, slots.join(","));
+        tracing::info!(shard = %name, "cluster shard found");
+        let target = Target::new(&range.primary);
+        let mut monitor = self.setup.monitor.clone();
+        monitor.address = name.clone();
+        monitor.primary_only = true;
+        let keyspaces = (self
+            .setup
+            .keyspaces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()))
+        .clone();
+        let monitor = Monitor::start_at(
+            monitor,
+            target.clone(),
+            self.setup.events.clone(),
+            keyspaces,
+        )
+        .await;
+        let upstream = Upstream::start(
+            &self.setup.settings,
+            &self.setup.limits,
+            self.setup.keepalive,
+            monitor.handle(),
+            target.clone(),
+        );
+        Arc::new(Shard {
+            name,
+            target,
+            monitor,
+            upstream,
+            members: Mutex::new(range.ids.clone()),
+        })
+    }
+}
+
+/// Reads the slot map every [`REFRESH`] ([`REFRESH_OUTAGE`] while a shard is down), and at
+/// once when asked; ends with the cluster.
+async fn refresh_loop(cluster: std::sync::Weak<Cluster>) {
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let pause = if c.shards().iter().all(|s| s.available()) {
+            REFRESH
+        } else {
+            REFRESH_OUTAGE
+        };
+        let asked = async { c.refresh.notified().await };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = asked => {}
+        }
+        c.refresh_once().await;
+    }
+}
+
+fn text(frame: &OwnedFrame) -> Option<String> {
+    match frame {
+        OwnedFrame::BulkString(b) | OwnedFrame::SimpleString(b) => {
+            Some(String::from_utf8_lossy(b).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// The ranges of a `CLUSTER SLOTS` reply: `[start, end, [host, port, id, ...], replicas...]`
+/// each. A node without a host (`""` or `?`) is the one that answered (`asked`).
+pub(crate) fn parse_slots(reply: &OwnedFrame, asked: &str) -> Option<Vec<Range>> {
+    let OwnedFrame::Array(ranges) = reply else {
+        return None;
+    };
+    let asked_host = asked.rsplit_once(':').map_or(asked, |(h, _)| h);
+    let mut out = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        let OwnedFrame::Array(r) = r else { return None };
+        let (OwnedFrame::Integer(start), OwnedFrame::Integer(end)) = (r.first()?, r.get(1)?) else {
+            return None;
+        };
+        if *start < 0 || *end < *start || *end >= SLOTS as i64 {
+            return None;
+        }
+        let mut primary = None;
+        let mut ids = Vec::new();
+        for node in &r[2..] {
+            let OwnedFrame::Array(node) = node else {
+                return None;
+            };
+            let host = text(node.first()?)?;
+            let OwnedFrame::Integer(port) = node.get(1)? else {
+                return None;
+            };
+            let host = if host.is_empty() || host == "?" {
+                asked_host.to_owned()
+            } else {
+                host
+            };
+            let address = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            primary.get_or_insert(address);
+            if let Some(id) = node.get(2).and_then(text) {
+                ids.push(id);
+            }
+        }
+        out.push(Range {
+            start: *start as u16,
+            end: *end as u16,
+            primary: primary?,
+            ids,
+        });
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> OwnedFrame {
+        OwnedFrame::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn slot_ranges_name_primary_then_replicas() {
+        let node = |h: &str, p: i64, id: &str| {
+            OwnedFrame::Array(vec![bulk(h), OwnedFrame::Integer(p), bulk(id)])
+        };
+        let reply = OwnedFrame::Array(vec![
+            OwnedFrame::Array(vec![
+                OwnedFrame::Integer(0),
+                OwnedFrame::Integer(5460),
+                node("127.0.0.1", 7001, "a"),
+                node("127.0.0.1", 7004, "d"),
+            ]),
+            OwnedFrame::Array(vec![
+                OwnedFrame::Integer(5461),
+                OwnedFrame::Integer(16383),
+                node("", 7002, "b"),
+            ]),
+        ]);
+        let ranges = parse_slots(&reply, "10.0.0.9:7002").unwrap();
+        assert_eq!(ranges[0].primary, "127.0.0.1:7001");
+        assert_eq!(ranges[0].ids, ["a", "d"]);
+        assert_eq!(ranges[1].primary, "10.0.0.9:7002");
+        assert_eq!((ranges[1].start, ranges[1].end), (5461, 16383));
+        let bad = OwnedFrame::Array(vec![OwnedFrame::Array(vec![
+            OwnedFrame::Integer(5),
+            OwnedFrame::Integer(16384),
+            node("h", 1, "x"),
+        ])]);
+        assert_eq!(parse_slots(&bad, "h:1"), None);
+    }
+}
