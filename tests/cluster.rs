@@ -202,6 +202,19 @@ async fn clients_see_one_redis_in_front_of_a_cluster() {
         }
     }
     assert_eq!(seen.len(), 9, "{seen:?}");
+    // A script's error that looks like a redirection, about no slot a request was routed
+    // by (or no slot at all), is the client's reply as it is, and moves nothing.
+    let fake = "return redis.error_reply('MOVED 20000 127.0.0.1:1')";
+    assert_eq!(
+        c.cmd(&["EVAL", fake, "0"]).await,
+        Frame::Error("MOVED 20000 127.0.0.1:1".into())
+    );
+    let fake = "return redis.error_reply('ASK 5 127.0.0.1:1')";
+    assert_eq!(
+        c.cmd(&["EVAL", fake, "1", "foo"]).await,
+        Frame::Error("ASK 5 127.0.0.1:1".into())
+    );
+    assert_eq!(c.cmd(&["GET", "foo"]).await, bulk("v-foo"));
     // Redis Cluster has database 0 only.
     assert!(is_error(
         &c.cmd(&["SELECT", "1"]).await,

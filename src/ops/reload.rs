@@ -96,6 +96,7 @@ pub(crate) fn plan(current: &Settings, mut new: Settings) -> Plan {
         "upstream.password" => upstream.password;
         "upstream.tls" => upstream.tls;
         "upstream.sentinel" => upstream.sentinel;
+        "upstream.cluster_nodes" => upstream.cluster_nodes;
         "admin.listen" => admin.listen;
         "events.file" => events.file;
         "instance_id" => instance_id;

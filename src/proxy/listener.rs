@@ -148,11 +148,25 @@ pub async fn run(
             ..settings.upstream.clone()
         },
     };
+    // The seed's connection reports to a monitor of its own that nothing reads: a dead seed
+    // is no outage of the cluster's.
+    let seed_monitor = match &cluster {
+        None => None,
+        Some(_) => Some(
+            Monitor::start_with(
+                whole_cluster(&settings),
+                Unjudged,
+                Arc::new(Unheard),
+                AffectedKeyspaces::of(&settings.keyspaces),
+            )
+            .await,
+        ),
+    };
     let upstream = Upstream::start(
         &home,
         &settings.limits,
         settings.tcp_keepalive,
-        monitor.handle(),
+        seed_monitor.as_ref().unwrap_or(&monitor).handle(),
         target.clone(),
     );
     let store = Arc::new(Store::with_layout(store_layout(&settings)));
@@ -305,6 +319,9 @@ pub async fn run(
     }
     upstream.stop();
     monitor.stop();
+    if let Some(seed) = &seed_monitor {
+        seed.stop();
+    }
     if let Some(cluster) = &cluster {
         cluster.stop();
     }
@@ -337,6 +354,15 @@ impl Probe for WholeCluster {
     }
 }
 
+/// The probe of the seed connection's monitor under a cluster: always fine (see above).
+struct Unjudged;
+
+impl Probe for Unjudged {
+    async fn probe(&self, _: ProbeTimeouts) -> Outcome {
+        Outcome::Success
+    }
+}
+
 /// Where the whole cluster's monitor sends its events: nowhere (see [`whole_cluster`]).
 struct Unheard;
 
@@ -364,9 +390,11 @@ async fn housekeeping(server: Arc<Server>) {
                     return;
                 }
                 let state = health.borrow_and_update().state;
-                if state == State::Unavailable {
+                if state == State::Unavailable && server.cluster.is_none() {
                     // Clients blocked or subscribed on connections of their own are told as
-                    // if Redis had died, so their libraries reconnect.
+                    // if Redis had died, so their libraries reconnect. (Under a cluster, one
+                    // shard down is no reason to close the clients of the others: a client's
+                    // own connection to the node that failed fails by itself.)
                     server.clients.upstream_lost();
                 }
                 let forwarding = state != State::Unavailable;

@@ -805,6 +805,8 @@ impl Connection {
                 }
             }
             let mut frames = 0;
+            // Whether a reply is an error (a cluster relay looks for redirections only then).
+            let mut errors = false;
             while frames < head.waiter.remaining {
                 match self.scanner.scan(&self.rbuf[self.framed..]) {
                     Ok(Some(frame)) if frame.push => {
@@ -827,6 +829,7 @@ impl Connection {
                                     Some(v.into());
                             }
                         }
+                        errors |= self.rbuf[self.framed] == b'-';
                         self.framed += frame.len;
                         frames += 1;
                     }
@@ -845,7 +848,7 @@ impl Connection {
                     }
                     Owner::Relay { relay, ids, at } => {
                         let end = *at + frames as usize;
-                        relay.receive(&ids[*at..end], data);
+                        relay.receive(&ids[*at..end], data, errors);
                         *at = end;
                         self.latency.record(head.since.elapsed(), u64::from(frames));
                     }

@@ -234,17 +234,29 @@ impl Session {
                             let slot = std::iter::once(req)
                                 .chain(queued)
                                 .find_map(crate::upstream::cluster::plan::home_slot);
-                            cluster.address_of(slot).unwrap_or_default()
+                            // Its holds are the shard's, which its shared connections
+                            // read for their timeouts.
+                            match cluster.home(slot, self.key) {
+                                Some(shard) => (
+                                    shard.target.current().to_string(),
+                                    shard.upstream.holds().clone(),
+                                ),
+                                None => (String::new(), ctx.upstream.holds().clone()),
+                            }
                         }
-                        _ => ctx.upstream.target().current().to_string(),
+                        _ => (
+                            ctx.upstream.target().current().to_string(),
+                            ctx.upstream.holds().clone(),
+                        ),
                     };
+                    let (address, holds) = address;
                     self.opening = Some(Box::pin(Dedicated::open(
                         address,
                         up.connect_timeout,
                         up.command_timeout,
                         ctx.settings.tcp_keepalive,
                         ctx.settings.limits.max_reply_depth,
-                        ctx.upstream.holds().clone(),
+                        holds,
                         up.tls.clone(),
                     )));
                     continue;

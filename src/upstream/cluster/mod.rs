@@ -58,6 +58,9 @@ pub(crate) struct Shard {
     pub(crate) upstream: Arc<Upstream>,
     /// Node ids of its primary and replicas, as the slot map last said.
     members: Mutex<Vec<String>>,
+    /// Whether the slot map last gave it any slot: one that has none (its slots all moved,
+    /// or it left the cluster) gets no keyless request, no fan-out, no part of a SCAN.
+    serving: std::sync::atomic::AtomicBool,
 }
 
 impl Shard {
@@ -95,6 +98,8 @@ pub(crate) struct Cluster {
     refreshed: watch::Sender<u64>,
     /// MOVED, ASK and TRYAGAIN replies followed, for the metrics.
     pub(crate) redirects: AtomicU64,
+    /// Whether the last slot map gave every slot to a shard.
+    covered: std::sync::atomic::AtomicBool,
     /// The refresh task.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -137,6 +142,7 @@ impl Cluster {
             refresh: Notify::new(),
             refreshed: watch::Sender::new(0),
             redirects: AtomicU64::new(0),
+            covered: std::sync::atomic::AtomicBool::new(false),
             task: Mutex::new(None),
         });
         if !cluster.refresh_once().await {
@@ -155,46 +161,60 @@ impl Cluster {
             .clone()
     }
 
-    /// The shard serving `slot`, if any.
-    pub(crate) fn shard_of(&self, slot: u16, shards: &[Arc<Shard>]) -> Option<Arc<Shard>> {
-        let i = self.slots[slot as usize].load(Ordering::Relaxed);
-        shards.get(i as usize).cloned()
+    /// The shard serving `slot`, if any. (The slot is read first: a shard is added to the
+    /// list before any slot names it.)
+    pub(crate) fn shard_of(&self, slot: u16) -> Option<Arc<Shard>> {
+        let i = self.slots.get(slot as usize)?.load(Ordering::Relaxed);
+        self.shards().get(i as usize).cloned()
     }
 
-    /// Whether every slot's shard forwards (healthy or recovering): then nothing in the
-    /// cluster needs judging key by key.
+    /// The shards the slot map gives slots to.
+    pub(crate) fn serving(&self) -> Vec<Arc<Shard>> {
+        (self.shards().iter())
+            .filter(|s| s.serving.load(Ordering::Relaxed))
+            .cloned()
+            .collect()
+    }
+
+    /// The shard a client's keyless requests go to: one of those `serving` that forward,
+    /// chosen by `lane`; if none forwards, one of them anyway (it answers the outage).
+    pub(crate) fn pick_any(&self, serving: &[Arc<Shard>], lane: usize) -> Option<Arc<Shard>> {
+        let up: Vec<&Arc<Shard>> = serving.iter().filter(|s| s.available()).collect();
+        match up.len() {
+            0 if serving.is_empty() => None,
+            0 => Some(serving[lane % serving.len()].clone()),
+            n => Some(up[lane % n].clone()),
+        }
+    }
+
+    /// Whether every slot is served by a shard that forwards (healthy or recovering): then
+    /// nothing in the cluster needs judging key by key.
     pub(crate) fn all_available(&self) -> bool {
-        let shards = self.shards();
-        !shards.is_empty()
-            && shards.iter().all(|s| s.available())
-            && self.slots[0].load(Ordering::Relaxed) != UNASSIGNED
+        let serving = self.serving();
+        self.covered.load(Ordering::Relaxed)
+            && !serving.is_empty()
+            && serving.iter().all(|s| s.available())
     }
 
     /// Whether the shards of every key in `keys` forward; for keyless requests, whether any
-    /// shard does.
+    /// shard that serves slots does.
     pub(crate) fn available_for(&self, keys: &[&[u8]]) -> bool {
-        let shards = self.shards();
         if keys.is_empty() {
-            return shards.iter().any(|s| s.available());
+            return self.serving().iter().any(|s| s.available());
         }
         keys.iter().all(|k| {
             let slot = crate::command::slot::key_slot(k);
-            self.shard_of(slot, &shards).is_some_and(|s| s.available())
+            self.shard_of(slot).is_some_and(|s| s.available())
         })
     }
 
-    /// The address of the primary serving `slot` now (for a client's own connection).
-    pub(crate) fn address_of(&self, slot: Option<u16>) -> Option<String> {
-        let shards = self.shards();
-        let shard = match slot {
-            Some(slot) => self.shard_of(slot, &shards)?,
-            None => shards
-                .iter()
-                .find(|s| s.available())
-                .or(shards.first())?
-                .clone(),
-        };
-        Some(shard.target.current().to_string())
+    /// The shard serving `slot` now, or for `None` the one a keyless request of `lane`
+    /// goes to (for a client's own connection).
+    pub(crate) fn home(&self, slot: Option<u16>, lane: usize) -> Option<Arc<Shard>> {
+        match slot {
+            Some(slot) => self.shard_of(slot),
+            None => self.pick_any(&self.serving(), lane),
+        }
     }
 
     /// Asks for a new slot map now (a MOVED, a lost connection).
@@ -206,6 +226,9 @@ impl Cluster {
     /// primary is there (the map is read again anyway); true if so.
     pub(crate) fn moved(&self, slot: u16, address: &str) -> bool {
         self.refresh_soon();
+        if usize::from(slot) >= SLOTS {
+            return false;
+        }
         let shards = self.shards();
         match shards.iter().position(|s| &*s.target.current() == address) {
             Some(i) => {
@@ -306,11 +329,21 @@ impl Cluster {
         let mut owner = vec![UNASSIGNED; SLOTS];
         for range in ranges {
             let shards = self.shards();
-            let found = shards.iter().position(|s| {
-                let members = s.members.lock().unwrap_or_else(|e| e.into_inner());
-                members.iter().any(|id| range.ids.contains(id))
-                    || (members.is_empty() && *s.target.current() == *range.primary)
-            });
+            // The shard whose primary this range's primary is; else the one it was a replica
+            // of (a failover); else, for a map without ids, the one at its address.
+            let primary_id = range.ids.first();
+            let members = |s: &Shard| s.members.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let found = (shards.iter())
+                .position(|s| primary_id.is_some() && members(s).first() == primary_id)
+                .or_else(|| {
+                    let id = primary_id?;
+                    shards.iter().position(|s| members(s).contains(id))
+                })
+                .or_else(|| {
+                    (shards.iter()).position(|s| {
+                        members(s).is_empty() && *s.target.current() == *range.primary
+                    })
+                });
             let i = match found {
                 Some(i) => i,
                 None => {
@@ -334,6 +367,13 @@ impl Cluster {
                 owner[slot as usize] = i as u16;
             }
         }
+        let shards = self.shards();
+        for (i, shard) in shards.iter().enumerate() {
+            let serves = owner.contains(&(i as u16));
+            shard.serving.store(serves, Ordering::Relaxed);
+        }
+        self.covered
+            .store(!owner.contains(&UNASSIGNED), Ordering::Relaxed);
         for (slot, i) in owner.into_iter().enumerate() {
             self.slots[slot].store(i, Ordering::Relaxed);
         }
@@ -378,6 +418,7 @@ impl Cluster {
             monitor,
             upstream,
             members: Mutex::new(range.ids.clone()),
+            serving: std::sync::atomic::AtomicBool::new(true),
         })
     }
 }
@@ -387,7 +428,7 @@ impl Cluster {
 async fn refresh_loop(cluster: std::sync::Weak<Cluster>) {
     loop {
         let Some(c) = cluster.upgrade() else { return };
-        let pause = if c.shards().iter().all(|s| s.available()) {
+        let pause = if c.serving().iter().all(|s| s.available()) {
             REFRESH
         } else {
             REFRESH_OUTAGE

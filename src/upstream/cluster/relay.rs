@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::{smallvec, SmallVec};
 
 use super::plan::{plan, Merge, Plan, SCAN_SHARD_BITS};
-use super::Cluster;
+use super::{Cluster, Shard};
 use crate::error::{ProxyError, UpstreamFailure};
 use crate::protocol::request::Request;
 use crate::protocol::scanner::ReplyScanner;
@@ -27,17 +27,17 @@ const MAX_TRIES: u8 = 16;
 /// A reply when no shard serves a slot, as Redis Cluster says it.
 const NOT_SERVED: &[u8] = b"-CLUSTERDOWN Hash slot not served\r\n";
 
-/// Nesting the relay's own framing accepts: replies were already framed, within the
+/// Nesting the relay's own framing accepts: any, as replies were already framed, within the
 /// configured depth, by the connection that read them.
-const DEPTH: usize = 1024;
+const DEPTH: usize = usize::MAX;
 
 /// Where a part goes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 enum Dest {
     /// The shard serving this slot.
     Slot(u16),
-    /// The shard at this index.
-    Shard(usize),
+    /// This shard (a keyless request, a fan-out's part, SCAN).
+    Node(Arc<Shard>),
 }
 
 /// One request (or a transaction) sent to one shard.
@@ -48,6 +48,18 @@ struct Part {
     dest: Dest,
     reply: Option<Bytes>,
     tries: u8,
+}
+
+impl Part {
+    /// Whether `r` is a redirection of this part: it was routed by its slot, and a MOVED or
+    /// ASK names that slot.
+    fn follows(&self, r: &Redirect) -> bool {
+        match (&self.dest, r) {
+            (Dest::Slot(mine), Redirect::Moved(slot, _) | Redirect::Ask(slot, _)) => mine == slot,
+            (Dest::Slot(_), Redirect::TryAgain) => true,
+            (Dest::Node(_), _) => false,
+        }
+    }
 }
 
 /// One client request: its parts, and how their replies become its reply.
@@ -80,7 +92,26 @@ impl State {
     fn done(&self) -> bool {
         self.turn && self.delivered == self.items.len()
     }
+
+    /// Whether parts `ids` are, in order, the next items to complete, each a whole request
+    /// (one part, nothing to merge).
+    fn next_whole(&self, ids: &[u32]) -> bool {
+        let Some(items) = self.items.get(self.delivered..self.delivered + ids.len()) else {
+            return false;
+        };
+        items.iter().zip(ids).all(|(item, &id)| {
+            item.first == id
+                && item.count == 1
+                && item.merge.is_none()
+                && item.scan.is_none()
+                && item.ready.is_none()
+        })
+    }
 }
+
+/// Parts going to one shard in one waiter: the shard, the parts' ids, their requests, and
+/// how many replies to skip (a transaction's).
+type Group = (Arc<Shard>, Vec<u32>, Vec<Request>, u32);
 
 /// See the module doc.
 pub(crate) struct Relay {
@@ -96,7 +127,7 @@ pub(crate) struct Relay {
 /// What a redirection asks for.
 enum Redirect {
     Moved(u16, String),
-    Ask(String),
+    Ask(u16, String),
     TryAgain,
 }
 
@@ -112,8 +143,8 @@ fn redirect(reply: &[u8]) -> Option<Redirect> {
             Some(Redirect::Moved(slot, words.next()?.to_owned()))
         }
         "ASK" => {
-            let _slot = words.next()?;
-            Some(Redirect::Ask(words.next()?.to_owned()))
+            let slot = words.next()?.parse().ok()?;
+            Some(Redirect::Ask(slot, words.next()?.to_owned()))
         }
         "TRYAGAIN" => Some(Redirect::TryAgain),
         _ => None,
@@ -132,7 +163,7 @@ impl Relay {
         here: &dyn Fn() -> String,
         prev: Option<Arc<Relay>>,
     ) -> Arc<Relay> {
-        let shards = cluster.shards().len();
+        let serving = cluster.serving();
         let mut parts = Vec::with_capacity(reqs.len());
         let mut items = Vec::with_capacity(reqs.len());
         for req in reqs {
@@ -154,10 +185,16 @@ impl Relay {
             };
             match plan(req, here) {
                 Plan::Slot(slot) => part(req.clone(), Dest::Slot(slot)),
-                Plan::Any if shards > 0 => part(req.clone(), Dest::Shard(lane % shards)),
-                Plan::FanOut(merge) if shards > 0 => {
-                    for i in 0..shards {
-                        part(req.clone(), Dest::Shard(i));
+                Plan::Any => match cluster.pick_any(&serving, lane) {
+                    Some(shard) => part(req.clone(), Dest::Node(shard)),
+                    None => item.ready = Some(Bytes::from_static(NOT_SERVED)),
+                },
+                Plan::FanOut(_) if serving.is_empty() => {
+                    item.ready = Some(Bytes::from_static(NOT_SERVED))
+                }
+                Plan::FanOut(merge) => {
+                    for shard in &serving {
+                        part(req.clone(), Dest::Node(shard.clone()));
                     }
                     item.merge = Some(merge);
                 }
@@ -167,21 +204,23 @@ impl Relay {
                     }
                     item.merge = Some(merge);
                 }
-                Plan::Scan { shard, cursor } if shard < shards => {
+                Plan::Scan { shard, cursor } if shard < serving.len() => {
                     let cursor = cursor.to_string();
                     let args: Vec<&[u8]> = req
                         .args()
                         .enumerate()
                         .map(|(i, a)| if i == 1 { cursor.as_bytes() } else { a })
                         .collect();
-                    part(Request::from_args(&args), Dest::Shard(shard));
-                    item.scan = Some((shard, shards));
+                    part(
+                        Request::from_args(&args),
+                        Dest::Node(serving[shard].clone()),
+                    );
+                    item.scan = Some((shard, serving.len()));
                 }
                 Plan::Scan { .. } => {
                     item.ready = Some(Bytes::from_static(b"-ERR invalid cursor\r\n"))
                 }
                 Plan::Reply(reply) => item.ready = Some(reply),
-                Plan::Any | Plan::FanOut(_) => item.ready = Some(Bytes::from_static(NOT_SERVED)),
             }
             item.count = parts.len() as u32 - first;
             items.push(item);
@@ -207,7 +246,7 @@ impl Relay {
                 .filter_map(|i| r.arg(i as usize))
                 .collect::<Vec<_>>()
         });
-        let shards = cluster.shards().len();
+        let serving = cluster.serving();
         let mut item = Item {
             first: 0,
             count: 1,
@@ -217,11 +256,13 @@ impl Relay {
         };
         let dest = match crate::command::slot::common_slot(keys) {
             Ok(Some(slot)) => Some(Dest::Slot(slot)),
-            Ok(None) if shards > 0 => Some(Dest::Shard(lane % shards)),
-            Ok(None) => {
-                item.ready = Some(Bytes::from_static(NOT_SERVED));
-                None
-            }
+            Ok(None) => match cluster.pick_any(&serving, lane) {
+                Some(shard) => Some(Dest::Node(shard)),
+                None => {
+                    item.ready = Some(Bytes::from_static(NOT_SERVED));
+                    None
+                }
+            },
             Err(crate::command::slot::CrossSlot) => {
                 item.ready = Some(Bytes::from_static(super::plan::CROSSSLOT));
                 None
@@ -268,19 +309,19 @@ impl Relay {
                 next: None,
             }),
         });
-        let turn = match prev {
-            None => true,
-            Some(prev) => {
-                let mut p = prev.state.lock().unwrap_or_else(|e| e.into_inner());
-                if p.done() {
-                    true
-                } else {
-                    p.next = Some(relay.clone());
-                    false
-                }
+        // The turn is set here only while no one else can reach this relay: once linked to
+        // `prev`, only `prev` gives it (see [`Relay::take_turn`]).
+        let linked = prev.is_some_and(|prev| {
+            let mut p = prev.state.lock().unwrap_or_else(|e| e.into_inner());
+            let wait = !p.done();
+            if wait {
+                p.next = Some(relay.clone());
             }
-        };
-        relay.state.lock().unwrap_or_else(|e| e.into_inner()).turn = turn;
+            wait
+        });
+        if !linked {
+            relay.state.lock().unwrap_or_else(|e| e.into_inner()).turn = true;
+        }
         relay.fill(&[]);
         let ids: Vec<u32> = (0..n).collect();
         relay.dispatch(&ids);
@@ -310,41 +351,35 @@ impl Relay {
         if ids.is_empty() {
             return;
         }
-        let shards = self.cluster.shards();
-        let mut groups: Vec<(usize, Vec<u32>, Vec<Request>, u32)> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
         let mut failed: Vec<(u32, Bytes)> = Vec::new();
         {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             for &id in ids {
                 let part = &state.parts[id as usize];
-                let shard = match part.dest {
-                    Dest::Slot(slot) => self.cluster.shard_of(slot, &shards),
-                    Dest::Shard(i) => shards.get(i).cloned(),
+                let shard = match &part.dest {
+                    Dest::Slot(slot) => self.cluster.shard_of(*slot),
+                    Dest::Node(shard) => Some(shard.clone()),
                 };
                 let Some(shard) = shard else {
                     failed.push((id, Bytes::from_static(NOT_SERVED)));
                     continue;
                 };
-                let index = shards
-                    .iter()
-                    .position(|s| Arc::ptr_eq(s, &shard))
-                    .unwrap_or(0);
                 let skip = part.reqs.len() as u32 - 1;
                 // A transaction goes alone: its skipped replies are at its waiter's start.
                 match groups
                     .iter_mut()
-                    .find(|g| g.0 == index && skip == 0 && g.3 == 0)
+                    .find(|g| Arc::ptr_eq(&g.0, &shard) && skip == 0 && g.3 == 0)
                 {
                     Some(g) => {
                         g.1.push(id);
                         g.2.extend(part.reqs.iter().cloned());
                     }
-                    None => groups.push((index, vec![id], part.reqs.to_vec(), skip)),
+                    None => groups.push((shard, vec![id], part.reqs.to_vec(), skip)),
                 }
             }
         }
-        for (index, ids, reqs, skip) in groups {
-            let shard = &shards[index];
+        for (shard, ids, reqs, skip) in groups {
             let conn = shard.conn(self.resp3, self.lane);
             let sent = conn.send_relay(
                 &reqs,
@@ -389,8 +424,27 @@ impl Relay {
         }
     }
 
-    /// Replies for parts `ids`, one frame each in order, from a shard's connection.
-    pub(crate) fn receive(self: &Arc<Self>, ids: &[u32], data: Bytes) {
+    /// Replies for parts `ids`, one frame each in order, from a shard's connection; `errors`
+    /// says whether any of them is an error reply (only those can be redirections).
+    pub(crate) fn receive(self: &Arc<Self>, ids: &[u32], data: Bytes, errors: bool) {
+        if !errors {
+            // The common case: whole requests, next in line, no redirection: their replies go
+            // to the inbox as they came, neither framed again nor copied.
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.turn && state.held_frames == 0 && state.next_whole(ids) {
+                state.delivered += ids.len();
+                self.inbox.deliver(Chunk {
+                    data,
+                    frames: ids.len() as u32,
+                });
+                let next = self.complete(&mut state, Vec::new());
+                drop(state);
+                if let Some(next) = next {
+                    next.take_turn();
+                }
+                return;
+            }
+        }
         let mut scanner = ReplyScanner::new(DEPTH);
         let mut at = 0;
         let mut filled = Vec::with_capacity(ids.len());
@@ -407,7 +461,10 @@ impl Relay {
                 at += len;
                 let part = &mut state.parts[id as usize];
                 match redirect(&reply) {
-                    Some(r) if part.tries < MAX_TRIES => {
+                    // Only for a request routed by its slot, and only about that slot: a
+                    // script's error reply that looks like one is a reply, and no reply
+                    // moves another slot's traffic.
+                    Some(r) if part.tries < MAX_TRIES && part.follows(&r) => {
                         part.tries += 1;
                         again.push((id, r, part.tries));
                     }
@@ -447,9 +504,9 @@ impl Relay {
                     });
                 }
             }
-            Redirect::Ask(address) => self.ask(id, &address),
+            Redirect::Ask(_, address) => self.ask(id, &address),
             Redirect::TryAgain => {
-                let wait = Duration::from_millis((10u64 << tries.min(4)).min(100));
+                let wait = Duration::from_millis((10u64 << (tries - 1).min(4)).min(100));
                 let relay = self.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
@@ -632,7 +689,7 @@ mod tests {
             Some(Redirect::Moved(3999, a)) if a == "127.0.0.1:6381"
         ));
         assert!(
-            matches!(redirect(b"-ASK 3999 127.0.0.1:6381\r\n"), Some(Redirect::Ask(a)) if a == "127.0.0.1:6381")
+            matches!(redirect(b"-ASK 3999 127.0.0.1:6381\r\n"), Some(Redirect::Ask(3999, a)) if a == "127.0.0.1:6381")
         );
         assert!(matches!(
             redirect(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),
