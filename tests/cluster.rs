@@ -389,6 +389,15 @@ async fn a_killed_primary_fails_only_its_own_slots_until_its_replica_takes_over(
     .unwrap();
     rig = back;
     let killed = Instant::now();
+    // When the replica is promoted, as its own ROLE says.
+    let replica_port = rig.nodes[replica].port;
+    let promoted = std::thread::spawn(move || loop {
+        if cli(replica_port, &["ROLE"]).starts_with("master") {
+            return killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "never promoted");
+        std::thread::sleep(Duration::from_millis(10));
+    });
     // The dead shard's key is refused (fail_closed) once its shard is declared down; the
     // live shard's key is served all along.
     let degraded_at = loop {
@@ -410,6 +419,13 @@ async fn a_killed_primary_fails_only_its_own_slots_until_its_replica_takes_over(
         &c.cmd(&["MGET", live_key, "foo"]).await,
         "FAILCLOSED"
     ));
+    let degraded_event_at = loop {
+        if !events_of(&events, "BACKEND_DEGRADED").is_empty() {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "no BACKEND_DEGRADED");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     let degraded = events_of(&events, "BACKEND_DEGRADED");
     assert_eq!(degraded.len(), 1, "{degraded:?}");
     let shard = degraded[0]["upstream"].as_str().unwrap().to_owned();
@@ -437,8 +453,10 @@ async fn a_killed_primary_fails_only_its_own_slots_until_its_replica_takes_over(
     // One RECOVERED for the shard, and the failover as an event of its own.
     let deadline = Instant::now() + Duration::from_secs(5);
     while events_of(&events, "BACKEND_RECOVERED").is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let recovered_event_at = killed.elapsed();
+    let promoted = promoted.join().unwrap();
     let recovered = events_of(&events, "BACKEND_RECOVERED");
     assert_eq!(recovered.len(), 1, "{recovered:?}");
     assert_eq!(recovered[0]["upstream"], shard.as_str());
@@ -447,7 +465,11 @@ async fn a_killed_primary_fails_only_its_own_slots_until_its_replica_takes_over(
     assert_eq!(switched[0]["upstream"], shard.as_str());
     assert_eq!(switched[0]["to"], format!("127.0.0.1:{port}"));
     assert_eq!(events_of(&events, "BACKEND_DEGRADED").len(), 1);
-    eprintln!("kill -9: shard refused after {degraded_at:?}, served again after {recovered_at:?}");
+    eprintln!(
+        "kill -9 at 0: fail_closed key refused after {degraded_at:?}, BACKEND_DEGRADED seen \
+         after {degraded_event_at:?}; replica promoted after {promoted:?}, key served again \
+         after {recovered_at:?}, BACKEND_RECOVERED seen by {recovered_event_at:?}"
+    );
     drop(rig);
     proxy.shutdown().await;
 }
