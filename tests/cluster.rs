@@ -34,12 +34,54 @@ struct Rig {
     nodes: Vec<RedisServer>,
 }
 
+/// What a secured rig's nodes require: a password, and TLS (the cluster bus and replication
+/// included) on a port of their own, with client certificates.
+struct Secure {
+    password: &'static str,
+    certs: Certs,
+    /// Each node's TLS port, in node order.
+    tls_ports: Vec<u16>,
+}
+
+impl Secure {
+    fn new() -> Secure {
+        Secure {
+            password: "cluster-secret",
+            certs: Certs::make(),
+            tls_ports: (0..6).map(|_| free_port()).collect(),
+        }
+    }
+
+    /// redis-cli's options to reach a node over TLS with the password.
+    fn cli_args(&self) -> Vec<String> {
+        let c = &self.certs;
+        [
+            "--tls",
+            "--cacert",
+            &c.arg("ca.pem"),
+            "--cert",
+            &c.arg("client.pem"),
+            "--key",
+            &c.arg("client.key"),
+            "-a",
+            self.password,
+            "--no-auth-warning",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+}
+
 impl Rig {
     fn start() -> Rig {
+        Rig::start_secure(None)
+    }
+
+    fn start_secure(secure: Option<&Secure>) -> Rig {
         let nodes: Vec<RedisServer> = (0..6)
-            .map(|_| {
+            .map(|i| {
                 let bus = free_port().to_string();
-                RedisServer::start_with(&[
+                let mut args: Vec<String> = [
                     "--cluster-enabled",
                     "yes",
                     "--cluster-config-file",
@@ -48,11 +90,52 @@ impl Rig {
                     "1000",
                     "--cluster-port",
                     &bus,
-                ])
+                ]
+                .map(str::to_owned)
+                .to_vec();
+                if let Some(sec) = secure {
+                    let c = &sec.certs;
+                    args.extend(
+                        [
+                            "--tls-port",
+                            &sec.tls_ports[i].to_string(),
+                            "--tls-cert-file",
+                            &c.arg("server.pem"),
+                            "--tls-key-file",
+                            &c.arg("server.key"),
+                            "--tls-ca-cert-file",
+                            &c.arg("ca.pem"),
+                            "--tls-cluster",
+                            "yes",
+                            "--tls-replication",
+                            "yes",
+                        ]
+                        .map(str::to_owned),
+                    );
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let node = RedisServer::start_with(&args);
+                if let Some(sec) = secure {
+                    // Set once the server answers PING (which the fixture checks unlogged).
+                    for (key, value) in
+                        [("masterauth", sec.password), ("requirepass", sec.password)]
+                    {
+                        assert_eq!(cli(node.port, &["CONFIG", "SET", key, value]), "OK");
+                    }
+                }
+                node
             })
             .collect();
-        let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
+        let addrs: Vec<String> = match secure {
+            None => nodes.iter().map(RedisServer::addr).collect(),
+            Some(sec) => sec
+                .tls_ports
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect(),
+        };
         let out = Command::new("redis-cli")
+            .args(secure.map(Secure::cli_args).unwrap_or_default())
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "1", "--cluster-yes"])
@@ -64,15 +147,17 @@ impl Rig {
             String::from_utf8_lossy(&out.stdout)
         );
         let rig = Rig { nodes };
+        let auth: Vec<&str> = match secure {
+            None => Vec::new(),
+            Some(sec) => vec!["-a", sec.password, "--no-auth-warning"],
+        };
         wait_for(
             "the cluster to be ok on every node, each primary with its replica",
             || {
                 rig.nodes.iter().all(|n| {
-                    cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
-                        && cli(n.port, &["CLUSTER", "SHARDS"])
-                            .matches("online")
-                            .count()
-                            == 6
+                    let ask = |args: &[&str]| cli(n.port, &[&auth[..], args].concat());
+                    ask(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                        && ask(&["CLUSTER", "SHARDS"]).matches("online").count() == 6
                 })
             },
         );
@@ -423,7 +508,10 @@ async fn a_killed_primary_fails_only_its_own_slots_until_its_replica_takes_over(
         if !events_of(&events, "BACKEND_DEGRADED").is_empty() {
             break killed.elapsed();
         }
-        assert!(killed.elapsed() < Duration::from_secs(10), "no BACKEND_DEGRADED");
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "no BACKEND_DEGRADED"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let degraded = events_of(&events, "BACKEND_DEGRADED");
@@ -577,6 +665,50 @@ async fn a_resharding_under_pipelined_load_shows_no_client_an_error() {
         .expect("INFO keywarden has cluster_redirects");
     assert!(redirects > 0, "{info}");
     eprintln!("redirects followed during the resharding: {redirects}");
+    drop(rig);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_behind_a_password_and_tls_is_reached_on_every_node() {
+    let secure = std::sync::Arc::new(Secure::new());
+    let rig = tokio::task::spawn_blocking({
+        let secure = secure.clone();
+        move || Rig::start_secure(Some(&secure))
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = rig.settings(&dir.path().join("events.jsonl"));
+    let seed = format!("127.0.0.1:{}", secure.tls_ports[0]);
+    s.upstream.address = seed.clone();
+    s.upstream.cluster_nodes = vec![seed];
+    s.upstream.password = Some(secure.password.to_owned());
+    s.upstream.tls = Some(keywarden::config::UpstreamTls {
+        ca_file: secure.certs.path("ca.pem"),
+        client_cert: Some((
+            secure.certs.path("client.pem"),
+            secure.certs.path("client.key"),
+        )),
+        server_name: None,
+    });
+    let proxy = Proxy::start(s).await;
+    let mut c = proxy.client().await;
+    // Every shard reached over TLS, logged in: keys on all three primaries.
+    for k in KEYS {
+        assert_eq!(c.cmd(&["SET", k, k]).await, simple("OK"));
+    }
+    assert_eq!(
+        c.cmd(&["MGET", "foo", "bar", "baz"]).await,
+        Frame::Array(vec![bulk("foo"), bulk("bar"), bulk("baz")])
+    );
+    assert_eq!(c.cmd(&["DBSIZE"]).await, int(KEYS.len() as i64));
+    let Frame::BulkString(info) = c.cmd(&["INFO", "keywarden"]).await else {
+        panic!("INFO is a bulk string")
+    };
+    let info = String::from_utf8(info).unwrap();
+    assert!(info.contains("cluster_shards:3"), "{info}");
+    assert_eq!(info.matches("state=healthy").count(), 3, "{info}");
     drop(rig);
     proxy.shutdown().await;
 }
