@@ -148,6 +148,47 @@ async fn many_pipelining_clients_get_their_own_replies_in_order() {
     proxy.shutdown().await;
 }
 
+/// Large requests go upstream from their client's buffer, not copied into the shared
+/// connection's: interleaved with small ones from other clients on the same connections, every
+/// value still lands whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_and_small_requests_from_many_clients_interleave_whole() {
+    const CLIENTS: usize = 16;
+    const PAIRS: usize = 40;
+    let sizes = [5usize, 17_000, 16_384, 16_383, 300_000, 3, 1 << 20];
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut tasks = Vec::new();
+    for id in 0..CLIENTS {
+        let addr = proxy.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            let value = |j: usize| -> Vec<u8> {
+                let n = sizes[(id + j) % sizes.len()];
+                (0..n).map(|i| ((i + id * 7 + j) % 251) as u8).collect()
+            };
+            let mut pipe = Vec::new();
+            for j in 0..PAIRS {
+                let key = format!("c{id}:k{j}");
+                pipe.extend(encode(&[b"SET", key.as_bytes(), &value(j)]));
+                pipe.extend(encode(&[b"GET", key.as_bytes()]));
+            }
+            c.send_raw(&pipe).await;
+            for j in 0..PAIRS {
+                assert_eq!(c.reply().await, simple("OK"), "client {id}, SET {j}");
+                match c.reply().await {
+                    Frame::BulkString(got) => assert!(got == value(j), "client {id}, GET {j}"),
+                    other => panic!("client {id}, GET {j}: {other:?}"),
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_megabyte_value_round_trips() {
     let redis = RedisServer::start();

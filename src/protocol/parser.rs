@@ -176,6 +176,16 @@ impl RequestParser {
         self.auth_required = auth_required;
     }
 
+    /// How long the buffer must be to hold the bulk payload being read (its CRLF included),
+    /// once its `$<len>` line is in; 0 otherwise. A reader sizes its buffer by it, so that a
+    /// large argument is read into one allocation rather than grown and copied as it comes.
+    pub(crate) fn wants(&self) -> usize {
+        match (self.frame, self.bulk_len) {
+            (Frame::Bulks, Some(len)) => self.pos + len + 2,
+            _ => 0,
+        }
+    }
+
     /// Takes the next complete command off the front of `buf`.
     ///
     /// - `Ok(Some(req))`: the command's bytes were split off `buf` (zero-copy).

@@ -182,6 +182,16 @@ impl ReplyScanner {
         }
     }
 
+    /// How many bytes from the frame's start the scanner needs before it can go on: the end
+    /// of the bulk payload it is in (CRLF included), or 0. A reader sizes its buffer by it, so
+    /// that a large reply is read into one allocation rather than grown and copied.
+    pub fn wants(&self) -> usize {
+        match self.step {
+            Step::Payload { end } => end,
+            Step::Header { .. } => 0,
+        }
+    }
+
     /// Forgets any partial progress (used when a connection is replaced).
     pub fn reset(&mut self) {
         self.pos = 0;

@@ -46,6 +46,10 @@ use crate::upstream::target::Target;
 /// Read buffer growth step for upstream replies.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// Requests this large are written to the upstream from the client's own buffer rather than
+/// copied into the connection's (a 1 MB SET is then never copied on its way).
+const LARGE: usize = 16 * 1024;
+
 /// The pools of shared connections to one upstream: one for RESP2 clients and one for RESP3
 /// clients (the two never share a connection, since replies are forwarded as they come).
 pub(crate) struct Upstream {
@@ -96,6 +100,7 @@ impl Upstream {
                         queue: Mutex::new(Queue {
                             link: Link::Connecting,
                             wbuf: BytesMut::new(),
+                            large: VecDeque::new(),
                             waiters: Vec::new(),
                         }),
                         wake: Notify::new(),
@@ -237,7 +242,11 @@ enum Link {
 /// Work handed from sessions to the connection task.
 struct Queue {
     link: Link,
+    /// Requests' bytes, copied in; when `large` is not empty, they follow all of it.
     wbuf: BytesMut,
+    /// Requests of [`LARGE`] bytes or more, not copied (each is a slice of its client's input
+    /// buffer), with the copied bytes that came before each, in order.
+    large: VecDeque<Bytes>,
     waiters: Vec<Waiter>,
 }
 
@@ -359,7 +368,15 @@ impl SharedConn {
         }
         let mut hold = None;
         for r in reqs {
-            q.wbuf.put_slice(r.raw());
+            if r.raw().len() >= LARGE {
+                if !q.wbuf.is_empty() {
+                    let copied = q.wbuf.split().freeze();
+                    q.large.push_back(copied);
+                }
+                q.large.push_back(r.raw().clone());
+            } else {
+                q.wbuf.put_slice(r.raw());
+            }
             if let Some(h) = holds_the_server(r) {
                 // One mark covers the run: its replies come in order, the hold's at worst last.
                 let mark = self.holds.begin(h);
@@ -393,6 +410,7 @@ impl SharedConn {
         q.link = link;
         if matches!(link, Link::Down(_)) {
             q.wbuf.clear();
+            q.large.clear();
             std::mem::take(&mut q.waiters)
         } else {
             Vec::new()
@@ -401,8 +419,22 @@ impl SharedConn {
 
     /// Moves queued work into the task's own buffers (swapping write buffers keeps both
     /// allocations alive, so a busy connection does not reallocate).
-    fn take(&self, wbuf: &mut BytesMut, into: &mut VecDeque<InFlight>, now: Instant) {
+    fn take(
+        &self,
+        wbuf: &mut BytesMut,
+        large: &mut VecDeque<Bytes>,
+        into: &mut VecDeque<InFlight>,
+        now: Instant,
+    ) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        if !q.large.is_empty() {
+            // What the task holds goes first, then the queue's large requests (with what was
+            // copied before each), then what was copied after the last.
+            if !wbuf.is_empty() {
+                large.push_back(wbuf.split().freeze());
+            }
+            large.extend(q.large.drain(..));
+        }
         if wbuf.is_empty() {
             std::mem::swap(wbuf, &mut q.wbuf);
         } else {
@@ -617,6 +649,9 @@ struct Connection {
     stream: Conn,
     rbuf: BytesMut,
     wbuf: BytesMut,
+    /// Large requests (and the copied bytes before each), written before `wbuf`; `written`
+    /// counts into the first of them while there is one.
+    large: VecDeque<Bytes>,
     written: usize,
     in_flight: VecDeque<InFlight>,
     scanner: ReplyScanner,
@@ -661,6 +696,7 @@ impl Connection {
             stream,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
+            large: VecDeque::new(),
             written: 0,
             in_flight: VecDeque::new(),
             scanner: ReplyScanner::new(max_reply_depth),
@@ -703,12 +739,19 @@ impl Connection {
         // set by the timeout when the connection opens; each check reads the one in force.
         let mut tick = timeout_tick(timing.command_timeout());
         // Work queued while connecting: its wake-up may have been spent ending the backoff.
-        conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
+        conn.take(
+            &mut self.wbuf,
+            &mut self.large,
+            &mut self.in_flight,
+            Instant::now(),
+        );
         if let Err(why) = self.write() {
             return why;
         }
         loop {
-            let pending_write = self.written < self.wbuf.len() || self.stream.wants_write();
+            let pending_write = self.written < self.wbuf.len()
+                || !self.large.is_empty()
+                || self.stream.wants_write();
             let event = tokio::select! {
                 biased;
                 // Sentinel named another primary: this one is no longer the upstream. First,
@@ -735,7 +778,12 @@ impl Connection {
                 Event::Readable => self.read(),
                 Event::Writable => self.write(),
                 Event::Work => {
-                    conn.take(&mut self.wbuf, &mut self.in_flight, Instant::now());
+                    conn.take(
+                        &mut self.wbuf,
+                        &mut self.large,
+                        &mut self.in_flight,
+                        Instant::now(),
+                    );
                     self.write()
                 }
                 Event::Tick => self.check_timeout(timing.command_timeout(), &conn.holds, monitor),
@@ -751,6 +799,20 @@ impl Connection {
     }
 
     fn write(&mut self) -> Result<(), UpstreamFailure> {
+        while let Some(front) = self.large.front() {
+            match self.stream.try_write(&front[self.written..]) {
+                Ok(n) => {
+                    self.written += n;
+                    self.last_progress = Instant::now();
+                    if self.written == front.len() {
+                        self.large.pop_front();
+                        self.written = 0;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(_) => return Err(UpstreamFailure::ConnectionLost),
+            }
+        }
         while self.written < self.wbuf.len() {
             match self.stream.try_write(&self.wbuf[self.written..]) {
                 Ok(n) => {
@@ -775,9 +837,13 @@ impl Connection {
     }
 
     fn read(&mut self) -> Result<(), UpstreamFailure> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 4 {
-            self.rbuf.reserve(READ_CHUNK.max(self.rbuf.len()));
-        }
+        // The frame being read starts `framed` bytes in (or at 0, skipping a transaction's
+        // replies: it is then the scanner's frame too).
+        let wants = match self.scanner.wants() {
+            0 => 0,
+            n => n + self.framed,
+        };
+        crate::protocol::make_room(&mut self.rbuf, wants, READ_CHUNK);
         match self.stream.read_available(&mut self.rbuf) {
             Ok(0) => Err(UpstreamFailure::ConnectionLost),
             Ok(_) => {

@@ -536,9 +536,7 @@ impl Session {
         let max_query = self.policy.settings.limits.max_query_buffer;
         self.busy_mut();
         let b = self.busy.as_deref_mut().expect("busy state was just made");
-        if b.inbuf.capacity() - b.inbuf.len() < READ_CHUNK / 4 {
-            b.inbuf.reserve(READ_CHUNK.max(b.inbuf.len()));
-        }
+        crate::protocol::make_room(&mut b.inbuf, b.parser.wants(), READ_CHUNK);
         match self.stream.read_available(&mut b.inbuf) {
             Ok(0) => Ok(false),
             Ok(_) if b.inbuf.len() > max_query => {
