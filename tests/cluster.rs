@@ -29,6 +29,21 @@ fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// One redis-server with cluster mode on, its bus on a free port.
+fn cluster_node() -> RedisServer {
+    let bus = free_port().to_string();
+    RedisServer::start_with(&[
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+        "--cluster-node-timeout",
+        "1000",
+        "--cluster-port",
+        &bus,
+    ])
+}
+
 /// Six nodes in one cluster: three primaries, one replica each.
 struct Rig {
     nodes: Vec<RedisServer>,
@@ -562,13 +577,16 @@ async fn a_killed_primary_fails_only_its_own_slots_until_its_replica_takes_over(
     proxy.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resharding_under_pipelined_load_shows_no_client_an_error() {
-    let rig = tokio::task::spawn_blocking(Rig::start).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(rig.settings(&dir.path().join("events.jsonl"))).await;
-    // Keys all over the slot space, written first.
-    let keys: Vec<String> = (0..2000).map(|i| format!("k{i}")).collect();
+/// Moves 2000 slots away from the primary of `k0`, to the primary `to` names (by node id),
+/// while four clients pipeline GET, INCR and a cross-slot MGET through keywarden, every reply
+/// checked; then reads every key back. Returns the rig and the redirections keywarden followed.
+async fn reshard_under_load(
+    rig: Rig,
+    proxy: &Proxy,
+    keys: Vec<String>,
+    to: impl FnOnce(&mut Rig, &str) -> String + Send + 'static,
+) -> (Rig, u64) {
+    // The keys, written first; the first one's primary gives the slots.
     let mut c = proxy.client().await;
     for chunk in keys.chunks(100) {
         let mut pipe = Vec::new();
@@ -580,7 +598,6 @@ async fn a_resharding_under_pipelined_load_shows_no_client_an_error() {
             assert_eq!(c.reply().await, simple("OK"));
         }
     }
-    // Move 2000 slots from one primary to another while clients pipeline reads and writes.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut loaders = Vec::new();
     for w in 0..4 {
@@ -611,17 +628,11 @@ async fn a_resharding_under_pipelined_load_shows_no_client_an_error() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = keys[0].clone();
     let rig = tokio::task::spawn_blocking(move || {
-        let from = cli(rig.owner("k0").port, &["CLUSTER", "MYID"]);
-        let to_node = rig
-            .nodes
-            .iter()
-            .find(|n| {
-                cli(n.port, &["ROLE"]).starts_with("master")
-                    && cli(n.port, &["CLUSTER", "MYID"]) != from
-            })
-            .unwrap();
-        let to = cli(to_node.port, &["CLUSTER", "MYID"]);
+        let mut rig = rig;
+        let from = cli(rig.owner(&first).port, &["CLUSTER", "MYID"]);
+        let to = to(&mut rig, &from);
         let out = Command::new("redis-cli")
             .args(["--cluster", "reshard", &rig.nodes[0].addr()])
             .args(["--cluster-from", &from, "--cluster-to", &to])
@@ -634,11 +645,9 @@ async fn a_resharding_under_pipelined_load_shows_no_client_an_error() {
             ])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "reshard: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let said = String::from_utf8_lossy(&out.stdout);
+        let tail: Vec<&str> = said.lines().rev().take(5).collect();
+        assert!(out.status.success(), "reshard: {tail:?}");
         rig
     })
     .await
@@ -653,7 +662,6 @@ async fn a_resharding_under_pipelined_load_shows_no_client_an_error() {
     for k in keys.iter().step_by(7) {
         assert_eq!(c.cmd(&["GET", k]).await, bulk(k));
     }
-    // The clients were redirected (MOVED or ASK), and never saw it.
     let Frame::BulkString(info) = c.cmd(&["INFO", "keywarden"]).await else {
         panic!("INFO is a bulk string")
     };
@@ -663,8 +671,111 @@ async fn a_resharding_under_pipelined_load_shows_no_client_an_error() {
         .find_map(|l| l.strip_prefix("cluster_redirects:"))
         .and_then(|v| v.trim().parse().ok())
         .expect("INFO keywarden has cluster_redirects");
-    assert!(redirects > 0, "{info}");
+    (rig, redirects)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resharding_under_pipelined_load_shows_no_client_an_error() {
+    let rig = tokio::task::spawn_blocking(Rig::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(rig.settings(&dir.path().join("events.jsonl"))).await;
+    let keys = (0..2000).map(|i| format!("k{i}")).collect();
+    let (rig, redirects) = reshard_under_load(rig, &proxy, keys, |rig, from| {
+        let to = rig
+            .nodes
+            .iter()
+            .find(|n| {
+                cli(n.port, &["ROLE"]).starts_with("master")
+                    && cli(n.port, &["CLUSTER", "MYID"]) != from
+            })
+            .unwrap();
+        cli(to.port, &["CLUSTER", "MYID"])
+    })
+    .await;
+    // The clients were redirected (MOVED or ASK), and never saw it.
+    assert!(redirects > 0);
     eprintln!("redirects followed during the resharding: {redirects}");
+    drop(rig);
+    proxy.shutdown().await;
+}
+
+/// Scale-out: a primary added to the cluster (`redis-cli --cluster add-node`) gets slots while
+/// clients pipeline. The new node is in no slot map until its first slot has moved, so while
+/// that slot migrates (slowly here: 20,000 keys in it) the ASKs naming it must be followed
+/// before the map lists it: keywarden takes the node once a listed node confirms, in
+/// `CLUSTER NODES`, that a primary of the cluster is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_moved_to_a_newly_added_primary_show_no_client_an_error() {
+    let rig = tokio::task::spawn_blocking(Rig::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(rig.settings(&dir.path().join("events.jsonl"))).await;
+    // The first slot the resharding moves: the lowest of the primary of "k0".
+    let (rig, first_slot) = tokio::task::spawn_blocking(move || {
+        let port = rig.owner("k0").port;
+        let me = cli(port, &["CLUSTER", "MYID"]);
+        let lowest = cli(port, &["CLUSTER", "NODES"])
+            .lines()
+            .find(|l| l.starts_with(&me))
+            .and_then(|l| l.split(' ').nth(8).map(str::to_owned))
+            .and_then(|r| r.split('-').next()?.parse::<u16>().ok())
+            .expect("the primary's first range");
+        (rig, lowest)
+    })
+    .await
+    .unwrap();
+    let tag = (0..)
+        .map(|i| format!("t{i}"))
+        .find(|t| keywarden::command::slot::key_slot(t.as_bytes()) == first_slot)
+        .unwrap();
+    let mut c = proxy.client().await;
+    for chunk in 0..20 {
+        let mut pipe = Vec::new();
+        for i in 0..1000 {
+            let key = format!("{{{tag}}}fill{}", chunk * 1000 + i);
+            pipe.extend(encode(&[b"SET", key.as_bytes(), b"x"]));
+        }
+        c.send_raw(&pipe).await;
+        for _ in 0..1000 {
+            assert_eq!(c.reply().await, simple("OK"));
+        }
+    }
+    // Keys in that slot first, so the clients keep asking for them while it moves.
+    let keys: Vec<String> = (0..500)
+        .map(|i| format!("{{{tag}}}hot{i}"))
+        .chain((0..2000).map(|i| format!("k{i}")))
+        .collect();
+    let (rig, redirects) = reshard_under_load(rig, &proxy, keys, |rig, _| {
+        let added = cluster_node();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "add-node", &added.addr(), &rig.nodes[0].addr()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "add-node: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let id = cli(added.port, &["CLUSTER", "MYID"]);
+        wait_for(
+            "every node to know the new primary, and it the cluster",
+            || {
+                rig.nodes
+                    .iter()
+                    .all(|n| cli(n.port, &["CLUSTER", "NODES"]).contains(&id))
+                    && cli(added.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+            },
+        );
+        rig.nodes.push(added);
+        id
+    })
+    .await;
+    assert!(redirects > 0);
+    let Frame::BulkString(info) = proxy.client().await.cmd(&["INFO", "keywarden"]).await else {
+        panic!("INFO is a bulk string")
+    };
+    let info = String::from_utf8(info).unwrap();
+    assert!(info.contains("cluster_shards:4"), "{info}");
+    eprintln!("redirects followed while slots moved to the new primary: {redirects}");
     drop(rig);
     proxy.shutdown().await;
 }

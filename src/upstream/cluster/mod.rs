@@ -102,6 +102,8 @@ pub(crate) struct Cluster {
     covered: std::sync::atomic::AtomicBool,
     /// The refresh task.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Held while a shard is adopted for an ASK (see [`Cluster::adopt`]).
+    adopting: tokio::sync::Mutex<()>,
 }
 
 /// One range of the slot map.
@@ -144,6 +146,7 @@ impl Cluster {
             redirects: AtomicU64::new(0),
             covered: std::sync::atomic::AtomicBool::new(false),
             task: Mutex::new(None),
+            adopting: tokio::sync::Mutex::new(()),
         });
         if !cluster.refresh_once().await {
             tracing::warn!("no cluster node answered CLUSTER SLOTS yet");
@@ -387,6 +390,11 @@ impl Cluster {
             .map(|r| format!("{}-{}", r.start, r.end))
             .collect();
         let name = format!("{} slots {}", range.primary, slots.join(","));
+        self.start_named(name, range, true).await
+    }
+
+    /// Starts a shard named `name` for `range`'s primary and ids.
+    async fn start_named(&self, name: String, range: &Range, serving: bool) -> Arc<Shard> {
         tracing::info!(shard = %name, "cluster shard found");
         let target = Target::new(&range.primary);
         let mut monitor = self.setup.monitor.clone();
@@ -418,8 +426,48 @@ impl Cluster {
             monitor,
             upstream,
             members: Mutex::new(range.ids.clone()),
-            serving: std::sync::atomic::AtomicBool::new(true),
+            serving: std::sync::atomic::AtomicBool::new(serving),
         })
+    }
+
+    /// The shard at `address` for an `ASK` that names a node the slot map does not list yet (a
+    /// primary just added, being given its first slots): taken only once a node the map does
+    /// list says, in `CLUSTER NODES`, that a primary of this cluster is there, so that a reply
+    /// naming any address cannot make keywarden connect (and log in) there. It serves no slot
+    /// until the map gives it some.
+    pub(crate) async fn adopt(&self, address: &str) -> Option<Arc<Shard>> {
+        let _one = self.adopting.lock().await;
+        if let Some(shard) = self.shard_at(address) {
+            return Some(shard);
+        }
+        let login = setup_commands(&self.setup.settings, false)
+            .into_iter()
+            .next();
+        let ask = Request::from_args(&["CLUSTER", "NODES"]);
+        let tls = self.setup.settings.tls.as_ref();
+        for known in self.serving() {
+            let at = known.target.current();
+            let Some(reply) = target::ask(&at, tls, login.as_ref(), &ask).await else {
+                continue;
+            };
+            // The first listed node that answers decides.
+            let id = text(&reply).and_then(|nodes| primary_at(&nodes, address))?;
+            let range = Range {
+                start: 0,
+                end: 0,
+                primary: address.to_owned(),
+                ids: vec![id],
+            };
+            let shard = self
+                .start_named(format!("{address} slots none"), &range, false)
+                .await;
+            let mut all = self.shards.write().unwrap_or_else(|e| e.into_inner());
+            let mut list = all.to_vec();
+            list.push(shard.clone());
+            *all = Arc::from(list);
+            return Some(shard);
+        }
+        None
     }
 }
 
@@ -449,6 +497,21 @@ fn text(frame: &OwnedFrame) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// The id of the primary at `address` in a `CLUSTER NODES` reply (`<id> <ip:port@bus> <flags>
+/// ...` per line), unless it is failing or not yet a member.
+fn primary_at(nodes: &str, address: &str) -> Option<String> {
+    nodes.lines().find_map(|line| {
+        let mut f = line.split(' ');
+        let (id, addr, flags) = (f.next()?, f.next()?, f.next()?);
+        let addr = addr.split(['@', ',']).next()?;
+        let ok = flags.split(',').any(|f| f == "master")
+            && !flags
+                .split(',')
+                .any(|f| matches!(f, "fail" | "fail?" | "handshake" | "noaddr"));
+        (addr == address && ok).then(|| id.to_owned())
+    })
 }
 
 /// The ranges of a `CLUSTER SLOTS` reply: `[start, end, [host, port, id, ...], replicas...]`
@@ -508,6 +571,19 @@ mod tests {
 
     fn bulk(s: &str) -> OwnedFrame {
         OwnedFrame::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn cluster_nodes_names_primaries_by_address() {
+        let nodes = "a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460\n\
+                     b2 127.0.0.1:7002@17002 master - 0 0 2 connected\n\
+                     c3 127.0.0.1:7003@17003 slave b2 0 0 2 connected\n\
+                     d4 127.0.0.1:7004@17004 master,fail - 0 0 3 disconnected\n";
+        assert_eq!(primary_at(nodes, "127.0.0.1:7002").as_deref(), Some("b2"));
+        assert_eq!(primary_at(nodes, "127.0.0.1:7001").as_deref(), Some("a1"));
+        assert_eq!(primary_at(nodes, "127.0.0.1:7003"), None);
+        assert_eq!(primary_at(nodes, "127.0.0.1:7004"), None);
+        assert_eq!(primary_at(nodes, "10.0.0.1:1"), None);
     }
 
     #[test]

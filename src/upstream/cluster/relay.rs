@@ -401,14 +401,25 @@ impl Relay {
     /// `ASKING` and part `id` to the shard whose primary is at `address`, once.
     fn ask(self: &Arc<Self>, id: u32, address: &str) {
         let Some(shard) = self.cluster.shard_at(address) else {
-            // Not a primary known yet: the map is read again, and the part goes by its slot.
-            let relay = self.clone();
+            // A node the map does not list yet (a primary just added): taken once the cluster
+            // confirms it; otherwise the map is read again and the part goes by its slot.
+            let (relay, address) = (self.clone(), address.to_owned());
             tokio::spawn(async move {
-                relay.cluster.next_refresh(Duration::from_secs(1)).await;
-                relay.dispatch(&[id]);
+                match relay.cluster.adopt(&address).await {
+                    Some(shard) => relay.ask_on(id, &shard),
+                    None => {
+                        relay.cluster.next_refresh(Duration::from_secs(1)).await;
+                        relay.dispatch(&[id]);
+                    }
+                }
             });
             return;
         };
+        self.ask_on(id, &shard);
+    }
+
+    /// `ASKING` and part `id` to `shard`.
+    fn ask_on(self: &Arc<Self>, id: u32, shard: &Shard) {
         let reqs = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let mut reqs = vec![Request::from_args(&["ASKING"])];
