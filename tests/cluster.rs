@@ -12,21 +12,8 @@ use std::time::{Duration, Instant};
 use keywarden::policy::keyspace::{Keyspaces, Mode};
 use support::*;
 
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli (apt-get install -y redis-tools)");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, ok: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(60), ok)
 }
 
 /// One redis-server with cluster mode on, its bus on a free port.
@@ -135,7 +122,7 @@ impl Rig {
                     for (key, value) in
                         [("masterauth", sec.password), ("requirepass", sec.password)]
                     {
-                        assert_eq!(cli(node.port, &["CONFIG", "SET", key, value]), "OK");
+                        assert_eq!(redis_cli(node.port, &["CONFIG", "SET", key, value]), "OK");
                     }
                 }
                 node
@@ -170,7 +157,7 @@ impl Rig {
             "the cluster to be ok on every node, each primary with its replica",
             || {
                 rig.nodes.iter().all(|n| {
-                    let ask = |args: &[&str]| cli(n.port, &[&auth[..], args].concat());
+                    let ask = |args: &[&str]| redis_cli(n.port, &[&auth[..], args].concat());
                     ask(&["CLUSTER", "INFO"]).contains("cluster_state:ok")
                         && ask(&["CLUSTER", "SHARDS"]).matches("online").count() == 6
                 })
@@ -181,12 +168,12 @@ impl Rig {
 
     /// The node serving `key`'s slot now.
     fn owner(&self, key: &str) -> &RedisServer {
-        let slot: u16 = cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
+        let slot: u16 = redis_cli(self.nodes[0].port, &["CLUSTER", "KEYSLOT", key])
             .parse()
             .unwrap();
         self.nodes
             .iter()
-            .find(|n| cli(n.port, &["ROLE"]).starts_with("master") && owns(n.port, slot))
+            .find(|n| redis_cli(n.port, &["ROLE"]).starts_with("master") && owns(n.port, slot))
             .expect("a primary owns every slot")
     }
 
@@ -201,8 +188,8 @@ impl Rig {
 
 /// Whether the node on `port` serves `slot` (by its own CLUSTER SLOTS and its own id).
 fn owns(port: u16, slot: u16) -> bool {
-    let me = cli(port, &["CLUSTER", "MYID"]);
-    let nodes = cli(port, &["CLUSTER", "NODES"]);
+    let me = redis_cli(port, &["CLUSTER", "MYID"]);
+    let nodes = redis_cli(port, &["CLUSTER", "NODES"]);
     nodes.lines().any(|line| {
         let f: Vec<&str> = line.split(' ').collect();
         f[0] == me
@@ -216,14 +203,21 @@ fn owns(port: u16, slot: u16) -> bool {
     })
 }
 
+/// A started rig and keywarden in front of it, with its events file in the directory
+/// returned (kept while it lives).
+async fn rig_and_proxy() -> (Rig, tempfile::TempDir, Proxy) {
+    let rig = tokio::task::spawn_blocking(Rig::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(rig.settings(&dir.path().join("events.jsonl"))).await;
+    (rig, dir, proxy)
+}
+
 /// Keys that fall in different slots (checked by the cluster itself).
 const KEYS: [&str; 6] = ["foo", "bar", "baz", "qux", "user:1", "user:2"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_see_one_redis_in_front_of_a_cluster() {
-    let rig = tokio::task::spawn_blocking(Rig::start).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(rig.settings(&dir.path().join("events.jsonl"))).await;
+    let (rig, _dir, proxy) = rig_and_proxy().await;
     let mut c = proxy.client().await;
 
     for k in KEYS {
@@ -232,7 +226,7 @@ async fn clients_see_one_redis_in_front_of_a_cluster() {
     let rig = tokio::task::spawn_blocking(move || {
         for k in KEYS {
             // Stored on the node that owns the key's slot.
-            assert_eq!(cli(rig.owner(k).port, &["GET", k]), format!("v-{k}"));
+            assert_eq!(redis_cli(rig.owner(k).port, &["GET", k]), format!("v-{k}"));
         }
         rig
     })
@@ -376,13 +370,22 @@ async fn clients_see_one_redis_in_front_of_a_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_and_pubsub_reach_the_right_node() {
-    let rig = tokio::task::spawn_blocking(Rig::start).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(rig.settings(&dir.path().join("events.jsonl"))).await;
+    let (rig, _dir, proxy) = rig_and_proxy().await;
     let mut blocked = proxy.client().await;
     blocked.send(&["BLPOP", "queue", "5"]).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let mut c = proxy.client().await;
+    // Blocked once keywarden's CLIENT LIST says so (it has the client's own connection).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let Frame::BulkString(list) = c.cmd(&["CLIENT", "LIST"]).await else {
+            panic!("CLIENT LIST is a bulk string")
+        };
+        if String::from_utf8_lossy(&list).contains("flags=b") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the BLPOP never blocked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert_eq!(c.cmd(&["RPUSH", "queue", "job"]).await, int(1));
     assert_eq!(
         blocked.reply().await,
@@ -440,11 +443,11 @@ async fn blocking_and_pubsub_reach_the_right_node() {
 
 /// The replica of the primary on `port` (by CLUSTER NODES).
 fn replica_of(rig: &Rig, port: u16) -> usize {
-    let id = cli(port, &["CLUSTER", "MYID"]);
+    let id = redis_cli(port, &["CLUSTER", "MYID"]);
     rig.nodes
         .iter()
         .position(|n| {
-            cli(n.port, &["CLUSTER", "NODES"]).lines().any(|l| {
+            redis_cli(n.port, &["CLUSTER", "NODES"]).lines().any(|l| {
                 let f: Vec<&str> = l.split(' ').collect();
                 f[2].contains("myself") && f[2].contains("slave") && f[3] == id
             })
@@ -492,7 +495,7 @@ async fn a_killed_primary_fails_only_its_own_slots_until_its_replica_takes_over(
     // When the replica is promoted, as its own ROLE says.
     let replica_port = rig.nodes[replica].port;
     let promoted = std::thread::spawn(move || loop {
-        if cli(replica_port, &["ROLE"]).starts_with("master") {
+        if redis_cli(replica_port, &["ROLE"]).starts_with("master") {
             return killed.elapsed();
         }
         assert!(killed.elapsed() < Duration::from_secs(30), "never promoted");
@@ -549,7 +552,7 @@ async fn a_killed_primary_fails_only_its_own_slots_until_its_replica_takes_over(
     };
     assert_eq!(c.cmd(&["SET", "foo", "2"]).await, simple("OK"));
     let port = rig.nodes[replica].port;
-    let on_replica = tokio::task::spawn_blocking(move || cli(port, &["GET", "foo"]))
+    let on_replica = tokio::task::spawn_blocking(move || redis_cli(port, &["GET", "foo"]))
         .await
         .unwrap();
     assert_eq!(on_replica, "2");
@@ -631,7 +634,7 @@ async fn reshard_under_load(
     let first = keys[0].clone();
     let rig = tokio::task::spawn_blocking(move || {
         let mut rig = rig;
-        let from = cli(rig.owner(&first).port, &["CLUSTER", "MYID"]);
+        let from = redis_cli(rig.owner(&first).port, &["CLUSTER", "MYID"]);
         let to = to(&mut rig, &from);
         let out = Command::new("redis-cli")
             .args(["--cluster", "reshard", &rig.nodes[0].addr()])
@@ -676,20 +679,18 @@ async fn reshard_under_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resharding_under_pipelined_load_shows_no_client_an_error() {
-    let rig = tokio::task::spawn_blocking(Rig::start).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(rig.settings(&dir.path().join("events.jsonl"))).await;
+    let (rig, _dir, proxy) = rig_and_proxy().await;
     let keys = (0..2000).map(|i| format!("k{i}")).collect();
     let (rig, redirects) = reshard_under_load(rig, &proxy, keys, |rig, from| {
         let to = rig
             .nodes
             .iter()
             .find(|n| {
-                cli(n.port, &["ROLE"]).starts_with("master")
-                    && cli(n.port, &["CLUSTER", "MYID"]) != from
+                redis_cli(n.port, &["ROLE"]).starts_with("master")
+                    && redis_cli(n.port, &["CLUSTER", "MYID"]) != from
             })
             .unwrap();
-        cli(to.port, &["CLUSTER", "MYID"])
+        redis_cli(to.port, &["CLUSTER", "MYID"])
     })
     .await;
     // The clients were redirected (MOVED or ASK), and never saw it.
@@ -706,14 +707,12 @@ async fn a_resharding_under_pipelined_load_shows_no_client_an_error() {
 /// `CLUSTER NODES`, that a primary of the cluster is there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_moved_to_a_newly_added_primary_show_no_client_an_error() {
-    let rig = tokio::task::spawn_blocking(Rig::start).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = Proxy::start(rig.settings(&dir.path().join("events.jsonl"))).await;
+    let (rig, _dir, proxy) = rig_and_proxy().await;
     // The first slot the resharding moves: the lowest of the primary of "k0".
     let (rig, first_slot) = tokio::task::spawn_blocking(move || {
         let port = rig.owner("k0").port;
-        let me = cli(port, &["CLUSTER", "MYID"]);
-        let lowest = cli(port, &["CLUSTER", "NODES"])
+        let me = redis_cli(port, &["CLUSTER", "MYID"]);
+        let lowest = redis_cli(port, &["CLUSTER", "NODES"])
             .lines()
             .find(|l| l.starts_with(&me))
             .and_then(|l| l.split(' ').nth(8).map(str::to_owned))
@@ -755,14 +754,14 @@ async fn slots_moved_to_a_newly_added_primary_show_no_client_an_error() {
             "add-node: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let id = cli(added.port, &["CLUSTER", "MYID"]);
+        let id = redis_cli(added.port, &["CLUSTER", "MYID"]);
         wait_for(
             "every node to know the new primary, and it the cluster",
             || {
                 rig.nodes
                     .iter()
-                    .all(|n| cli(n.port, &["CLUSTER", "NODES"]).contains(&id))
-                    && cli(added.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                    .all(|n| redis_cli(n.port, &["CLUSTER", "NODES"]).contains(&id))
+                    && redis_cli(added.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
             },
         );
         rig.nodes.push(added);

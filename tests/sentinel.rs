@@ -76,25 +76,12 @@ impl Drop for Sentinel {
     }
 }
 
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli (apt-get install -y redis-tools)");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 fn ping(port: u16) -> bool {
-    cli(port, &["PING"]) == "PONG"
+    redis_cli(port, &["PING"]) == "PONG"
 }
 
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, ok: impl FnMut() -> bool) {
+    wait_until(what, Duration::from_secs(30), ok)
 }
 
 /// A primary, a replica in sync with it, and three sentinels that know of each other.
@@ -153,15 +140,15 @@ impl Rig {
         let replica_args: Vec<&str> = replica_args.iter().map(String::as_str).collect();
         let replica = RedisServer::start_with(&replica_args);
         wait_for("the replica's sync", || {
-            cli(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
+            redis_cli(replica.port, &["INFO", "replication"]).contains("master_link_status:up")
         });
         let sentinels: Vec<Sentinel> = (0..3)
             .map(|_| Sentinel::start(upstream_port, certs.as_deref()))
             .collect();
         for s in &sentinels {
             wait_for("the sentinels to know each other and the replica", || {
-                let peers = cli(s.port, &["SENTINEL", "SENTINELS", MASTER]);
-                let replicas = cli(s.port, &["SENTINEL", "REPLICAS", MASTER]);
+                let peers = redis_cli(s.port, &["SENTINEL", "SENTINELS", MASTER]);
+                let replicas = redis_cli(s.port, &["SENTINEL", "REPLICAS", MASTER]);
                 peers.matches("runid").count() == 2 && replicas.contains("ip")
             });
         }
@@ -205,12 +192,12 @@ async fn kill_primary_and_write(
     let events = dir.path().join("events.jsonl");
     let proxy = Proxy::start(rig.settings(&events)).await;
     write_until_ok(&proxy, "before").await;
-    assert_eq!(cli(rig.primary.port, &["GET", "before"]), "v");
+    assert_eq!(redis_cli(rig.primary.port, &["GET", "before"]), "v");
     rig.primary.kill();
     let took = write_until_ok(&proxy, "after").await;
     // down-after-milliseconds (1 s) plus the sentinels' election and promotion.
     assert!(took < Duration::from_secs(15), "{took:?}");
-    assert_eq!(cli(rig.replica.port, &["GET", "after"]), "v");
+    assert_eq!(redis_cli(rig.replica.port, &["GET", "after"]), "v");
     (proxy, dir, events, took)
 }
 
@@ -243,7 +230,7 @@ async fn the_primary_is_found_through_sentinel_and_followed_after_kill_9() {
     let mut rig = tokio::task::spawn_blocking(Rig::start).await.unwrap();
     let (proxy, _dir, events, took) = kill_primary_and_write(&mut rig).await;
     assert_eq!(
-        cli(rig.replica.port, &["ROLE"]).lines().next(),
+        redis_cli(rig.replica.port, &["ROLE"]).lines().next(),
         Some("master")
     );
     let switched = switched_events(&events);
@@ -261,7 +248,7 @@ async fn a_sentinel_failover_moves_traffic_to_the_new_primary() {
     let events = dir.path().join("events.jsonl");
     let proxy = Proxy::start(rig.settings(&events)).await;
     write_until_ok(&proxy, "before").await;
-    assert_eq!(cli(rig.primary.port, &["GET", "before"]), "v");
+    assert_eq!(redis_cli(rig.primary.port, &["GET", "before"]), "v");
 
     // A client with its own upstream connection (database 1).
     let mut stateful = RawClient::connect(proxy.addr).await;
@@ -269,14 +256,16 @@ async fn a_sentinel_failover_moves_traffic_to_the_new_primary() {
     assert_eq!(stateful.cmd(&["WATCH", "w"]).await, b"+OK\r\n");
     let start = Instant::now();
     assert_eq!(
-        cli(rig.sentinels[0].port, &["SENTINEL", "FAILOVER", MASTER]),
+        redis_cli(rig.sentinels[0].port, &["SENTINEL", "FAILOVER", MASTER]),
         "OK"
     );
     // keywarden switches once the sentinels promote the replica (their +switch-master, or
     // its once-a-second question), and a write lands there, not on the old primary.
     let mut promoted = None;
     let switched_at = loop {
-        if promoted.is_none() && cli(rig.replica.port, &["ROLE"]).lines().next() == Some("master") {
+        if promoted.is_none()
+            && redis_cli(rig.replica.port, &["ROLE"]).lines().next() == Some("master")
+        {
             promoted = Some(start.elapsed());
         }
         if switched_events(&events).len() == 1 {
@@ -293,8 +282,8 @@ async fn a_sentinel_failover_moves_traffic_to_the_new_primary() {
     let rest = stateful.bytes_until_closed().await;
     assert!(rest.is_empty(), "{}", show_bytes(&rest));
     write_until_ok(&proxy, "after").await;
-    assert_eq!(cli(rig.replica.port, &["GET", "after"]), "v");
-    assert_eq!(cli(rig.primary.port, &["GET", "after"]), "");
+    assert_eq!(redis_cli(rig.replica.port, &["GET", "after"]), "v");
+    assert_eq!(redis_cli(rig.primary.port, &["GET", "after"]), "");
     eprintln!("SENTINEL FAILOVER: replica promoted after {promoted:?}, keywarden switched after {switched_at:?}");
     assert!(
         switched_at < promoted + Duration::from_millis(1500),

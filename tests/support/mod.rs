@@ -385,6 +385,27 @@ impl Client {
     }
 }
 
+/// `redis-cli -h 127.0.0.1 -p <port> <args>`'s output, trimmed (for checks on real servers
+/// from blocking code: sentinels, cluster nodes).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (apt-get install -y redis-tools)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Polls `ok` every 50 ms from blocking code until it holds; fails naming `what` after
+/// `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Polls the upstream until it reports at least one blocked client (a BLPOP sent through the
 /// proxy has reached it).
 pub async fn wait_until_blocked(redis: &RedisServer) {
