@@ -167,8 +167,17 @@ impl Cluster {
     /// The shard serving `slot`, if any. (The slot is read first: a shard is added to the
     /// list before any slot names it.)
     pub(crate) fn shard_of(&self, slot: u16) -> Option<Arc<Shard>> {
-        let i = self.slots.get(slot as usize)?.load(Ordering::Relaxed);
-        self.shards().get(i as usize).cloned()
+        self.shard_in(slot, &self.shards())
+    }
+
+    /// [`Cluster::shard_of`] with the shard list already read (once for many slots); read
+    /// again if the slot names a shard added since.
+    pub(crate) fn shard_in(&self, slot: u16, shards: &[Arc<Shard>]) -> Option<Arc<Shard>> {
+        let i = self.slots.get(slot as usize)?.load(Ordering::Relaxed) as usize;
+        match shards.get(i) {
+            Some(shard) => Some(shard.clone()),
+            None => self.shards().get(i).cloned(),
+        }
     }
 
     /// The shards the slot map gives slots to.

@@ -351,6 +351,7 @@ impl Relay {
         if ids.is_empty() {
             return;
         }
+        let shards = self.cluster.shards();
         let mut groups: Vec<Group> = Vec::new();
         let mut failed: Vec<(u32, Bytes)> = Vec::new();
         {
@@ -358,7 +359,7 @@ impl Relay {
             for &id in ids {
                 let part = &state.parts[id as usize];
                 let shard = match &part.dest {
-                    Dest::Slot(slot) => self.cluster.shard_of(*slot),
+                    Dest::Slot(slot) => self.cluster.shard_in(*slot, &shards),
                     Dest::Node(shard) => Some(shard.clone()),
                 };
                 let Some(shard) = shard else {
