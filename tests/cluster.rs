@@ -309,6 +309,30 @@ async fn clients_see_one_redis_in_front_of_a_cluster() {
         Frame::Error("ASK 5 127.0.0.1:1".into())
     );
     assert_eq!(c.cmd(&["GET", "foo"]).await, bulk("v-foo"));
+    // One that names the script's own slot and another primary: followed at most twice (each
+    // runs the script again), and the map is only read again, not rewritten from it.
+    let slot = keywarden::command::slot::key_slot(b"runs").to_string();
+    let (rig, elsewhere) = tokio::task::spawn_blocking(move || {
+        let owner = rig.owner("runs").port;
+        let other = rig.owner("foo").port;
+        let other = if other == owner {
+            rig.owner("bar").port
+        } else {
+            other
+        };
+        (rig, format!("127.0.0.1:{other}"))
+    })
+    .await
+    .unwrap();
+    let script =
+        format!("redis.call('INCR', KEYS[1]) return redis.error_reply('MOVED {slot} {elsewhere}')");
+    let reply = c.cmd(&["EVAL", &script, "1", "runs"]).await;
+    assert_eq!(reply, Frame::Error(format!("MOVED {slot} {elsewhere}")));
+    assert_eq!(
+        c.cmd(&["GET", "runs"]).await,
+        bulk("3"),
+        "run once, then twice again"
+    );
     // Redis Cluster has database 0 only.
     assert!(is_error(
         &c.cmd(&["SELECT", "1"]).await,

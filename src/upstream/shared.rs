@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
+use std::io::IoSlice;
 use tokio::sync::{watch, Notify};
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
@@ -45,6 +47,9 @@ use crate::upstream::target::Target;
 
 /// Read buffer growth step for upstream replies.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Most slices handed to one `writev` of large segments.
+const MAX_SLICES: usize = 64;
 
 /// Requests this large are written to the upstream from the client's own buffer rather than
 /// copied into the connection's (a 1 MB SET is then never copied on its way).
@@ -427,6 +432,13 @@ impl SharedConn {
         now: Instant,
     ) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        // Called only once the task has written everything it held (or, at connect, with
+        // only the setup commands, nothing written): `written` never counts into bytes that
+        // are about to move behind others.
+        debug_assert!(
+            large.is_empty(),
+            "large segments taken before the last were written"
+        );
         if !q.large.is_empty() {
             // What the task holds goes first, then the queue's large requests (with what was
             // copied before each), then what was copied after the last.
@@ -799,15 +811,37 @@ impl Connection {
     }
 
     fn write(&mut self) -> Result<(), UpstreamFailure> {
-        while let Some(front) = self.large.front() {
-            match self.stream.try_write(&front[self.written..]) {
-                Ok(n) => {
-                    self.written += n;
+        while !self.large.is_empty() {
+            // The large segments, then the copied bytes after them, in one writev.
+            let sent = {
+                let mut slices: SmallVec<[IoSlice<'_>; 8]> = SmallVec::new();
+                let mut skip = self.written;
+                for seg in self.large.iter().take(MAX_SLICES - 1) {
+                    slices.push(IoSlice::new(&seg[skip..]));
+                    skip = 0;
+                }
+                if self.large.len() < MAX_SLICES && !self.wbuf.is_empty() {
+                    slices.push(IoSlice::new(&self.wbuf));
+                }
+                self.stream.try_write_vectored(&slices)
+            };
+            match sent {
+                Ok(mut n) => {
                     self.last_progress = Instant::now();
-                    if self.written == front.len() {
+                    // Drop what went out: whole segments, then part of the next.
+                    while let Some(front) = self.large.front() {
+                        let left = front.len() - self.written;
+                        if n < left {
+                            self.written += n;
+                            n = 0;
+                            break;
+                        }
+                        n -= left;
                         self.large.pop_front();
                         self.written = 0;
                     }
+                    // What is left went into the copied bytes after the segments.
+                    self.written += n;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(_) => return Err(UpstreamFailure::ConnectionLost),
@@ -843,7 +877,7 @@ impl Connection {
             0 => 0,
             n => n + self.framed,
         };
-        crate::protocol::make_room(&mut self.rbuf, wants, READ_CHUNK);
+        crate::protocol::make_room(&mut self.rbuf, wants, READ_CHUNK, usize::MAX);
         match self.stream.read_available(&mut self.rbuf) {
             Ok(0) => Err(UpstreamFailure::ConnectionLost),
             Ok(_) => {

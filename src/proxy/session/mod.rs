@@ -536,7 +536,8 @@ impl Session {
         let max_query = self.policy.settings.limits.max_query_buffer;
         self.busy_mut();
         let b = self.busy.as_deref_mut().expect("busy state was just made");
-        crate::protocol::make_room(&mut b.inbuf, b.parser.wants(), READ_CHUNK);
+        // A frame is sized for up front only within the client's query buffer limit.
+        crate::protocol::make_room(&mut b.inbuf, b.parser.wants(), READ_CHUNK, max_query);
         match self.stream.read_available(&mut b.inbuf) {
             Ok(0) => Ok(false),
             Ok(_) if b.inbuf.len() > max_query => {

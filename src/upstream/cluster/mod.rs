@@ -102,7 +102,7 @@ pub(crate) struct Cluster {
     covered: std::sync::atomic::AtomicBool,
     /// The refresh task.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Held while a shard is adopted for an ASK (see [`Cluster::adopt`]).
+    /// Held while shards are created: by a refresh applying a map, by an ASK's adoption.
     adopting: tokio::sync::Mutex<()>,
 }
 
@@ -338,6 +338,9 @@ impl Cluster {
     /// Installs a slot map: shards matched by their nodes' ids (or their primary's address),
     /// new ones started, failed-over ones moved to their new primary.
     async fn apply(&self, ranges: &[Range]) {
+        // One creator of shards at a time: an ASK's adoption (see [`Cluster::adopt`]) and a
+        // refresh finding the same new primary must not start it twice.
+        let _one = self.adopting.lock().await;
         let mut owner = vec![UNASSIGNED; SLOTS];
         for range in ranges {
             let shards = self.shards();

@@ -50,10 +50,33 @@ struct Part {
     tries: u8,
 }
 
+/// Redirections followed for a script or function (EVAL, EVALSHA, FCALL and their `_RO`
+/// forms): a script can return an error that reads like one, and each redirection followed
+/// runs it again; Redis redirects before a script runs, so a real one is followed within this.
+const MAX_SCRIPT_TRIES: u8 = 2;
+
+fn runs_a_script(req: &Request) -> bool {
+    let name = req.name();
+    let is = |n: &str| name.eq_ignore_ascii_case(n.as_bytes());
+    is("eval")
+        || is("evalsha")
+        || is("eval_ro")
+        || is("evalsha_ro")
+        || is("fcall")
+        || is("fcall_ro")
+}
+
 impl Part {
-    /// Whether `r` is a redirection of this part: it was routed by its slot, and a MOVED or
-    /// ASK names that slot.
+    /// Whether `r` is a redirection of this part: it was routed by its slot, a MOVED or ASK
+    /// names that slot, and it has not been redirected too often already.
     fn follows(&self, r: &Redirect) -> bool {
+        let limit = match self.reqs.first() {
+            Some(req) if runs_a_script(req) => MAX_SCRIPT_TRIES,
+            _ => MAX_TRIES,
+        };
+        if self.tries >= limit {
+            return false;
+        }
         match (&self.dest, r) {
             (Dest::Slot(mine), Redirect::Moved(slot, _) | Redirect::Ask(slot, _)) => mine == slot,
             (Dest::Slot(_), Redirect::TryAgain) => true,
@@ -476,7 +499,7 @@ impl Relay {
                     // Only for a request routed by its slot, and only about that slot: a
                     // script's error reply that looks like one is a reply, and no reply
                     // moves another slot's traffic.
-                    Some(r) if part.tries < MAX_TRIES && part.follows(&r) => {
+                    Some(r) if part.follows(&r) => {
                         part.tries += 1;
                         again.push((id, r, part.tries));
                     }
@@ -502,11 +525,15 @@ impl Relay {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match r {
             Redirect::Moved(slot, address) => {
-                {
+                let script = {
                     let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                    state.parts[id as usize].dest = Dest::Slot(slot);
-                }
-                if cluster.moved(slot, &address) {
+                    let part = &mut state.parts[id as usize];
+                    part.dest = Dest::Slot(slot);
+                    part.reqs.first().is_some_and(runs_a_script)
+                };
+                // A script's MOVED may be its own error: it moves no one else's traffic, only
+                // asks for the map to be read again.
+                if !script && cluster.moved(slot, &address) {
                     self.dispatch(&[id]);
                 } else {
                     let relay = self.clone();
