@@ -179,6 +179,10 @@ struct Gen {
     now_s: i64,
     /// Next unique relative deadline.
     uniq: i64,
+    /// Edge values already drawn as relative deadlines: each at most once per sequence, since
+    /// some are valid deadlines in milliseconds, and one drawn twice would make a reply (GT,
+    /// LT, TTL) depend on which millisecond each side ran in.
+    edges_used: Vec<&'static str>,
     /// SET may use EXAT/PXAT in the past (then no DBSIZE).
     past_set: bool,
 }
@@ -273,6 +277,22 @@ impl Gen {
     /// neither side's clock matters.
     fn when(&mut self, kind: When, set: bool) -> Vec<u8> {
         let roll = self.rng.gen_range(0..100);
+        const EDGES: &[&str] = &[
+            "9223372036854775807",
+            "9223372036854775",
+            "9223372036854776",
+            "-9223372036854775808",
+            "-9223372036854775",
+            "9223370000000000000",
+            "9223372036854775806",
+        ];
+        let fresh: Vec<&'static str> = (EDGES.iter().copied())
+            .filter(|e| !self.edges_used.contains(e))
+            .collect();
+        let roll = match roll {
+            90.. if fresh.is_empty() => 0,
+            r => r,
+        };
         let text = match kind {
             When::RelSec | When::RelMs => match roll {
                 0..=69 => {
@@ -286,17 +306,11 @@ impl Gen {
                 }
                 70..=77 => self.pick(&["0", "-1", "-100000"]).to_string(),
                 78..=89 => self.pick(&["abc", "", "1.5", " 5"]).to_string(),
-                _ => self
-                    .pick(&[
-                        "9223372036854775807",
-                        "9223372036854775",
-                        "9223372036854776",
-                        "-9223372036854775808",
-                        "-9223372036854775",
-                        "9223370000000000000",
-                        "9223372036854775806",
-                    ])
-                    .to_string(),
+                _ => {
+                    let edge = self.pick(&fresh);
+                    self.edges_used.push(edge);
+                    edge.to_string()
+                }
             },
             When::AbsSec | When::AbsMs => {
                 let scale = if kind == When::AbsSec { 1 } else { 1000 };
@@ -663,6 +677,7 @@ pub fn generate(seed: u64) -> (Vec<Cmd>, bool) {
         rng: StdRng::seed_from_u64(seed),
         now_s: (now_ms() / 1000) as i64,
         uniq: 0,
+        edges_used: Vec::new(),
         past_set: false,
     };
     g.past_set = g.chance(0.5);
