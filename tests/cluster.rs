@@ -16,10 +16,10 @@ fn wait_for(what: &str, ok: impl FnMut() -> bool) {
     wait_until(what, Duration::from_secs(60), ok)
 }
 
-/// One redis-server with cluster mode on, its bus on a free port.
-fn cluster_node() -> RedisServer {
+/// The options of a cluster node: cluster mode on, a 1 s node timeout, its bus on a free port.
+fn cluster_args() -> Vec<String> {
     let bus = free_port().to_string();
-    RedisServer::start_with(&[
+    [
         "--cluster-enabled",
         "yes",
         "--cluster-config-file",
@@ -28,7 +28,16 @@ fn cluster_node() -> RedisServer {
         "1000",
         "--cluster-port",
         &bus,
-    ])
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// One redis-server with cluster mode on.
+fn cluster_node() -> RedisServer {
+    let args = cluster_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    RedisServer::start_with(&args)
 }
 
 /// Six nodes in one cluster: three primaries, one replica each.
@@ -82,19 +91,7 @@ impl Rig {
     fn start_secure(secure: Option<&Secure>) -> Rig {
         let nodes: Vec<RedisServer> = (0..6)
             .map(|i| {
-                let bus = free_port().to_string();
-                let mut args: Vec<String> = [
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--cluster-port",
-                    &bus,
-                ]
-                .map(str::to_owned)
-                .to_vec();
+                let mut args = cluster_args();
                 if let Some(sec) = secure {
                     let c = &sec.certs;
                     args.extend(
