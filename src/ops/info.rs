@@ -61,6 +61,7 @@ pub(crate) fn section(sample: &Overview, policy: &Policy) -> String {
         &snapshot.since.elapsed().as_millis(),
     );
     line("connected_clients", &sample.clients);
+    line("parked_clients", &sample.parked_clients);
     line("default_mode", &settings.keyspaces.default_mode().as_str());
     for (i, ks) in settings.keyspaces.iter().enumerate() {
         line(

@@ -83,6 +83,11 @@ pub(crate) const CLIENT_CONNECTIONS: Metric = gauge(
     &[],
     "Client connections open now.",
 );
+pub(crate) const CLIENT_CONNECTIONS_PARKED: Metric = gauge(
+    "keywarden_client_connections_parked",
+    &[],
+    "Idle client connections held without a task (parked), among those open now.",
+);
 pub(crate) const CLIENT_CONNECTIONS_TOTAL: Metric = counter(
     "keywarden_client_connections_total",
     &[],
@@ -251,6 +256,7 @@ pub(crate) const CONFIG_LAST_RELOAD_SUCCESSFUL: Metric = gauge(
 pub(crate) const CATALOGUE: &[Metric] = &[
     BUILD_INFO,
     CLIENT_CONNECTIONS,
+    CLIENT_CONNECTIONS_PARKED,
     CLIENT_CONNECTIONS_TOTAL,
     CLIENT_CONNECTIONS_REJECTED,
     PROTOCOL_ERRORS,
@@ -306,6 +312,8 @@ pub(crate) struct StoreUsage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Overview {
     pub(crate) clients: usize,
+    /// Of those, idle ones parked without a task.
+    pub(crate) parked_clients: usize,
     pub(crate) health: HealthSnapshot,
     pub(crate) counts: Counts,
     pub(crate) store: StoreUsage,
@@ -331,6 +339,7 @@ pub(crate) struct ShardStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Sample {
     pub clients: usize,
+    pub parked_clients: usize,
     /// Client connections accepted, refused at max_clients, closed for protocol errors.
     pub accepted: u64,
     pub rejected: u64,
@@ -423,6 +432,7 @@ pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     clients: Gauge,
+    parked_clients: Gauge,
     accepted: Counter,
     rejected: Counter,
     protocol_errors: Counter,
@@ -493,6 +503,7 @@ impl Metrics {
         let metrics = Metrics {
             handle: recorder.handle(),
             clients: register_gauge(&recorder, CLIENT_CONNECTIONS, vec![]),
+            parked_clients: register_gauge(&recorder, CLIENT_CONNECTIONS_PARKED, vec![]),
             accepted: register_counter(&recorder, CLIENT_CONNECTIONS_TOTAL, vec![]),
             rejected: register_counter(&recorder, CLIENT_CONNECTIONS_REJECTED, vec![]),
             protocol_errors: register_counter(&recorder, PROTOCOL_ERRORS, vec![]),
@@ -549,6 +560,7 @@ impl Metrics {
     pub(crate) fn render(&self, sample: &Sample) -> String {
         self.observe_health(sample.health);
         self.clients.set(sample.clients as f64);
+        self.parked_clients.set(sample.parked_clients as f64);
         self.accepted.absolute(sample.accepted);
         self.rejected.absolute(sample.rejected);
         self.protocol_errors.absolute(sample.protocol_errors);
@@ -746,6 +758,7 @@ mod tests {
     fn sample(state: State, since: Instant) -> Sample {
         Sample {
             clients: 4,
+            parked_clients: 1,
             accepted: 11,
             rejected: 2,
             protocol_errors: 1,
@@ -823,6 +836,7 @@ mod tests {
                 1.0,
             ),
             ("keywarden_client_connections".to_owned(), 4.0),
+            ("keywarden_client_connections_parked".to_owned(), 1.0),
             (
                 format!(r#"keywarden_upstream_health{{{up},state="healthy"}}"#),
                 1.0,

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use slab::Slab;
 use tokio::sync::Notify;
 
+use crate::proxy::parking::Lot;
 use crate::upstream::inbox::Inbox;
 
 /// Where the proxy is in its life, as sessions see it.
@@ -96,6 +97,8 @@ pub(crate) struct Clients {
     entries: Mutex<Slab<Entry>>,
     /// Signalled when the last client leaves.
     empty: Notify,
+    /// Idle clients held without a task (see [`crate::proxy::parking`]).
+    pub parking: Lot,
 }
 
 /// One connected client.
@@ -491,6 +494,13 @@ impl Clients {
     pub(crate) fn upstream_moved(&self) {
         for (_, entry) in self.lock().iter() {
             entry.inbox.upstream_moved();
+        }
+    }
+
+    /// The idle sweep: asks every client that sent nothing since the last sweep to park.
+    pub(crate) fn ask_idle_to_park(&self) {
+        for (_, entry) in self.lock().iter() {
+            entry.inbox.ask_to_park_if_idle();
         }
     }
 

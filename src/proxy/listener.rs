@@ -24,6 +24,7 @@ use crate::ops::events::{self, AffectedKeyspaces, Events};
 use crate::ops::reload::{store_layout, ReloadCounts, Trigger};
 use crate::policy::keyspace::Mode;
 use crate::proxy::clients::{Clients, Phase};
+use crate::proxy::parker;
 use crate::proxy::server::Server;
 use crate::proxy::session::Session;
 use crate::upstream::catalog;
@@ -194,6 +195,7 @@ pub async fn run(
         tls: tls_listener.as_ref().map(|(_, tls)| tls.clone()),
     });
     let housekeeping = tokio::spawn(housekeeping(server.clone()));
+    let parker = tokio::spawn(parker::run(server.clone()));
     // Following the sentinels: a new primary closes the clients' own connections to the old
     // one (subscribers and blocked clients reconnect, as after a Redis that died).
     let follower = sentinel.map(|sentinel| {
@@ -271,7 +273,7 @@ pub async fn run(
         }
         match tls {
             None => {
-                tokio::spawn(Session::new(
+                tokio::spawn(Session::start(
                     Conn::plain(stream),
                     server.clone(),
                     policy.clone(),
@@ -286,7 +288,7 @@ pub async fn run(
                     let conn = tls_accept(stream, config).await;
                     pending.fetch_sub(1, Ordering::Relaxed);
                     if let Some(conn) = conn {
-                        Session::new(conn, server, policy).await;
+                        Session::start(conn, server, policy).await;
                     }
                 });
             }
@@ -310,6 +312,7 @@ pub async fn run(
         let _ = tokio::time::timeout(Duration::from_secs(1), clients.all_gone()).await;
     }
     housekeeping.abort();
+    parker.abort();
     catalog.abort();
     if let Some(follower) = follower {
         follower.abort();

@@ -2,6 +2,8 @@
 
 pub(crate) mod clients;
 pub mod listener;
+mod parker;
+pub(crate) mod parking;
 pub(crate) mod server;
 pub(crate) mod session;
 

@@ -58,6 +58,7 @@ impl Server {
         let store = &self.store;
         Overview {
             clients: self.clients.count(),
+            parked_clients: self.clients.parking.parked(),
             health: self.monitor.snapshot(),
             counts: self.monitor.counters().totals(),
             store: StoreUsage {
@@ -90,6 +91,7 @@ impl Server {
     pub(crate) fn sample(&self) -> Sample {
         let Overview {
             clients,
+            parked_clients,
             health,
             counts,
             store,
@@ -102,6 +104,7 @@ impl Server {
         let (accepted, rejected, protocol_errors) = self.clients.totals();
         Sample {
             clients,
+            parked_clients,
             accepted,
             rejected,
             protocol_errors,

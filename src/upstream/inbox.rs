@@ -9,9 +9,9 @@
 //! list, an empty `VecDeque`), since every idle client holds one.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
@@ -39,8 +39,23 @@ pub(crate) struct Inbox {
     upstream_moved: AtomicBool,
     /// The client waits in a blocking command, as its session last said (CLIENT LIST's `b`).
     blocked: AtomicBool,
+    /// No read from the client since the last idle sweep (see [`Inbox::ask_to_park_if_idle`]).
+    quiet: AtomicBool,
+    /// Where the client is in parking: one of the `PARK_*` states.
+    park: AtomicU8,
     waker: AtomicWaker,
 }
+
+/// Parking (an idle client's socket held without a task; see `proxy::parking`): the session may
+/// be asked.
+const PARK_ASKABLE: u8 = 0;
+/// An idle sweep asked the session to park; it parks or refuses when it next runs.
+const PARK_ASKED: u8 = 1;
+/// The session could not park (owed replies, an own upstream connection, TLS, an idle timer):
+/// not asked again until the client sends something.
+const PARK_REFUSED: u8 = 2;
+/// Parked: the socket waits without a task.
+const PARK_PARKED: u8 = 3;
 
 impl Inbox {
     /// Adds a chunk and wakes the session.
@@ -109,6 +124,70 @@ impl Inbox {
         } else {
             into.extend(chunks.drain(..));
         }
+    }
+
+    /// The client sent something: it is not idle, and may be asked to park again once it is.
+    /// One relaxed load while it stays busy between two idle sweeps.
+    pub(crate) fn mark_active(&self) {
+        if self.quiet.load(Ordering::Relaxed) {
+            self.quiet.store(false, Ordering::Relaxed);
+            let _ = self.park.compare_exchange(
+                PARK_REFUSED,
+                PARK_ASKABLE,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// An idle sweep: a client that sent nothing since the previous sweep is asked to park (the
+    /// session decides when it next runs, since only it knows whether it owes anything).
+    pub(crate) fn ask_to_park_if_idle(&self) {
+        if !self.quiet.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if self
+            .park
+            .compare_exchange(
+                PARK_ASKABLE,
+                PARK_ASKED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            self.poke();
+        }
+    }
+
+    /// Whether an idle sweep asked the session to park; the session then calls
+    /// [`Inbox::parking`] or [`Inbox::refuse_park`].
+    pub(crate) fn park_asked(&self) -> bool {
+        self.park.load(Ordering::Acquire) == PARK_ASKED
+    }
+
+    /// The session cannot park now: not asked again until the client sends something.
+    pub(crate) fn refuse_park(&self) {
+        self.park.store(PARK_REFUSED, Ordering::Release);
+    }
+
+    /// The session is parking: from now on a poke wakes `waker` (the parker's) instead of the
+    /// session's task.
+    pub(crate) fn parking(&self, waker: &Waker) {
+        self.park.store(PARK_PARKED, Ordering::Release);
+        self.waker.register(waker);
+    }
+
+    /// The parked client has a task again: busy as of now.
+    pub(crate) fn unparked(&self) {
+        self.quiet.store(false, Ordering::Relaxed);
+        self.park.store(PARK_ASKABLE, Ordering::Release);
+    }
+
+    /// Whether something poked the client since its session last looked (for a parked client:
+    /// whether it needs its task back).
+    pub(crate) fn is_woken(&self) -> bool {
+        self.woken.load(Ordering::Acquire)
     }
 
     /// Ready once a delivery or poke happened since the last time this returned ready.

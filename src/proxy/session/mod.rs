@@ -14,7 +14,8 @@
 //! (to a short per-thread list of spares, for the next client with bytes in flight), and the
 //! session waits with one `poll_fn` rather than a `select!` (whose branch futures would sit in
 //! every idle client's task). An idle client costs its socket registration, a small task and
-//! an inbox.
+//! an inbox, until an idle sweep asks it to park (see [`crate::proxy::parking`]): then only
+//! its inbox and what [`crate::proxy::parking::Parked`] keeps.
 
 pub(crate) mod client_state;
 pub(crate) mod connection_commands;
@@ -41,6 +42,7 @@ use crate::config::live::Policy;
 use crate::error::UpstreamFailure;
 use crate::protocol::parser::ParserLimits;
 use crate::proxy::clients::{Limit, Phase};
+use crate::proxy::parking::Parked;
 use crate::proxy::server::{Ctx, Server};
 use crate::proxy::session::client_state::SessionState;
 use crate::upstream::dedicated::Dedicated;
@@ -79,26 +81,48 @@ pub(crate) struct Session {
 /// not size every session.
 type Opening = Pin<Box<dyn Future<Output = Result<Dedicated, UpstreamFailure>> + Send>>;
 
-/// The session is its task's future: no `async fn` state machine around it, so an idle
-/// client's task holds the session's few fields and nothing else.
-impl Future for Session {
+/// A client's task: its session, until the client leaves or the session parks (see
+/// [`crate::proxy::parking`]). No `async fn` state machine around it, so an idle client's task
+/// holds the session's few fields and nothing else.
+pub(crate) struct Task(Option<Session>);
+
+/// Why [`Session::drive`] ended.
+enum Exit {
+    /// The connection is done with.
+    Close,
+    /// The client is idle: its socket and state go to the parker, and the task ends.
+    Park,
+}
+
+impl Future for Task {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match ready!(self.get_mut().drive(cx)) {
-            Ok(()) => tracing::debug!("client connection closed"),
+        let task = self.get_mut();
+        let Some(session) = task.0.as_mut() else {
+            return Poll::Ready(());
+        };
+        match ready!(session.drive(cx)) {
+            Ok(Exit::Close) => tracing::debug!("client connection closed"),
+            Ok(Exit::Park) => {
+                if let Some(session) = task.0.take() {
+                    session.park();
+                }
+            }
             Err(e) => tracing::debug!(error = %e, "client connection ended"),
         }
         Poll::Ready(())
     }
 }
 
-impl Drop for Session {
+impl Drop for Task {
     fn drop(&mut self) {
-        if let Some(b) = &self.busy {
-            self.server.clients.output_moved(b.published, 0);
+        if let Some(session) = &self.0 {
+            if let Some(b) = &session.busy {
+                session.server.clients.output_moved(b.published, 0);
+            }
+            session.server.clients.leave(session.key);
         }
-        self.server.clients.leave(self.key);
     }
 }
 
@@ -148,11 +172,12 @@ enum Event {
 }
 
 impl Session {
-    pub(crate) fn new(stream: Conn, server: Arc<Server>, policy: Arc<Policy>) -> Session {
+    /// A new client's task.
+    pub(crate) fn start(stream: Conn, server: Arc<Server>, policy: Arc<Policy>) -> Task {
         let inbox = Arc::new(Inbox::default());
         let (key, id) = server.clients.join(inbox.clone(), stream.peer_addr().ok());
         let idle = policy.settings.client_idle_timeout.map(IdleTimer::new);
-        Session {
+        Task(Some(Session {
             stream,
             shared: server.upstream.pick(false),
             server,
@@ -164,16 +189,96 @@ impl Session {
             opening: None,
             idle,
             state: SessionState::default(),
+        }))
+    }
+
+    /// A parked client's task again, as its session was when it parked. `None` (the client
+    /// gone from the registry) if its socket cannot be registered with the runtime.
+    pub(crate) fn resume(parked: Parked, server: Arc<Server>) -> Option<Task> {
+        let Parked {
+            socket,
+            key,
+            id,
+            policy,
+            inbox,
+            shared,
+            state,
+        } = parked;
+        let stream = match tokio::net::TcpStream::from_std(socket) {
+            Ok(tcp) => Conn::plain(tcp),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot resume a parked client");
+                server.clients.leave(key);
+                return None;
+            }
+        };
+        inbox.unparked();
+        let idle = policy.settings.client_idle_timeout.map(IdleTimer::new);
+        Some(Task(Some(Session {
+            stream,
+            server,
+            policy,
+            key,
+            id,
+            inbox,
+            shared,
+            busy: None,
+            opening: None,
+            idle,
+            state,
+        })))
+    }
+
+    /// Whether the client can be parked now: nothing owed or in flight, no connection of its
+    /// own, no idle timer, and a plain socket (a TLS session's state stays with its task).
+    fn parkable(&self) -> bool {
+        self.busy.is_none()
+            && self.opening.is_none()
+            && self.idle.is_none()
+            && matches!(self.stream, Conn::Plain(_))
+    }
+
+    /// Hands the socket and state to the parker; the task then ends.
+    fn park(self) {
+        let Session {
+            stream,
+            server,
+            policy,
+            key,
+            id,
+            inbox,
+            shared,
+            state,
+            ..
+        } = self;
+        let socket = match stream {
+            Conn::Plain(tcp) => tcp.into_std(),
+            Conn::Tls(_) => Err(io::Error::other("a TLS client is not parked")),
+        };
+        match socket {
+            Ok(socket) => server.clients.parking.park(Parked {
+                socket,
+                key,
+                id,
+                policy,
+                inbox,
+                shared,
+                state,
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "client connection ended while parking");
+                server.clients.leave(key);
+            }
         }
     }
 
     /// Serves the client until it leaves, the proxy shuts down, or the connection must close.
     /// Runs one step after another until the next one has to wait; the session is its task's
     /// future (see the module notes on memory).
-    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn drive(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Exit>> {
         loop {
             if self.policy.generation != self.server.live.generation() && !self.adopt_policy() {
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Ok(Exit::Close));
             }
             let ctx = Ctx::new(&self.server, &self.policy);
             if let Some(opening) = self.opening.as_mut() {
@@ -274,10 +379,10 @@ impl Session {
                         "closing a client that reached an output limit"
                     );
                     self.server.clients.record_closed(limit);
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Ok(Exit::Close));
                 }
                 if b.closing && b.owes_nothing() && b.out.is_empty() && !self.stream.wants_write() {
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Ok(Exit::Close));
                 }
                 if b.is_quiet() {
                     // Give everything back while the client is quiet (to this thread's
@@ -299,7 +404,7 @@ impl Session {
                         b.take_inbox(&self.inbox);
                         let _ = b.flush(&self.stream);
                     }
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Ok(Exit::Close));
                 }
                 Event::Inbox
                     if self.inbox.take_upstream_moved()
@@ -316,10 +421,16 @@ impl Session {
                         b.take_inbox(&self.inbox);
                         let _ = b.flush(&self.stream);
                     }
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Ok(Exit::Close));
                 }
                 Event::Inbox => match self.server.clients.phase() {
                     Phase::Run => {
+                        if self.inbox.park_asked() {
+                            if self.parkable() {
+                                return Poll::Ready(Ok(Exit::Park));
+                            }
+                            self.inbox.refuse_park();
+                        }
                         let lost = self.inbox.take_upstream_lost();
                         if let Some(b) = self.busy.as_deref_mut() {
                             b.take_inbox(&self.inbox);
@@ -335,13 +446,13 @@ impl Session {
                             b.take_inbox(&self.inbox);
                             b.closing = true;
                         }
-                        None => return Poll::Ready(Ok(())),
+                        None => return Poll::Ready(Ok(Exit::Close)),
                     },
-                    Phase::Stop => return Poll::Ready(Ok(())),
+                    Phase::Stop => return Poll::Ready(Ok(Exit::Close)),
                 },
                 Event::ClientReadable => {
                     if !self.read_client()? {
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Ok(Exit::Close));
                     }
                     if let Some(idle) = self.idle.as_deref_mut() {
                         idle.last_activity = Instant::now();
@@ -351,7 +462,7 @@ impl Session {
                     if self.busy.is_none() {
                         match self.stream.flush_records() {
                             Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
-                                return Poll::Ready(Ok(()))
+                                return Poll::Ready(Ok(Exit::Close))
                             }
                             _ => {}
                         }
@@ -382,7 +493,7 @@ impl Session {
                     };
                     if !busy && idle.last_activity.elapsed() >= idle.limit {
                         tracing::debug!("closing idle client");
-                        return Poll::Ready(Ok(()));
+                        return Poll::Ready(Ok(Exit::Close));
                     }
                     let since = if busy {
                         Instant::now()
@@ -538,6 +649,7 @@ impl Session {
         let b = self.busy.as_deref_mut().expect("busy state was just made");
         // A frame is sized for up front only within the client's query buffer limit.
         crate::protocol::make_room(&mut b.inbuf, b.parser.wants(), READ_CHUNK, max_query);
+        self.inbox.mark_active();
         match self.stream.read_available(&mut b.inbuf) {
             Ok(0) => Ok(false),
             Ok(_) if b.inbuf.len() > max_query => {
@@ -597,7 +709,7 @@ mod tests {
                 tls: None,
             });
             let policy = server.policy();
-            let task = Session::new(Conn::plain(stream), server, policy);
+            let task = Session::start(Conn::plain(stream), server, policy);
             let size = std::mem::size_of_val(&task);
             assert!(size <= 128, "session task state is {size} bytes");
         });

@@ -1,0 +1,161 @@
+//! The parker: holds parked clients' sockets in an epoll set of its own and gives a client its
+//! task back when its socket has something (a request, a close) or its inbox is poked (see
+//! [`crate::proxy::parking`]). It also runs the idle sweep that asks quiet clients to park.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Poll, Registry, Token};
+use slab::Slab;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::proxy::parking::Parked;
+use crate::proxy::server::Server;
+use crate::proxy::session::Session;
+
+/// How often idle clients are asked to park: a client that sends nothing parks within one to
+/// two of these.
+pub(crate) const SWEEP: Duration = Duration::from_secs(1);
+
+/// Readiness events taken per `epoll_wait`.
+const EVENTS: usize = 256;
+
+/// Runs until the proxy stops. Without an epoll set of its own (which cannot fail short of
+/// running out of descriptors) nothing is parked and clients keep their tasks.
+pub(crate) async fn run(server: Arc<Server>) {
+    // SAFETY: the `Poll` owns its epoll descriptor, which stays open and the same until the
+    // `Poll` is dropped, and the `AsyncFd` owns the `Poll` (it deregisters before dropping it).
+    let registered = Poll::new().and_then(|p| {
+        unsafe { AsyncFd::register_with_interest(p, Interest::READABLE) }
+            .map_err(std::io::Error::from)
+    });
+    let poll = match registered {
+        Ok(poll) => poll,
+        Err(e) => {
+            tracing::warn!(error = %e, "idle clients are not parked: no epoll set");
+            return;
+        }
+    };
+    let mut poll = poll;
+    let mut lot = Held {
+        server: server.clone(),
+        parked: Slab::new(),
+    };
+    let mut events = Events::with_capacity(EVENTS);
+    let mut sweep = tokio::time::interval(SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let parking = &server.clients.parking;
+    let mut ready = Vec::new();
+    loop {
+        tokio::select! {
+            _ = sweep.tick() => server.clients.ask_idle_to_park(),
+            _ = parking.wait() => {}
+            guard = poll.readable_mut() => {
+                let mut guard = match guard {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "parked clients cannot be watched");
+                        return;
+                    }
+                };
+                loop {
+                    match guard.get_inner_mut().poll(&mut events, Some(Duration::ZERO)) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "parked clients cannot be watched");
+                            return;
+                        }
+                    }
+                    if events.is_empty() {
+                        guard.clear_ready();
+                        break;
+                    }
+                    ready.extend(events.iter().map(|e| e.token().0));
+                    let registry = guard.get_inner().registry();
+                    for token in ready.drain(..) {
+                        lot.unpark(token, registry);
+                    }
+                }
+            }
+        }
+        let registry = poll.get_ref().registry();
+        for parked in parking.arrivals() {
+            lot.admit(parked, registry);
+        }
+        if parking.take_poked() {
+            lot.unpark_poked(registry);
+        }
+        parking.set_parked(lot.parked.len());
+    }
+}
+
+/// The parked clients, by their token in the epoll set.
+struct Held {
+    server: Arc<Server>,
+    parked: Slab<Parked>,
+}
+
+impl Held {
+    /// Watches an arrival's socket; one poked on its way here gets its task back at once.
+    fn admit(&mut self, parked: Parked, registry: &Registry) {
+        let entry = self.parked.vacant_entry();
+        let token = entry.key();
+        let fd = parked.socket.as_raw_fd();
+        match registry.register(&mut SourceFd(&fd), Token(token), mio::Interest::READABLE) {
+            Ok(()) => {
+                let woken = parked.inbox.is_woken();
+                entry.insert(parked);
+                if woken {
+                    self.unpark(token, registry);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot park a client");
+                self.resume(parked);
+            }
+        }
+    }
+
+    /// Gives the client of `token` its task back.
+    fn unpark(&mut self, token: usize, registry: &Registry) {
+        let Some(parked) = self.parked.try_remove(token) else {
+            return;
+        };
+        let _ = registry.deregister(&mut SourceFd(&parked.socket.as_raw_fd()));
+        self.resume(parked);
+    }
+
+    /// Gives their tasks back to the clients whose inboxes were poked (CLIENT KILL, a phase
+    /// change, a reload, news of the upstream): their sessions deal with it.
+    fn unpark_poked(&mut self, registry: &Registry) {
+        let poked: Vec<usize> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.inbox.is_woken())
+            .map(|(token, _)| token)
+            .collect();
+        for token in poked {
+            self.unpark(token, registry);
+        }
+    }
+
+    fn resume(&self, parked: Parked) {
+        if let Some(task) = Session::resume(parked, self.server.clone()) {
+            tokio::spawn(task);
+        }
+    }
+}
+
+impl Drop for Held {
+    /// The proxy is stopping: the clients still parked leave the registry (their sockets
+    /// close with them).
+    fn drop(&mut self) {
+        for parked in self.parked.drain() {
+            self.server.clients.leave(parked.key);
+        }
+    }
+}

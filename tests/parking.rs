@@ -1,0 +1,214 @@
+//! Parked idle clients: a client that sends nothing for a second or two gives up its task and
+//! its runtime registration (its socket waits in the parker's epoll set), and comes back as it
+//! was: its database, name, transaction and shared connection kept, its next request served
+//! at once. CLIENT KILL, a close by the client and shutdown reach parked clients too; clients
+//! that owe or wait on anything are never parked.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redis_protocol::resp2::types::OwnedFrame as Frame;
+use support::*;
+
+/// The `parked_clients` line of `INFO keywarden`, asked on a fresh connection (which is then
+/// closed, so it is never among the parked).
+async fn parked(proxy: &Proxy) -> i64 {
+    let mut c = proxy.client().await;
+    let info = match c.cmd(&["INFO", "keywarden"]).await {
+        Frame::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("INFO: {other:?}"),
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("parked_clients:"))
+        .expect("INFO has parked_clients")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+async fn wait_parked(proxy: &Proxy, at_least: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = parked(proxy).await;
+        if n >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of {at_least} clients parked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn connected(proxy: &Proxy) -> i64 {
+    let mut c = proxy.client().await;
+    let info = match c.cmd(&["INFO", "keywarden"]).await {
+        Frame::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("INFO: {other:?}"),
+    };
+    // Less the connection asking.
+    info.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .unwrap()
+        .trim()
+        .parse::<i64>()
+        .unwrap()
+        - 1
+}
+
+/// Waits until `n` clients are connected, besides the one asking (the askers before it may
+/// take a moment to leave).
+async fn wait_connected(proxy: &Proxy, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = connected(proxy).await;
+        if now == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} clients connected, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_park_and_come_back_as_they_were() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+
+    let mut plain = Vec::new();
+    for _ in 0..40 {
+        let mut c = proxy.client().await;
+        assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
+        plain.push(c);
+    }
+    // State the session keeps: a name, a transaction under way; and a database other than 0,
+    // which takes a connection of the client's own upstream (such a client is not parked).
+    let mut db = proxy.client().await;
+    assert_eq!(db.cmd(&["SELECT", "2"]).await, simple("OK"));
+    assert_eq!(db.cmd(&["SET", "parked:db", "two"]).await, simple("OK"));
+    let mut named = proxy.client().await;
+    assert_eq!(
+        named.cmd(&["CLIENT", "SETNAME", "sleeper"]).await,
+        simple("OK")
+    );
+    let mut multi = proxy.client().await;
+    assert_eq!(multi.cmd(&["MULTI"]).await, simple("OK"));
+    assert_eq!(
+        multi.cmd(&["SET", "parked:multi", "1"]).await,
+        simple("QUEUED")
+    );
+
+    wait_parked(&proxy, 42).await;
+    wait_connected(&proxy, 43).await;
+
+    for c in &mut plain {
+        assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
+    }
+    assert_eq!(db.cmd(&["GET", "parked:db"]).await, bulk("two"));
+    assert_eq!(named.cmd(&["CLIENT", "GETNAME"]).await, bulk("sleeper"));
+    assert_eq!(multi.cmd(&["EXEC"]).await, Frame::Array(vec![simple("OK")]));
+    assert_eq!(multi.cmd(&["GET", "parked:multi"]).await, bulk("1"));
+
+    // Parked again; CLIENT KILL reaches a parked client, and CLIENT LIST still lists them.
+    wait_parked(&proxy, 42).await;
+    let id = match named.cmd(&["CLIENT", "ID"]).await {
+        Frame::Integer(id) => id,
+        other => panic!("CLIENT ID: {other:?}"),
+    };
+    wait_parked(&proxy, 42).await;
+    let mut admin = proxy.client().await;
+    let list = match admin.cmd(&["CLIENT", "LIST"]).await {
+        Frame::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("CLIENT LIST: {other:?}"),
+    };
+    assert!(list.contains("name=sleeper"), "{list}");
+    assert_eq!(list.lines().count(), 44, "{list}");
+    assert_eq!(
+        admin.cmd(&["CLIENT", "KILL", "ID", &id.to_string()]).await,
+        int(1)
+    );
+    assert!(named.closed().await, "a killed parked client is closed");
+    drop(admin);
+
+    // A parked client that closes its connection leaves.
+    wait_parked(&proxy, 41).await;
+    plain.truncate(30);
+    wait_connected(&proxy, 32).await;
+
+    // Shutdown closes parked clients at once (they owe nothing).
+    wait_parked(&proxy, 31).await;
+    let started = Instant::now();
+    proxy.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    for c in &mut plain {
+        assert!(c.closed().await);
+    }
+}
+
+/// What must never park: a client halfway through a request, one owed a reply (its upstream
+/// is slow), a subscriber. Each is served as before once it goes on, and a burst of parked
+/// clients all sending at once is served in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_clients_are_not_parked_and_parked_ones_wake_together() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+
+    let mut half = proxy.client().await;
+    half.send_raw(b"*3\r\n$3\r\nSET\r\n$11\r\nparked:half\r\n$2")
+        .await;
+    let mut subscriber = proxy.client().await;
+    subscriber.send(&["SUBSCRIBE", "news"]).await;
+    assert!(matches!(subscriber.reply().await, Frame::Array(_)));
+    let mut slow = proxy.client().await;
+    slow.send(&["BLPOP", "parked:list", "0"]).await;
+
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        let mut c = proxy.client().await;
+        assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
+        idle.push(c);
+    }
+    wait_parked(&proxy, 200).await;
+    // Three seconds more: the three busy ones are still not parked.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(parked(&proxy).await, 200);
+
+    half.send_raw(b"\r\nok\r\n").await;
+    assert_eq!(half.reply().await, simple("OK"));
+    let mut publisher = proxy.client().await;
+    assert_eq!(publisher.cmd(&["PUBLISH", "news", "hello"]).await, int(1));
+    assert_eq!(
+        subscriber.reply().await,
+        Frame::Array(vec![bulk("message"), bulk("news"), bulk("hello")])
+    );
+    assert_eq!(publisher.cmd(&["RPUSH", "parked:list", "x"]).await, int(1));
+    assert_eq!(
+        slow.reply().await,
+        Frame::Array(vec![bulk("parked:list"), bulk("x")])
+    );
+
+    // Every parked client sends at once; each gets its own reply.
+    for (i, c) in idle.iter_mut().enumerate() {
+        c.send(&["SET", &format!("parked:{i}"), &i.to_string()])
+            .await;
+    }
+    for c in &mut idle {
+        assert_eq!(c.reply().await, simple("OK"));
+    }
+    for (i, c) in idle.iter_mut().enumerate() {
+        assert_eq!(
+            c.cmd(&["GET", &format!("parked:{i}")]).await,
+            bulk(&i.to_string())
+        );
+    }
+    proxy.shutdown().await;
+}
