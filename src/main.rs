@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use keywarden::config::cli::{check_config, Cli, CliCommand};
 use keywarden::config::{LogFormat, Settings};
+use keywarden::upstream::workers;
 use tracing_subscriber::EnvFilter;
 
 /// jemalloc instead of the system allocator: tokio's task cells and socket registrations are
@@ -45,32 +46,85 @@ fn main() -> ExitCode {
 
 fn run(settings: Settings) -> ExitCode {
     init_logging(&settings);
-    let mut runtime = if settings.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if settings.threads > 1 {
-            b.worker_threads(settings.threads);
-        }
-        b
+    let threads = match settings.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
-    let runtime = match runtime.enable_all().build() {
+    // One single-threaded runtime per worker (see keywarden::upstream::workers): this thread's
+    // is worker 0's, and each other worker has a thread of its own.
+    let runtime = match single_threaded() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
             return ExitCode::FAILURE;
         }
     };
+    let others = match (1..threads)
+        .map(Worker::start)
+        .collect::<std::io::Result<Vec<_>>>()
+    {
+        Ok(others) => others,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the worker threads");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut handles = vec![runtime.handle().clone()];
+    handles.extend(others.iter().map(|w| w.handle.clone()));
+    workers::install(handles);
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(settings.listen).await?;
+        let listener = keywarden::proxy::listener::bind(settings.listen)?;
         keywarden::proxy::listener::run(settings, listener, shutdown_signal()).await
     });
+    for worker in others {
+        worker.stop();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "keywarden failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn single_threaded() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// A worker other than the main thread's: its runtime runs on its own thread until stopped.
+struct Worker {
+    handle: tokio::runtime::Handle,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Worker {
+    fn start(i: usize) -> std::io::Result<Worker> {
+        let runtime = single_threaded()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("keywarden-worker-{i}"))
+            .spawn(move || {
+                workers::enter(i);
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Worker {
+            handle,
+            stop,
+            thread,
+        })
+    }
+
+    /// Once the proxy has stopped: the runtime ends with whatever it still runs.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
     }
 }
 

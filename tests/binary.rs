@@ -247,3 +247,125 @@ async fn sighup_reloads_the_config_file() {
     assert_eq!(failed[0]["generation"], 2);
     assert_eq!(client.cmd(&["GET", "tmp:b"]).await, bulk("1"));
 }
+
+/// `threads = 2`: two workers, each with its own runtime and its own shared upstream
+/// connections, the listener handing clients to them in turn. Every client's pipelined
+/// replies come back complete and in order whichever worker it landed on; a blocking command
+/// on a connection of its own, parked clients coming back, CLIENT LIST across workers, and
+/// SIGTERM stopping both workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_serve_every_client_in_order() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kw.toml");
+    let text = format!(
+        "threads = 2\n[upstream]\naddress = \"{}\"\nconnections = 2\n",
+        redis.addr()
+    );
+    std::fs::write(&config, text).unwrap();
+    let port = free_port();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut proxy = Running(child);
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "keywarden did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // A thread per worker beyond the main one.
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proxy.0.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.trim() == "keywarden-worke"),
+        "{names:?}"
+    );
+
+    let mut clients = Vec::new();
+    for _ in 0..16 {
+        clients.push(Client::connect(("127.0.0.1", port)).await);
+    }
+    // Every worker has its shared connections to Redis, RESP2 and RESP3 (2 each per worker):
+    // 8, with this client's and redis-cli's own, 10 (6 with one worker).
+    let mut direct = Client::connect(redis.addr()).await;
+    wait_until("the workers' shared connections", WAIT, || {
+        let list = redis_cli(redis.port, &["CLIENT", "LIST"]);
+        list.lines().count() >= 10
+    });
+    incr_round(&mut clients, 0).await;
+
+    // A blocking command: a connection of its own upstream, opened from its worker.
+    let mut blocked = Client::connect(("127.0.0.1", port)).await;
+    blocked.send(&["BLPOP", "w:list", "0"]).await;
+    wait_until_blocked(&redis).await;
+    assert_eq!(direct.cmd(&["RPUSH", "w:list", "x"]).await, int(1));
+    assert_eq!(
+        blocked.reply().await,
+        Frame::Array(vec![bulk("w:list"), bulk("x")])
+    );
+
+    // Parked (the 16 are idle now), then served again on their workers.
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        let mut c = Client::connect(("127.0.0.1", port)).await;
+        let info = match c.cmd(&["INFO", "keywarden"]).await {
+            Frame::BulkString(b) => String::from_utf8(b).unwrap(),
+            other => panic!("INFO: {other:?}"),
+        };
+        let parked: usize = info
+            .lines()
+            .find_map(|l| l.strip_prefix("parked_clients:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        if parked >= 15 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{parked} parked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    incr_round(&mut clients, 200).await;
+    let list = match clients[0].cmd(&["CLIENT", "LIST"]).await {
+        Frame::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("CLIENT LIST: {other:?}"),
+    };
+    assert_eq!(list.lines().count(), 17, "{list}");
+
+    unsafe { libc::kill(proxy.0.id() as i32, libc::SIGTERM) };
+    for c in &mut clients {
+        assert!(c.closed().await);
+    }
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = proxy.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "keywarden did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+/// Each client pipelines 200 INCRs of its own key and reads them back: `base + 1..=base + 200`.
+async fn incr_round(clients: &mut [Client], base: usize) {
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut bytes = Vec::new();
+        for _ in 0..200 {
+            bytes.extend(encode(&[b"INCR", format!("w:{i}").as_bytes()]));
+        }
+        c.send_raw(&bytes).await;
+    }
+    for c in clients.iter_mut() {
+        for n in 1..=200 {
+            assert_eq!(c.reply().await, int((base + n) as i64));
+        }
+    }
+}

@@ -15,6 +15,7 @@ use tokio::io::Interest;
 use crate::proxy::parking::Parked;
 use crate::proxy::server::Server;
 use crate::proxy::session::Session;
+use crate::upstream::workers;
 
 /// How often idle clients are asked to park: a client that sends nothing parks within one to
 /// two of these.
@@ -143,9 +144,19 @@ impl Held {
         }
     }
 
+    /// Back on its worker's runtime, where its shared connection is.
     fn resume(&self, parked: Parked) {
-        if let Some(task) = Session::resume(parked, self.server.clone()) {
-            tokio::spawn(task);
+        let server = self.server.clone();
+        let worker = parked.worker as usize;
+        let resume = move || {
+            if let Some(task) = Session::resume(parked, server) {
+                tokio::spawn(task);
+            }
+        };
+        if worker == workers::current() {
+            resume();
+        } else {
+            workers::spawn_on(worker, async move { resume() });
         }
     }
 }

@@ -23,6 +23,8 @@ use crate::upstream::shared::SharedConn;
 /// What a parked client keeps: its socket and what its session needs to go on as before.
 pub(crate) struct Parked {
     pub socket: std::net::TcpStream,
+    /// The worker whose runtime runs its session (see [`crate::upstream::workers`]).
+    pub worker: u32,
     /// Its key in the client registry.
     pub key: usize,
     pub id: u64,

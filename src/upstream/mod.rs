@@ -14,3 +14,4 @@ pub(crate) mod shared;
 pub(crate) mod socket;
 pub mod target;
 pub(crate) mod tls;
+pub mod workers;

@@ -44,6 +44,7 @@ use crate::upstream::inbox::{Chunk, Inbox};
 use crate::upstream::monitor::{HealthSnapshot, MonitorHandle};
 use crate::upstream::socket::{self, Conn};
 use crate::upstream::target::Target;
+use crate::upstream::workers;
 
 /// Read buffer growth step for upstream replies.
 const READ_CHUNK: usize = 16 * 1024;
@@ -56,14 +57,19 @@ const MAX_SLICES: usize = 64;
 const LARGE: usize = 16 * 1024;
 
 /// The pools of shared connections to one upstream: one for RESP2 clients and one for RESP3
-/// clients (the two never share a connection, since replies are forwarded as they come).
+/// clients (the two never share a connection, since replies are forwarded as they come), each
+/// with `connections` per worker (see [`crate::upstream::workers`]): a session uses its own
+/// worker's.
 pub(crate) struct Upstream {
     /// The timeouts every shared connection reads (see [`Upstream::retune`]).
     timing: Arc<Timing>,
     /// What the upstream is busy with by clients' choice, for every connection's timeouts.
     holds: Arc<Holds>,
+    /// Worker 0's connections, then worker 1's...
     conns: Box<[Arc<SharedConn>]>,
     conns3: Box<[Arc<SharedConn>]>,
+    /// Connections per worker in each pool.
+    per_worker: usize,
     /// The upstream's `redis_version`, as its HELLO reply gave it on a RESP3 connection.
     version: Arc<Mutex<Option<Arc<str>>>>,
     /// Shared connections made (first connects and reconnects), for the metrics.
@@ -82,7 +88,7 @@ impl Upstream {
         &self.target
     }
 
-    /// Starts the connection tasks on the current runtime.
+    /// Starts the connection tasks, each pool's share on its worker's runtime.
     pub(crate) fn start(
         settings: &UpstreamSettings,
         limits: &Limits,
@@ -90,7 +96,8 @@ impl Upstream {
         monitor: MonitorHandle,
         target: Arc<Target>,
     ) -> Arc<Upstream> {
-        let mut tasks = Vec::with_capacity(2 * settings.connections);
+        let workers = workers::count();
+        let mut tasks = Vec::with_capacity(2 * workers * settings.connections);
         let reached = Arc::new(Notify::new());
         let version = Arc::new(Mutex::new(None));
         let connects = Arc::new(AtomicUsize::new(0));
@@ -99,7 +106,7 @@ impl Upstream {
         timing.set(settings, limits, keepalive);
         let holds = Holds::new();
         let mut pool = |resp3: bool, first_id: usize| -> Box<[Arc<SharedConn>]> {
-            (0..settings.connections)
+            (0..workers * settings.connections)
                 .map(|i| {
                     let conn = Arc::new(SharedConn {
                         queue: Mutex::new(Queue {
@@ -125,18 +132,20 @@ impl Upstream {
                         connects: connects.clone(),
                         latency: latency.clone(),
                     };
-                    tasks.push(tokio::spawn(task.run()));
+                    let worker = i / settings.connections;
+                    tasks.push(workers::spawn_on(worker, task.run()));
                     conn
                 })
                 .collect()
         };
         let conns = pool(false, 0);
-        let conns3 = pool(true, settings.connections);
+        let conns3 = pool(true, workers * settings.connections);
         Arc::new(Upstream {
             timing,
             holds,
             conns,
             conns3,
+            per_worker: settings.connections,
             version,
             connects,
             latency,
@@ -217,12 +226,12 @@ impl Upstream {
         &self.holds
     }
 
+    /// The calling worker's share of a pool.
     fn pool(&self, resp3: bool) -> &[Arc<SharedConn>] {
-        if resp3 {
-            &self.conns3
-        } else {
-            &self.conns
-        }
+        let all = if resp3 { &self.conns3 } else { &self.conns };
+        let workers = all.len() / self.per_worker;
+        let first = (workers::current() % workers) * self.per_worker;
+        &all[first..first + self.per_worker]
     }
 }
 

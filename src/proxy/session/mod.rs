@@ -197,6 +197,7 @@ impl Session {
     pub(crate) fn resume(parked: Parked, server: Arc<Server>) -> Option<Task> {
         let Parked {
             socket,
+            worker: _,
             key,
             id,
             policy,
@@ -258,6 +259,7 @@ impl Session {
         match socket {
             Ok(socket) => server.clients.parking.park(Parked {
                 socket,
+                worker: crate::upstream::workers::current() as u32,
                 key,
                 id,
                 policy,
