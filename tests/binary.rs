@@ -369,3 +369,29 @@ async fn incr_round(clients: &mut [Client], base: usize) {
         }
     }
 }
+
+/// A burst of connections (an application's pools reconnecting at once) is not made to wait:
+/// the listener's backlog holds them until they are accepted. With the standard library's 128,
+/// the kernel dropped the handshakes beyond it and those clients waited a second to retry.
+#[test]
+fn a_burst_of_connections_is_accepted_without_retries() {
+    let redis = RedisServer::start();
+    let (_proxy, port) = start_binary(&redis);
+    let started = Instant::now();
+    let mut conns = Vec::new();
+    for _ in 0..600 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        std::io::Write::write_all(&mut s, b"PING\r\n").unwrap();
+        conns.push(s);
+    }
+    for s in &mut conns {
+        let mut pong = [0u8; 7];
+        std::io::Read::read_exact(s, &mut pong).unwrap();
+        assert_eq!(&pong, b"+PONG\r\n");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "600 connections took {took:?}"
+    );
+}
