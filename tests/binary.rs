@@ -122,6 +122,21 @@ fn listening_beyond_loopback_needs_a_password() {
 
 struct Running(Child);
 
+impl Running {
+    /// Waits for the process to exit after a signal, and checks it exited with success.
+    async fn exits_cleanly(&mut self) {
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "keywarden did not exit");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(status.success(), "{status:?}");
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -169,15 +184,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     );
     assert!(slow.closed().await);
 
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = proxy.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "keywarden did not exit");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert!(status.success(), "{status:?}");
+    proxy.exits_cleanly().await;
 }
 
 /// Polls the events file until it holds `n` events named `kind`.
@@ -314,18 +321,7 @@ async fn two_workers_serve_every_client_in_order() {
     // Parked (the 16 are idle now), then served again on their workers.
     let deadline = Instant::now() + WAIT * 2;
     loop {
-        let mut c = Client::connect(("127.0.0.1", port)).await;
-        let info = match c.cmd(&["INFO", "keywarden"]).await {
-            Frame::BulkString(b) => String::from_utf8(b).unwrap(),
-            other => panic!("INFO: {other:?}"),
-        };
-        let parked: usize = info
-            .lines()
-            .find_map(|l| l.strip_prefix("parked_clients:"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let parked = keywarden_info(("127.0.0.1", port), "parked_clients").await;
         if parked >= 15 {
             break;
         }
@@ -343,15 +339,7 @@ async fn two_workers_serve_every_client_in_order() {
     for c in &mut clients {
         assert!(c.closed().await);
     }
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = proxy.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "keywarden did not exit");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    assert!(status.success(), "{status:?}");
+    proxy.exits_cleanly().await;
 }
 
 /// Each client pipelines 200 INCRs of its own key and reads them back: `base + 1..=base + 200`.

@@ -11,20 +11,9 @@ use std::time::{Duration, Instant};
 use redis_protocol::resp2::types::OwnedFrame as Frame;
 use support::*;
 
-/// The `parked_clients` line of `INFO keywarden`, asked on a fresh connection (which is then
-/// closed, so it is never among the parked).
+/// Clients parked now (asked on a connection that is then closed, so never among them).
 async fn parked(proxy: &Proxy) -> i64 {
-    let mut c = proxy.client().await;
-    let info = match c.cmd(&["INFO", "keywarden"]).await {
-        Frame::BulkString(b) => String::from_utf8(b).unwrap(),
-        other => panic!("INFO: {other:?}"),
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix("parked_clients:"))
-        .expect("INFO has parked_clients")
-        .trim()
-        .parse()
-        .unwrap()
+    keywarden_info(proxy.addr, "parked_clients").await
 }
 
 async fn wait_parked(proxy: &Proxy, at_least: i64) {
@@ -42,20 +31,9 @@ async fn wait_parked(proxy: &Proxy, at_least: i64) {
     }
 }
 
+/// Clients connected, less the connection asking.
 async fn connected(proxy: &Proxy) -> i64 {
-    let mut c = proxy.client().await;
-    let info = match c.cmd(&["INFO", "keywarden"]).await {
-        Frame::BulkString(b) => String::from_utf8(b).unwrap(),
-        other => panic!("INFO: {other:?}"),
-    };
-    // Less the connection asking.
-    info.lines()
-        .find_map(|l| l.strip_prefix("connected_clients:"))
-        .unwrap()
-        .trim()
-        .parse::<i64>()
-        .unwrap()
-        - 1
+    keywarden_info(proxy.addr, "connected_clients").await - 1
 }
 
 /// Waits until `n` clients are connected, besides the one asking (the askers before it may

@@ -406,6 +406,22 @@ pub fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// A numeric line of `INFO keywarden` (`parked_clients`, `connected_clients`...), asked on a
+/// new connection to `addr` that is closed afterwards.
+pub async fn keywarden_info(addr: impl tokio::net::ToSocketAddrs, field: &str) -> i64 {
+    let mut c = Client::connect(addr).await;
+    let info = match c.cmd(&["INFO", "keywarden"]).await {
+        OwnedFrame::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("INFO: {other:?}"),
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("INFO has no {field}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Polls the upstream until it reports at least one blocked client (a BLPOP sent through the
 /// proxy has reached it).
 pub async fn wait_until_blocked(redis: &RedisServer) {
