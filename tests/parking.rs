@@ -190,3 +190,36 @@ async fn busy_clients_are_not_parked_and_parked_ones_wake_together() {
     }
     proxy.shutdown().await;
 }
+
+/// An outage tells every client (those with connections of their own must give them up), but
+/// parked clients have none: they stay parked rather than all waking at once, and are served
+/// once Redis is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_does_not_wake_parked_clients() {
+    let mut redis = RedisServer::start();
+    let proxy = Proxy::for_upstream(&redis).await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        let mut c = proxy.client().await;
+        assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
+        idle.push(c);
+    }
+    wait_parked(&proxy, 20).await;
+    redis.kill();
+    // The outage is declared within a few hundred milliseconds; a second later the parked
+    // clients are still parked.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(parked(&proxy).await, 20);
+    redis.restart();
+    for c in &mut idle {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if c.cmd(&["SET", "parked:back", "1"]).await == simple("OK") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not served after the restart");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    proxy.shutdown().await;
+}

@@ -12,6 +12,7 @@ use slab::Slab;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
+use crate::proxy::clients::Phase;
 use crate::proxy::parking::Parked;
 use crate::proxy::server::Server;
 use crate::proxy::session::Session;
@@ -50,7 +51,7 @@ pub(crate) async fn run(server: Arc<Server>) {
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let parking = &server.clients.parking;
     let mut ready = Vec::new();
-    loop {
+    'watch: loop {
         tokio::select! {
             _ = sweep.tick() => server.clients.ask_idle_to_park(),
             _ = parking.wait() => {}
@@ -59,7 +60,7 @@ pub(crate) async fn run(server: Arc<Server>) {
                     Ok(guard) => guard,
                     Err(e) => {
                         tracing::warn!(error = %e, "parked clients cannot be watched");
-                        return;
+                        break 'watch;
                     }
                 };
                 loop {
@@ -68,7 +69,7 @@ pub(crate) async fn run(server: Arc<Server>) {
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                         Err(e) => {
                             tracing::warn!(error = %e, "parked clients cannot be watched");
-                            return;
+                            break 'watch;
                         }
                     }
                     if events.is_empty() {
@@ -92,6 +93,16 @@ pub(crate) async fn run(server: Arc<Server>) {
         }
         parking.set_parked(lot.parked.len());
     }
+    // Parking ends: every client parked or on its way gets its task back, and no session
+    // parks from now on.
+    let registry = poll.get_ref().registry();
+    for token in lot.parked.iter().map(|(t, _)| t).collect::<Vec<_>>() {
+        lot.unpark(token, registry);
+    }
+    for parked in parking.close() {
+        lot.resume(parked);
+    }
+    parking.set_parked(0);
 }
 
 /// The parked clients, by their token in the epoll set.
@@ -130,16 +141,31 @@ impl Held {
         self.resume(parked);
     }
 
-    /// Gives their tasks back to the clients whose inboxes were poked (CLIENT KILL, a phase
-    /// change, a reload, news of the upstream): their sessions deal with it.
+    /// Gives their tasks back to the clients whose inboxes were poked for something their
+    /// sessions must act on (CLIENT KILL, shutdown, a reload); news of the upstream (lost,
+    /// moved) concerns connections of their own, which parked clients do not have, and is
+    /// dropped, so that an outage does not wake every parked client. One pass over the parked
+    /// clients per wake-up of the parker.
     fn unpark_poked(&mut self, registry: &Registry) {
-        let poked: Vec<usize> = self
-            .parked
-            .iter()
-            .filter(|(_, p)| p.inbox.is_woken())
-            .map(|(token, _)| token)
-            .collect();
-        for token in poked {
+        let phase = self.server.clients.phase();
+        let generation = self.server.live.generation();
+        let mut wake = Vec::new();
+        for (token, parked) in self.parked.iter() {
+            // Taken first: a poke after the look below is seen at the next wake-up.
+            if !parked.inbox.take_woken() {
+                continue;
+            }
+            if parked.inbox.is_killed()
+                || phase != Phase::Run
+                || parked.policy.generation != generation
+            {
+                parked.inbox.mark_woken();
+                wake.push(token);
+            } else {
+                parked.inbox.forget_upstream_news();
+            }
+        }
+        for token in wake {
             self.unpark(token, registry);
         }
     }
@@ -162,10 +188,11 @@ impl Held {
 }
 
 impl Drop for Held {
-    /// The proxy is stopping: the clients still parked leave the registry (their sockets
-    /// close with them).
+    /// The proxy is stopping (the task is dropped): the clients still parked or on their way
+    /// leave the registry (their sockets close with them).
     fn drop(&mut self) {
-        for parked in self.parked.drain() {
+        let on_the_way = self.server.clients.parking.close();
+        for parked in self.parked.drain().chain(on_the_way) {
             self.server.clients.leave(parked.key);
         }
     }

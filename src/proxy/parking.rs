@@ -38,10 +38,17 @@ pub(crate) struct Parked {
 /// Where sessions leave their clients for the parker.
 #[derive(Default)]
 pub(crate) struct Lot {
-    intake: Mutex<Vec<Parked>>,
+    intake: Mutex<Intake>,
     signal: Arc<Signal>,
     /// Clients parked now.
     parked: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Intake {
+    arrived: Vec<Parked>,
+    /// The parker stopped: nothing is parked any more.
+    closed: bool,
 }
 
 impl std::fmt::Debug for Lot {
@@ -73,19 +80,32 @@ impl Wake for Signal {
 }
 
 impl Lot {
-    /// Leaves a client here: pokes from now on wake the parker.
-    pub(crate) fn park(&self, parked: Parked) {
+    /// Leaves a client here: pokes from now on wake the parker. Handed back when the parker
+    /// has stopped.
+    pub(crate) fn park(&self, parked: Parked) -> Result<(), Parked> {
+        let mut intake = self.intake.lock().unwrap_or_else(|e| e.into_inner());
+        if intake.closed {
+            return Err(parked);
+        }
         parked.inbox.parking(&Waker::from(self.signal.clone()));
-        self.intake
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(parked);
+        intake.arrived.push(parked);
+        drop(intake);
         self.signal.notify.notify_one();
+        Ok(())
     }
 
     /// The clients left since the last call.
     pub(crate) fn arrivals(&self) -> Vec<Parked> {
-        std::mem::take(&mut *self.intake.lock().unwrap_or_else(|e| e.into_inner()))
+        let mut intake = self.intake.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut intake.arrived)
+    }
+
+    /// The parker stops: no client is left here from now on; the ones on their way are
+    /// returned.
+    pub(crate) fn close(&self) -> Vec<Parked> {
+        let mut intake = self.intake.lock().unwrap_or_else(|e| e.into_inner());
+        intake.closed = true;
+        std::mem::take(&mut intake.arrived)
     }
 
     /// Waits until a client arrives or a parked one is poked.

@@ -178,10 +178,45 @@ impl Inbox {
         self.waker.register(waker);
     }
 
-    /// The parked client has a task again: busy as of now.
+    /// The session went quiet (it gave up its busy state): one refused while it owed
+    /// something may be asked again.
+    pub(crate) fn allow_park(&self) {
+        if self.park.load(Ordering::Relaxed) == PARK_REFUSED {
+            let _ = self.park.compare_exchange(
+                PARK_REFUSED,
+                PARK_ASKABLE,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The parked client has a task again: busy as of now. News of the upstream that came
+    /// while it was parked is about connections it did not have: dropped.
     pub(crate) fn unparked(&self) {
+        self.forget_upstream_news();
         self.quiet.store(false, Ordering::Relaxed);
         self.park.store(PARK_ASKABLE, Ordering::Release);
+    }
+
+    /// For the parker: takes the poke of a parked client (see [`Inbox::is_woken`]); true if
+    /// there was one. Taken before the parker looks at why, so that a poke after the look is
+    /// seen at the next one.
+    pub(crate) fn take_woken(&self) -> bool {
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// Marks a poke as not yet seen, without waking anyone (the parker hands a poked client
+    /// back to a new task, whose first look sees it).
+    pub(crate) fn mark_woken(&self) {
+        self.woken.store(true, Ordering::Release);
+    }
+
+    /// Drops news of the upstream (lost, moved): it concerns a client's own upstream
+    /// connection, which a parked client does not have.
+    pub(crate) fn forget_upstream_news(&self) {
+        self.upstream_lost.store(false, Ordering::Release);
+        self.upstream_moved.store(false, Ordering::Release);
     }
 
     /// Whether something poked the client since its session last looked (for a parked client:
@@ -199,5 +234,24 @@ impl Inbox {
         } else {
             Poll::Pending
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// News of the upstream that came while a client was parked (it had no connection of its
+    /// own then) is not acted on once it has a task again: a blocking command it runs hours
+    /// later must not be failed by an outage long over.
+    #[test]
+    fn upstream_news_from_while_parked_is_dropped() {
+        let inbox = Inbox::default();
+        inbox.upstream_lost();
+        inbox.upstream_moved();
+        inbox.parking(std::task::Waker::noop());
+        inbox.unparked();
+        assert!(!inbox.take_upstream_lost());
+        assert!(!inbox.take_upstream_moved());
     }
 }

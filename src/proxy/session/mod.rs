@@ -176,6 +176,11 @@ impl Session {
     pub(crate) fn start(stream: Conn, server: Arc<Server>, policy: Arc<Policy>) -> Task {
         let inbox = Arc::new(Inbox::default());
         let (key, id) = server.clients.join(inbox.clone(), stream.peer_addr().ok());
+        if server.clients.phase() != Phase::Run {
+            // Registered after shutdown began (its worker set it up late): the phase change
+            // woke everyone registered before it, so this one wakes itself.
+            inbox.poke();
+        }
         let idle = policy.settings.client_idle_timeout.map(IdleTimer::new);
         Task(Some(Session {
             stream,
@@ -256,8 +261,8 @@ impl Session {
             Conn::Plain(tcp) => tcp.into_std(),
             Conn::Tls(_) => Err(io::Error::other("a TLS client is not parked")),
         };
-        match socket {
-            Ok(socket) => server.clients.parking.park(Parked {
+        let parked = match socket {
+            Ok(socket) => Parked {
                 socket,
                 worker: crate::upstream::workers::current() as u32,
                 key,
@@ -266,10 +271,17 @@ impl Session {
                 inbox,
                 shared,
                 state,
-            }),
+            },
             Err(e) => {
                 tracing::debug!(error = %e, "client connection ended while parking");
                 server.clients.leave(key);
+                return;
+            }
+        };
+        if let Err(parked) = server.clients.parking.park(parked) {
+            // The parker has stopped: the client goes on with a task.
+            if let Some(task) = Session::resume(parked, server) {
+                tokio::spawn(task);
             }
         }
     }
@@ -391,6 +403,7 @@ impl Session {
                     // spares, for the next client with bytes in flight).
                     if let Some(b) = self.busy.take() {
                         b.retire();
+                        self.inbox.allow_park();
                     }
                 }
             }
