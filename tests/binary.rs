@@ -165,6 +165,26 @@ fn start_binary(redis: &RedisServer) -> (Running, u16) {
     (Running(child), port)
 }
 
+/// The binary on the config file `config`, listening on a free port given by flag.
+fn start_with_config(config: &std::path::Path) -> (Running, u16) {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let proxy = Running(child);
+    let deadline = Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "keywarden did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (proxy, port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let redis = RedisServer::start();
@@ -217,21 +237,7 @@ async fn sighup_reloads_the_config_file() {
         std::fs::write(&config, text).unwrap();
     };
     write("");
-    let port = free_port();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proxy = Running(child);
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "keywarden did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (proxy, port) = start_with_config(&config);
     let mut client = Client::connect(("127.0.0.1", port)).await;
     let mut direct = Client::connect(redis.addr()).await;
     assert_eq!(client.cmd(&["SET", "tmp:a", "1"]).await, simple("OK"));
@@ -270,21 +276,7 @@ async fn two_workers_serve_every_client_in_order() {
         redis.addr()
     );
     std::fs::write(&config, text).unwrap();
-    let port = free_port();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut proxy = Running(child);
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "keywarden did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (mut proxy, port) = start_with_config(&config);
     // A thread per worker beyond the main one.
     let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", proxy.0.id()))
         .unwrap()

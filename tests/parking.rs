@@ -36,6 +36,17 @@ async fn connected(proxy: &Proxy) -> i64 {
     keywarden_info(proxy.addr, "connected_clients").await - 1
 }
 
+/// `n` new clients, each answered one PING (so each is set up and then idle).
+async fn pinged_clients(proxy: &Proxy, n: usize) -> Vec<Client> {
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut c = proxy.client().await;
+        assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
+        clients.push(c);
+    }
+    clients
+}
+
 /// Waits until `n` clients are connected, besides the one asking (the askers before it may
 /// take a moment to leave).
 async fn wait_connected(proxy: &Proxy, n: i64) {
@@ -58,12 +69,7 @@ async fn idle_clients_park_and_come_back_as_they_were() {
     let redis = RedisServer::start();
     let proxy = Proxy::for_upstream(&redis).await;
 
-    let mut plain = Vec::new();
-    for _ in 0..40 {
-        let mut c = proxy.client().await;
-        assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
-        plain.push(c);
-    }
+    let mut plain = pinged_clients(&proxy, 40).await;
     // State the session keeps: a name, a transaction under way; and a database other than 0,
     // which takes a connection of the client's own upstream (such a client is not parked).
     let mut db = proxy.client().await;
@@ -149,12 +155,7 @@ async fn busy_clients_are_not_parked_and_parked_ones_wake_together() {
     let mut slow = proxy.client().await;
     slow.send(&["BLPOP", "parked:list", "0"]).await;
 
-    let mut idle = Vec::new();
-    for _ in 0..200 {
-        let mut c = proxy.client().await;
-        assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
-        idle.push(c);
-    }
+    let mut idle = pinged_clients(&proxy, 200).await;
     wait_parked(&proxy, 200).await;
     // Three seconds more: the three busy ones are still not parked.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -198,17 +199,25 @@ async fn busy_clients_are_not_parked_and_parked_ones_wake_together() {
 async fn an_outage_does_not_wake_parked_clients() {
     let mut redis = RedisServer::start();
     let proxy = Proxy::for_upstream(&redis).await;
-    let mut idle = Vec::new();
-    for _ in 0..20 {
-        let mut c = proxy.client().await;
-        assert_eq!(c.cmd(&["PING"]).await, simple("PONG"));
-        idle.push(c);
-    }
+    let mut idle = pinged_clients(&proxy, 20).await;
     wait_parked(&proxy, 20).await;
     redis.kill();
-    // The outage is declared within a few hundred milliseconds; a second later the parked
-    // clients are still parked.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the outage is declared (every client told), the parked ones stay parked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut c = proxy.client().await;
+        let info = match c.cmd(&["INFO", "keywarden"]).await {
+            Frame::BulkString(b) => String::from_utf8(b).unwrap(),
+            other => panic!("INFO: {other:?}"),
+        };
+        if info.contains("upstream_state:unavailable") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the outage was not declared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Long enough for woken clients to have resumed (the parker acts at once).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(parked(&proxy).await, 20);
     redis.restart();
     for c in &mut idle {
