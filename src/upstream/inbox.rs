@@ -131,12 +131,7 @@ impl Inbox {
     pub(crate) fn mark_active(&self) {
         if self.quiet.load(Ordering::Relaxed) {
             self.quiet.store(false, Ordering::Relaxed);
-            let _ = self.park.compare_exchange(
-                PARK_REFUSED,
-                PARK_ASKABLE,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            self.askable_again();
         }
     }
 
@@ -182,13 +177,18 @@ impl Inbox {
     /// something may be asked again.
     pub(crate) fn allow_park(&self) {
         if self.park.load(Ordering::Relaxed) == PARK_REFUSED {
-            let _ = self.park.compare_exchange(
-                PARK_REFUSED,
-                PARK_ASKABLE,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            self.askable_again();
         }
+    }
+
+    /// A session that refused to park may be asked again (any other state stays).
+    fn askable_again(&self) {
+        let _ = self.park.compare_exchange(
+            PARK_REFUSED,
+            PARK_ASKABLE,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// The parked client has a task again: busy as of now. News of the upstream that came
