@@ -204,19 +204,7 @@ async fn an_outage_does_not_wake_parked_clients() {
     wait_parked(&proxy, 20).await;
     redis.kill();
     // Once the outage is declared (every client told), the parked ones stay parked.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut c = proxy.client().await;
-        let info = match c.cmd(&["INFO", "keywarden"]).await {
-            Frame::BulkString(b) => String::from_utf8(b).unwrap(),
-            other => panic!("INFO: {other:?}"),
-        };
-        if info.contains("upstream_state:unavailable") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the outage was not declared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_upstream_state(&proxy, "unavailable").await;
     // A woken client would resume at once and park again 1-2 s later: none may leave the
     // parker over the next 1.5 s.
     let watch = Instant::now() + Duration::from_millis(1500);

@@ -260,21 +260,6 @@ async fn killed_upstream_closes_subscribers_so_they_resubscribe() {
     proxy.shutdown().await;
 }
 
-/// Polls `INFO keywarden` through the proxy (answered by the proxy itself) until the upstream
-/// is in `state`.
-async fn wait_for_state(proxy: &Proxy, state: &str) {
-    let start = Instant::now();
-    let mut c = RawClient::connect(proxy.addr).await;
-    loop {
-        let info = c.cmd(&["INFO", "keywarden"]).await;
-        if String::from_utf8_lossy(&info).contains(&format!("upstream_state:{state}\r\n")) {
-            return;
-        }
-        assert!(start.elapsed() < WAIT, "upstream never {state}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// A Redis that answers BUSY to other clients 50 ms into a script that runs on.
 async fn redis_busy_after_50ms() -> RedisServer {
     let redis = RedisServer::start();
@@ -299,13 +284,13 @@ async fn script_kill_reaches_a_busy_upstream_in_every_health_state() {
     wait_until_served(&proxy).await;
     let mut looping = RawClient::connect(proxy.addr).await;
     looping.send(&[&["EVAL", "while true do end", "0"]]).await;
-    wait_for_state(&proxy, "unavailable").await;
+    wait_for_upstream_state(&proxy, "unavailable").await;
     let mut rescuer = RawClient::connect(proxy.addr).await;
     assert_eq!(
         show_bytes(&rescuer.cmd(&["SCRIPT", "KILL"]).await),
         show_bytes(b"+OK\r\n")
     );
-    wait_for_state(&proxy, "healthy").await;
+    wait_for_upstream_state(&proxy, "healthy").await;
     assert_eq!(rescuer.cmd(&["PING"]).await, b"+PONG\r\n");
     proxy.shutdown().await;
 }

@@ -422,6 +422,21 @@ pub async fn keywarden_info(addr: impl tokio::net::ToSocketAddrs, field: &str) -
         .unwrap()
 }
 
+/// Polls `INFO keywarden` through the proxy (answered by the proxy itself) until the upstream
+/// is in `state`.
+pub async fn wait_for_upstream_state(proxy: &Proxy, state: &str) {
+    let start = Instant::now();
+    let mut c = RawClient::connect(proxy.addr).await;
+    loop {
+        let info = c.cmd(&["INFO", "keywarden"]).await;
+        if String::from_utf8_lossy(&info).contains(&format!("upstream_state:{state}\r\n")) {
+            return;
+        }
+        assert!(start.elapsed() < WAIT, "upstream never {state}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Polls the upstream until it reports at least one blocked client (a BLPOP sent through the
 /// proxy has reached it).
 pub async fn wait_until_blocked(redis: &RedisServer) {
