@@ -90,26 +90,14 @@ fn listening_beyond_loopback_needs_a_password() {
     );
     // sha256("password")
     let digest = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
-    let child = Command::new(BIN)
-        .args(["--config", "config/keywarden.toml"])
-        .args(["--listen", &format!("0.0.0.0:{port}")])
-        .env("KEYWARDEN_REQUIREPASS_SHA256", digest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _running = Running(child);
-    let deadline = Instant::now() + WAIT;
-    let mut stream = loop {
-        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keywarden did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let _running = spawn_listening(
+        Command::new(BIN)
+            .args(["--config", "config/keywarden.toml"])
+            .args(["--listen", &format!("0.0.0.0:{port}")])
+            .env("KEYWARDEN_REQUIREPASS_SHA256", digest),
+        port,
+    );
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     use std::io::{Read, Write};
     stream
         .write_all(b"SELECT 0\r\nAUTH password\r\nSELECT 0\r\n")
@@ -144,44 +132,51 @@ impl Drop for Running {
     }
 }
 
-fn start_binary(redis: &RedisServer) -> (Running, u16) {
-    let port = free_port();
-    let child = Command::new(BIN)
-        .args(["--config", "config/keywarden.toml"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--upstream", &redis.addr()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+/// Spawns `cmd` (the binary, told to listen on `port`) and waits until it accepts there; fails
+/// if it exits first (so a test never talks to whatever else took the port).
+fn spawn_listening(cmd: &mut Command, port: u16) -> Running {
+    let mut proxy = Running(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + WAIT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = proxy.0.try_wait().unwrap() {
+            panic!("keywarden exited before listening: {status}");
+        }
         assert!(
             Instant::now() < deadline,
             "keywarden did not start listening"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    (Running(child), port)
+    proxy
+}
+
+fn start_binary(redis: &RedisServer) -> (Running, u16) {
+    let port = free_port();
+    let proxy = spawn_listening(
+        Command::new(BIN)
+            .args(["--config", "config/keywarden.toml"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", &redis.addr()]),
+        port,
+    );
+    (proxy, port)
 }
 
 /// The binary on the config file `config`, listening on a free port given by flag.
 fn start_with_config(config: &std::path::Path) -> (Running, u16) {
     let port = free_port();
-    let child = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let proxy = Running(child);
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "keywarden did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let proxy = spawn_listening(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &format!("127.0.0.1:{port}")]),
+        port,
+    );
     (proxy, port)
 }
 
