@@ -20,7 +20,7 @@
 //! retried, because the proxy cannot know whether a write was applied.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,6 +116,7 @@ impl Upstream {
                             waiters: Vec::new(),
                         }),
                         wake: Notify::new(),
+                        queued: AtomicBool::new(false),
                         resp3,
                         holds: holds.clone(),
                     });
@@ -226,6 +227,17 @@ impl Upstream {
         &self.holds
     }
 
+    /// Whether requests are queued on one of the calling worker's connections (of the
+    /// protocol's pool) that its connection task has not taken yet. A session about to write
+    /// replies to its client lets those tasks run first (see `Session::drive`), so that Redis
+    /// starts on the requests while the replies are written, as an event loop writes to its
+    /// servers before its clients.
+    pub(crate) fn queued_here(&self, resp3: bool) -> bool {
+        self.pool(resp3)
+            .iter()
+            .any(|c| c.queued.load(Ordering::Relaxed))
+    }
+
     /// The calling worker's share of a pool.
     fn pool(&self, resp3: bool) -> &[Arc<SharedConn>] {
         let all = if resp3 { &self.conns3 } else { &self.conns };
@@ -240,6 +252,9 @@ pub(crate) struct SharedConn {
     queue: Mutex<Queue>,
     /// Wakes the connection task: work queued, or a request arrived while down.
     wake: Notify,
+    /// Work is queued that the connection task has not taken yet (written under the queue's
+    /// lock; read without it by sessions about to write replies: see [`Upstream::queued_here`]).
+    queued: AtomicBool,
     /// Speaks RESP3 (set up with HELLO 3).
     resp3: bool,
     holds: Arc<Holds>,
@@ -403,6 +418,7 @@ impl SharedConn {
             remaining: reqs.len() as u32 - skip,
             _hold: hold,
         });
+        self.queued.store(true, Ordering::Relaxed);
         drop(q);
         self.wake.notify_one();
         Ok(())
@@ -423,6 +439,7 @@ impl SharedConn {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
         q.link = link;
         if matches!(link, Link::Down(_)) {
+            self.queued.store(false, Ordering::Relaxed);
             q.wbuf.clear();
             q.large.clear();
             std::mem::take(&mut q.waiters)
@@ -441,6 +458,7 @@ impl SharedConn {
         now: Instant,
     ) {
         let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        self.queued.store(false, Ordering::Relaxed);
         // Called only once the task has written everything it held (or, at connect, with
         // only the setup commands, nothing written): `written` never counts into bytes that
         // are about to move behind others.
@@ -467,6 +485,27 @@ impl SharedConn {
                 .drain(..)
                 .map(|waiter| InFlight { waiter, since: now }),
         );
+    }
+}
+
+/// Puts the task at the back of its thread's run queue once: every task already queued runs
+/// first. (tokio's `yield_now` instead waits for the next poll of the sockets, behind the tasks
+/// it wakes.)
+#[derive(Default)]
+struct ToBack(bool);
+
+impl std::future::Future for ToBack {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            return std::task::Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 
@@ -799,6 +838,11 @@ impl Connection {
                 Event::Readable => self.read(),
                 Event::Writable => self.write(),
                 Event::Work => {
+                    if conn.queued.load(Ordering::Relaxed) {
+                        // The sessions that read requests in this turn of the thread are ahead
+                        // in its run queue: behind them, one write carries all their requests.
+                        ToBack::default().await;
+                    }
                     conn.take(
                         &mut self.wbuf,
                         &mut self.large,
@@ -1085,6 +1129,72 @@ pub(crate) fn timeout_tick(timeout: Duration) -> Interval {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn conn(link: Link) -> SharedConn {
+        SharedConn {
+            queue: Mutex::new(Queue {
+                link,
+                wbuf: BytesMut::new(),
+                large: VecDeque::new(),
+                waiters: Vec::new(),
+            }),
+            wake: Notify::new(),
+            queued: AtomicBool::new(false),
+            resp3: false,
+            holds: Holds::new(),
+        }
+    }
+
+    /// What sessions read before writing replies: set while requests wait for the connection
+    /// task, cleared once it takes them or the connection goes down (which drops them), and
+    /// never set by a request refused while down.
+    #[test]
+    fn queued_says_whether_requests_wait_for_the_task() {
+        let inbox = Arc::new(Inbox::default());
+        let get = [Request::from_args(&["GET", "k"])];
+        let c = conn(Link::Up);
+        assert!(!c.queued.load(Ordering::Relaxed));
+        c.send(&get, &inbox, true).unwrap();
+        c.send(&get, &inbox, true).unwrap();
+        assert!(c.queued.load(Ordering::Relaxed));
+        let (mut wbuf, mut large, mut in_flight) =
+            (BytesMut::new(), VecDeque::new(), VecDeque::new());
+        c.take(&mut wbuf, &mut large, &mut in_flight, Instant::now());
+        assert!(!c.queued.load(Ordering::Relaxed));
+        assert_eq!((wbuf.len(), in_flight.len()), (2 * get[0].raw().len(), 2));
+
+        c.send(&get, &inbox, true).unwrap();
+        let failed = c.set_link(Link::Down(UpstreamFailure::ConnectionLost));
+        assert_eq!(failed.len(), 1);
+        assert!(!c.queued.load(Ordering::Relaxed));
+        assert!(c.send(&get, &inbox, false).is_err());
+        assert!(!c.queued.load(Ordering::Relaxed));
+    }
+
+    /// The connection task's trip to the back of the run queue: every task queued before it
+    /// runs first, and it goes on at its next turn (one trip, not a loop).
+    #[tokio::test(flavor = "current_thread")]
+    async fn to_back_lets_every_queued_task_run_first() {
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let log = order.clone();
+        // A task, as the connection task is (the test's own future is polled apart from them).
+        tokio::spawn(async move {
+            let queued: Vec<_> = (0..3)
+                .map(|i| {
+                    let log = log.clone();
+                    tokio::spawn(async move { log.lock().unwrap().push(i) })
+                })
+                .collect();
+            ToBack::default().await;
+            log.lock().unwrap().push(9);
+            for t in queued {
+                t.await.unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 9]);
+    }
 
     #[test]
     fn version_from_hello_replies() {

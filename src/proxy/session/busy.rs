@@ -183,6 +183,9 @@ pub(super) struct Busy {
     /// Under a cluster: the last relay of this session's requests, whose replies go before
     /// the next one's.
     pub(super) relay: Option<Arc<Relay>>,
+    /// The session let the upstream connections' tasks go first before writing its replies
+    /// (see `Session::drive`): it writes at its next turn, whatever is queued then.
+    pub(super) yielded: bool,
 }
 
 /// Requests parsed from one read, gathered until the next one goes elsewhere.
@@ -206,6 +209,7 @@ impl Busy {
             b.rejudge = false;
             b.recoveries = 0;
             b.penalty = None;
+            b.yielded = false;
             return b;
         }
         Box::new(Busy {
@@ -227,6 +231,7 @@ impl Busy {
             recoveries: 0,
             penalty: None,
             relay: None,
+            yielded: false,
         })
     }
 

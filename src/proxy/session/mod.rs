@@ -381,6 +381,19 @@ impl Session {
                     continue;
                 }
                 if b.penalty.is_none() {
+                    // Requests queued for the upstream (this client's or others' read in the
+                    // same turn) go out before replies are written: writing a reply costs
+                    // several microseconds, and a wake-up can have dozens to write while Redis
+                    // waits. The connection tasks were woken when the requests were queued, so
+                    // going to the back of the run queue once puts this write after theirs.
+                    if !b.out.is_empty()
+                        && !std::mem::take(&mut b.yielded)
+                        && ctx.upstream.queued_here(self.state.resp3())
+                    {
+                        b.yielded = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
                     b.flush(&self.stream)?;
                 }
                 b.list_upstream_id(&self.server.clients);
