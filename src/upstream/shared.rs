@@ -117,6 +117,7 @@ impl Upstream {
                         }),
                         wake: Notify::new(),
                         queued: AtomicBool::new(false),
+                        taking: AtomicBool::new(false),
                         resp3,
                         holds: holds.clone(),
                     });
@@ -228,14 +229,12 @@ impl Upstream {
     }
 
     /// Whether requests are queued on one of the calling worker's connections (of the
-    /// protocol's pool) that its connection task has not taken yet. A session about to write
-    /// replies to its client lets those tasks run first (see `Session::drive`), so that Redis
-    /// starts on the requests while the replies are written, as an event loop writes to its
-    /// servers before its clients.
+    /// protocol's pool) that its connection task will take and write when it next runs. A
+    /// session about to write replies to its client lets those tasks run first (see
+    /// `Session::drive`), so that Redis starts on the requests while the replies are written,
+    /// as an event loop writes to its servers before its clients.
     pub(crate) fn queued_here(&self, resp3: bool) -> bool {
-        self.pool(resp3)
-            .iter()
-            .any(|c| c.queued.load(Ordering::Relaxed))
+        self.pool(resp3).iter().any(|c| c.wants_turn())
     }
 
     /// The calling worker's share of a pool.
@@ -255,6 +254,9 @@ pub(crate) struct SharedConn {
     /// Work is queued that the connection task has not taken yet (written under the queue's
     /// lock; read without it by sessions about to write replies: see [`Upstream::queued_here`]).
     queued: AtomicBool,
+    /// The connection task takes queued work as soon as it runs: it is up and has nothing
+    /// left to write (while it waits for the socket, or to connect, queued work waits too).
+    taking: AtomicBool,
     /// Speaks RESP3 (set up with HELLO 3).
     resp3: bool,
     holds: Arc<Holds>,
@@ -422,6 +424,19 @@ impl SharedConn {
         drop(q);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Queued work that the connection task will take and write at its next turn.
+    fn wants_turn(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) && self.taking.load(Ordering::Relaxed)
+    }
+
+    /// Says whether the connection task takes work as soon as it runs (a store only when it
+    /// changes).
+    fn set_taking(&self, taking: bool) {
+        if self.taking.load(Ordering::Relaxed) != taking {
+            self.taking.store(taking, Ordering::Relaxed);
+        }
     }
 
     /// Whether this connection speaks RESP3.
@@ -654,6 +669,7 @@ impl ConnTask {
                             &mut switched,
                         )
                         .await;
+                    self.conn.set_taking(false);
                     tracing::warn!(conn = self.id, upstream = addr, cause = %why, "upstream connection failed");
                     // A connection that closes with nothing in flight (Redis's idle timeout,
                     // CLIENT KILL) says little; the reconnect right after reports a refusal if
@@ -812,6 +828,7 @@ impl Connection {
             let pending_write = self.written < self.wbuf.len()
                 || !self.large.is_empty()
                 || self.stream.wants_write();
+            conn.set_taking(!pending_write);
             let event = tokio::select! {
                 biased;
                 // Sentinel named another primary: this one is no longer the upstream. First,
@@ -1140,60 +1157,88 @@ mod tests {
             }),
             wake: Notify::new(),
             queued: AtomicBool::new(false),
+            taking: AtomicBool::new(false),
             resp3: false,
             holds: Holds::new(),
         }
     }
 
-    /// What sessions read before writing replies: set while requests wait for the connection
-    /// task, cleared once it takes them or the connection goes down (which drops them), and
-    /// never set by a request refused while down.
+    /// What sessions read before writing replies: requests wait for the connection task and
+    /// it will take them when it runs. Cleared once it takes them or the connection goes down
+    /// (which drops them), never set by a request refused while down, and not claimed while
+    /// the task cannot take work (it is writing, or connecting).
     #[test]
-    fn queued_says_whether_requests_wait_for_the_task() {
+    fn wants_turn_says_whether_requests_wait_for_a_task_that_takes_them() {
         let inbox = Arc::new(Inbox::default());
         let get = [Request::from_args(&["GET", "k"])];
         let c = conn(Link::Up);
-        assert!(!c.queued.load(Ordering::Relaxed));
+        c.set_taking(true);
+        assert!(!c.wants_turn());
         c.send(&get, &inbox, true).unwrap();
         c.send(&get, &inbox, true).unwrap();
-        assert!(c.queued.load(Ordering::Relaxed));
+        assert!(c.wants_turn());
+        c.set_taking(false);
+        assert!(
+            !c.wants_turn(),
+            "a task still writing takes nothing at its next turn"
+        );
+        c.set_taking(true);
         let (mut wbuf, mut large, mut in_flight) =
             (BytesMut::new(), VecDeque::new(), VecDeque::new());
         c.take(&mut wbuf, &mut large, &mut in_flight, Instant::now());
-        assert!(!c.queued.load(Ordering::Relaxed));
+        assert!(!c.wants_turn());
         assert_eq!((wbuf.len(), in_flight.len()), (2 * get[0].raw().len(), 2));
 
         c.send(&get, &inbox, true).unwrap();
         let failed = c.set_link(Link::Down(UpstreamFailure::ConnectionLost));
         assert_eq!(failed.len(), 1);
-        assert!(!c.queued.load(Ordering::Relaxed));
+        assert!(!c.wants_turn());
         assert!(c.send(&get, &inbox, false).is_err());
-        assert!(!c.queued.load(Ordering::Relaxed));
+        assert!(!c.wants_turn());
     }
 
-    /// The connection task's trip to the back of the run queue: every task queued before it
-    /// runs first, and it goes on at its next turn (one trip, not a loop).
+    /// The connection task's trip to the back of the run queue: the tasks already queued run
+    /// first, and it goes on before the sockets are polled again (tokio's `yield_now` would
+    /// wait for that poll, behind a task it wakes). A trip that never ends fails the timeout.
     #[tokio::test(flavor = "current_thread")]
-    async fn to_back_lets_every_queued_task_run_first() {
+    async fn to_back_runs_after_the_queued_tasks_and_before_the_next_poll() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let order = Arc::new(Mutex::new(Vec::new()));
+        let (mut tx, mut rx) = tokio::net::UnixStream::pair().unwrap();
+        let log = order.clone();
+        // Waits on its socket: woken by the next poll of the sockets once bytes are there.
+        let reader = tokio::spawn(async move {
+            let mut byte = [0u8];
+            rx.read_exact(&mut byte).await.unwrap();
+            log.lock().unwrap().push("socket");
+        });
+        tokio::task::yield_now().await; // the reader registers with the sockets' driver
         let log = order.clone();
         // A task, as the connection task is (the test's own future is polled apart from them).
-        tokio::spawn(async move {
-            let queued: Vec<_> = (0..3)
-                .map(|i| {
+        let task = tokio::spawn(async move {
+            let queued: Vec<_> = ["a", "b", "c"]
+                .into_iter()
+                .map(|name| {
                     let log = log.clone();
-                    tokio::spawn(async move { log.lock().unwrap().push(i) })
+                    tokio::spawn(async move { log.lock().unwrap().push(name) })
                 })
                 .collect();
+            tx.write_all(b"x").await.unwrap();
             ToBack::default().await;
-            log.lock().unwrap().push(9);
+            log.lock().unwrap().push("after");
             for t in queued {
                 t.await.unwrap();
             }
-        })
-        .await
-        .unwrap();
-        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 9]);
+            tx
+        });
+        let run = async {
+            let _tx = task.await.unwrap();
+            reader.await.unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the task came back from the back of the queue");
+        assert_eq!(*order.lock().unwrap(), ["a", "b", "c", "after", "socket"]);
     }
 
     #[test]

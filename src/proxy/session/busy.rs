@@ -144,6 +144,11 @@ const SPARE_INBUF: usize = 4 * READ_CHUNK;
 /// Largest capacity, in entries, a spare keeps in each of its queues.
 const SPARE_QUEUE: usize = 64;
 
+/// The most turns a session gives the upstream connections' tasks before writing its replies.
+/// Two: a task that goes to the back of the run queue to gather its turn's requests (see
+/// `upstream::shared`) can land behind a session that already gave it one.
+pub(super) const MAX_YIELDS: u8 = 2;
+
 /// A session's state while anything is in flight.
 pub(super) struct Busy {
     /// The session's key in [`Clients`] and CLIENT ID.
@@ -183,9 +188,9 @@ pub(super) struct Busy {
     /// Under a cluster: the last relay of this session's requests, whose replies go before
     /// the next one's.
     pub(super) relay: Option<Arc<Relay>>,
-    /// The session let the upstream connections' tasks go first before writing its replies
-    /// (see `Session::drive`): it writes at its next turn, whatever is queued then.
-    pub(super) yielded: bool,
+    /// How many times the session let the upstream connections' tasks go first before writing
+    /// its replies (see `Session::drive`), at most [`MAX_YIELDS`] per write.
+    pub(super) yielded: u8,
 }
 
 /// Requests parsed from one read, gathered until the next one goes elsewhere.
@@ -209,7 +214,7 @@ impl Busy {
             b.rejudge = false;
             b.recoveries = 0;
             b.penalty = None;
-            b.yielded = false;
+            b.yielded = 0;
             return b;
         }
         Box::new(Busy {
@@ -231,7 +236,7 @@ impl Busy {
             recoveries: 0,
             penalty: None,
             relay: None,
-            yielded: false,
+            yielded: 0,
         })
     }
 

@@ -27,7 +27,7 @@ mod busy;
 mod own_conn;
 
 use batch::Batch;
-use busy::{Busy, Stall};
+use busy::{Busy, Stall, MAX_YIELDS};
 
 use std::future::Future;
 use std::io::{self};
@@ -385,15 +385,20 @@ impl Session {
                     // same turn) go out before replies are written: writing a reply costs
                     // several microseconds, and a wake-up can have dozens to write while Redis
                     // waits. The connection tasks were woken when the requests were queued, so
-                    // going to the back of the run queue once puts this write after theirs.
+                    // going to the back of the run queue puts this write after theirs.
+                    let resp3 = self.state.resp3();
                     if !b.out.is_empty()
-                        && !std::mem::take(&mut b.yielded)
-                        && ctx.upstream.queued_here(self.state.resp3())
+                        && b.yielded < MAX_YIELDS
+                        && match &ctx.cluster {
+                            Some(cluster) => cluster.queued_here(resp3),
+                            None => ctx.upstream.queued_here(resp3),
+                        }
                     {
-                        b.yielded = true;
+                        b.yielded += 1;
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
+                    b.yielded = 0;
                     b.flush(&self.stream)?;
                 }
                 b.list_upstream_id(&self.server.clients);

@@ -164,6 +164,12 @@ impl Cluster {
             .clone()
     }
 
+    /// Whether requests wait for a connection task of the calling worker on any shard (see
+    /// [`Upstream::queued_here`]).
+    pub(crate) fn queued_here(&self, resp3: bool) -> bool {
+        self.shards().iter().any(|s| s.upstream.queued_here(resp3))
+    }
+
     /// The shard serving `slot`, if any. (The slot is read first: a shard is added to the
     /// list before any slot names it.)
     pub(crate) fn shard_of(&self, slot: u16) -> Option<Arc<Shard>> {
