@@ -108,19 +108,7 @@ impl Upstream {
         let mut pool = |resp3: bool, first_id: usize| -> Box<[Arc<SharedConn>]> {
             (0..workers * settings.connections)
                 .map(|i| {
-                    let conn = Arc::new(SharedConn {
-                        queue: Mutex::new(Queue {
-                            link: Link::Connecting,
-                            wbuf: BytesMut::new(),
-                            large: VecDeque::new(),
-                            waiters: Vec::new(),
-                        }),
-                        wake: Notify::new(),
-                        queued: AtomicBool::new(false),
-                        taking: AtomicBool::new(false),
-                        resp3,
-                        holds: holds.clone(),
-                    });
+                    let conn = Arc::new(SharedConn::new(resp3, holds.clone()));
                     let task = ConnTask {
                         id: first_id + i,
                         conn: conn.clone(),
@@ -325,6 +313,23 @@ impl Waiter {
 }
 
 impl SharedConn {
+    /// A connection not yet connected: requests queue until it is.
+    fn new(resp3: bool, holds: Arc<Holds>) -> SharedConn {
+        SharedConn {
+            queue: Mutex::new(Queue {
+                link: Link::Connecting,
+                wbuf: BytesMut::new(),
+                large: VecDeque::new(),
+                waiters: Vec::new(),
+            }),
+            wake: Notify::new(),
+            queued: AtomicBool::new(false),
+            taking: AtomicBool::new(false),
+            resp3,
+            holds,
+        }
+    }
+
     /// Queues `reqs` (all from one session, in order) for the upstream; their replies will be
     /// delivered to `inbox`, in order, as chunks summing to `reqs.len()` frames.
     ///
@@ -1148,19 +1153,9 @@ mod tests {
     use super::*;
 
     fn conn(link: Link) -> SharedConn {
-        SharedConn {
-            queue: Mutex::new(Queue {
-                link,
-                wbuf: BytesMut::new(),
-                large: VecDeque::new(),
-                waiters: Vec::new(),
-            }),
-            wake: Notify::new(),
-            queued: AtomicBool::new(false),
-            taking: AtomicBool::new(false),
-            resp3: false,
-            holds: Holds::new(),
-        }
+        let c = SharedConn::new(false, Holds::new());
+        c.set_link(link);
+        c
     }
 
     /// What sessions read before writing replies: requests wait for the connection task and
