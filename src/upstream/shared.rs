@@ -1192,6 +1192,80 @@ mod tests {
         assert!(!c.wants_turn());
     }
 
+    /// Through the connection task itself: idle, it says it takes work (`taking`); woken by a
+    /// request while the tasks that will queue the turn's other requests are still ahead of it,
+    /// it takes none of them until they have queued theirs, so the turn leaves in one write.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_task_gathers_a_turns_requests_before_taking_them() {
+        let settings = crate::config::Settings::default();
+        let events = Arc::new(crate::ops::events::Events::new("test".into(), None).unwrap());
+        let monitor = crate::upstream::monitor::Monitor::start(
+            crate::upstream::monitor::MonitorSettings::from_settings(&settings),
+            events,
+            crate::ops::events::AffectedKeyspaces::of(&settings.keyspaces),
+        )
+        .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (_redis, _) = listener.accept().await.unwrap();
+        let conn = Arc::new(conn(Link::Up));
+        let timing = Arc::new(Timing::default());
+        timing.set(&settings.upstream, &settings.limits, None);
+        let mut link = Connection::new(
+            Conn::plain(stream),
+            64,
+            Arc::new(Mutex::new(None)),
+            Arc::new(Histogram::default()),
+        );
+        let handle = monitor.handle();
+        let mut health = handle.subscribe();
+        let (_moved, mut switched) = watch::channel(Arc::<str>::from("here"));
+        let task_conn = conn.clone();
+        let task = tokio::spawn(async move {
+            link.serve(&task_conn, &timing, &handle, &mut health, &mut switched)
+                .await
+        });
+        // Let the task reach its wait for work.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            conn.taking.load(Ordering::Relaxed),
+            "an idle task takes work"
+        );
+
+        let seen = Arc::new(Mutex::new(None));
+        let (c, at_last) = (conn.clone(), seen.clone());
+        tokio::spawn(async move {
+            let inbox = Arc::new(Inbox::default());
+            let get = [Request::from_args(&["GET", "k"])];
+            // Wakes the task: it is queued ahead of the two sessions spawned next.
+            c.send(&get, &inbox, true).unwrap();
+            let c2 = c.clone();
+            let inbox2 = inbox.clone();
+            let get2 = get.clone();
+            tokio::spawn(async move { c2.send(&get2, &inbox2, true).unwrap() });
+            tokio::spawn(async move {
+                c.send(&get, &inbox, true).unwrap();
+                let q = c.queue.lock().unwrap();
+                *at_last.lock().unwrap() = Some(q.waiters.len());
+            });
+        })
+        .await
+        .unwrap();
+        for _ in 0..5 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(3),
+            "the task took the first request before the turn's others were queued"
+        );
+        task.abort();
+    }
+
     /// The connection task's trip to the back of the run queue: the tasks already queued run
     /// first, and it goes on before the sockets are polled again (tokio's `yield_now` would
     /// wait for that poll, behind a task it wakes). A trip that never ends fails the timeout.
