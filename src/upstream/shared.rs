@@ -1197,12 +1197,15 @@ mod tests {
     /// it takes none of them until they have queued theirs, so the turn leaves in one write.
     #[tokio::test(flavor = "current_thread")]
     async fn the_task_gathers_a_turns_requests_before_taking_them() {
+        struct Unheard;
+        impl crate::upstream::outage::OutageEvents for Unheard {
+            fn emit(&self, _: &crate::upstream::outage::Event<'_>) {}
+        }
         let settings = crate::config::Settings::default();
-        let events = Arc::new(crate::ops::events::Events::new("test".into(), None).unwrap());
         let monitor = crate::upstream::monitor::Monitor::start(
             crate::upstream::monitor::MonitorSettings::from_settings(&settings),
-            events,
-            crate::ops::events::AffectedKeyspaces::of(&settings.keyspaces),
+            Arc::new(Unheard),
+            crate::upstream::outage::AffectedKeyspaces::of(&settings.keyspaces),
         )
         .await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
