@@ -1230,8 +1230,11 @@ mod tests {
             link.serve(&task_conn, &timing, &handle, &mut health, &mut switched)
                 .await
         });
-        // Let the task reach its wait for work.
-        for _ in 0..3 {
+        // Let the task reach its wait for work (a few turns of the runtime; bounded).
+        for _ in 0..100 {
+            if conn.taking.load(Ordering::Relaxed) {
+                break;
+            }
             tokio::task::yield_now().await;
         }
         assert!(
@@ -1258,7 +1261,11 @@ mod tests {
         })
         .await
         .unwrap();
-        for _ in 0..5 {
+        // The two senders run in the turns after it (bounded).
+        for _ in 0..100 {
+            if seen.lock().unwrap().is_some() {
+                break;
+            }
             tokio::task::yield_now().await;
         }
         assert_eq!(

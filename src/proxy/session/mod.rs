@@ -386,12 +386,11 @@ impl Session {
                     // several microseconds, and a wake-up can have dozens to write while Redis
                     // waits. The connection tasks were woken when the requests were queued, so
                     // going to the back of the run queue puts this write after theirs.
-                    let resp3 = self.state.resp3();
                     if !b.out.is_empty()
                         && b.yielded < MAX_YIELDS
                         && match &ctx.cluster {
-                            Some(cluster) => cluster.queued_here(resp3),
-                            None => ctx.upstream.queued_here(resp3),
+                            Some(cluster) => cluster.queued_here(self.state.resp3()),
+                            None => ctx.upstream.queued_here(self.state.resp3()),
                         }
                     {
                         b.yielded += 1;
